@@ -1,0 +1,35 @@
+"""The ``toolkit`` console script: dispatches to the ablation runner, the report, or LightningCLI.
+
+``toolkit ablate`` and ``toolkit report`` read ledgers and logs only, so they must start fast: this module
+imports neither torch nor Lightning at import time; each branch imports what it needs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from toolkit.errors import ToolkitError
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``toolkit`` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "ablate":
+            from toolkit.ablation.cli import main as ablate_main
+
+            sys.exit(ablate_main(argv[1:]))
+        if argv and argv[0] == "report":
+            from toolkit.report.cli import main as report_main
+
+            sys.exit(report_main(argv[1:]))
+        from toolkit.lightning_cli import run_cli
+
+        run_cli(argv)
+    except ToolkitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Metric keys shared by training, ablations and reports (defined once; imports nothing heavy)."""
+
+TRAIN_LOSS = "train/loss"
+TRAIN_ACC = "train/acc"
+VAL_LOSS = "val/loss"
+VAL_ACC = "val/acc"
+VAL_F1 = "val/f1"
+TEST_LOSS = "test/loss"
+TEST_ACC = "test/acc"
+TEST_F1 = "test/f1"
+TEST_ACC_ENSEMBLE = "test/acc_ensemble"
+TEST_F1_ENSEMBLE = "test/f1_ensemble"
+
+#: best value of each validation metric goes into the W&B summary ("max" or "min")
+VAL_SUMMARY = {VAL_ACC: "max", VAL_F1: "max", VAL_LOSS: "min"}
+
+#: the metric the checkpoint callback monitors, and its direction
+MONITOR = VAL_ACC
+MONITOR_MODE = "max"
+
+
+def snapshot_key(stage: str, name: str, index: int) -> str:
+    """Key of one snapshot's metric, e.g. ``test/acc_snapshot_2``."""
+    return f"{stage}/{name}_snapshot_{index}"
+
+
+def ensemble_key(stage: str, name: str) -> str:
+    """Key of an ensemble metric, e.g. ``test/acc_ensemble``."""
+    return f"{stage}/{name}_ensemble"
