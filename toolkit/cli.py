@@ -13,19 +13,19 @@ from toolkit.errors import ToolkitError
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``toolkit`` command."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] == "ablate":
+        if args and args[0] == "ablate":
             from toolkit.ablation.cli import main as ablate_main
 
-            sys.exit(ablate_main(argv[1:]))
-        if argv and argv[0] == "report":
+            sys.exit(ablate_main(args[1:]))
+        if args and args[0] == "report":
             from toolkit.report.cli import main as report_main
 
-            sys.exit(report_main(argv[1:]))
+            sys.exit(report_main(args[1:]))
         from toolkit.lightning_cli import run_cli
 
-        run_cli(argv)
+        run_cli(argv)  # None: LightningCLI reads sys.argv itself
     except ToolkitError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

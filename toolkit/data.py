@@ -1,0 +1,188 @@
+"""ImageDataModule: digits, an image folder or a torchvision dataset, split by seed, with timm transforms."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from timm.data import Mixup
+from torch.utils.data import DataLoader
+
+from toolkit.datasets import (
+    ImageSamples,
+    Splits,
+    load_digits_samples,
+    load_folder_splits,
+    load_torchvision_splits,
+    three_way,
+    verify_images,
+)
+from toolkit.errors import ToolkitError
+from toolkit.transforms import (
+    Augment,
+    DataConfig,
+    create_eval_transform,
+    create_train_transform,
+    resolve_backbone_data_config,
+)
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Train/val/test image data for a timm backbone.
+
+    Args:
+        source: ``digits`` (scikit-learn's bundled 8x8 digits, no download), ``folder`` (an ImageFolder root) or
+            ``torchvision`` (a named torchvision dataset).
+        root: image folder root (``folder``) or download directory (``torchvision``).
+        name: torchvision dataset class name, e.g. ``CIFAR10``.
+        download: let torchvision download the dataset.
+        backbone: timm model name whose data config (size, mean/std, interpolation, crop) sets the transforms;
+            linked from ``model.backbone`` by the CLI.
+        image_size: override the backbone's input size.
+        normalize: ``backbone`` uses the backbone's mean/std; ``dataset`` computes them on the training split only.
+        augment: training augmentation level; val and test are never augmented.
+        mixup_alpha: timm Mixup alpha for training batches (0 = off); targets become soft.
+        cutmix_alpha: timm CutMix alpha for training batches (0 = off).
+        val_fraction: share of the data held out for validation where the source has no val split.
+        test_fraction: share held out for testing where the source has no test split.
+        split_seed: seed of the deterministic train/val/test split.
+        batch_size: samples per batch.
+        num_workers: dataloader worker processes.
+        pin_memory: pin host memory; None = only when CUDA is available.
+        persistent_workers: keep workers alive between epochs (when ``num_workers > 0``).
+    """
+
+    def __init__(
+        self,
+        source: Literal["digits", "folder", "torchvision"] = "digits",
+        root: str | None = None,
+        name: str | None = None,
+        download: bool = False,
+        backbone: str = "test_resnet",
+        image_size: int | None = None,
+        normalize: Literal["backbone", "dataset"] = "backbone",
+        augment: Augment = "basic",
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        val_fraction: float = 0.15,
+        test_fraction: float = 0.15,
+        split_seed: int = 0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+            raise ToolkitError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
+        if mixup_alpha < 0 or cutmix_alpha < 0:
+            raise ToolkitError("mixup_alpha and cutmix_alpha must be >= 0 (0 turns them off)")
+        self.save_hyperparameters(logger=False)
+        self.source, self.root, self.name, self.download = source, root, name, download
+        self.backbone, self.image_size, self.normalize, self.augment = backbone, image_size, normalize, augment
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self._splits: Splits | None = None
+        self.data_config: DataConfig = resolve_backbone_data_config(backbone, image_size)
+        self._mixup: Mixup | None = None
+        self.splits  # noqa: B018 - load now: a bad source fails before any model is built
+
+    @property
+    def splits(self) -> Splits:
+        """The train/val/test samples, loaded once."""
+        if self._splits is None:
+            if self.source == "digits":
+                samples, classes = load_digits_samples()
+                train, val, test = three_way(samples, self.val_fraction, self.test_fraction, self.split_seed)
+                self._splits = Splits(train, val, test, classes)
+            elif self.source == "folder":
+                self._splits = load_folder_splits(self.root, self.val_fraction, self.test_fraction, self.split_seed)
+            else:
+                self._splits = load_torchvision_splits(
+                    self.name, self.root, self.download, self.val_fraction, self.split_seed
+                )
+        return self._splits
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (linked to ``model.num_classes``)."""
+        return len(self.splits.class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label order."""
+        return list(self.splits.class_names)
+
+    def prepare_data(self) -> None:
+        if self.source == "torchvision" and self.download:
+            load_torchvision_splits(self.name, self.root, True, self.val_fraction, self.split_seed)
+
+    def setup(self, stage: str) -> None:
+        splits = self.splits
+        for samples in (splits.train, splits.val, splits.test):
+            verify_images(samples)
+        config = self.data_config
+        if self.normalize == "dataset":
+            mean, std = dataset_mean_std(splits.train, config)
+            config = replace(config, mean=mean, std=std)
+        self.data_config = config
+        splits.train.transform = create_train_transform(config, self.augment)
+        eval_transform = create_eval_transform(config)
+        splits.val.transform = splits.test.transform = eval_transform
+        if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
+            self._mixup = Mixup(
+                mixup_alpha=self.mixup_alpha,
+                cutmix_alpha=self.cutmix_alpha,
+                label_smoothing=0.0,  # label smoothing stays on the model's loss
+                num_classes=self.num_classes,
+            )
+
+    def _loader(self, samples: ImageSamples, train: bool) -> DataLoader:
+        return DataLoader(
+            samples,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and self._mixup is not None,  # timm's Mixup needs even batches
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.splits.train, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.splits.val, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.splits.test, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.splits.test, train=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self._mixup is not None and self.trainer is not None and self.trainer.training:
+            images, targets = batch
+            return self._mixup(images, targets)
+        return batch
+
+
+def dataset_mean_std(samples: ImageSamples, config: DataConfig) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of ``samples`` after resizing, before normalisation (training split only)."""
+    to_tensor = create_eval_transform(replace(config, mean=(0.0,) * 3, std=(1.0,) * 3))
+    total = torch.zeros(3, dtype=torch.float64)
+    total_sq = torch.zeros(3, dtype=torch.float64)
+    count = 0
+    for image, _ in ImageSamples(samples.images, samples.labels, to_tensor):
+        pixels = image.reshape(image.shape[0], -1).double()
+        total += pixels.sum(1)
+        total_sq += (pixels**2).sum(1)
+        count += pixels.shape[1]
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())

@@ -1,0 +1,206 @@
+"""Image sources (scikit-learn digits, an image folder, a torchvision dataset) as (image, label) samples and splits."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from toolkit.errors import ToolkitError
+
+
+class ImageSamples(Dataset):
+    """(image, label) pairs where an image is a PIL image or a file path; ``transform`` applies to the image."""
+
+    def __init__(self, images: Sequence[Any], labels: Sequence[int], transform: Callable | None = None) -> None:
+        self.images, self.labels, self.transform = images, list(labels), transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = self.images[index]
+        if isinstance(image, (str, Path)):
+            with Image.open(image) as handle:
+                image = handle.convert("RGB")
+        return (self.transform(image) if self.transform else image), self.labels[index]
+
+    def subset(self, indices: Sequence[int]) -> ImageSamples:
+        return ImageSamples([self.images[i] for i in indices], [self.labels[i] for i in indices])
+
+
+@dataclass
+class Splits:
+    """The train/val/test samples of a source and its class names."""
+
+    train: ImageSamples
+    val: ImageSamples
+    test: ImageSamples
+    class_names: list[str]
+
+
+def split_indices(labels: Sequence[int], fractions: tuple[float, float], seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic stratified split of ``range(len(labels))`` into (rest, part) with ``part`` = fractions[1]."""
+    rest_frac, part_frac = fractions
+    indices = np.arange(len(labels))
+    if part_frac <= 0:
+        return indices.tolist(), []
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    stratify = labels if counts[counts > 0].min() >= 2 else None
+    rest, part = train_test_split(
+        indices, test_size=part_frac / (rest_frac + part_frac), random_state=seed, stratify=stratify
+    )
+    return sorted(rest.tolist()), sorted(part.tolist())
+
+
+def three_way(samples: ImageSamples, val_fraction: float, test_fraction: float, seed: int) -> tuple[ImageSamples, ...]:
+    """Split one sample set into train/val/test by fractions, stratified by label, from ``seed``."""
+    rest, test = split_indices(samples.labels, (1.0 - test_fraction, test_fraction), seed)
+    rest_labels = [samples.labels[i] for i in rest]
+    train_pos, val_pos = split_indices(rest_labels, (1.0 - test_fraction - val_fraction, val_fraction), seed)
+    return (
+        samples.subset([rest[i] for i in train_pos]),
+        samples.subset([rest[i] for i in val_pos]),
+        samples.subset(test),
+    )
+
+
+def load_digits_samples() -> tuple[ImageSamples, list[str]]:
+    """scikit-learn's bundled 1,797 8x8 digit images as 3-channel PIL images (no download)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    images = [Image.fromarray(np.repeat(p[:, :, None], 3, axis=2), mode="RGB") for p in pixels]
+    return ImageSamples(images, digits.target.tolist()), [str(c) for c in digits.target_names]
+
+
+def _folder_samples(root: Path, class_to_idx: dict[str, int] | None = None) -> tuple[ImageSamples, list[str]]:
+    if class_to_idx is None:
+        try:
+            classes, class_to_idx = find_classes(str(root))
+        except FileNotFoundError as err:
+            raise ToolkitError(
+                f"folder {root} has no class subfolders; put each class's images in root/<class>/"
+            ) from err
+    else:
+        classes = sorted(class_to_idx, key=class_to_idx.get)
+    try:
+        pairs = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    except FileNotFoundError as err:
+        raise ToolkitError(f"folder {root}: {err}") from err
+    if not pairs:
+        raise ToolkitError(f"folder {root} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...) in class subfolders")
+    return ImageSamples([p for p, _ in pairs], [y for _, y in pairs]), list(classes)
+
+
+def load_folder_splits(root: str | None, val_fraction: float, test_fraction: float, seed: int) -> Splits:
+    """An ImageFolder tree: ``root/train`` (+ optional ``val``/``test``), or one class-per-folder tree split."""
+    if not root:
+        raise ToolkitError("source 'folder' needs a root: --data.root /path/to/images")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise ToolkitError(f"folder root {path} does not exist; pass --data.root pointing at an image folder")
+    if not (path / "train").is_dir():
+        samples, classes = _folder_samples(path)
+        train, val, test = three_way(samples, val_fraction, test_fraction, seed)
+        return Splits(train, val, test, classes)
+    train, classes = _folder_samples(path / "train")
+    mapping = {c: i for i, c in enumerate(classes)}
+    given = {name: _folder_samples(path / name, mapping)[0] for name in ("val", "test") if (path / name).is_dir()}
+    carve = (0.0 if "val" in given else val_fraction, 0.0 if "test" in given else test_fraction)
+    train, val, test = three_way(train, carve[0], carve[1], seed)
+    return Splits(train, given.get("val", val), given.get("test", test), classes)
+
+
+def verify_images(samples: ImageSamples) -> None:
+    """Open every file-backed image header once, so a broken file fails before training and is named."""
+    for image in samples.images:
+        if isinstance(image, (str, Path)):
+            try:
+                with Image.open(image) as handle:
+                    handle.verify()
+            except Exception as err:  # PIL raises many types for undecodable files
+                raise ToolkitError(f"cannot decode image {image} ({err}); remove or replace the file") from err
+
+
+def _torchvision_split(cls: type, root: str, split: str, download: bool) -> Any:
+    params = inspect.signature(cls).parameters
+    if "split" in params:
+        return cls(root, split=split, download=download)
+    if "train" in params:
+        return cls(root, train=split == "train", download=download)
+    raise ToolkitError(f"torchvision dataset {cls.__name__} has neither a 'split' nor a 'train' argument")
+
+
+def load_torchvision_splits(
+    name: str | None, root: str | None, download: bool, val_fraction: float, seed: int
+) -> Splits:
+    """A named torchvision dataset (CIFAR10, Flowers102, ...): its own val split if it has one, else carved."""
+    import torchvision.datasets as tvd
+
+    if not name or not isinstance(getattr(tvd, name, None), type):
+        raise ToolkitError(
+            f"unknown torchvision dataset {name!r}; pass --data.name CIFAR10 (or CIFAR100, Flowers102, ...)"
+        )
+    cls, root = getattr(tvd, name), str(Path(root or "data").expanduser())
+    try:
+        train = _torchvision_split(cls, root, "train", download)
+        test = _torchvision_split(cls, root, "test", download)
+        has_val = "split" in inspect.signature(cls).parameters
+        val = _torchvision_split(cls, root, "val", download) if has_val else None
+    except RuntimeError as err:
+        raise ToolkitError(
+            f"{name} not found under {root} ({err}); add --data.download true or fix --data.root"
+        ) from err
+
+    def wrap(ds: Any) -> ImageSamples:
+        return _TorchvisionSamples(ds)
+
+    classes = [str(c) for c in getattr(train, "classes", [])] or [str(i) for i in range(_num_labels(train))]
+    if val is None:
+        samples = wrap(train)
+        rest, part = split_indices(samples.labels, (1.0 - val_fraction, val_fraction), seed)
+        return Splits(samples.subset(rest), samples.subset(part), wrap(test), classes)
+    return Splits(wrap(train), wrap(val), wrap(test), classes)
+
+
+def _labels_of(ds: Any) -> list[int]:
+    for attr in ("targets", "_labels", "labels"):
+        if hasattr(ds, attr):
+            return [int(y) for y in getattr(ds, attr)]
+    return [int(ds[i][1]) for i in range(len(ds))]
+
+
+def _num_labels(ds: Any) -> int:
+    return max(_labels_of(ds)) + 1
+
+
+class _TorchvisionSamples(ImageSamples):
+    """A torchvision dataset seen as samples: images are indices read lazily from the dataset."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int] | None = None, transform: Callable | None = None) -> None:
+        self.dataset = dataset
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+        all_labels = _labels_of(dataset)
+        super().__init__(self.indices, [all_labels[i] for i in self.indices], transform)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label = self.dataset[self.indices[index]]
+        image = image.convert("RGB") if isinstance(image, Image.Image) else image
+        return (self.transform(image) if self.transform else image), label
+
+    def subset(self, indices: Sequence[int]) -> ImageSamples:
+        out = _TorchvisionSamples.__new__(_TorchvisionSamples)
+        out.dataset, out.indices = self.dataset, [self.indices[i] for i in indices]
+        ImageSamples.__init__(out, out.indices, [self.labels[i] for i in indices])
+        return out

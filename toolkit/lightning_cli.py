@@ -1,0 +1,212 @@
+"""LightningCLI wiring: argument links, default callbacks and logger, config to W&B, test-after-fit, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.pytorch import Callback, Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from toolkit import keys
+from toolkit.classifier import ImageClassifier
+from toolkit.data import ImageDataModule
+from toolkit.errors import ToolkitError
+from toolkit.tracking import CKPT_RUN_ID, RunIdCheckpoint
+
+
+@dataclass
+class AblationInfo:
+    """Which ablation run this is; sets the W&B group, job type, tags and the ``ablation`` config block."""
+
+    name: str
+    variant: str
+    seed: int
+
+
+class LoggedConfig(SaveConfigCallback):
+    """Writes config.yaml (overwriting) and sends the full resolved config, nested, to the logger."""
+
+    resumed_from: str | None = None
+
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
+        if self.resumed_from:
+            config["resumed_from"] = self.resumed_from
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config)
+
+
+class ToolkitCLI(LightningCLI):
+    """``toolkit fit|validate|test|predict`` for :class:`ImageClassifier` on :class:`ImageDataModule`."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            ImageClassifier,
+            ImageDataModule,
+            save_config_callback=LoggedConfig,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "toolkit", "description": "Transfer learning and ablations with timm backbones."},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="fit: test the best checkpoint after training, same process and W&B run",
+        )
+        parser.add_argument(
+            "--ablation", type=AblationInfo | None, default=None, help="ablation run identity (set by toolkit ablate)"
+        )
+        parser.add_argument(
+            "--ensemble_ckpts",
+            type=list[str] | None,
+            default=None,
+            help="test: ensemble these checkpoints (softmax averaging)",
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": keys.MONITOR,
+                "checkpoint.mode": keys.MONITOR_MODE,
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-epoch{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+                "trainer.logger": {"class_path": "toolkit.tracking.WandbLogger"},
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.link_arguments("model.backbone", "data.backbone")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        root = Path(config.trainer.default_root_dir or ".")
+        if config.checkpoint.dirpath is None:
+            config.checkpoint.dirpath = str(root / "checkpoints")
+        logger = config.trainer.logger
+        if _is_toolkit_logger(logger):
+            args = logger.init_args
+            if args.save_dir is None:
+                args.save_dir = str(root)
+            if config.ablation is not None:
+                ab = config.ablation
+                args.group = args.group or ab.name
+                args.job_type = args.job_type or ab.variant
+                args.tags = list(dict.fromkeys([*(args.tags or []), ab.variant, f"seed={ab.seed}"]))
+                args.name = args.name or f"{ab.variant}-seed{ab.seed}"
+        if self.subcommand == "fit" and config.get("ckpt_path"):
+            config.ckpt_path = _resolve_ckpt(config.ckpt_path, config.checkpoint.dirpath)
+            run_id = _run_id_in(config.ckpt_path)
+            if run_id and _is_toolkit_logger(logger):
+                if logger.init_args.mode in ("online",) or (logger.init_args.mode == "auto" and _online_auto()):
+                    logger.init_args.id = logger.init_args.id or run_id
+                else:
+                    LoggedConfig.resumed_from = run_id
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        listed = [*callbacks, *(config.get("callbacks") or [])]
+        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
+            callbacks.append(RichProgressBar())
+        callbacks.append(RunIdCheckpoint())
+        if self.subcommand == "test" and self.config.test.get("ensemble_ckpts"):
+            from toolkit.callbacks.snapshot import CheckpointEnsemble
+
+            callbacks.append(CheckpointEnsemble(self.config.test.ensemble_ckpts))
+        return super()._instantiate_trainer(config, callbacks)
+
+    def after_fit(self) -> None:
+        if not self.config.fit.test_after_fit:
+            return
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def _is_toolkit_logger(logger: Any) -> bool:
+    return logger is not None and getattr(logger, "class_path", None) == "toolkit.tracking.WandbLogger"
+
+
+def _online_auto() -> bool:
+    from toolkit.tracking import resolve_mode
+
+    return resolve_mode("auto") == "online"
+
+
+def _resolve_ckpt(ckpt_path: str, dirpath: str) -> str:
+    """``last`` -> ``<checkpoint dir>/last.ckpt`` (Lightning would look in the logger's per-run folder instead)."""
+    if ckpt_path == "last":
+        path = Path(dirpath) / "last.ckpt"
+        if not path.is_file():
+            raise ToolkitError(f"--ckpt_path last: no {path}; train first or pass a checkpoint file")
+        return str(path)
+    if ckpt_path not in ("best", "hpc", "registry") and not Path(ckpt_path).is_file():
+        raise ToolkitError(f"checkpoint {ckpt_path} does not exist; pass an existing .ckpt file or 'last'")
+    return ckpt_path
+
+
+def _run_id_in(ckpt_path: str) -> str | None:
+    if not Path(ckpt_path).is_file():
+        return None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    return checkpoint.get(CKPT_RUN_ID)
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run, so a second run in the same process (tests, notebooks) starts a new one."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
+
+
+def run_cli(args: list[str] | None = None) -> ToolkitCLI:
+    """Run ``toolkit <subcommand> ...`` in this process (the console script calls this)."""
+    LoggedConfig.resumed_from = None
+    try:
+        return ToolkitCLI(args=args)
+    finally:
+        _finish_wandb()
+
+
+class _ParseOnlyCLI(ToolkitCLI):
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def check_args(argv: list[str]) -> None:
+    """Parse ``argv`` (e.g. ``["fit", "--config", ...]``) with the CLI's parser; instantiate nothing.
+
+    Raises:
+        ToolkitError: naming the bad key when the arguments do not parse.
+    """
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            _ParseOnlyCLI(args=argv, run=False)
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            return
+        raise ToolkitError(_parse_error(err.getvalue())) from None
+
+
+def _parse_error(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    message = errors[-1][len("error:") :].strip() if errors else (lines[-1] if lines else "invalid arguments")
+    match = re.search(r"[Kk]ey \"?'?([\w.]+)", message)
+    return message if not match or match.group(1) in message[:80] else f"{match.group(1)}: {message}"

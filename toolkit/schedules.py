@@ -1,0 +1,60 @@
+"""Per-step learning-rate schedules (cosine, constant, step) with optional linear warmup, as one LambdaLR."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LambdaLR
+
+#: attribute the classifier sets on its optimizer: the run's total optimizer steps (known only once a trainer exists)
+TOTAL_STEPS_HINT = "toolkit_total_steps"
+
+
+class WarmupSchedule(LambdaLR):
+    """Linear warmup, then a ``cosine`` decay, a ``constant`` lr, or ``step`` decay; stepped every optimizer step.
+
+    The factor multiplies each param group's initial lr, so the ratio between the head and backbone groups holds.
+
+    Args:
+        optimizer: the wrapped optimizer.
+        schedule: shape after warmup.
+        warmup_steps: linear warmup length in optimizer steps; a value below 1 is a fraction of the total steps.
+        total_steps: optimizer steps of the whole run; None takes the trainer's estimate (set by the classifier).
+        min_lr_ratio: the cosine's floor as a fraction of the initial lr.
+        step_every: ``step`` schedule: steps between decays; a value below 1 is a fraction of the total steps.
+        gamma: ``step`` schedule: decay factor.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        schedule: Literal["cosine", "constant", "step"] = "cosine",
+        warmup_steps: float = 0.05,
+        total_steps: int | None = None,
+        min_lr_ratio: float = 0.0,
+        step_every: float = 0.3,
+        gamma: float = 0.1,
+    ) -> None:
+        self.schedule, self.min_lr_ratio, self.gamma = schedule, min_lr_ratio, gamma
+        total = total_steps or getattr(optimizer, TOTAL_STEPS_HINT, None)
+        if (schedule != "constant" or 0 < warmup_steps < 1) and not total:
+            raise ValueError("WarmupSchedule needs total_steps (or the trainer's estimate set by the model)")
+        self.total_steps = int(total) if total else 0
+        self.warmup_steps = round(warmup_steps * self.total_steps) if 0 < warmup_steps < 1 else int(warmup_steps)
+        self.step_every = max(1, round(step_every * self.total_steps) if step_every < 1 else int(step_every))
+        super().__init__(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        """The lr multiplier at optimizer step ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return (step + 1) / (self.warmup_steps + 1)
+        if self.schedule == "constant":
+            return 1.0
+        after = step - self.warmup_steps
+        if self.schedule == "step":
+            return self.gamma ** (after // self.step_every)
+        span = max(1, self.total_steps - self.warmup_steps)
+        progress = min(1.0, after / span)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

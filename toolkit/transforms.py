@@ -1,0 +1,83 @@
+"""Image transforms resolved from a backbone's timm data config (size, mean/std, interpolation, crop)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import timm
+from timm.data import create_transform, resolve_data_config
+from torchvision import transforms as T
+
+Augment = Literal["none", "basic", "randaugment", "trivialaugment"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What the transforms need from a backbone's pretrained config."""
+
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+    crop_pct: float
+    crop_mode: str = "center"
+
+
+def resolve_backbone_data_config(backbone: str, image_size: int | None = None) -> DataConfig:
+    """The timm data config of ``backbone`` (no weights are built or fetched); ``image_size`` overrides the size."""
+    cfg = timm.models.get_pretrained_cfg(backbone)
+    cfg = cfg.to_dict() if cfg is not None else {}
+    resolved = resolve_data_config({}, pretrained_cfg=cfg)
+    config = DataConfig(
+        input_size=tuple(resolved["input_size"]),
+        mean=tuple(resolved["mean"]),
+        std=tuple(resolved["std"]),
+        interpolation=resolved["interpolation"],
+        crop_pct=resolved["crop_pct"],
+        crop_mode=resolved.get("crop_mode", "center"),
+    )
+    if image_size is not None:
+        # a small override (e.g. 32 px digits) uses the whole image rather than a centre crop of it
+        config = replace(config, input_size=(config.input_size[0], image_size, image_size), crop_pct=1.0)
+    return config
+
+
+def create_eval_transform(config: DataConfig) -> T.Compose:
+    """Resize + centre crop + normalise, as timm evaluates the backbone."""
+    return create_transform(
+        config.input_size,
+        is_training=False,
+        interpolation=config.interpolation,
+        mean=config.mean,
+        std=config.std,
+        crop_pct=config.crop_pct,
+        crop_mode=config.crop_mode,
+    )
+
+
+def create_train_transform(config: DataConfig, augment: Augment) -> T.Compose:
+    """The training transform for an ``augment`` level; ``none`` is the eval transform.
+
+    ``basic`` is a random resized crop + horizontal flip; ``randaugment`` adds timm's RandAugment (rand-m9-mstd0.5);
+    ``trivialaugment`` adds torchvision's TrivialAugmentWide (timm has no TrivialAugment) between the crop/flip
+    and the normalisation.
+    """
+    if augment == "none":
+        return create_eval_transform(config)
+    common = dict(
+        is_training=True,
+        interpolation=config.interpolation,
+        mean=config.mean,
+        std=config.std,
+        color_jitter=0.0,
+        hflip=0.5,
+    )
+    if augment == "basic":
+        return create_transform(config.input_size, **common)
+    if augment == "randaugment":
+        return create_transform(config.input_size, auto_augment="rand-m9-mstd0.5", **common)
+    if augment == "trivialaugment":
+        primary, _, final = create_transform(config.input_size, separate=True, **common)
+        return T.Compose([*primary.transforms, T.TrivialAugmentWide(), *final.transforms])
+    raise ValueError(f"unknown augment level {augment!r}")
