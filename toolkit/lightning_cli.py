@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,22 @@ class ToolkitCLI(LightningCLI):
             parser_kwargs={"prog": "toolkit", "description": "Transfer learning and ablations with timm backbones."},
             args=args,
             run=run,
+            auto_configure_optimizers=False,  # the model's optimizer/lr_scheduler arguments own this
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, turning jsonargparse's usage dump + error into one ToolkitError line (``--help`` still prints)."""
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                super().parse_arguments(parser, args)
+        except SystemExit as exit_:
+            if exit_.code in (0, None):
+                raise
+            raise ToolkitError(_parse_error(err.getvalue())) from None
+        finally:
+            if err.getvalue() and "error:" not in err.getvalue():
+                print(err.getvalue(), end="", file=sys.stderr)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
@@ -181,10 +197,15 @@ def run_cli(args: list[str] | None = None) -> ToolkitCLI:
 
 
 class _ParseOnlyCLI(ToolkitCLI):
+    """Parses with the subcommand parsers and stops before anything is built."""
+
     def before_instantiate_classes(self) -> None:
         pass
 
     def instantiate_classes(self) -> None:
+        pass
+
+    def _run_subcommand(self, subcommand: str) -> None:
         pass
 
 
@@ -194,19 +215,16 @@ def check_args(argv: list[str]) -> None:
     Raises:
         ToolkitError: naming the bad key when the arguments do not parse.
     """
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-            _ParseOnlyCLI(args=argv, run=False)
-    except SystemExit as exit_:
-        if exit_.code in (0, None):
-            return
-        raise ToolkitError(_parse_error(err.getvalue())) from None
+    with contextlib.redirect_stdout(io.StringIO()):
+        _ParseOnlyCLI(args=argv)
 
 
 def _parse_error(stderr: str) -> str:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    message = errors[-1][len("error:") :].strip() if errors else (lines[-1] if lines else "invalid arguments")
-    match = re.search(r"[Kk]ey \"?'?([\w.]+)", message)
-    return message if not match or match.group(1) in message[:80] else f"{match.group(1)}: {message}"
+    """jsonargparse's ``error:`` line and its indented details as one line, with a pointer to --help."""
+    lines = stderr.splitlines()
+    start = max((i for i, line in enumerate(lines) if line.startswith("error:")), default=None)
+    if start is None:
+        return (lines[-1].strip() if lines else "invalid arguments") + " (see toolkit <command> --help)"
+    message = " ".join(line.strip() for line in lines[start:] if line.strip())[len("error:") :].strip()
+    message = re.sub(r"\s+", " ", message)
+    return f"{message} (see toolkit <command> --help)"

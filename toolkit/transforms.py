@@ -9,6 +9,8 @@ import timm
 from timm.data import create_transform, resolve_data_config
 from torchvision import transforms as T
 
+from toolkit.backbone import check_backbone_name
+
 Augment = Literal["none", "basic", "randaugment", "trivialaugment"]
 
 
@@ -26,6 +28,7 @@ class DataConfig:
 
 def resolve_backbone_data_config(backbone: str, image_size: int | None = None) -> DataConfig:
     """The timm data config of ``backbone`` (no weights are built or fetched); ``image_size`` overrides the size."""
+    check_backbone_name(backbone)
     cfg = timm.models.get_pretrained_cfg(backbone)
     cfg = cfg.to_dict() if cfg is not None else {}
     resolved = resolve_data_config({}, pretrained_cfg=cfg)
