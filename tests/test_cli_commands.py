@@ -1,0 +1,37 @@
+"""The real `toolkit` command as subprocesses: fit then test a checkpoint, help, and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import QUICK, ROOT, toolkit_cmd
+
+pytestmark = pytest.mark.slow
+
+
+def test_fit_then_test_checkpoint_as_subprocesses(tmp_path: Path) -> None:
+    fit = toolkit_cmd("fit", *QUICK, "--trainer.default_root_dir", str(tmp_path))
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    test = toolkit_cmd("test", *QUICK, "--trainer.default_root_dir", str(tmp_path / "test"), "--ckpt_path", str(ckpt))
+    assert test.returncode == 0, test.stderr[-2000:]
+    assert "test/acc" in test.stdout and "test/f1" in test.stdout
+
+
+def test_help_lists_model_and_data_arguments_with_types_and_defaults() -> None:
+    result = toolkit_cmd("fit", "--help")
+    assert result.returncode == 0
+    for text in ("--model.backbone", "--model.freeze_backbone", "--data.source", "--data.augment", "--test_after_fit"):
+        assert text in result.stdout
+    assert "default: test_resnet" in result.stdout
+
+
+def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
+    result = toolkit_cmd("fit", "--config", str(ROOT / "configs" / "digits.yaml"), "--model.backbone", "resnet18x")
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: unknown backbone 'resnet18x'; did you mean resnet18, resnet18d, skresnet18?"]
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
