@@ -82,6 +82,7 @@ class ImageClassifier(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.backbone = create_backbone(backbone, pretrained, drop_path_rate, zero_init_last)
         self._setup_logged = False
+        self.lesion_blocks = lesion_blocks
         self.changes: list[str] = self._apply_switches(batchnorm, residual, residual_blocks, lesion_blocks)
         self.head = create_head(self.backbone.num_features, num_classes, drop_rate, head_init)
         self.freezer = BackboneFreezer(self.backbone, freeze_backbone, unfreeze_at_epoch)
@@ -117,6 +118,8 @@ class ImageClassifier(pl.LightningModule):
         return self
 
     def setup(self, stage: str) -> None:
+        if stage == "fit" and self.lesion_blocks:
+            raise ToolkitError("lesion_blocks is a test-time lesion; use it with `toolkit test`, not `toolkit fit`")
         if stage == "fit":
             self.freezer.prepare(distributed=self.trainer.world_size > 1)
 

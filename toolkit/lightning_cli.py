@@ -132,6 +132,8 @@ class ToolkitCLI(LightningCLI):
                     LoggedConfig.resumed_from = run_id
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        if config.get("logger") in (False, None):  # no logger: nothing to monitor the lr into
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         listed = [*callbacks, *(config.get("callbacks") or [])]
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
             callbacks.append(RichProgressBar())
@@ -180,11 +182,16 @@ def _run_id_in(ckpt_path: str) -> str | None:
 
 
 def _finish_wandb() -> None:
-    """Close the W&B run, so a second run in the same process (tests, notebooks) starts a new one."""
+    """Close the W&B run, so a second run in the same process (tests, notebooks) starts a new one.
+
+    ``wandb.finish`` returns before the service has written the whole run log; ``teardown`` waits for it, so the
+    log is complete when the command returns (the ablation runner and reports read it right away).
+    """
     import wandb
 
     if wandb.run is not None:
         wandb.finish()
+    wandb.teardown()
 
 
 def run_cli(args: list[str] | None = None) -> ToolkitCLI:

@@ -1,0 +1,87 @@
+"""Optimizers and schedules from config: param groups, backbone lr scale, warmup + cosine/step/constant."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import fit
+
+from toolkit.schedules import WarmupSchedule
+
+
+def _sched(schedule: str, **kwargs) -> tuple[WarmupSchedule, torch.optim.Optimizer]:
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.1}, {"params": [], "lr": 0.01}])
+    return WarmupSchedule(opt, schedule, **kwargs), opt
+
+
+def test_warmup_then_cosine_matches_the_formula() -> None:
+    sched, opt = _sched("cosine", warmup_steps=4, total_steps=20)
+    lrs = []
+    for _ in range(20):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    for t, (head, backbone) in enumerate(lrs):
+        expected = (t + 1) / 5 if t < 4 else 0.5 * (1 + math.cos(math.pi * (t - 4) / 16))
+        assert head == pytest.approx(0.1 * expected) and backbone == pytest.approx(0.01 * expected)
+
+
+def test_step_and_constant_schedules() -> None:
+    sched, opt = _sched("step", warmup_steps=0, total_steps=10, step_every=3, gamma=0.5)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([0.1] * 3 + [0.05] * 3 + [0.025] * 3 + [0.0125])
+    sched, opt = _sched("constant", warmup_steps=0)
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
+def test_sgd_nesterov_with_backbone_lr_scale_from_the_cli(tmp_path: Path) -> None:
+    cli = fit(
+        tmp_path,
+        "--model.optimizer",
+        "torch.optim.SGD",
+        "--model.optimizer.lr",
+        "0.05",
+        "--model.optimizer.momentum",
+        "0.9",
+        "--model.optimizer.nesterov",
+        "true",
+        "--model.lr_scheduler",
+        "toolkit.schedules.WarmupSchedule",
+        "--model.lr_scheduler.schedule",
+        "constant",
+        "--model.lr_scheduler.warmup_steps",
+        "0",
+        "--model.backbone_lr_scale",
+        "0.1",
+    )
+    optimizer = cli.trainer.optimizers[0]
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.defaults["nesterov"]
+    head, backbone = optimizer.param_groups
+    assert (head["name"], backbone["name"]) == ("head", "backbone")
+    assert head["lr"] == pytest.approx(0.05) and backbone["lr"] == pytest.approx(0.005)
+
+
+@pytest.mark.parametrize("optimizer", ["torch.optim.Adagrad", "torch.optim.RMSprop", "torch.optim.Adam"])
+def test_other_optimizers_with_a_torch_step_scheduler(tmp_path: Path, optimizer: str) -> None:
+    cli = fit(
+        tmp_path,
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--model.optimizer",
+        optimizer,
+        "--model.lr_scheduler",
+        "torch.optim.lr_scheduler.StepLR",
+        "--model.lr_scheduler.step_size",
+        "1",
+    )
+    assert type(cli.trainer.optimizers[0]).__name__ == optimizer.rsplit(".", 1)[1]
+    assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))

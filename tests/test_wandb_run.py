@@ -1,0 +1,68 @@
+"""The offline W&B run of a fit: resolved config, ablation identity, best-value summaries, test metrics, resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from conftest import fit
+
+from toolkit.report.wandb_log import read_run
+
+
+def _logs(root: Path) -> list[Path]:
+    return sorted(root.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_offline_run_holds_config_identity_val_and_test_metrics(tmp_path: Path) -> None:
+    cli = fit(
+        tmp_path,
+        "--trainer.max_epochs",
+        "2",
+        "--test_after_fit",
+        "true",
+        "--ablation.name",
+        "study",
+        "--ablation.variant",
+        "no-bn",
+        "--ablation.seed",
+        "3",
+        "--seed_everything",
+        "3",
+        "--trainer.log_every_n_steps",
+        "1",
+    )
+    (log,) = _logs(tmp_path)
+    run = read_run(log)
+    assert run.state == "finished"
+    assert (run.group, run.job_type) == ("study", "no-bn")
+    assert set(run.tags) == {"no-bn", "seed=3"}
+    config = run.config
+    assert config["ablation"] == {"name": "study", "variant": "no-bn", "seed": 3}
+    assert config["model"]["backbone"] == "test_resnet" and config["data"]["source"] == "digits"
+    assert config["trainer"]["max_epochs"] == 2 and config["seed_everything"] == 3
+    assert "backbone" not in config and "num_classes" not in config  # nested only, no flattened duplicates
+    written = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert written["model"] == config["model"]
+    # val summaries hold the best epoch, not the last; test metrics come from the same run
+    val_acc = [row["val/acc"] for row in run.history if "val/acc" in row]
+    assert len(val_acc) == 2 and run.summary["val/acc"] == {"max": max(val_acc)}
+    val_loss = [row["val/loss"] for row in run.history if "val/loss" in row]
+    assert run.summary["val/loss"] == {"min": min(val_loss)}
+    metrics = cli.trainer.callback_metrics
+    assert abs(run.summary["test/acc"] - float(metrics["test/acc"])) < 1e-6
+    assert "test/f1" in run.summary
+    assert sum("train/loss" in row for row in run.history) == 6  # logged every step (2 epochs x 3 batches)
+
+
+def test_resume_offline_starts_a_run_naming_the_one_it_resumes(tmp_path: Path) -> None:
+    fit(tmp_path)
+    (first,) = _logs(tmp_path)
+    first_id = read_run(first).run_id
+    fit(tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")  # same folder: config.yaml exists already
+    logs = _logs(tmp_path)
+    assert len(logs) == 2
+    second = next(read_run(p) for p in logs if p != first)
+    assert second.run_id != first_id
+    assert second.config["resumed_from"] == first_id
+    assert any(row.get("epoch") == 1 for row in second.history)
