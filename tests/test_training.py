@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning.pytorch as pl
+import pytest
 import torch
 from conftest import fit
 
@@ -120,3 +121,17 @@ def test_same_seed_gives_same_metrics(tmp_path: Path) -> None:
     assert {k: float(v) for k, v in first.items()} == {k: float(v) for k, v in second.items()}
     third = fit(tmp_path / "c", "--seed_everything", "8").trainer.callback_metrics
     assert float(third["train/loss"]) != float(first["train/loss"])
+
+
+def test_predict_writes_the_test_split_predictions(tmp_path: Path) -> None:
+    import pandas as pd
+    from conftest import QUICK
+
+    from toolkit.lightning_cli import run_cli
+
+    cli = fit(tmp_path / "fit", "--test_after_fit", "true", "--trainer.limit_test_batches", "1.0")
+    ckpt = cli.trainer.checkpoint_callback.best_model_path
+    run_cli(["predict", *QUICK, "--trainer.default_root_dir", str(tmp_path / "pred"), "--ckpt_path", ckpt])
+    table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert len(table) == 270 and set(table.columns) >= {"label", "pred", "pred_name", "prob"}
+    assert (table.label == table.pred).mean() == pytest.approx(float(cli.trainer.callback_metrics["test/acc"]))

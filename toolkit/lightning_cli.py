@@ -144,6 +144,24 @@ class ToolkitCLI(LightningCLI):
             callbacks.append(CheckpointEnsemble(self.config.test.ensemble_ckpts))
         return super()._instantiate_trainer(config, callbacks)
 
+    def predict(self, **kwargs: Any) -> None:
+        """``toolkit predict``: predictions of the test split, written to ``<default_root_dir>/predictions.csv``."""
+        batches = self.trainer.predict(**kwargs) or []
+        if not batches or not self.trainer.is_global_zero:
+            return
+        import pandas as pd
+
+        probs = torch.cat([b["probs"] for b in batches]).float()
+        preds = probs.argmax(-1).tolist()
+        names = self.model.hparams.get("class_names") or [str(i) for i in range(probs.shape[1])]
+        table = pd.DataFrame({"pred": preds, "pred_name": [names[i] for i in preds], "prob": probs.max(-1).values})
+        if self.datamodule is not None and len(self.datamodule.splits.test) == len(table):
+            table.insert(0, "label", self.datamodule.splits.test.labels)
+        out = Path(self.trainer.default_root_dir) / "predictions.csv"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index_label="index")
+        print(f"predictions: {out} ({len(table)} rows)")
+
     def after_fit(self) -> None:
         if not self.config.fit.test_after_fit:
             return
