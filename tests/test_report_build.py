@@ -1,0 +1,143 @@
+"""build_report end to end on real W&B offline logs of a synthetic ablation (finished, killed, failed, cut, corrupt)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+from report_fixtures import SYNTH_FINISHED, synthetic_ablation
+
+from toolkit.errors import ToolkitError
+from toolkit.report.build import ReportResult, build_report
+from toolkit.report.wandb_log import read_run
+
+METRICS = ["test/acc", "test/f1"]
+VARIANTS = ["full", "no-bn", "snapshot"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return synthetic_ablation(tmp_path_factory.mktemp("synth"))
+
+
+@pytest.fixture(scope="module")
+def report(synth: dict, tmp_path_factory: pytest.TempPathFactory) -> ReportResult:
+    out = tmp_path_factory.mktemp("report")
+    return build_report("synth", "full", METRICS, root=synth["root"], out=out, variants=VARIANTS, seeds=[0, 1, 2])
+
+
+def expected(variant: str, metric: str) -> list[float]:
+    """The values logged for the finished runs of a variant (ensemble key when the run logged one)."""
+    out = []
+    for (v, _), (test, _) in sorted(SYNTH_FINISHED.items()):
+        if v == variant:
+            out.append(test.get(metric.replace("/", "/") + "_ensemble", test[metric]))
+    return out
+
+
+def test_table_csv_equals_the_logged_values(report: ReportResult) -> None:
+    table = pd.read_csv(report.out / "table.csv")
+    assert table.columns.tolist()[:7] == ["variant", "metric", "mean", "std", "n", "delta", "p_value"]
+    rows = table.set_index(["variant", "metric"])
+    for metric in METRICS:
+        base = statistics.mean(expected("full", metric))
+        for variant in VARIANTS:
+            values = expected(variant, metric)
+            assert rows.loc[(variant, metric), "n"] == len(values)
+            assert rows.loc[(variant, metric), "mean"] == pytest.approx(statistics.mean(values), abs=1e-12)
+            assert rows.loc[(variant, metric), "std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
+            assert rows.loc[(variant, metric), "delta"] == pytest.approx(100 * (statistics.mean(values) - base))
+    assert "n=2 of 3 seeds (seed 2: failed)" in rows.loc[("no-bn", "test/acc"), "note"]
+    assert "seed 2: unfinished" in rows.loc[("snapshot", "test/acc"), "note"]
+    assert "ensemble: test/acc_ensemble" in rows.loc[("snapshot", "test/acc"), "note"]
+    assert rows.loc[("snapshot", "test/acc"), "best"] and not rows.loc[("full", "test/acc"), "best"]
+
+
+def test_runs_csv_lists_every_run_with_why_it_does_not_count(report: ReportResult, synth: dict) -> None:
+    runs = pd.read_csv(report.out / "runs.csv")
+    assert runs["counted"].sum() == len(SYNTH_FINISHED)
+    assert "another-ablation" not in set(runs["ablation"].dropna())
+    assert len(runs) == len(SYNTH_FINISHED) + 5  # killed, failed, cut, corrupt copy, junk; latest-run links once
+    by_source = runs.set_index("source")
+    assert by_source.loc[str(synth["killed"]), "state"] == "unfinished"
+    assert "superseded by" in by_source.loc[str(synth["killed"]), "note"]
+    assert by_source.loc[str(synth["failed"]), "state"] == "failed"
+    assert by_source.loc[str(synth["truncated"]), "state"] == "unfinished"
+    assert "truncated" in by_source.loc[str(synth["truncated"]), "note"]
+    assert by_source.loc[str(synth["corrupt"]), "state"] == "corrupt"
+    assert "checksum mismatch" in by_source.loc[str(synth["corrupt"]), "note"]
+    assert by_source.loc[str(synth["junk"]), "state"] == "corrupt"
+    assert len(report.skipped) == 5 and all(" run " in line for line in report.skipped)
+    assert runs.loc[runs["counted"], "config.model.batchnorm"].notna().all()
+
+
+def test_markdown_has_variant_rows_and_metric_columns(report: ReportResult) -> None:
+    lines = (report.out / "table.md").read_text().splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header[:4] == ["Variant", "Accuracy", "F1", "Δ Accuracy (pts)"]
+    body = {cells[0]: cells for cells in ([c.strip() for c in row.strip("|").split("|")] for row in table[2:])}
+    assert list(body) == VARIANTS
+    full = expected("full", "test/acc")
+    assert body["full"][1] == f"{100 * statistics.mean(full):.2f} ± {100 * statistics.stdev(full):.2f}"
+    assert body["full"][3] == "\u2013"  # en dash: no Δ for the baseline
+    assert body["snapshot"][1].startswith("**") and body["snapshot"][1].endswith("†")
+    delta = 100 * (statistics.mean(expected("no-bn", "test/acc")) - statistics.mean(full))
+    assert body["no-bn"][3].startswith(f"{delta:+.2f} (p=")
+    assert body["no-bn"][4] == "2" and "n=2 of 3 seeds" in body["no-bn"][5]
+
+
+def test_latex_and_html_tables(report: ReportResult) -> None:
+    tex = (report.out / "table.tex").read_text()
+    assert all(rule in tex for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"$\pm$", r"\textbf{"))
+    assert tex.count(r"\\") == len(VARIANTS) + 1
+    html = (report.out / "table.html").read_text()
+    assert html.count("<tr") == len(VARIANTS) + 1 and "<b>" in html and "no-bn" in html
+
+
+def test_plots_are_non_empty_png_images(report: ReportResult) -> None:
+    names = {path.name for path in report.out.glob("*.png")}
+    assert names == {"bar_test_acc.png", "bar_test_f1.png"} | {f"curves_{v}.png" for v in VARIANTS}
+    for path in report.out.glob("*.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        image = imread(path)
+        assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01, path.name
+
+
+def test_table_logged_back_to_wandb_as_an_analysis_run(synth: dict, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = build_report("synth", "full", ["test/acc"], root=synth["root"], out=tmp_path, log_to_wandb=True)
+    (log,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    run = read_run(log)
+    assert (run.state, run.group, run.job_type) == ("finished", "synth", "analysis")
+    (row,) = [row for row in run.history if "ablation_table._type" in row]  # nested values arrive flattened
+    assert row["ablation_table._type"] == "table-file" and row["ablation_table.nrows"] == len(result.table)
+    saved = json.loads((log.parent / "files" / row["ablation_table.path"]).read_text())
+    assert saved["columns"] == result.table.columns.tolist()
+    assert [r[:5] for r in saved["data"]] == result.table.iloc[:, :5].values.tolist()
+
+
+def test_analysis_run_and_other_ablations_are_not_results(synth: dict, tmp_path: Path) -> None:
+    with pytest.raises(ToolkitError, match="no W&B runs of ablation 'nothing-here'"):
+        (synth["root"] / "nothing-here").mkdir(exist_ok=True)
+        build_report("nothing-here", "full", ["test/acc"], root=synth["root"], out=tmp_path)
+    with pytest.raises(ToolkitError, match="toolkit ablate run"):
+        build_report("missing", "full", ["test/acc"], root=tmp_path / "nowhere", out=tmp_path)
+
+
+def test_a_metric_no_run_logged_is_a_clear_error(synth: dict, tmp_path: Path) -> None:
+    with pytest.raises(ToolkitError, match=r"metric 'test/accuracy'; did you mean test/acc\b.*fix `metrics`"):
+        build_report("synth", "full", ["test/acc", "test/accuracy"], root=synth["root"], out=tmp_path)
+    assert not (tmp_path / "table.csv").exists()
+
+
+def test_default_variants_and_seeds_come_from_the_runs(synth: dict, tmp_path: Path) -> None:
+    result = build_report("synth", "full", ["test/acc"], root=synth["root"], out=tmp_path)
+    assert list(dict.fromkeys(result.table["variant"])) == ["full", "no-bn", "snapshot"]
+    assert not math.isnan(result.table.set_index("variant").loc["no-bn", "p_value"])

@@ -1,0 +1,83 @@
+"""``toolkit report`` as users run it: real subprocesses, a real spec file, the synthetic ablation's real logs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import toolkit_cmd
+from report_fixtures import SYNTH_FINISHED, synthetic_ablation
+
+SPEC = """\
+name: synth
+base: [{base}]
+seeds: [0, 1, 2]
+baseline: full
+variants:
+  full: {{}}
+  no-bn: {{model.batchnorm: "off"}}
+  snapshot: {{model.batchnorm: "on"}}
+metrics: [test/acc, test/f1]
+project: toolkit-tests
+"""
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("cli")
+    synth = synthetic_ablation(root / "runs")
+    base = root / "base.yaml"
+    base.write_text("trainer: {max_epochs: 1}\n")
+    path = root / "synth.yaml"
+    path.write_text(SPEC.format(base=base))
+    return {"path": path, "root": synth["root"], "dir": root}
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_import_pulls_in_neither_torch_nor_lightning(tmp_path: Path) -> None:
+    proc = run_python(
+        "import sys, toolkit.report.cli, toolkit.report.build\n"
+        "heavy = sorted(m for m in ('torch', 'lightning', 'timm') if m in sys.modules)\n"
+        "assert not heavy, heavy",
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_report_command_writes_the_report_without_torch(spec: dict) -> None:
+    """A whole report in a fresh process: still no torch or Lightning imported at the end."""
+    out = spec["dir"] / "out-inproc"
+    argv = [str(spec["path"]), "--root", str(spec["root"]), "--out", str(out)]
+    proc = run_python(
+        "import sys\nfrom toolkit.report.cli import main\n"
+        f"rc = main({argv!r})\n"
+        "assert 'torch' not in sys.modules and 'lightning' not in sys.modules\nsys.exit(rc)",
+        spec["dir"],
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("## Ablation: synth") and "| Variant" in proc.stdout
+    table = pd.read_csv(out / "table.csv")
+    assert set(table["variant"]) == {"full", "no-bn", "snapshot"}
+    assert int(table.loc[table["variant"] == "full", "n"].iloc[0]) == 3
+    assert proc.stderr.count("not counted:") == 5
+
+
+@pytest.mark.slow
+def test_console_command_default_out_and_errors(spec: dict) -> None:
+    proc = toolkit_cmd("report", str(spec["path"]), "--root", str(spec["root"]), cwd=spec["dir"])
+    assert proc.returncode == 0, proc.stderr
+    out = spec["dir"] / "reports" / "synth"
+    assert (out / "table.md").read_text() in proc.stdout + "\n"
+    assert len(pd.read_csv(out / "runs.csv")) == len(SYNTH_FINISHED) + 5
+
+    missing = toolkit_cmd("report", "no-such-spec.yaml", cwd=spec["dir"])
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ablation spec 'no-such-spec.yaml' not found")
+    empty = toolkit_cmd("report", str(spec["path"]), "--root", str(spec["dir"] / "elsewhere"), cwd=spec["dir"])
+    assert empty.returncode == 2 and "error: no runs folder" in empty.stderr and "Traceback" not in empty.stderr

@@ -1,0 +1,162 @@
+"""Build an ablation report: read the runs, aggregate, write ``runs.csv``, the tables and the plots into one folder."""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from toolkit.errors import ToolkitError
+from toolkit.keys import ensemble_key
+from toolkit.report import plots, render
+from toolkit.report.sources import runs_from_api, runs_from_logs
+from toolkit.report.table import aggregate, mark_counted
+from toolkit.report.wandb_log import LogDamageWarning
+
+
+@dataclass
+class ReportResult:
+    """What ``build_report`` made.
+
+    Attributes:
+        out: the report folder.
+        runs: the runs table with ``counted`` and ``note`` (as in ``runs.csv``).
+        table: the tidy ablation table (as in ``table.csv``).
+        files: written files by role: ``runs``, ``csv``, ``md``, ``tex``, ``html``, then one per plot.
+        skipped: one line per run that does not count (unfinished, failed, corrupt, superseded) saying why.
+        markdown: the text of ``table.md``.
+    """
+
+    out: Path
+    runs: pd.DataFrame
+    table: pd.DataFrame
+    files: dict[str, Path] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    markdown: str = ""
+
+
+def _skipped_lines(runs: pd.DataFrame) -> list[str]:
+    """``variant seed N run ID: note (source)`` for each run that does not count."""
+    lines = []
+    for row in runs[~runs["counted"]].itertuples():
+        who = f"{row.variant} seed {row.seed}" if pd.notna(row.variant) and pd.notna(row.seed) else "unidentified"
+        run_id = row.run_id if pd.notna(row.run_id) else "?"
+        lines.append(f"{who} run {run_id}: {row.note} ({row.source})")
+    return lines
+
+
+def _check_metrics(runs: pd.DataFrame, metrics: Sequence[str]) -> None:
+    """Raise for a metric that no counted run logged (a typo in the spec), naming the logged ones."""
+    counted = runs[runs["counted"]]
+    if counted.empty:
+        return  # nothing finished yet: the table shows n=0, which says so
+    logged = sorted(c for c in counted.columns if "/" in c and not c.startswith("config.") and counted[c].notna().any())
+    for metric in metrics:
+        stage, _, name = metric.partition("/")
+        if metric not in logged and ensemble_key(stage, name) not in logged:
+            close = difflib.get_close_matches(metric, logged, n=3)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            raise ToolkitError(
+                f"no finished run logged metric {metric!r}; {hint}logged: {', '.join(logged)}; "
+                "fix `metrics` in the spec"
+            )
+
+
+def log_table_to_wandb(table: pd.DataFrame, name: str, project: str | None, out: Path) -> str:
+    """Log the tidy table as a ``wandb.Table`` in an analysis run (job_type ``analysis``, group ``name``).
+
+    The run is offline unless W&B credentials are configured; its files go under ``<out>/wandb``.
+
+    Returns:
+        the analysis run's id.
+    """
+    import wandb
+
+    entity, _, proj = (project or "toolkit").rpartition("/")
+    run = wandb.init(
+        entity=entity or None,
+        project=proj,
+        group=name,
+        job_type="analysis",
+        name=f"{name}-report",
+        dir=out,
+        config={"report_of": name},
+    )
+    try:
+        run.log({"ablation_table": wandb.Table(dataframe=table.astype({"best": str}))})
+    finally:
+        run.finish()
+        # finish() may return before wandb-core has written the run (seen on a loaded machine); teardown waits
+        wandb.teardown()
+    return run.id
+
+
+def build_report(
+    name: str,
+    baseline: str,
+    metrics: list[str],
+    root: Path,
+    out: Path,
+    wandb_path: str | None = None,
+    log_to_wandb: bool = False,
+    *,
+    variants: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None,
+    project: str | None = None,
+) -> ReportResult:
+    """Read the runs of ablation ``name`` and write its report into ``out``.
+
+    Args:
+        name: ablation name (the W&B group).
+        baseline: the variant the others are compared with.
+        metrics: metric keys of the table, the first one gets the Δ column, e.g. ``["test/acc", "test/f1"]``.
+        root: runs root; logs are read from ``<root>/<name>/`` unless ``wandb_path`` is given.
+        out: report folder (created).
+        wandb_path: ``entity/project`` to read the runs from the W&B API instead of local logs.
+        log_to_wandb: also log the table to W&B as an analysis run.
+        variants: variants in table order (e.g. the spec's); default: found in the runs, baseline first.
+        seeds: seeds every variant should have (e.g. the spec's); default: every seed found.
+        project: W&B project (``[entity/]project``) for ``log_to_wandb``; default ``wandb_path`` or ``toolkit``.
+
+    Raises:
+        ToolkitError: no runs of the ablation were found, no metric was asked for, or a metric is in no finished
+            run (a typo).
+    """
+    if not metrics:
+        raise ToolkitError("no metrics to report; list them in the spec, e.g. `metrics: [test/acc, test/f1]`")
+    out = Path(out)
+    with warnings.catch_warnings():  # damaged logs are listed in runs.csv and ReportResult.skipped instead
+        warnings.simplefilter("ignore", LogDamageWarning)
+        runset = runs_from_api(wandb_path, name) if wandb_path else runs_from_logs(Path(root), name)
+    if runset.runs.empty:
+        where = f"W&B project {wandb_path}" if wandb_path else f"{Path(root) / name}"
+        raise ToolkitError(f"no W&B runs of ablation {name!r} in {where}; run `toolkit ablate run` first")
+    runs = mark_counted(runset.runs)
+    _check_metrics(runs, metrics)
+    first = ["ablation", "variant", "seed", "run_id", "state", "counted", "note"]
+    runs = runs[first + [c for c in runs.columns if c not in first]]
+    table = aggregate(runs, metrics, baseline, variants=variants, seeds=seeds)
+
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"runs": out / "runs.csv"}
+    runs.to_csv(files["runs"], index=False)
+    files.update(render.write_tables(table, metrics, out, name, baseline))
+    for path in plots.bar_charts(table, metrics, out, baseline):
+        files[path.stem] = path
+    history = runset.history[runset.history["run"].isin(runs.index[runs["counted"]])]
+    for path in plots.learning_curves(history, list(dict.fromkeys(table["variant"])), out):
+        files[path.stem] = path
+    if log_to_wandb:
+        log_table_to_wandb(table, name, project or wandb_path, out)
+    return ReportResult(
+        out=out,
+        runs=runs,
+        table=table,
+        files=files,
+        skipped=_skipped_lines(runs),
+        markdown=files["md"].read_text(encoding="utf-8"),
+    )

@@ -1,0 +1,63 @@
+"""``toolkit report SPEC [--root DIR] [--out DIR] [--wandb ENTITY/PROJECT] [--log_to_wandb]``: the command line.
+
+Imports neither torch nor Lightning (jsonargparse parses the arguments), so the report starts in about a second.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from jsonargparse import ActionYesNo, ArgumentParser
+
+
+def build_parser() -> ArgumentParser:
+    """The ``toolkit report`` argument parser."""
+    parser = ArgumentParser(
+        prog="toolkit report",
+        description="Ablation table (mean ± std over seeds, Δ vs the baseline) and plots from the runs' W&B logs.",
+    )
+    parser.add_argument("spec", type=str, help="ablation spec (ablations/<name>.yaml)")
+    parser.add_argument("--root", type=str, default="runs", help="runs root: logs are read from <root>/<name>/")
+    parser.add_argument("--out", type=str | None, default=None, help="report folder (default reports/<name>/)")
+    parser.add_argument(
+        "--wandb", type=str | None, default=None, help="read the runs from this W&B project (entity/project)"
+    )
+    parser.add_argument(
+        "--log_to_wandb", action=ActionYesNo, default=False, help="log the table to W&B as an analysis run"
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run ``toolkit report``; print the Markdown table, and to stderr the runs that do not count.
+
+    Returns:
+        0 once the report is written.
+
+    Raises:
+        ToolkitError: a bad spec, or no runs of the ablation.
+    """
+    args = build_parser().parse_args(argv)
+    from toolkit.ablation.spec import load_spec  # the runner's module; imported here to keep --help instant
+    from toolkit.report.build import build_report
+
+    spec = load_spec(Path(args.spec))
+    out = Path(args.out) if args.out else Path("reports") / spec.name
+    result = build_report(
+        spec.name,
+        spec.baseline,
+        list(spec.metrics),
+        root=Path(args.root),
+        out=out,
+        wandb_path=args.wandb,
+        log_to_wandb=args.log_to_wandb,
+        variants=list(spec.variants),
+        seeds=list(spec.seeds),
+        project=args.wandb or spec.project,
+    )
+    print(result.markdown)
+    for line in result.skipped:
+        print(f"not counted: {line}", file=sys.stderr)
+    print(f"report written to {result.out}/ (table.md, table.csv, runs.csv, plots)", file=sys.stderr)
+    return 0

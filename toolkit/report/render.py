@@ -1,0 +1,142 @@
+"""Render the tidy ablation table as ``table.csv`` (tidy) and ``table.md`` / ``table.tex`` / ``table.html`` (wide).
+
+The wide table has one row per variant: ``Variant | Accuracy | F1 | Δ Accuracy (pts) | Seeds | Notes``. Metric
+cells read "mean ± std" (fractions in percent), the best mean of each metric is bold, † marks ensemble metrics,
+Δ is the first metric's difference to the baseline with the paired-test p-value.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from toolkit.keys import ensemble_key
+from toolkit.report.table import is_fraction
+
+_DASH = "\u2013"  # en dash: "no value"
+_STAGES = {"test": "", "val": "Val ", "train": "Train "}
+_NAMES = {"acc": "accuracy", "f1": "F1", "loss": "loss"}
+#: LaTeX specials; pandas escapes these only inside Styler.format, which cannot mix escaped and LaTeX cells
+_TEX = str.maketrans(
+    {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
+)
+#: per output format: escape for text, bold wrapper, then the ±, Δ, "no value" and ensemble-mark signs
+_STYLES: dict[str, tuple[Callable[[str], str], str, str, str, str, str]] = {
+    "md": (lambda s: s.replace("|", "\\|"), "**{}**", " ± ", "Δ", _DASH, "†"),
+    "tex": (lambda s: s.translate(_TEX), r"\textbf{{{}}}", r" $\pm$ ", r"$\Delta$", "--", r"$^\dagger$"),
+    "html": (html.escape, "<b>{}</b>", " ± ", "Δ", _DASH, "†"),
+}
+
+
+def display_name(metric: str) -> str:
+    """Column title of a metric: ``test/acc`` -> ``Accuracy``, ``val/f1`` -> ``Val F1``, else the key itself."""
+    stage, _, name = metric.partition("/")
+    if stage not in _STAGES or name not in _NAMES:
+        return metric
+    label = _STAGES[stage] + _NAMES[name]
+    return label[0].upper() + label[1:]
+
+
+def format_value(value: float, metric: str) -> str:
+    """A metric value as shown: fractions in percent with 2 decimals, others with 4."""
+    if value is None or math.isnan(value):
+        return ""
+    return f"{100 * value:.2f}" if is_fraction(metric) else f"{value:.4f}"
+
+
+def wide_table(table: pd.DataFrame, metrics: Sequence[str], style: str = "md") -> pd.DataFrame:
+    """One row per variant with "mean ± std" metric columns, a Δ column, Seeds and Notes, as text for ``style``.
+
+    Args:
+        table: the tidy table from ``toolkit.report.table.aggregate``.
+        metrics: metric keys in column order; the first one gets the Δ column.
+        style: ``md``, ``tex`` or ``html`` (escaping, bold, ± and Δ signs).
+    """
+    escape, bold, pm, delta_sign, dash, dagger = _STYLES[style]
+    primary = metrics[0]
+    delta_title = f"{delta_sign} {escape(display_name(primary))}" + (" (pts)" if is_fraction(primary) else "")
+    rows = []
+    for variant, group in table.groupby("variant", sort=False):
+        by_metric = group.set_index("metric")
+        row = {"Variant": escape(str(variant))}
+        for metric in metrics:
+            cell = by_metric.loc[metric]
+            if cell["n"] == 0:
+                text = dash
+            else:
+                text = format_value(cell["mean"], metric)
+                if not math.isnan(cell["std"]):
+                    text += pm + format_value(cell["std"], metric)
+                if cell["best"]:
+                    text = bold.format(text)
+            if f"ensemble: {ensemble_key(*metric.split('/', 1))}" in cell["note"]:
+                text += " " + dagger
+            row[escape(display_name(metric))] = text
+        first = by_metric.loc[primary]
+        if "baseline" in first["note"].split("; ") or math.isnan(first["delta"]):
+            row[delta_title] = dash
+        else:
+            decimals = 2 if is_fraction(primary) else 4
+            row[delta_title] = f"{first['delta']:+.{decimals}f}"
+            if not math.isnan(first["p_value"]):
+                row[delta_title] += f" (p={first['p_value']:.3f})"
+        row["Seeds"] = str(int(first["n"]))
+        notes = [note for text in group["note"] for note in text.split("; ") if note]
+        ensemble = any(note.startswith("ensemble: ") for note in notes)
+        notes = [escape(n) for n in dict.fromkeys(notes) if not n.startswith("ensemble: ")]
+        row["Notes"] = "; ".join([f"{dagger} snapshot-ensemble metrics"] * ensemble + notes)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def legend(baseline: str, metrics: Sequence[str]) -> str:
+    """One line under the table saying what the numbers are."""
+    unit = "in percent, " if any(is_fraction(m) for m in metrics) else ""
+    return (
+        f"Mean ± sample std over seeds ({unit}best in bold); Δ: difference of means against `{baseline}` "
+        "(percentage points for accuracy/F1), p: paired t-test over matching seeds."
+    )
+
+
+def to_markdown(table: pd.DataFrame, metrics: Sequence[str], name: str, baseline: str) -> str:
+    """The ``table.md`` text: a title, the wide table and a legend."""
+    body = wide_table(table, metrics, "md").to_markdown(index=False, disable_numparse=True)
+    return f"## Ablation: {name}\n\n{body}\n\n{legend(baseline, metrics)}\n"
+
+
+def to_latex(table: pd.DataFrame, metrics: Sequence[str]) -> str:
+    """The ``table.tex`` text: a booktabs ``tabular`` (``\\toprule``/``\\midrule``/``\\bottomrule``)."""
+    wide = wide_table(table, metrics, "tex")
+    align = "l" + "r" * (len(wide.columns) - 2) + "l"
+    return wide.style.hide(axis="index").to_latex(hrules=True, column_format=align)
+
+
+def to_html(table: pd.DataFrame, metrics: Sequence[str]) -> str:
+    """The ``table.html`` text: an HTML ``<table>`` of the wide table."""
+    return wide_table(table, metrics, "html").to_html(index=False, escape=False, classes="ablation-table", border=0)
+
+
+def write_tables(table: pd.DataFrame, metrics: Sequence[str], out: Path, name: str, baseline: str) -> dict[str, Path]:
+    """Write ``table.csv``, ``table.md``, ``table.tex`` and ``table.html`` into ``out``; return paths by suffix."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {suffix: out / f"table.{suffix}" for suffix in ("csv", "md", "tex", "html")}
+    table.to_csv(paths["csv"], index=False)
+    paths["md"].write_text(to_markdown(table, metrics, name, baseline), encoding="utf-8")
+    paths["tex"].write_text(to_latex(table, metrics), encoding="utf-8")
+    paths["html"].write_text(to_html(table, metrics), encoding="utf-8")
+    return paths
