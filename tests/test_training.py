@@ -135,3 +135,11 @@ def test_predict_writes_the_test_split_predictions(tmp_path: Path) -> None:
     table = pd.read_csv(tmp_path / "pred" / "predictions.csv")
     assert len(table) == 270 and set(table.columns) >= {"label", "pred", "pred_name", "prob"}
     assert (table.label == table.pred).mean() == pytest.approx(float(cli.trainer.callback_metrics["test/acc"]))
+
+
+def test_last_checkpoint_is_the_final_epoch_even_without_a_new_best(tmp_path: Path) -> None:
+    # frozen backbone and lr 0: val/acc never improves after epoch 0, yet last.ckpt must follow every epoch
+    cli = fit(tmp_path, "--trainer.max_epochs", "3", "--model.optimizer.lr", "0.0", "--model.freeze_backbone", "true")
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 2 and last["global_step"] == 9
+    assert "epoch000" in cli.trainer.checkpoint_callback.best_model_path

@@ -27,3 +27,8 @@ def snapshot_key(stage: str, name: str, index: int) -> str:
 def ensemble_key(stage: str, name: str) -> str:
     """Key of an ensemble metric, e.g. ``test/acc_ensemble``."""
     return f"{stage}/{name}_ensemble"
+
+
+def member_key(stage: str, name: str, index: int) -> str:
+    """Key of one independent checkpoint's metric in a checkpoint ensemble, e.g. ``test/acc_member_1``."""
+    return f"{stage}/{name}_member_{index}"

@@ -86,7 +86,8 @@ class ToolkitCLI(LightningCLI):
         )
         parser.add_argument(
             "--ensemble_ckpts",
-            type=list[str] | None,
+            type=str,
+            nargs="+",
             default=None,
             help="test: ensemble these checkpoints (softmax averaging)",
         )
@@ -122,8 +123,9 @@ class ToolkitCLI(LightningCLI):
                 args.job_type = args.job_type or ab.variant
                 args.tags = list(dict.fromkeys([*(args.tags or []), ab.variant, f"seed={ab.seed}"]))
                 args.name = args.name or f"{ab.variant}-seed{ab.seed}"
-        if self.subcommand == "fit" and config.get("ckpt_path"):
+        if config.get("ckpt_path"):
             config.ckpt_path = _resolve_ckpt(config.ckpt_path, config.checkpoint.dirpath)
+        if self.subcommand == "fit" and config.get("ckpt_path"):
             run_id = _run_id_in(config.ckpt_path)
             if run_id and _is_toolkit_logger(logger):
                 if logger.init_args.mode in ("online",) or (logger.init_args.mode == "auto" and _online_auto()):
@@ -138,6 +140,7 @@ class ToolkitCLI(LightningCLI):
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
             callbacks.append(RichProgressBar())
         callbacks.append(RunIdCheckpoint())
+        callbacks.extend(_last_checkpoints(callbacks))
         if self.subcommand == "test" and self.config.test.get("ensemble_ckpts"):
             from toolkit.callbacks.snapshot import CheckpointEnsemble
 
@@ -168,6 +171,28 @@ class ToolkitCLI(LightningCLI):
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def _last_checkpoints(callbacks: list[Callback]) -> list[ModelCheckpoint]:
+    """A ``last.ckpt`` written every epoch for each ModelCheckpoint with ``save_last``.
+
+    Lightning 2.6's ``save_last`` rewrites last.ckpt only in an epoch where a top-k checkpoint was saved, so after
+    an epoch without a new best, ``--ckpt_path last`` would resume from an older epoch.
+    """
+    extra = []
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.monitor is not None:
+            callback.save_last = False
+            extra.append(
+                ModelCheckpoint(
+                    dirpath=callback.dirpath,
+                    filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                    monitor=None,
+                    save_top_k=1,
+                    enable_version_counter=False,
+                )
+            )
+    return extra
 
 
 def _is_toolkit_logger(logger: Any) -> bool:

@@ -1,0 +1,198 @@
+"""Snapshot ensembles (Huang et al. 2017): cyclic cosine lr, a snapshot per cycle, softmax averaging at test.
+
+Lightning has nothing like it: its SWA and EMA callbacks average weights, a different method.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from toolkit import keys
+from toolkit.callbacks.ensemble import CheckpointEnsemble, EnsembleEvaluator
+from toolkit.errors import ToolkitError
+
+__all__ = ["CheckpointEnsemble", "SnapshotEnsemble", "cycle_length", "cyclic_cosine_lr", "snapshot_dir"]
+
+
+def cycle_length(total_steps: int, cycles: int) -> int:
+    """Optimizer steps per cycle, ``ceil(T / M)``; raises when ``M`` cycles do not fit a budget of ``T`` steps."""
+    steps = math.ceil(total_steps / cycles)
+    if (cycles - 1) * steps >= total_steps:
+        fit = math.ceil(total_steps / steps) if total_steps > 0 else 0
+        raise ToolkitError(
+            f"SnapshotEnsemble(cycles={cycles}) does not fit a run of {total_steps} optimizer steps "
+            f"({steps} steps per cycle give only {fit} cycles); lower cycles or raise max_epochs/max_steps"
+        )
+    return steps
+
+
+def cyclic_cosine_lr(base_lr: float, step: int, cycle_steps: int) -> float:
+    """Huang et al.'s lr at optimizer step ``step``: ``lr0/2 * (cos(pi * mod(step, c) / c) + 1)``."""
+    return base_lr / 2 * (math.cos(math.pi * (step % cycle_steps) / cycle_steps) + 1)
+
+
+def snapshot_dir(trainer: pl.Trainer) -> Path:
+    """Where snapshots go: beside the run's checkpoints (``<default_root_dir>/checkpoints`` by default)."""
+    callback = trainer.checkpoint_callback
+    dirpath = getattr(callback, "dirpath", None)
+    return Path(dirpath) if dirpath else Path(trainer.default_root_dir) / "checkpoints"
+
+
+class SnapshotEnsemble(EnsembleEvaluator):
+    """Train one run, get ``cycles`` models: a cyclic cosine lr with a snapshot at the end of each cycle.
+
+    Per optimizer step ``t`` of the run's ``T`` steps (``trainer.estimated_stepping_batches``) each param group's lr
+    is ``lr0/2 * (cos(pi * mod(t, ceil(T/M)) / ceil(T/M)) + 1)``, ``lr0`` being the group's initial lr, so the ratio
+    between the head and backbone groups holds. It replaces the model's lr scheduler (``owns_lr_schedule``: the
+    classifier then returns its optimizer alone) and refuses to run beside any other scheduler.
+
+    At the end of cycle ``i`` (0-based) the LightningModule's state_dict (weights and BN buffers) is copied to the
+    CPU and saved as ``snapshot-<i>.pt`` beside the checkpoints. When ``T`` is not a multiple of ``M`` the last cycle
+    is shorter. ``trainer.validate``/``trainer.test`` then log ``<stage>/acc_snapshot_<i>``, ``<stage>/f1_snapshot_<i>``
+    for every snapshot found and ``<stage>/acc_ensemble``, ``<stage>/f1_ensemble`` for the softmax average of the
+    last ``use_last``. A resumed fit (``--ckpt_path last``) keeps the cycle position, base lrs and saved snapshots.
+
+    Args:
+        cycles: number of cycles M, i.e. snapshots.
+        use_last: the ensemble averages the last ``use_last`` snapshots; None = all ``cycles``.
+    """
+
+    owns_lr_schedule = True
+    key = staticmethod(keys.snapshot_key)
+
+    def __init__(self, cycles: int, use_last: int | None = None) -> None:
+        if cycles < 1:
+            raise ToolkitError(f"SnapshotEnsemble needs cycles >= 1, got {cycles}")
+        if use_last is not None and not 1 <= use_last <= cycles:
+            raise ToolkitError(f"use_last must be between 1 and cycles={cycles}, got {use_last}")
+        super().__init__(use_last)
+        self.cycles = cycles
+        self.total_steps: int | None = None
+        self.cycle_steps: int | None = None
+        self.base_lrs: list[list[float]] | None = None
+        self.snapshots: list[str] = []
+        self._restored: dict[str, Any] | None = None  # state from a checkpoint, applied when training starts
+
+    # -- training: the schedule and the snapshots --------------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        owners = [cb for cb in trainer.callbacks if getattr(cb, "owns_lr_schedule", False)]
+        if len(owners) > 1:
+            names = ", ".join(type(cb).__name__ for cb in owners)
+            raise ToolkitError(f"several callbacks set the learning rate ({names}); keep one")
+        total = trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ToolkitError("SnapshotEnsemble needs a known number of training steps; set max_epochs or max_steps")
+        cycle_length(int(total), self.cycles)  # fail before anything trains
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.lr_scheduler_configs:
+            raise ToolkitError(
+                "SnapshotEnsemble sets the learning rate itself, but the model also returned an lr scheduler; "
+                "return only the optimizer from configure_optimizers (ImageClassifier does so on its own)"
+            )
+        total = int(trainer.estimated_stepping_batches)
+        if self._restored is not None:
+            self._resume(self._restored, total)
+            self._restored = None
+            missing = [p for p in self.snapshots if not Path(p).is_file()]
+            if missing:
+                rank_zero_warn(f"SnapshotEnsemble: saved snapshots are gone: {', '.join(missing)}")
+        else:
+            self.total_steps, self.cycle_steps = total, cycle_length(total, self.cycles)
+            self.base_lrs = [[g.get("initial_lr", g["lr"]) for g in opt.param_groups] for opt in trainer.optimizers]
+            self.snapshots = []
+            if total % self.cycles:
+                last = total - (self.cycles - 1) * self.cycle_steps
+                rank_zero_warn(
+                    f"SnapshotEnsemble: {total} steps do not split into {self.cycles} equal cycles; the last cycle "
+                    f"has {last} of {self.cycle_steps} steps and ends at lr x "
+                    f"{cyclic_cosine_lr(1.0, last - 1, self.cycle_steps):.2f}"
+                )
+        rank_zero_info(
+            f"SnapshotEnsemble: {self.cycles} cycles of {self.cycle_steps} steps ({self.total_steps} in all), "
+            f"snapshots in {snapshot_dir(trainer)}"
+        )
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
+        step = trainer.global_step  # optimizer steps taken so far: the step this batch contributes to
+        for optimizer, base_lrs in zip(trainer.optimizers, self.base_lrs, strict=True):
+            for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = cyclic_cosine_lr(base_lr, step, self.cycle_steps)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        step = trainer.global_step
+        if step == 0 or (step % self.cycle_steps and step < self.total_steps):
+            return
+        cycle = (step - 1) // self.cycle_steps
+        if cycle < self.cycles and cycle == len(self.snapshots):  # once per cycle, also with grad accumulation
+            self._save(trainer, pl_module, cycle)
+
+    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, cycle: int) -> None:
+        path = snapshot_dir(trainer) / f"snapshot-{cycle}.pt"
+        if trainer.is_global_zero:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(".pt.partial")
+            torch.save(state, partial)
+            os.replace(partial, path)  # a run killed while writing never leaves a truncated snapshot
+            del state
+        trainer.strategy.barrier("snapshot")
+        self.snapshots.append(str(path))
+        rank_zero_info(f"SnapshotEnsemble: cycle {cycle} done at step {trainer.global_step}, saved {path}")
+
+    # -- resume ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "cycles": self.cycles,
+            "total_steps": self.total_steps,
+            "cycle_steps": self.cycle_steps,
+            "base_lrs": self.base_lrs,
+            "snapshots": list(self.snapshots),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # also called by trainer.test(ckpt_path=...): only a fit applies it (on_train_start)
+        self._restored = state_dict if state_dict.get("total_steps") is not None else None
+
+    def _resume(self, state: dict[str, Any], total: int) -> None:
+        if (state["cycles"], state["total_steps"]) != (self.cycles, total):
+            raise ToolkitError(
+                f"cannot resume: the checkpoint's snapshot schedule is cycles={state['cycles']} over "
+                f"{state['total_steps']} steps, this run has cycles={self.cycles} over {total} steps; resume with "
+                "the cycles, max_epochs/max_steps, limit_train_batches and accumulate_grad_batches of the first run"
+            )
+        self.total_steps, self.cycle_steps = state["total_steps"], state["cycle_steps"]
+        self.base_lrs, self.snapshots = state["base_lrs"], list(state["snapshots"])
+
+    # -- evaluation: which snapshots exist ---------------------------------------------------------------------
+    def member_paths(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[int, Path]]:
+        # found on disk, not taken from the state: the tested (best) checkpoint may predate the last snapshots
+        folders = [snapshot_dir(trainer)]
+        if trainer.ckpt_path:
+            folders.append(Path(trainer.ckpt_path).parent)
+        for folder in dict.fromkeys(folders):
+            found = [(i, folder / f"snapshot-{i}.pt") for i in range(self.cycles)]
+            found = [(i, p) for i, p in found if p.is_file()]
+            if found:
+                if len(found) < self.cycles:
+                    rank_zero_warn(f"SnapshotEnsemble: only {len(found)} of {self.cycles} snapshots in {folder}")
+                return found
+        where = " or ".join(str(f) for f in dict.fromkeys(folders))
+        raise ToolkitError(
+            f"no snapshot-<i>.pt in {where}; train with SnapshotEnsemble first, or set --trainer.default_root_dir "
+            "to the run that saved them"
+        )
+
+    def read_state_dict(self, path: Path) -> dict[str, torch.Tensor]:
+        return torch.load(path, map_location="cpu", weights_only=True)
