@@ -35,3 +35,20 @@ def test_bad_input_is_one_line_without_traceback(tmp_path: Path) -> None:
     assert errors == ["error: unknown backbone 'resnet18x'; did you mean resnet18, resnet18d, skresnet18?"]
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_sigterm_stops_fit_with_a_non_zero_status(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    exe = Path(sys.executable).with_name("toolkit")
+    args = [*QUICK, "--trainer.max_epochs", "500", "--trainer.default_root_dir", str(tmp_path)]
+    proc = subprocess.Popen([str(exe), "fit", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "checkpoints" / "last.ckpt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import signal
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from toolkit import keys
 from toolkit.classifier import ImageClassifier
@@ -242,6 +245,9 @@ def run_cli(args: list[str] | None = None) -> ToolkitCLI:
     LoggedConfig.resumed_from = None
     try:
         return ToolkitCLI(args=args)
+    except SIGTERMException:
+        # Lightning stops cleanly on SIGTERM but its exception exits with status 0; a stopped run is no success
+        sys.exit(128 + signal.SIGTERM)
     finally:
         _finish_wandb()
 
@@ -258,6 +264,9 @@ class _ParseOnlyCLI(ToolkitCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         pass
 
+    def _set_seed(self) -> None:
+        pass  # a check seeds nothing (and prints no "Seed set to")
+
 
 def check_args(argv: list[str]) -> None:
     """Parse ``argv`` (e.g. ``["fit", "--config", ...]``) with the CLI's parser; instantiate nothing.
@@ -265,7 +274,9 @@ def check_args(argv: list[str]) -> None:
     Raises:
         ToolkitError: naming the bad key when the arguments do not parse.
     """
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # the check passes args while sys.argv holds the caller's command line: LightningCLI warns about that
+        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
         _ParseOnlyCLI(args=argv)
 
 

@@ -1,0 +1,222 @@
+"""The local executor with a stand-in for ``toolkit fit``: device slots, thread split, failures, retries, leftovers.
+
+The stand-in is a tiny script that records the environment and arguments it received, so these tests check what
+each run process actually got (GPU ids on this CPU-only machine included) without paying for torch in each run.
+The real ``toolkit fit`` runs are in test_ablation_runs.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from toolkit.ablation.ledger import Ledger, ledger_path
+from toolkit.ablation.local import kill_leftovers, make_slots
+from toolkit.ablation.runner import Options, run_ablation
+from toolkit.ablation.spec import AblationSpec, load_spec
+from toolkit.errors import ToolkitError
+
+DIGITS = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
+STAND_IN = """
+import json, os, sys, time
+args = sys.argv[1:]
+opt = lambda name: args[args.index(name) + 1]
+root = opt("--trainer.default_root_dir")
+os.makedirs(root, exist_ok=True)
+start = time.time()
+time.sleep(float(os.environ.get("STAND_IN_SLEEP", "0.8")))
+keys = ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONUNBUFFERED")
+got = {"env": {k: os.environ.get(k) for k in keys}, "argv": args, "start": start, "end": time.time()}
+with open(os.path.join(root, f"received-{os.getpid()}.json"), "w") as fh:
+    json.dump(got, fh)
+if opt("--ablation.variant") == "crash":
+    sys.exit("RuntimeError: the stand-in crashed on purpose")
+"""
+
+
+def make_spec(folder: Path, variants: dict[str, dict], seeds: list[int]) -> AblationSpec:
+    path = folder / "spec.yaml"
+    text = {"name": "standin", "base": [str(DIGITS)], "seeds": seeds, "variants": variants}
+    path.write_text(json.dumps(text))
+    return load_spec(path)
+
+
+def run(spec: AblationSpec, root: Path, tmp_path: Path, terminal: bool = False, **options: object) -> tuple[int, str]:
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN)
+    out = io.StringIO()
+    opts = Options(root=root, launcher=[sys.executable, str(script)], validate=False, report=False, **options)
+    console = Console(file=out, width=200, force_terminal=terminal, color_system=None)
+    return run_ablation(spec, opts, console), out.getvalue()
+
+
+def received(root: Path) -> list[dict]:
+    """What every stand-in process recorded, with the run folder it was started for."""
+    found = []
+    for path in sorted(root.rglob("received-*.json")):
+        found.append({**json.loads(path.read_text()), "run_dir": str(path.parent)})
+    return found
+
+
+def overlapping(a: dict, b: dict) -> bool:
+    return a["start"] < b["end"] and b["start"] < a["end"]
+
+
+def test_gpu_slots_give_each_run_its_own_devices_and_ddp(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, {"full": {}, "other": {"model.drop_rate": 0.0}}, [0, 1, 2])
+    code, _ = run(spec, tmp_path / "runs", tmp_path, devices=["0", "1", "2", "3"], gpus_per_run=2, cpus_per_run=3)
+    assert code == 0
+    got = received(tmp_path / "runs")
+    assert len(got) == 6 and len({g["run_dir"] for g in got}) == 6
+    records = {r["run_dir"]: r for r in Ledger(ledger_path(tmp_path / "runs", "standin")).read().values()}
+    for g in got:
+        assert g["env"]["CUDA_VISIBLE_DEVICES"] in ("0,1", "2,3")
+        assert g["env"]["OMP_NUM_THREADS"] == g["env"]["MKL_NUM_THREADS"] == "3"
+        assert g["env"]["PYTHONUNBUFFERED"] == "1"
+        argv = " ".join(g["argv"])
+        assert "--trainer.accelerator gpu --trainer.devices 2 --trainer.strategy ddp" in argv
+        # the ledger holds what the process received, and the log says it before the run's output
+        assert records[g["run_dir"]]["env"] == {k: g["env"][k] for k in records[g["run_dir"]]["env"]}
+        log = Path(g["run_dir"], "run.log").read_text()
+        assert f"CUDA_VISIBLE_DEVICES={g['env']['CUDA_VISIBLE_DEVICES']}" in log
+    pairs = [(a, b) for i, a in enumerate(got) for b in got[i + 1 :] if overlapping(a, b)]
+    assert pairs, "two runs should have run at once on two slots"
+    assert all(a["env"]["CUDA_VISIBLE_DEVICES"] != b["env"]["CUDA_VISIBLE_DEVICES"] for a, b in pairs)
+
+
+def test_cpu_workers_split_the_threads_and_run_side_by_side(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, {"full": {}}, [0, 1, 2, 3])
+    code, out = run(spec, tmp_path / "runs", tmp_path, terminal=True, devices=[], workers=2)
+    assert code == 0
+    table = out[out.rindex("ablation standin") :]  # the live view's last frame
+    assert table.count("│ done") == 4 and "4 done" in table
+    got = received(tmp_path / "runs")
+    threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert [g["env"]["OMP_NUM_THREADS"] for g in got] == [threads] * 4
+    assert all(g["env"]["CUDA_VISIBLE_DEVICES"] == "" and "--trainer.devices" not in g["argv"] for g in got)
+    most = max(sum(overlapping(a, b) for b in got) for a in got)  # counts itself
+    assert most == 2
+
+
+def test_a_crashing_run_is_failed_the_others_finish_and_retry_is_explicit(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, {"full": {}, "crash": {"model.drop_rate": 0.5}}, [0, 1])
+    root = tmp_path / "runs"
+    code, out = run(spec, root, tmp_path, devices=[], workers=2)
+    assert code == 1
+    records = {(r["variant"], r["seed"]): r for r in Ledger(ledger_path(root, "standin")).read().values()}
+    assert {k: r["status"] for k, r in records.items()} == {
+        ("full", 0): "done",
+        ("full", 1): "done",
+        ("crash", 0): "failed",
+        ("crash", 1): "failed",
+    }
+    for seed in (0, 1):
+        failed = records[("crash", seed)]
+        assert failed["exit_code"] == 1 and "crashed on purpose" in failed["error_tail"][-1]
+        assert f"failed crash seed {seed}: exit 1, log {failed['log']}" in out
+    assert "2 done, 2 failed, 0 unfinished" in out and "--retry-failed" in out
+
+    code, out = run(spec, root, tmp_path, devices=[], workers=2)  # the same command again: nothing to do
+    assert code == 1 and len(received(root)) == 4
+    code, out = run(spec, root, tmp_path, devices=[], workers=2, retry_failed=True)
+    assert code == 1 and len(received(root)) == 6
+    attempts = {(r["variant"], r["seed"]): r["attempts"] for r in Ledger(ledger_path(root, "standin")).read().values()}
+    assert attempts == {("full", 0): 1, ("full", 1): 1, ("crash", 0): 2, ("crash", 1): 2}
+
+
+def test_slots_that_do_not_fit_are_refused() -> None:
+    with pytest.raises(ToolkitError, match="--gpus-per-run 3 does not fit on GPUs 0,1"):
+        make_slots(workers=None, devices=["0", "1"], gpus_per_run=3)
+    with pytest.raises(ToolkitError, match="--workers 0"):
+        make_slots(workers=0, devices=[])
+    assert [s.gpus for s in make_slots(workers=1, devices=["0", "1", "2", "3"], gpus_per_run=2)] == [("0", "1")]
+    assert [s.threads for s in make_slots(workers=3, devices=[], cpu_count=8)] == [2, 2, 2]
+
+
+def _group(pgid: int) -> dict[int, str]:
+    """Live processes of a process group by pid, with their command lines."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+            if entry.name.isdigit() and int(stat[2]) == pgid and stat[0] != "Z":
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+    return found
+
+
+def test_leftovers_of_an_interrupted_run_are_killed_and_nothing_else(tmp_path: Path) -> None:
+    run_dir = tmp_path / "abl" / "full" / "seed0"
+    leader_code = (
+        "import subprocess, sys, time\n"
+        "sleep = [sys.executable, '-c', 'import time; time.sleep(60)']\n"
+        "subprocess.Popen([*sleep, sys.argv[1]]); subprocess.Popen([*sleep, 'elsewhere'])\n"
+        "time.sleep(60)\n"
+    )
+    leader = subprocess.Popen([sys.executable, "-c", leader_code, str(run_dir)], start_new_session=True)
+    try:
+        deadline = time.time() + 20
+        while len(_group(leader.pid)) < 3 and time.time() < deadline:
+            time.sleep(0.1)
+        assert len(_group(leader.pid)) == 3
+        assert kill_leftovers(leader.pid, run_dir) == 2
+        assert leader.wait(5) == -signal.SIGKILL
+        time.sleep(0.3)
+        left = _group(leader.pid)
+        assert len(left) == 1 and "elsewhere" in next(iter(left.values()))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait()
+
+
+RUNNER = """
+import sys
+from pathlib import Path
+from rich.console import Console
+from toolkit.ablation.runner import Options, run_ablation
+from toolkit.ablation.spec import load_spec
+spec_path, root, script = sys.argv[1:]
+launcher = [sys.executable, script]
+options = Options(root=Path(root), launcher=launcher, validate=False, report=False, workers=2, devices=[])
+sys.exit(run_ablation(load_spec(spec_path), options, Console(width=200)))
+"""
+
+
+def test_stopping_the_runner_stops_its_runs_and_leaves_them_resumable(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, {"full": {}}, [0, 1, 2])
+    (tmp_path / "stand_in.py").write_text(STAND_IN)
+    root = tmp_path / "runs"
+    env = {**os.environ, "STAND_IN_SLEEP": "60"}
+    runner = subprocess.Popen(
+        [sys.executable, "-c", RUNNER, spec.path, str(root), str(tmp_path / "stand_in.py")],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    ledger = Ledger(ledger_path(root, "standin"))
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        running = [r for r in (ledger.read() if ledger.path.exists() else {}).values() if r.get("pid")]
+        if len(running) == 2:
+            break
+        time.sleep(0.1)
+    assert len(running) == 2
+    runner.send_signal(signal.SIGTERM)  # what a scheduler or `kill` sends; Ctrl-C takes the same path
+    out, _ = runner.communicate(timeout=60)
+    assert runner.returncode == 130 and "run the same command again to resume" in out
+    records = ledger.read()
+    assert sorted(r["status"] for r in records.values()) == ["pending"] * 3
+    assert all("interrupted" in records[r["id"]]["note"] for r in running)
+    assert not [r["pid"] for r in running if Path(f"/proc/{r['pid']}").exists() and _group(r["pid"])]

@@ -1,0 +1,114 @@
+"""``toolkit ablate --executor slurm`` on a real single-node Slurm cluster (started by .ci/start_slurm.sh).
+
+One ablation of 2 runs as a job array: one task is cancelled mid-run (``scancel``), the other gets the
+preemption/timeout signal (``scancel --signal=USR2``, what Slurm sends before a time limit) and requeues itself;
+submitting the ablation again resumes the cancelled run from its checkpoint. Skips where Slurm is absent or down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from toolkit.ablation.ledger import Ledger, ledger_path
+from toolkit.ablation.progress import epochs_done
+from toolkit.report.wandb_log import read_run
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOLKIT = str(Path(sys.executable).with_name("toolkit"))
+EPOCHS = 3
+
+
+def slurm_unavailable() -> str | None:
+    """Why the Slurm tests cannot run here, or None."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "no Slurm here (sinfo/sbatch not found); .ci/start_slurm.sh installs and starts a single-node cluster"
+    try:
+        done = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"Slurm does not answer ({err})"
+    if done.returncode != 0:
+        return f"Slurm is down: {done.stderr.strip()}"
+    states = done.stdout.split()
+    if not any(s.startswith(("idle", "mixed", "allocated", "completing")) for s in states):
+        return f"no Slurm node takes jobs (node states: {', '.join(states) or 'none'})"
+    return None
+
+
+REASON = slurm_unavailable()
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+
+
+def ablate(spec: Path, root: Path, cwd: Path) -> subprocess.Popen[str]:
+    args = ["run", str(spec), "--root", str(root), "--executor", "slurm", "--partition", "debug", "--time-min", "15"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.Popen([TOOLKIT, "ablate", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def by_seed(root: Path) -> dict[int, dict]:
+    path = ledger_path(root, "onslurm")
+    return {r["seed"]: r for r in Ledger(path).read().values()} if path.exists() else {}
+
+
+def midway(record: dict) -> bool:
+    done = epochs_done(Path(record["ckpt_dir"]) / "last.ckpt")
+    return record.get("status") == "running" and done is not None and 0 < done < EPOCHS
+
+
+def test_cancelled_and_preempted_tasks_resume_from_their_checkpoints(tmp_path: Path) -> None:
+    overrides = {
+        "trainer.max_epochs": EPOCHS,
+        "trainer.limit_train_batches": 8,
+        "trainer.limit_val_batches": 1,
+        "trainer.limit_test_batches": 1,
+        "trainer.enable_progress_bar": False,
+    }
+    spec = tmp_path / "onslurm.yaml"
+    text = {"name": "onslurm", "base": [str(ROOT / "configs" / "digits.yaml")], "overrides": overrides}
+    spec.write_text(json.dumps({**text, "seeds": [0, 1], "variants": {"full": {}}}))
+    root = tmp_path / "runs"
+
+    runner = ablate(spec, root, tmp_path)
+    signalled: dict[int, str] = {}
+    deadline = time.time() + 240
+    while len(signalled) < 2 and time.time() < deadline and runner.poll() is None:
+        for seed, record in by_seed(root).items():
+            if seed not in signalled and midway(record):
+                job = record["slurm_job_id"]
+                how = [] if seed == 0 else ["--signal=USR2"]  # seed 0: cancelled; seed 1: preempted
+                subprocess.run(["scancel", *how, job], check=True, timeout=30)
+                signalled[seed] = job
+        time.sleep(0.2)
+    out, _ = runner.communicate(timeout=300)
+    assert sorted(signalled) == [0, 1], f"both runs should have been caught mid-training: {signalled}\n{out}"
+    first = by_seed(root)
+    assert runner.returncode == 1
+    assert (first[0]["status"], first[0]["attempts"]) == ("pending", 1), first[0]
+    assert "1 done, 0 failed, 1 unfinished" in out
+    requeued = first[1]
+    assert (requeued["status"], requeued["attempts"], requeued["resumed"]) == ("done", 2, True)
+    assert requeued["slurm_job_id"] == signalled[1] and 0 < requeued["start_epoch"] < EPOCHS
+
+    again = ablate(spec, root, tmp_path)
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out
+    final = by_seed(root)
+    assert (final[0]["status"], final[0]["attempts"], final[0]["resumed"]) == ("done", 2, True)
+    assert 0 < final[0]["start_epoch"] < EPOCHS and final[0]["slurm_job_id"] != signalled[0]
+    for seed, record in final.items():
+        log_text = Path(record["log"]).read_text()
+        assert "Restoring states from the checkpoint path at" in log_text
+        logs = [read_run(p) for p in sorted(Path(record["run_dir"]).glob("wandb/*run-*/run-*.wandb"))]
+        superseded = {w.config.get("resumed_from") for w in logs}
+        (current,) = [w for w in logs if w.run_id not in superseded and w.exit_code == 0]
+        assert (current.group, current.job_type, current.run_id) == ("onslurm", "full", record["wandb_id"])
+        assert {"full", f"seed={seed}"} <= set(current.tags) and "test/acc" in current.summary
+        assert current.config["ablation"] == {"name": "onslurm", "variant": "full", "seed": seed}
+    assert "## Ablation: onslurm" in out

@@ -1,0 +1,93 @@
+"""What one attempt of a run writes to the ledger when it starts and when it ends, whichever executor ran it.
+
+An attempt that ends because it was stopped (Ctrl-C, SIGTERM, ``scancel``, preemption) is not a failure: the run
+goes back to ``pending`` and the next ``toolkit ablate run`` resumes it from its last checkpoint. Only a process
+that exits non-zero on its own is ``failed`` (retried only with ``--retry-failed``).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from toolkit.ablation.command import last_checkpoint, wandb_runs
+from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
+from toolkit.ablation.progress import epochs_done
+from toolkit.ablation.spec import Run
+
+ERROR_LINES = 20
+
+
+def log_tail(log: Path, lines: int = ERROR_LINES) -> list[str]:
+    """The last lines of a run's log (where the traceback of a crash is)."""
+    try:
+        with open(log, encoding="utf-8", errors="replace") as fh:
+            return [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
+    except OSError:
+        return []
+
+
+def describe(run: Run, root: str | Path) -> dict[str, Any]:
+    """The fixed fields of a run's record: where its outputs are."""
+    run_dir = run.directory(root)
+    return {
+        "id": run.id,
+        "variant": run.variant,
+        "seed": run.seed,
+        "run_dir": str(run_dir),
+        "log": str(run_dir / "run.log"),
+        "ckpt_dir": str(run_dir / "checkpoints"),
+    }
+
+
+def header(run: Run, root: str | Path, attempt: int, command: str) -> str:
+    """The lines the runner writes into ``run.log`` before each attempt's own output."""
+    ckpt = last_checkpoint(run.directory(root))
+    how = f"resuming from {ckpt} ({epochs_done(ckpt)} epochs done)" if ckpt else "from scratch"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    return f"\n# toolkit ablate: attempt {attempt} of {run.variant} seed {run.seed}, {how}, {stamp}\n$ {command}\n"
+
+
+def begin(ledger: Ledger, run: Run, root: str | Path, **fields: Any) -> int:
+    """Mark a run running; returns its attempt number (1 for the first)."""
+    ckpt = last_checkpoint(run.directory(root))
+    with ledger.edit() as runs:
+        record = runs.setdefault(run.id, describe(run, root))
+        record["attempts"] = record.get("attempts", 0) + 1
+        record.update(
+            status=RUNNING,
+            started_at=time.time(),
+            finished_at=None,
+            host=socket.gethostname(),
+            resumed=ckpt is not None,
+            start_epoch=epochs_done(ckpt) if ckpt else 0,
+            exit_code=None,
+            error_tail=None,
+            note="",
+            **fields,
+        )
+        record["updated_at"] = time.time()
+        return record["attempts"]
+
+
+def finish(ledger: Ledger, run: Run, root: str | Path, code: int, interrupted: bool, note: str = "") -> dict[str, Any]:
+    """Record how an attempt ended and return the new record."""
+    run_dir = run.directory(root)
+    fields: dict[str, Any] = {"exit_code": code, "finished_at": time.time(), "pid": None}
+    if interrupted:
+        fields.update(status=PENDING, note=note or "interrupted; run again to resume from the last checkpoint")
+    elif code == 0:
+        fields.update(status=DONE, note=note, error_tail=None)
+    else:
+        fields.update(status=FAILED, note=note, error_tail=log_tail(run_dir / "run.log"))
+    wandb = wandb_runs(run_dir)
+    if wandb:
+        # the newest is this attempt's; a resumed offline run is a new W&B run whose config names the one before
+        fields.update(wandb_id=wandb[-1][0], wandb_dir=wandb[-1][1], wandb_ids=[run_id for run_id, _ in wandb])
+    started = ledger.get(run.id).get("started_at")
+    if started:
+        fields["duration_s"] = round(fields["finished_at"] - started, 2)
+    return ledger.update(run.id, **fields)

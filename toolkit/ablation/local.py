@@ -1,0 +1,218 @@
+"""Run ablation runs as subprocesses on the device slots of this machine, a few at a time.
+
+A slot is a set of GPUs (``CUDA_VISIBLE_DEVICES``) or, on a machine without GPUs, a share of the CPU threads
+(``OMP_NUM_THREADS``/``MKL_NUM_THREADS``). One loop in the main thread starts runs on free slots and polls them;
+no threads, so ``preexec_fn`` is safe. Each run gets its own session (process group) and the kernel kills it when
+the runner dies (``PR_SET_PDEATHSIG``), so a runner killed with SIGKILL leaves no orphan training on; a restarted
+runner also kills any leftover process of an interrupted run (matched by process group and run folder) before
+resuming it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from toolkit.errors import ToolkitError
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one run executes: its GPUs (empty on CPU) and the CPU threads it may use."""
+
+    index: int
+    gpus: tuple[str, ...] = ()
+    threads: int = 1
+
+    def env(self) -> dict[str, str]:
+        """The environment variables that pin a run to this slot."""
+        threads = str(self.threads)
+        return {"CUDA_VISIBLE_DEVICES": ",".join(self.gpus), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else every GPU torch sees."""
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def make_slots(
+    *,
+    workers: int | None,
+    devices: Sequence[str] | None,
+    gpus_per_run: int = 1,
+    cpus_per_run: int | None = None,
+    cpu_count: int | None = None,
+) -> list[Slot]:
+    """Split the machine into slots.
+
+    Args:
+        workers: runs at once; on GPUs at most one per ``gpus_per_run`` devices (default: as many as fit), on CPU
+            default 1.
+        devices: GPU ids, or an empty list for CPU only; None means every visible GPU.
+        gpus_per_run: GPUs per run (DDP inside the run when more than one).
+        cpus_per_run: CPU threads per run; default: the CPUs split evenly between the workers.
+        cpu_count: CPUs available (default: this process's CPU affinity).
+    """
+    cpu_count = cpu_count or len(os.sched_getaffinity(0))
+    gpus = list(visible_gpus() if devices is None else devices)
+    if workers is not None and workers < 1:
+        raise ToolkitError(f"--workers {workers}: give at least 1")
+    if gpus:
+        if gpus_per_run < 1 or gpus_per_run > len(gpus):
+            raise ToolkitError(f"--gpus-per-run {gpus_per_run} does not fit on GPUs {','.join(gpus)}; lower it")
+        count = len(gpus) // gpus_per_run
+        count = min(count, workers) if workers else count
+        threads = cpus_per_run or max(1, cpu_count // count)
+        return [Slot(i, tuple(gpus[i * gpus_per_run : (i + 1) * gpus_per_run]), threads) for i in range(count)]
+    count = workers or 1
+    threads = cpus_per_run or max(1, cpu_count // count)
+    return [Slot(i, (), threads) for i in range(count)]
+
+
+@dataclass
+class Job:
+    """One run ready to start: what to execute, where to log, and how to report back."""
+
+    key: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    header: str = ""
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+
+    def preexec() -> None:
+        # Linux only: the kernel sends SIGKILL to this child when the runner dies, however it dies.
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the runner died before prctl took effect
+            os._exit(137)
+
+    return preexec
+
+
+class LocalExecutor:
+    """Start jobs on free slots and wait for them, calling back on every start and finish.
+
+    Args:
+        slots: from :func:`make_slots`.
+        poll_s: seconds between polls of the running processes.
+    """
+
+    def __init__(self, slots: list[Slot], poll_s: float = 0.5) -> None:
+        self.slots = slots
+        self.poll_s = poll_s
+
+    def run(
+        self,
+        jobs: list[Job],
+        prepare: Callable[[Job, Slot], None],
+        on_start: Callable[[Job, Slot, int], None],
+        on_exit: Callable[[Job, int, bool], None],
+        on_tick: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Run every job: ``prepare(job, slot)`` before its process starts (it may set ``job.header``),
+        ``on_start(job, slot, pid)`` after, ``on_exit(job, returncode, interrupted)`` once it ended.
+
+        On KeyboardInterrupt (Ctrl-C, or SIGTERM to the runner) the running jobs are stopped and reported as
+        interrupted, then the interrupt propagates.
+        """
+        queue = list(jobs)
+        free = list(self.slots)
+        active: dict[int, tuple[Job, Slot, subprocess.Popen[bytes]]] = {}
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            while queue or active:
+                while queue and free:
+                    job, slot = queue.pop(0), free.pop(0)
+                    prepare(job, slot)
+                    proc = self._start(job, slot)
+                    active[proc.pid] = (job, slot, proc)
+                    on_start(job, slot, proc.pid)
+                for pid, (job, slot, proc) in list(active.items()):
+                    code = proc.poll()
+                    if code is not None:
+                        del active[pid]
+                        free.append(slot)
+                        on_exit(job, code, False)
+                on_tick()
+                if active:
+                    time.sleep(self.poll_s)
+        except KeyboardInterrupt:
+            for job, _, proc in active.values():
+                _stop(proc)
+                on_exit(job, proc.returncode if proc.returncode is not None else -signal.SIGTERM, True)
+            raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _start(self, job: Job, slot: Slot) -> subprocess.Popen[bytes]:
+        job.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(job.log, "ab") as log:
+            env_line = " ".join(f"{k}={v}" for k, v in slot.env().items())
+            log.write(f"{job.header}# slot {slot.index}: {env_line}\n".encode())
+            log.flush()
+            return subprocess.Popen(
+                job.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **slot.env(), **job.env},
+                start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
+    """SIGTERM the run's process group (Lightning saves nothing more but exits cleanly), then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def kill_leftovers(pgid: int, run_dir: Path) -> int:
+    """SIGKILL the processes of an interrupted run that outlived their runner; returns how many were killed.
+
+    Only processes in the run's process group whose command line names the run folder are touched, so a recycled
+    process id never hits an unrelated process.
+    """
+    killed = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and str(run_dir) in cmdline:
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+    return killed

@@ -1,0 +1,209 @@
+"""Show an ablation's runs as a table: a rich live view while it runs, the same table for ``toolkit ablate status``.
+
+Torch-free. A running run's progress is the epoch count in its ``checkpoints/last.ckpt`` (Lightning writes it at
+every epoch end; its progress bar writes nothing to a log file until the end); the ETA extrapolates the time per
+epoch of the current attempt, and the ablation's ETA the mean time of finished runs. On a terminal the table redraws
+in place; elsewhere (CI logs, pipes) each start and finish prints one line.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import pickle
+import statistics
+import time
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
+from toolkit.ablation.spec import AblationSpec, Run
+
+_STYLE = {DONE: "green", FAILED: "red", RUNNING: "cyan", PENDING: "dim"}
+
+
+def max_epochs(spec: AblationSpec, run: Run) -> int | None:
+    """``trainer.max_epochs`` of a run: its override, else the last base config that sets it."""
+    if "trainer.max_epochs" in run.overrides:
+        return run.overrides["trainer.max_epochs"]
+    value = None
+    for base in spec.base:
+        with open(base, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        value = (data.get("trainer") or {}).get("max_epochs", value) if isinstance(data, dict) else value
+    return value
+
+
+class _Opaque:
+    """Stands in for every object of a checkpoint except plain containers and numbers."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __call__(self, *args: object, **kwargs: object) -> _Opaque:
+        return _Opaque()
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+    def append(self, value: object) -> None:
+        pass
+
+    def extend(self, values: object) -> None:
+        pass
+
+
+class _HeaderUnpickler(pickle.Unpickler):
+    """Reads a torch checkpoint's ``data.pkl`` without torch: tensors and classes become inert stand-ins.
+
+    ``torch.load`` would import torch (seconds; ``toolkit ablate status`` must not) and load every tensor; we only
+    want two integers. Nothing is imported or executed, so this is also safe on a file we did not write.
+    """
+
+    _PLAIN = {("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bool")}
+
+    def find_class(self, module: str, name: str) -> type:
+        if (module, name) in self._PLAIN:
+            return getattr(builtins, name)
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        return _Opaque
+
+    def persistent_load(self, pid: object) -> None:
+        return None
+
+
+def epochs_done(ckpt: Path) -> int | None:
+    """Epochs a Lightning checkpoint has finished (its ``epoch`` + 1), or None if it cannot be read right now."""
+    try:
+        stat = ckpt.stat()
+    except OSError:
+        return None
+    return _epochs_done(str(ckpt), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=256)
+def _epochs_done(path: str, mtime_ns: int, size: int) -> int | None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl")
+            with archive.open(name) as fh:
+                data = _HeaderUnpickler(fh).load()
+    except (OSError, zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, EOFError, ValueError):
+        return None  # being written, or not a zip checkpoint
+    epoch = data.get("epoch") if isinstance(data, dict) else None
+    return epoch + 1 if isinstance(epoch, int) else None
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, sec = divmod(int(seconds), 60)
+    return f"{minutes}:{sec:02d}" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}"
+
+
+def build_table(spec: AblationSpec, records: dict[str, dict[str, Any]], root: str | Path, slots: int = 1) -> Table:
+    """One row per run of the spec (runs not in the ledger show as pending), plus an ablation-wide ETA."""
+    now = time.time()
+    runs = spec.runs()
+    table = Table(title=f"ablation {spec.name}", title_justify="left")
+    for column in ("variant", "seed", "status", "attempts", "epochs", "time", "ETA", "W&B run", "note"):
+        table.add_column(column, no_wrap=column != "note")
+    counts = dict.fromkeys((DONE, RUNNING, FAILED, PENDING), 0)
+    durations, remaining = [], 0.0
+    for run in runs:
+        record = records.get(run.id, {})
+        status = record.get("status", PENDING)
+        counts[status] = counts.get(status, 0) + 1
+        eta = elapsed = None
+        total = max_epochs(spec, run)
+        epoch = epochs_done(run.directory(root) / "checkpoints" / "last.ckpt")  # None before the first epoch ends
+        if status == RUNNING and record.get("started_at"):
+            elapsed = now - record["started_at"]
+            epoch = epoch or record.get("start_epoch") or 0
+            this_attempt = epoch - (record.get("start_epoch") or 0)
+            if this_attempt > 0 and total:
+                eta = elapsed / this_attempt * max(total - epoch, 0)
+            remaining += 1 - epoch / total if total else 0.5
+        elif status == DONE:
+            elapsed = record.get("duration_s")
+            durations.append(elapsed or 0.0)
+        elif status == PENDING:
+            remaining += 1
+        note = record.get("note", "")
+        if status == FAILED:
+            note = f"exit {record.get('exit_code')}; log: {record.get('log', '')}"
+        epoch_text = f"{epoch}/{total or '?'}" if epoch is not None else ""
+        table.add_row(
+            run.variant,
+            str(run.seed),
+            f"[{_STYLE.get(status, '')}]{status}",
+            str(record.get("attempts", 0)),
+            epoch_text,
+            _duration(elapsed),
+            _duration(eta),
+            record.get("wandb_id") or "",
+            note,
+        )
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    if durations and remaining:
+        summary += f"; ETA {_duration(statistics.mean(durations) * remaining / max(slots, 1))}"
+    table.caption = summary
+    table.caption_justify = "left"
+    return table
+
+
+class LiveView:
+    """Redraw the table as the ledger changes (terminal), or print a line per start and finish (elsewhere).
+
+    Args:
+        spec: the ablation.
+        ledger: its ledger.
+        root: the runs folder.
+        slots: runs at once (for the ETA).
+        console: where to draw.
+    """
+
+    def __init__(self, spec: AblationSpec, ledger: Ledger, root: str | Path, slots: int, console: Console) -> None:
+        self.spec, self.ledger, self.root, self.slots, self.console = spec, ledger, root, slots, console
+        self._live: Live | None = None
+        self._last = 0.0
+
+    def __enter__(self) -> LiveView:
+        if self.console.is_terminal:
+            # redrawn by tick() from the runner's loop: no refresh thread beside the forks of the local executor
+            self._live = Live(self._table(), console=self.console, auto_refresh=False, transient=False)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.update(self._table(), refresh=True)
+            self._live.__exit__(*exc)
+
+    def event(self, run: Run, status: str, detail: str = "") -> None:
+        """A run started or finished."""
+        if self._live is None:
+            style = _STYLE.get(status, "")
+            line = f"[{style}]{status:>8}[/] {run.variant} seed {run.seed} {detail}"
+            self.console.print(line, highlight=False, soft_wrap=True)
+        self.tick(force=True)
+
+    def tick(self, force: bool = False) -> None:
+        """Redraw at most once a second."""
+        if self._live is not None and (force or time.time() - self._last >= 1.0):
+            self._last = time.time()
+            self._live.update(self._table(), refresh=True)
+
+    def _table(self) -> Table:
+        return build_table(self.spec, self.ledger.read(), self.root, self.slots)

@@ -1,0 +1,236 @@
+"""Run an ablation end to end: validate every variant, plan from the ledger, execute, summarise, report.
+
+Planning is what makes a re-run safe: done runs are skipped, interrupted runs resume from their last checkpoint,
+failed runs wait for ``--retry-failed``, and a run whose Slurm job is still queued or running is waited for, not
+submitted twice.
+
+A run counts as done when its process exits 0 and the runner has recorded that. If the runner is killed between
+the two (the run has finished testing and logging, and is tearing down), the next runner resumes it from its last
+checkpoint: training is already complete, so it only tests again, in a new W&B run whose config names the previous
+one (``resumed_from``); the report keeps the latest. Nothing trains twice.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+
+from toolkit.ablation import attempt
+from toolkit.ablation.command import (
+    DEFAULT_LAUNCHER,
+    check_variants,
+    fit_args,
+    last_checkpoint,
+    shell_command,
+)
+from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger, ledger_path, runner_lock
+from toolkit.ablation.local import Job, LocalExecutor, Slot, kill_leftovers, make_slots
+from toolkit.ablation.progress import LiveView
+from toolkit.ablation.spec import AblationSpec, Run
+from toolkit.errors import ToolkitError
+
+
+@dataclass
+class Options:
+    """How to run an ablation (the options of ``toolkit ablate run``)."""
+
+    root: Path = Path("runs")
+    executor: str = "local"
+    workers: int | None = None
+    devices: list[str] | None = None
+    #: GPUs per run; None: 1 on a local machine with GPUs, 0 (CPU tasks) on Slurm
+    gpus_per_run: int | None = None
+    cpus_per_run: int | None = None
+    dry_run: bool = False
+    retry_failed: bool = False
+    partition: str | None = None
+    time_min: int = 60
+    array_parallelism: int | None = None
+    #: the program each run starts; tests inject a stand-in, users never change it
+    launcher: list[str] = field(default_factory=lambda: list(DEFAULT_LAUNCHER))
+    validate: bool = True
+    report: bool = True
+
+
+def run_ablation(spec: AblationSpec, options: Options, console: Console | None = None) -> int:
+    """Run every run of ``spec`` that is not done yet; returns 0 when all are done, 1 otherwise."""
+    console = console or Console()
+    root = Path(options.root).absolute()
+    ledger = Ledger(ledger_path(root, spec.name))
+    runs = spec.runs()
+    if options.executor == "local":
+        slots = make_slots(
+            workers=options.workers,
+            devices=options.devices,
+            gpus_per_run=options.gpus_per_run or 1,
+            cpus_per_run=options.cpus_per_run,
+        )
+        gpus = len(slots[0].gpus)
+    elif options.executor == "slurm":
+        slots, gpus = [], options.gpus_per_run or 0
+    else:
+        raise ToolkitError(f"--executor {options.executor!r}: use local or slurm")
+    if options.validate:
+        check_variants(spec, root, gpus)  # before anything is created or started
+    with runner_lock(root / spec.name):
+        _check_stale(spec, runs, ledger, root)
+        todo, attach = _plan(runs, ledger, root, options)
+        if attach and options.executor == "local":
+            names = ", ".join(f"{r.variant} seed {r.seed}" for r in attach)
+            raise ToolkitError(f"{names} still queued or running on Slurm; wait for them (--executor slurm) or scancel")
+        if options.dry_run:
+            _print_plan(spec, runs, todo, attach, root, options, gpus, console)
+            return 0
+        with ledger.edit() as records:
+            for run in runs:
+                records.setdefault(run.id, {**attempt.describe(run, root), "status": PENDING, "attempts": 0})
+        try:
+            with LiveView(spec, ledger, root, max(len(slots), options.array_parallelism or 1), console) as view:
+                if options.executor == "local":
+                    _run_local(spec, todo, root, options, slots, gpus, ledger, view)
+                else:
+                    from toolkit.ablation.slurm import run_slurm
+
+                    run_slurm(spec, todo, attach, root, options, gpus, ledger, view)
+        except KeyboardInterrupt:
+            where = "the Slurm jobs go on; " if options.executor == "slurm" else "the running runs were stopped; "
+            console.print(f"interrupted: {where}run the same command again to resume", soft_wrap=True)
+            return 130
+    return _summarise(spec, runs, ledger, root, options, console)
+
+
+def _check_stale(spec: AblationSpec, runs: list[Run], ledger: Ledger, root: Path) -> None:
+    """A ledger entry for the same (variant, seed) under another id means the config changed under old outputs."""
+    ids = {(r.variant, r.seed): r.id for r in runs}
+    for record in ledger.read().values():
+        key = (record.get("variant"), record.get("seed"))
+        if key in ids and ids[key] != record["id"] and record.get("attempts"):
+            run_dir = record.get("run_dir")
+            raise ToolkitError(
+                f"{spec.name} variant '{key[0]}' seed {key[1]} in {run_dir} was trained from a different config "
+                f"(the spec or a base config changed since); use another --root, or move {root / spec.name} away"
+            )
+
+
+def _plan(runs: list[Run], ledger: Ledger, root: Path, options: Options) -> tuple[list[Run], list[Run]]:
+    """Split the runs into those to start now and (Slurm) those whose job is still alive."""
+    from toolkit.ablation.slurm import alive_jobs
+
+    records = ledger.read()
+    todo, attach = [], []
+    unfinished = (PENDING, RUNNING)
+    live = alive_jobs(
+        [r["slurm_job_id"] for r in records.values() if r.get("slurm_job_id") and r.get("status") in unfinished]
+    )
+    for run in runs:
+        record = records.get(run.id, {})
+        status = record.get("status", PENDING)
+        if status == DONE or (status == FAILED and not options.retry_failed):
+            continue
+        if record.get("slurm_job_id") in live and status in unfinished:
+            attach.append(run)
+            continue
+        if status == RUNNING and record.get("pgid") and record.get("host") == socket.gethostname():
+            kill_leftovers(record["pgid"], run.directory(root))  # a runner before us died without its children
+        todo.append(run)
+    return todo, attach
+
+
+def _command(spec: AblationSpec, run: Run, root: Path, options: Options, gpus: int) -> list[str]:
+    run_dir = run.directory(root)
+    resume = last_checkpoint(run_dir) is not None
+    return [*options.launcher, *fit_args(spec, run, root, resume=resume, gpus=gpus)]
+
+
+def _run_local(
+    spec: AblationSpec,
+    todo: list[Run],
+    root: Path,
+    options: Options,
+    slots: list[Slot],
+    gpus: int,
+    ledger: Ledger,
+    view: LiveView,
+) -> None:
+    by_id = {run.id: run for run in todo}
+    jobs = []
+    for run in todo:
+        argv = _command(spec, run, root, options, gpus)
+        # unbuffered: run.log is live and keeps the last lines even when the run is killed
+        jobs.append(Job(run.id, argv, run.directory(root) / "run.log", env={"PYTHONUNBUFFERED": "1"}))
+
+    def prepare(job: Job, slot: Slot) -> None:
+        run = by_id[job.key]
+        command = shell_command(options.launcher, job.argv[len(options.launcher) :])
+        n = attempt.begin(ledger, run, root, env=slot.env(), command=command, executor="local")
+        job.header = attempt.header(run, root, n, command)  # written by the executor before the run's output
+        env = ", ".join(f"{k}={v}" for k, v in slot.env().items())
+        view.event(run, RUNNING, f"(attempt {n}, {env})")
+
+    def on_start(job: Job, slot: Slot, pid: int) -> None:
+        ledger.update(job.key, pid=pid, pgid=pid)
+
+    def on_exit(job: Job, code: int, interrupted: bool) -> None:
+        record = attempt.finish(ledger, by_id[job.key], root, code, interrupted)
+        view.event(by_id[job.key], record["status"], f"exit {code}")
+
+    LocalExecutor(slots).run(jobs, prepare, on_start, on_exit, view.tick)
+
+
+def _print_plan(
+    spec: AblationSpec,
+    runs: list[Run],
+    todo: list[Run],
+    attach: list[Run],
+    root: Path,
+    options: Options,
+    gpus: int,
+    console: Console,
+) -> None:
+    console.print(f"[bold]{spec.name}[/]: {len(runs)} runs, {len(todo)} to start, {len(attach)} already queued")
+    for run in todo:
+        command = shell_command(options.launcher, _command(spec, run, root, options, gpus)[len(options.launcher) :])
+        console.print(command, soft_wrap=True, markup=False, highlight=False)  # one line: it pastes into a shell
+
+
+def _summarise(
+    spec: AblationSpec, runs: list[Run], ledger: Ledger, root: Path, options: Options, console: Console
+) -> int:
+    records = ledger.read()
+    done = [r for r in runs if records.get(r.id, {}).get("status") == DONE]
+    failed = [r for r in runs if records.get(r.id, {}).get("status") == FAILED]
+    unfinished = [r for r in runs if r not in done and r not in failed]
+    console.print(f"[bold]{spec.name}[/]: {len(done)} done, {len(failed)} failed, {len(unfinished)} unfinished")
+    for run in failed:
+        record = records[run.id]
+        console.print(
+            f"  [red]failed[/] {run.variant} seed {run.seed}: exit {record.get('exit_code')}, log {record['log']}",
+            soft_wrap=True,
+        )
+    for run in unfinished:
+        console.print(
+            f"  [yellow]unfinished[/] {run.variant} seed {run.seed}: {records.get(run.id, {}).get('note', '')}",
+            soft_wrap=True,
+        )
+    if failed:
+        console.print("  rerun with --retry-failed to try the failed runs again")
+    if done and options.report:
+        _report(spec, root, console)
+    return 0 if len(done) == len(runs) else 1
+
+
+def _report(spec: AblationSpec, root: Path, console: Console) -> None:
+    try:
+        from toolkit.report.cli import main as report_main
+    except ImportError:
+        console.print(
+            f"the ablation report is unavailable (toolkit.report is missing); the runs are in {root / spec.name}"
+        )
+        return
+    try:
+        report_main([spec.path, "--root", str(root)])
+    except ToolkitError as err:  # the runs are safe; say why there is no table
+        console.print(f"no report: {err}", soft_wrap=True)

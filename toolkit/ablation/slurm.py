@@ -1,0 +1,233 @@
+"""Run ablation runs as a Slurm job array through submitit, one task per run, requeued on preemption or timeout.
+
+Each task starts the same ``toolkit fit`` subprocess the local executor would, and reports its own start and end to
+the ledger (the runs folder must be on a filesystem the nodes share). The runner only submits, then watches the
+ledger and ``squeue``: a task whose job left the queue without reporting an end (``scancel``, node failure) goes
+back to ``pending`` and resumes from its last checkpoint next time. On the timeout/preemption signal submitit calls
+:meth:`SlurmTask.checkpoint`, which stops the training process and requeues the same task; the new attempt resumes
+with ``--ckpt_path last``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from toolkit.ablation import attempt
+from toolkit.ablation.command import fit_args, last_checkpoint, shell_command
+from toolkit.ablation.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
+from toolkit.ablation.spec import AblationSpec, Run
+from toolkit.errors import ToolkitError
+
+#: squeue states of a job that is still going to run or running
+_ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"}
+_ALIVE |= {"SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+
+
+class SlurmTask:
+    """The callable submitit runs on a node: one attempt of one run.
+
+    Args:
+        spec: the ablation.
+        run: the run.
+        root: the runs folder (absolute, shared with the nodes).
+        launcher: the program to start (``python -m toolkit``).
+        gpus: GPUs per run.
+    """
+
+    def __init__(self, spec: AblationSpec, run: Run, root: str, launcher: list[str], gpus: int) -> None:
+        self.spec, self.run, self.root, self.launcher, self.gpus = spec, run, root, launcher, gpus
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._stopped = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_proc", "_stopped")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _proc=None, _stopped=False)
+
+    def __call__(self) -> int:
+        """Train, test and log the run; returns its exit code (the ledger holds the outcome)."""
+        run_dir = self.run.directory(self.root)
+        args = fit_args(self.spec, self.run, self.root, resume=last_checkpoint(run_dir) is not None, gpus=self.gpus)
+        command = shell_command(self.launcher, args)
+        threads = os.environ.get("SLURM_CPUS_PER_TASK", "1")
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
+        # One Slurm task per run, and submitit owns requeueing: without the srun task layout Lightning neither
+        # expects srun to start its DDP processes nor installs its own SLURM requeue handlers; the run behaves as
+        # it does on a workstation.
+        for key in ("SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_NPROCS"):
+            env.pop(key, None)
+        job_id = _job_id()
+        ledger = Ledger(ledger_path(self.root, self.spec.name))
+        record_env = {k: env[k] for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in env}
+        n = attempt.begin(
+            ledger, self.run, self.root, env=record_env, command=command, executor="slurm", slurm_job_id=job_id
+        )
+        # submitit ignores SIGTERM (it waits for its own signal to requeue); remember it: an attempt stopped by
+        # scancel is interrupted, not failed, even if the training process exits 0 after Lightning's SIGTERM stop.
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        log_path = run_dir / "run.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "ab") as log:
+            log.write(attempt.header(self.run, self.root, n, command).encode())
+            log.write(f"# slurm job {job_id} on {os.uname().nodename}\n".encode())
+            log.flush()
+            self._proc = subprocess.Popen(
+                [*self.launcher, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        ledger.update(self.run.id, pid=self._proc.pid)
+        code = self._proc.wait()
+        note = f"slurm job {job_id} was stopped; run again to resume" if self._stopped else ""
+        attempt.finish(ledger, self.run, self.root, code, self._stopped, note)
+        return code
+
+    def checkpoint(self) -> Any:
+        """Called by submitit on preemption or timeout: stop training, requeue this run (it resumes from last.ckpt)."""
+        import submitit
+
+        self._stopped = True
+        if self._proc is not None:
+            _stop_child(self._proc.pid, grace_s=60)
+        ledger = Ledger(ledger_path(self.root, self.spec.name))
+        note = f"slurm job {_job_id()} preempted or timed out; requeued, resumes from its last checkpoint"
+        ledger.update(self.run.id, status=PENDING, note=note, pid=None)
+        return submitit.helpers.DelayedSubmission(SlurmTask(self.spec, self.run, self.root, self.launcher, self.gpus))
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        self._stopped = True
+
+
+def _stop_child(pid: int, grace_s: float) -> None:
+    """SIGTERM the training process, wait until it has exited, then SIGKILL it.
+
+    Runs inside a signal handler that interrupted ``Popen.wait()``, which holds the Popen's wait lock: a nested
+    ``Popen.wait``/``poll`` cannot reap and would always time out. ``waitid(WNOWAIT)`` sees the exit without
+    reaping it, and the interrupted ``wait()`` reaps it afterwards.
+    """
+    flags = os.WEXITED | os.WNOHANG | os.WNOWAIT
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + grace_s
+    while time.time() < deadline:
+        try:
+            if os.waitid(os.P_PID, pid, flags) is not None:
+                return
+        except ChildProcessError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _job_id() -> str:
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array:
+        return f"{array}_{os.environ.get('SLURM_ARRAY_TASK_ID', '0')}"
+    return os.environ.get("SLURM_JOB_ID", "")
+
+
+def job_states(job_ids: list[str]) -> dict[str, str] | None:
+    """``squeue`` state of each listed job still known to Slurm; None when Slurm cannot be asked right now."""
+    if not job_ids:
+        return {}
+    if shutil.which("squeue") is None:
+        return None
+    bases = sorted({j.split("_")[0] for j in job_ids})
+    cmd = ["squeue", "-h", "-r", "--states=all", "-o", "%i %T", "-j", ",".join(bases)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        # every listed job was purged from the controller's memory: Slurm knows none of them any more
+        return {} if "Invalid job id" in done.stderr else None
+    states = dict(line.split(None, 1) for line in done.stdout.splitlines() if " " in line)
+    return {j: states[j].strip() for j in job_ids if j in states}
+
+
+def alive_jobs(job_ids: list[str]) -> set[str]:
+    """The listed jobs that are queued or running."""
+    states = job_states(job_ids)
+    if states is None:
+        raise ToolkitError(
+            f"cannot ask Slurm (squeue) whether jobs {', '.join(job_ids)} still run; retry when it answers, so that no "
+            "run is submitted twice"
+        )
+    return {j for j, state in states.items() if state in _ALIVE}
+
+
+def run_slurm(
+    spec: AblationSpec,
+    todo: list[Run],
+    attach: list[Run],
+    root: Path,
+    options: Any,
+    gpus: int,
+    ledger: Ledger,
+    view: Any,
+) -> None:
+    """Submit ``todo`` as one job array, then wait for it and for the still-alive jobs of ``attach``."""
+    if todo:
+        import submitit
+
+        executor = submitit.AutoExecutor(folder=root / spec.name / "slurm" / "%j", cluster="slurm")
+        params: dict[str, Any] = {"timeout_min": options.time_min, "name": f"ablate-{spec.name}", "nodes": 1}
+        params.update(tasks_per_node=1, cpus_per_task=options.cpus_per_run or 1)
+        if options.partition:
+            params["slurm_partition"] = options.partition
+        if gpus:
+            params["gpus_per_node"] = gpus
+        if options.array_parallelism:
+            params["slurm_array_parallelism"] = options.array_parallelism
+        executor.update_parameters(**params)
+        try:
+            with executor.batch():
+                jobs = [executor.submit(SlurmTask(spec, run, str(root), options.launcher, gpus)) for run in todo]
+        except submitit.core.utils.FailedJobError as err:
+            reason = " ".join(str(err).split())
+            raise ToolkitError(
+                f"Slurm refused the job array ({reason}); check --partition, --gpus-per-run and --time-min"
+            ) from None
+        for run, job in zip(todo, jobs, strict=True):
+            with ledger.edit() as records:
+                record = records[run.id]
+                record.update(slurm_job_id=job.job_id, executor="slurm")
+                if record.get("status") == PENDING:  # the task may have started already and written its own state
+                    record["note"] = f"submitted as slurm job {job.job_id}"
+            view.event(run, PENDING, f"submitted as slurm job {job.job_id}")
+    _wait(todo + attach, ledger, view)
+
+
+def _wait(runs: list[Run], ledger: Ledger, view: Any, poll_s: float = 2.0) -> None:
+    """Until every run is done or failed, or its job ended without saying so (then it is pending again)."""
+    waiting = {run.id: run for run in runs}
+    reported: dict[str, str] = {}
+    while waiting:
+        records = ledger.read()
+        states = job_states([records[i]["slurm_job_id"] for i in waiting if records[i].get("slurm_job_id")])
+        for run_id, run in list(waiting.items()):
+            record = records[run_id]
+            status, job_id = record.get("status"), record.get("slurm_job_id")
+            if status != reported.get(run_id):
+                reported[run_id] = status
+                if status != PENDING:
+                    view.event(run, status, f"slurm job {job_id}")
+            if status in (DONE, FAILED):
+                del waiting[run_id]
+            elif states is not None and states.get(job_id) not in _ALIVE:
+                if ledger.get(run_id).get("status") in (DONE, FAILED):
+                    continue  # it ended between the two reads; the next round reports it
+                why = states.get(job_id, "gone from the queue")
+                ledger.update(run_id, status=PENDING, pid=None, note=f"slurm job {job_id} ended ({why}); run again")
+                view.event(run, PENDING, f"slurm job {job_id} ended ({why}) before the run finished")
+                del waiting[run_id]
+        view.tick()
+        if waiting:
+            time.sleep(poll_s)

@@ -1,0 +1,270 @@
+"""Read an ablation spec (``ablations/<name>.yaml``) into an :class:`AblationSpec` and expand it into runs.
+
+Torch-free: ``toolkit ablate status`` and ``toolkit report`` load specs without importing torch or Lightning.
+
+Base config paths are resolved against the current directory first, then against the spec file's directory;
+``AblationSpec.base`` holds the resolved absolute paths.
+
+A run's id is a hash of what the run computes: the ablation and variant names, the parsed content of the base
+configs (comments and formatting do not count), the merged overrides and the seed. The same spec always names the
+same runs; editing a config or an override names new ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from toolkit.errors import ToolkitError
+
+DEFAULT_METRICS = ["test/acc", "test/f1"]
+DEFAULT_PROJECT = "toolkit"
+DESIGNS = ("leave-one-out", "factorial")
+_KEYS = ("name", "base", "overrides", "seeds", "baseline", "variants", "factors", "metrics", "project")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One (variant, seed) of an ablation: a single ``toolkit fit`` process and a single W&B run."""
+
+    id: str
+    ablation: str
+    variant: str
+    seed: int
+    overrides: dict[str, Any]
+
+    def directory(self, root: str | Path) -> Path:
+        """Where the run keeps its checkpoints, W&B logs and ``run.log``: ``<root>/<ablation>/<variant>/seed<N>``."""
+        return Path(root) / self.ablation / self.variant / f"seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class AblationSpec:
+    """A validated ablation: base configs, common overrides, variants (deltas on top), seeds and report metrics."""
+
+    name: str
+    base: list[str]
+    overrides: dict[str, Any]
+    seeds: list[int]
+    baseline: str
+    variants: dict[str, dict[str, Any]]
+    metrics: list[str]
+    project: str
+    path: str = ""
+    #: ``{factor: overrides that switch it off}`` when the variants were generated from a ``factors`` block
+    factors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: ``"explicit"``, ``"leave-one-out"`` or ``"factorial"``
+    design: str = "explicit"
+
+    def runs(self) -> list[Run]:
+        """Every (variant, seed) in spec order: variants as listed (baseline first), then seeds."""
+        base_data = [_read_yaml(Path(p)) for p in self.base]
+        order = [self.baseline, *(v for v in self.variants if v != self.baseline)]
+        runs = []
+        for variant in order:
+            merged = {**self.overrides, **self.variants[variant]}
+            for seed in self.seeds:
+                runs.append(Run(_run_id(self.name, variant, base_data, merged, seed), self.name, variant, seed, merged))
+        return runs
+
+
+def load_spec(path: str | Path) -> AblationSpec:
+    """Read and validate an ablation spec.
+
+    Args:
+        path: the spec's YAML file.
+
+    Raises:
+        ToolkitError: with a one-line message saying what to fix.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ToolkitError(f"ablation spec '{path}' not found; pass a YAML file such as ablations/quickstart.yaml")
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ToolkitError(f"{path}: an ablation spec is a mapping with keys {', '.join(_KEYS)}")
+    for key in raw:
+        if key not in _KEYS:
+            raise ToolkitError(
+                f"{path}: unknown key '{key}'{_did_you_mean(str(key), _KEYS)}; allowed: {', '.join(_KEYS)}"
+            )
+    for key in ("name", "base", "seeds"):
+        if key not in raw:
+            raise ToolkitError(f"{path}: missing '{key}'; see ablations/quickstart.yaml for a complete spec")
+    name = _name(raw["name"], f"{path}: name")
+    base = [_resolve_base(b, path) for b in _str_list(raw["base"], f"{path}: base")]
+    if not base:
+        raise ToolkitError(f"{path}: 'base' is empty; list at least one config, e.g. base: [configs/digits.yaml]")
+    overrides = _overrides(raw.get("overrides"), f"{path}: overrides")
+    seeds = _seeds(raw["seeds"], path)
+    factors, design = _factors(raw.get("factors"), path)
+    baseline = raw.get("baseline", "full")
+    baseline = _name(baseline, f"{path}: baseline")
+    variants = _expand_factors(factors, design, baseline)
+    if raw.get("variants") is not None and not isinstance(raw["variants"], dict):
+        raise ToolkitError(
+            f"{path}: 'variants' maps variant names to overrides, e.g. no-bn: {{model.batchnorm: 'off'}}"
+        )
+    for vname, delta in (raw.get("variants") or {}).items():
+        vname = _name(vname, f"{path}: variant")
+        if vname in variants:
+            raise ToolkitError(f"{path}: variant '{vname}' is also generated by 'factors'; rename it")
+        variants[vname] = _overrides(delta, f"{path}: variant '{vname}'")
+    if not variants:
+        raise ToolkitError(f"{path}: no variants; add 'variants' (name: overrides) or a 'factors' block")
+    if baseline not in variants:
+        hint = _did_you_mean(baseline, list(variants))
+        raise ToolkitError(f"{path}: baseline '{baseline}' is not a variant{hint}; add it (e.g. {baseline}: {{}})")
+    metrics = _str_list(raw.get("metrics", DEFAULT_METRICS), f"{path}: metrics")
+    project = raw.get("project", DEFAULT_PROJECT)
+    if not isinstance(project, str) or not project:
+        raise ToolkitError(f"{path}: 'project' is the W&B project name, a non-empty string")
+    spec = AblationSpec(name, base, overrides, seeds, baseline, variants, metrics, project, str(path), factors, design)
+    _check_distinct(spec, path)
+    return spec
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one, which hides a typo)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ToolkitError(f"{self.name}:{line}: duplicate key '{key}'; each name may appear once")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        loader = _UniqueKeyLoader(fh)
+        loader.name = str(path)
+        try:
+            return loader.get_single_data()
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise ToolkitError(
+                f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax"
+            ) from None
+        finally:
+            loader.dispose()
+
+
+def _run_id(name: str, variant: str, base_data: list[Any], overrides: dict[str, Any], seed: int) -> str:
+    payload = {"ablation": name, "variant": variant, "base": base_data, "overrides": overrides, "seed": seed}
+    text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _resolve_base(entry: str, spec_path: Path) -> str:
+    for candidate in (Path(entry), spec_path.parent / entry):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    raise ToolkitError(
+        f"{spec_path}: base config '{entry}' not found (looked in the current directory and in {spec_path.parent}); "
+        "fix the path"
+    )
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise ToolkitError(f"{what} {value!r} must be a word of letters, digits and . _ + = - (it names folders)")
+    return value
+
+
+def _str_list(value: Any, what: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+        raise ToolkitError(f"{what} must be a string or a list of strings")
+    return list(items)
+
+
+def _overrides(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ToolkitError(f"{what} must map dotted keys to values, e.g. {{trainer.max_epochs: 5}}")
+    for key in value:
+        if not isinstance(key, str) or not _DOTTED.match(key):
+            fix = f"write '{key.lstrip('-')}'" if isinstance(key, str) and key.startswith("-") else "use a dotted key"
+            raise ToolkitError(f"{what}: bad key {key!r}; {fix} such as model.drop_rate")
+    return dict(value)
+
+
+def _seeds(value: Any, path: Path) -> list[int]:
+    seeds = [value] if isinstance(value, int) else value
+    if not isinstance(seeds, list) or not seeds:
+        raise ToolkitError(f"{path}: 'seeds' needs at least one integer seed, e.g. seeds: [0, 1]")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ToolkitError(f"{path}: 'seeds' must be non-negative integers, got {seeds}")
+    if len(set(seeds)) != len(seeds):
+        raise ToolkitError(f"{path}: 'seeds' lists a seed twice: {seeds}; list each once")
+    return list(seeds)
+
+
+def _factors(value: Any, path: Path) -> tuple[dict[str, dict[str, Any]], str]:
+    """Parse ``factors: {design: leave-one-out|factorial, switches: {factor: overrides that switch it off}}``.
+
+    (Not ``off:``: YAML 1.1 reads an unquoted ``off`` key as the boolean false.)
+    """
+    if value is None:
+        return {}, "explicit"
+    usage = "factors: {design: leave-one-out, switches: {bn: {model.batchnorm: 'off'}, ...}}"
+    if not isinstance(value, dict) or set(value) - {"design", "switches"} or "switches" not in value:
+        raise ToolkitError(f"{path}: 'factors' must look like {usage}")
+    design = value.get("design", "leave-one-out")
+    if design not in DESIGNS:
+        raise ToolkitError(f"{path}: factors.design {design!r} is not one of {', '.join(DESIGNS)}")
+    if not isinstance(value["switches"], dict) or not value["switches"]:
+        raise ToolkitError(f"{path}: factors.switches needs at least one factor; {usage}")
+    factors = {}
+    for factor, delta in value["switches"].items():
+        factors[_name(factor, f"{path}: factor")] = _overrides(delta, f"{path}: factor '{factor}'")
+        if not factors[factor]:
+            raise ToolkitError(f"{path}: factor '{factor}' changes nothing; give the overrides that switch it off")
+    return factors, design
+
+
+def _expand_factors(factors: dict[str, dict[str, Any]], design: str, baseline: str) -> dict[str, dict[str, Any]]:
+    """Leave-one-out: the baseline plus ``no-<factor>`` for each factor; factorial: every subset switched off."""
+    if not factors:
+        return {}
+    names = list(factors)
+    if design == "leave-one-out":
+        subsets = [()] + [(f,) for f in names]
+    else:
+        subsets = [c for k in range(len(names) + 1) for c in itertools.combinations(names, k)]
+    variants = {}
+    for subset in subsets:
+        vname = "+".join(f"no-{f}" for f in subset) or baseline
+        variants[vname] = {k: v for f in subset for k, v in factors[f].items()}
+    return variants
+
+
+def _check_distinct(spec: AblationSpec, path: Path) -> None:
+    """Two variants that resolve to the same overrides would train the same model twice under two names."""
+    seen: dict[str, str] = {}
+    for vname, delta in spec.variants.items():
+        key = json.dumps({**spec.overrides, **delta}, sort_keys=True, default=str)
+        if key in seen:
+            raise ToolkitError(f"{path}: variants '{seen[key]}' and '{vname}' give the same config; remove one")
+        seen[key] = vname
+
+
+def _did_you_mean(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=2)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
