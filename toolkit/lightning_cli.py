@@ -240,11 +240,17 @@ def _finish_wandb() -> None:
     wandb.teardown()
 
 
+_ARGS_WARNING = ".*args parameter is intended to run from within Python"
+
+
 def run_cli(args: list[str] | None = None) -> ToolkitCLI:
     """Run ``toolkit <subcommand> ...`` in this process (the console script calls this)."""
     LoggedConfig.resumed_from = None
     try:
-        return ToolkitCLI(args=args)
+        with warnings.catch_warnings():
+            if args is not None:  # called from Python (tests, the runner's checks): sys.argv is the caller's
+                warnings.filterwarnings("ignore", message=_ARGS_WARNING)
+            return ToolkitCLI(args=args)
     except SIGTERMException:
         # Lightning stops cleanly on SIGTERM but its exception exits with status 0; a stopped run is no success
         sys.exit(128 + signal.SIGTERM)
@@ -276,7 +282,7 @@ def check_args(argv: list[str]) -> None:
     """
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         # the check passes args while sys.argv holds the caller's command line: LightningCLI warns about that
-        warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+        warnings.filterwarnings("ignore", message=_ARGS_WARNING)
         _ParseOnlyCLI(args=argv)
 
 
