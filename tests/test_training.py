@@ -63,22 +63,12 @@ def test_linear_probe_keeps_backbone_bit_identical(tmp_path: Path) -> None:
 
 
 def test_lp_to_ft_switches_at_epoch_without_new_groups(tmp_path: Path) -> None:
-    recorder = Recorder()
     weights = tmp_path / "init.pth"
     torch.save(ImageClassifier(num_classes=10).backbone.state_dict(), weights)
     reference = torch.load(weights, weights_only=True)
-    cli = fit(
-        tmp_path / "run",
-        "--model.pretrained",
-        str(weights),
-        "--model.freeze_backbone",
-        "true",
-        "--model.unfreeze_at_epoch",
-        "1",
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.callbacks+=test_training.Recorder",
-    )
+    lp_ft = ["--model.pretrained", str(weights), "--model.freeze_backbone", "true", "--model.unfreeze_at_epoch", "1"]
+    two_epochs_recorded = ["--trainer.max_epochs", "2", "--trainer.callbacks+=test_training.Recorder"]
+    cli = fit(tmp_path / "run", *lp_ft, *two_epochs_recorded)
     recorder = next(cb for cb in cli.trainer.callbacks if isinstance(cb, Recorder))
     epoch0 = [row for row in recorder.rows if row[0] == 0]
     epoch1 = [row for row in recorder.rows if row[0] == 1]
@@ -91,24 +81,11 @@ def test_lp_to_ft_switches_at_epoch_without_new_groups(tmp_path: Path) -> None:
     # resume from the mid-way checkpoint (end of epoch 0): same two groups, unfrozen from epoch 1
     epoch0_ckpt = tmp_path / "epoch0.ckpt"
     run2 = tmp_path / "run2"
-    fit(run2, "--model.pretrained", str(weights), "--model.freeze_backbone", "true", "--model.unfreeze_at_epoch", "1")
+    fit(run2, *lp_ft)
     (run2 / "checkpoints" / "last.ckpt").rename(epoch0_ckpt)
     saved = torch.load(epoch0_ckpt, weights_only=False)
     assert len(saved["optimizer_states"][0]["param_groups"]) == 2
-    resumed = fit(
-        run2,
-        "--model.pretrained",
-        str(weights),
-        "--model.freeze_backbone",
-        "true",
-        "--model.unfreeze_at_epoch",
-        "1",
-        "--trainer.max_epochs",
-        "2",
-        "--ckpt_path",
-        str(epoch0_ckpt),
-        "--trainer.callbacks+=test_training.Recorder",
-    )
+    resumed = fit(run2, *lp_ft, *two_epochs_recorded, "--ckpt_path", str(epoch0_ckpt))
     rows = next(cb for cb in resumed.trainer.callbacks if isinstance(cb, Recorder)).rows
     assert rows and {r[0] for r in rows} == {1}
     assert all(grads and bn and groups == 2 for _, grads, bn, groups in rows)
