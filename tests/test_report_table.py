@@ -161,3 +161,20 @@ def test_api_runs_give_the_same_flat_table() -> None:
     assert set(runset.history["key"]) == {"train/loss"}
     table = aggregate(mark_counted(runset.runs), ["test/acc"], "full").set_index("variant")
     assert table.loc["full", "mean"] == pytest.approx(0.85) and table.loc["full", "n"] == 2
+
+
+def test_seeds_outside_the_spec_and_half_ensembled_variants_do_not_count() -> None:
+    rows = [
+        ("full", 0, "a", "finished", 1.0),
+        ("full", 1, "b", "finished", 1.0),
+        ("full", 2, "c", "finished", 1.0),  # a seed the spec dropped
+        ("half", 0, "d", "finished", 1.0),
+        ("half", 1, "e", "finished", 1.0),
+    ]
+    runs = runs_table(rows, test__acc=[0.9, 0.8, 0.1, 0.5, 0.6], test__acc_ensemble=[None, None, None, 0.99, None])
+    row = aggregate(mark_counted(runs), ["test/acc"], "full", seeds=[0, 1]).set_index("variant")
+    assert row.loc["full", "n"] == 2 and row.loc["full", "mean"] == pytest.approx(0.85)
+    # one seed has the ensemble metric, the other not: the plain metric for both, never a mix of the two
+    assert row.loc["half", "mean"] == pytest.approx(0.55) and "ensemble" not in row.loc["half", "note"]
+    assert row.loc["half", "delta"] == pytest.approx(-30.0)
+    assert row.loc["half", "p_value"] == pytest.approx(manual_paired_p([0.5, 0.6], [0.9, 0.8]))

@@ -13,12 +13,11 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from toolkit import keys
 from toolkit.backbone import create_backbone
+from toolkit.components import BatchNormLevel, apply_switches
 from toolkit.errors import ToolkitError
 from toolkit.freezing import BackboneFreezer
 from toolkit.heads import HeadInit, create_head
 from toolkit.schedules import TOTAL_STEPS_HINT, WarmupSchedule
-
-BatchNormMode = Literal["on", "frozen", "fused", "off"]
 
 
 class ImageClassifier(pl.LightningModule):
@@ -59,7 +58,7 @@ class ImageClassifier(pl.LightningModule):
         drop_rate: float = 0.0,
         head_init: HeadInit = "default",
         label_smoothing: float = 0.0,
-        batchnorm: BatchNormMode = "on",
+        batchnorm: BatchNormLevel = "on",
         residual: bool = True,
         residual_blocks: list[int] | None = None,
         lesion_blocks: list[int] | None = None,
@@ -83,7 +82,13 @@ class ImageClassifier(pl.LightningModule):
         self.backbone = create_backbone(backbone, pretrained, drop_path_rate, zero_init_last)
         self._setup_logged = False
         self.lesion_blocks = lesion_blocks
-        self.changes: list[str] = self._apply_switches(batchnorm, residual, residual_blocks, lesion_blocks)
+        self.changes: list[str] = apply_switches(
+            self.backbone,
+            batchnorm=batchnorm,
+            residual=residual,
+            residual_blocks=residual_blocks,
+            lesion_blocks=lesion_blocks,
+        )
         self.head = create_head(self.backbone.num_features, num_classes, drop_rate, head_init)
         self.freezer = BackboneFreezer(self.backbone, freeze_backbone, unfreeze_at_epoch)
         self.metrics = torch.nn.ModuleDict(
@@ -94,21 +99,6 @@ class ImageClassifier(pl.LightningModule):
                 "test_acc": MulticlassAccuracy(num_classes, average="micro"),
                 "test_f1": MulticlassF1Score(num_classes, average="macro"),
             }
-        )
-
-    def _apply_switches(
-        self, batchnorm: str, residual: bool, residual_blocks: list[int] | None, lesion_blocks: list[int] | None
-    ) -> list[str]:
-        if batchnorm == "on" and residual and residual_blocks is None and lesion_blocks is None:
-            return []
-        from toolkit.components import apply_switches
-
-        return apply_switches(
-            self.backbone,
-            batchnorm=batchnorm,
-            residual=residual,
-            residual_blocks=residual_blocks,
-            lesion_blocks=lesion_blocks,
         )
 
     # -- freezing policy ---------------------------------------------------------------------------------------

@@ -79,6 +79,8 @@ class ImageDataModule(pl.LightningDataModule):
             raise ToolkitError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ToolkitError("mixup_alpha and cutmix_alpha must be >= 0 (0 turns them off)")
+        if (mixup_alpha > 0 or cutmix_alpha > 0) and batch_size % 2:
+            raise ToolkitError(f"mixup/cutmix pair samples within a batch: use an even batch_size, not {batch_size}")
         self.save_hyperparameters(logger=False)
         self.source, self.root, self.name, self.download = source, root, name, download
         self.backbone, self.image_size, self.normalize, self.augment = backbone, image_size, normalize, augment
@@ -90,6 +92,7 @@ class ImageDataModule(pl.LightningDataModule):
         self._splits: Splits | None = None
         self.data_config: DataConfig = resolve_backbone_data_config(backbone, image_size)
         self._mixup: Mixup | None = None
+        self._ready = False
         self.splits  # noqa: B018 - load now: a bad source fails before any model is built
 
     @property
@@ -123,6 +126,9 @@ class ImageDataModule(pl.LightningDataModule):
             load_torchvision_splits(self.name, self.root, True, self.val_fraction, self.split_seed)
 
     def setup(self, stage: str) -> None:
+        if self._ready:  # fit then test in one process: the images are checked and the statistics known
+            return
+        self._ready = True
         splits = self.splits
         for samples in (splits.train, splits.val, splits.test):
             verify_images(samples)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from filelock import FileLock
 from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
@@ -153,11 +154,14 @@ def load_torchvision_splits(
             f"unknown torchvision dataset {name!r}; pass --data.name CIFAR10 (or CIFAR100, Flowers102, ...)"
         )
     cls, root = getattr(tvd, name), str(Path(root or "data").expanduser())
+    Path(root).mkdir(parents=True, exist_ok=True)
     try:
-        train = _torchvision_split(cls, root, "train", download)
-        test = _torchvision_split(cls, root, "test", download)
-        has_val = "split" in inspect.signature(cls).parameters
-        val = _torchvision_split(cls, root, "val", download) if has_val else None
+        # every DDP rank builds the data module: one downloads at a time, the others find the files there
+        with FileLock(str(Path(root) / f".{name}.lock")):
+            train = _torchvision_split(cls, root, "train", download)
+            test = _torchvision_split(cls, root, "test", download)
+            has_val = "split" in inspect.signature(cls).parameters
+            val = _torchvision_split(cls, root, "val", download) if has_val else None
     except RuntimeError as err:
         raise ToolkitError(
             f"{name} not found under {root} ({err}); add --data.download true or fix --data.root"

@@ -17,6 +17,7 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from toolkit import keys
@@ -145,7 +146,7 @@ class ToolkitCLI(LightningCLI):
         callbacks.append(RunIdCheckpoint())
         callbacks.extend(_last_checkpoints(callbacks))
         if self.subcommand == "test" and self.config.test.get("ensemble_ckpts"):
-            from toolkit.callbacks.snapshot import CheckpointEnsemble
+            from toolkit.callbacks.ensemble import CheckpointEnsemble
 
             callbacks.append(CheckpointEnsemble(self.config.test.ensemble_ckpts))
         return super()._instantiate_trainer(config, callbacks)
@@ -173,6 +174,10 @@ class ToolkitCLI(LightningCLI):
             return
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if not best:
+            rank_zero_warn(f"no best {keys.MONITOR} checkpoint (no validation?): testing the final weights instead")
+            for logger in self.trainer.loggers:
+                logger.log_hyperparams({"tested_checkpoint": "final weights"})
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
 
 

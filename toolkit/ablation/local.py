@@ -152,9 +152,9 @@ class LocalExecutor:
                 on_tick()
                 if active:
                     time.sleep(self.poll_s)
-        except KeyboardInterrupt:
+        except BaseException:  # Ctrl-C, SIGTERM, or an error of the runner itself: stop every run, mark it pending
+            _stop_all([proc for _, _, proc in active.values()])
             for job, _, proc in active.values():
-                _stop(proc)
                 on_exit(job, proc.returncode if proc.returncode is not None else -signal.SIGTERM, True)
             raise
         finally:
@@ -181,16 +181,17 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _stop(proc: subprocess.Popen[bytes], grace_s: float = 20.0) -> None:
-    """SIGTERM the run's process group (Lightning saves nothing more but exits cleanly), then SIGKILL."""
+def _stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 20.0) -> None:
+    """SIGTERM every run's process group at once (Lightning exits cleanly), wait together, then SIGKILL the rest."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        alive = [proc for proc in procs if proc.poll() is None]
+        for proc in alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + wait
+        for proc in alive:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
 
 
 def kill_leftovers(pgid: int, run_dir: Path) -> int:

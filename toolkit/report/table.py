@@ -63,8 +63,8 @@ def mark_counted(runs: pd.DataFrame) -> pd.DataFrame:
 def run_values(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """Long table ``variant, seed, metric, value, source`` of the counted runs.
 
-    A run that logged the ensemble version of a metric (``test/acc_ensemble`` for ``test/acc``) reports that one;
-    ``source`` names the key the value came from.
+    A variant whose counted runs all logged the ensemble version of a metric (``test/acc_ensemble`` for
+    ``test/acc``) reports that one; ``source`` names the key the value came from.
     """
     counted = runs[runs["counted"]]
     parts = []
@@ -73,7 +73,8 @@ def run_values(runs: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
         ensemble = ensemble_key(stage, name)
         plain = counted[metric] if metric in counted else pd.Series(np.nan, index=counted.index)
         if ensemble in counted:
-            use_ensemble = counted[ensemble].notna()
+            # a variant reports the ensemble only when every counted run has it: never a mean of both kinds
+            use_ensemble = counted[ensemble].notna().groupby(counted["variant"]).transform("all")
             value = counted[ensemble].where(use_ensemble, plain)
             source = use_ensemble.map({True: ensemble, False: metric})
         else:
@@ -138,6 +139,8 @@ def aggregate(
         variants = ([baseline] if baseline in set(identified["variant"]) else []) + found
     expected = sorted(set(seeds) if seeds is not None else {int(s) for s in identified["seed"]})
     values = run_values(runs, metrics)
+    if seeds is not None:  # runs of seeds the spec no longer lists do not count
+        values = values[values["seed"].isin(expected)]
     rows = []
     for metric in metrics:
         by_metric = values[values["metric"] == metric]
@@ -155,6 +158,9 @@ def aggregate(
             seed_note = _seed_note(runs, variant, metric, set(series.index), expected)
             if seed_note:
                 notes.append(seed_note)
+            paired = len(set(series.index) & set(base.index))
+            if variant != baseline and len(series) and paired < max(len(series), len(base)):
+                notes.append(f"Δ over all seeds, p over {paired} paired")
             mean = float(series.mean()) if len(series) else math.nan
             rows.append(
                 {
