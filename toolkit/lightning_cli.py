@@ -228,7 +228,7 @@ def _resolve_ckpt(ckpt_path: str, dirpath: str) -> str:
 def _run_id_in(ckpt_path: str) -> str | None:
     if not Path(ckpt_path).is_file():
         return None
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)  # one key: map, don't read
     return checkpoint.get(CKPT_RUN_ID)
 
 
