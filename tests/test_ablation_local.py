@@ -220,3 +220,22 @@ def test_stopping_the_runner_stops_its_runs_and_leaves_them_resumable(tmp_path: 
     assert sorted(r["status"] for r in records.values()) == ["pending"] * 3
     assert all("interrupted" in records[r["id"]]["note"] for r in running)
     assert not [r["pid"] for r in running if Path(f"/proc/{r['pid']}").exists() and _group(r["pid"])]
+
+
+def test_a_run_that_completed_while_the_runner_was_down_is_not_run_again(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, {"full": {}}, [0, 1])
+    root = tmp_path / "runs"
+    first, second = spec.runs()
+    ledger = Ledger(ledger_path(root, spec.name))
+    started = time.time() - 60
+    for record_run in (first, second):
+        ledger.update(record_run.id, status="running", started_at=started, attempts=1, variant="full")
+    # `first` wrote its completion file (toolkit fit's last act) before the runner died; `second` did not
+    first.directory(root).mkdir(parents=True)
+    (first.directory(root) / "result.json").write_text('{"status": "done"}')
+    code, _ = run(spec, root, tmp_path)
+    assert code == 0
+    records = ledger.read()
+    assert records[first.id]["status"] == "done" and records[first.id]["attempts"] == 1
+    assert records[second.id]["status"] == "done" and records[second.id]["attempts"] == 2
+    assert [Path(r["run_dir"]).name for r in received(root)] == ["seed1"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -28,6 +29,8 @@ def test_three_epochs_on_digits_are_well_above_chance(tmp_path: Path) -> None:
     assert metrics["test/acc"] > 0.5
     assert 0 < metrics["test/f1"] <= 1
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    result = json.loads((tmp_path / "result.json").read_text())  # the completion file the ablation runner reads
+    assert result["status"] == "done" and result["metrics"]["test/acc"] == pytest.approx(float(metrics["test/acc"]))
 
 
 class Recorder(pl.Callback):

@@ -14,6 +14,9 @@ TEST_F1_ENSEMBLE = "test/f1_ensemble"
 #: best value of each validation metric goes into the W&B summary ("max" or "min")
 VAL_SUMMARY = {VAL_ACC: "max", VAL_F1: "max", VAL_LOSS: "min"}
 
+#: written by ``toolkit fit`` into its ``default_root_dir`` as its last act; the ablation runner reads it on restart
+RESULT_FILE = "result.json"
+
 #: the metric the checkpoint callback monitors, and its direction
 MONITOR = VAL_ACC
 MONITOR_MODE = "max"

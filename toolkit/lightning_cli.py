@@ -17,6 +17,7 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -170,8 +171,12 @@ class ToolkitCLI(LightningCLI):
         print(f"predictions: {out} ({len(table)} rows)")
 
     def after_fit(self) -> None:
-        if not self.config.fit.test_after_fit:
-            return
+        if self.config.fit.test_after_fit:
+            self._test_best()
+        if self.trainer.is_global_zero:
+            _write_result(self.trainer)
+
+    def _test_best(self) -> None:
         callback = self.trainer.checkpoint_callback
         best = getattr(callback, "best_model_path", "") if callback is not None else ""
         if not best:
@@ -179,6 +184,28 @@ class ToolkitCLI(LightningCLI):
             for logger in self.trainer.loggers:
                 logger.log_hyperparams({"tested_checkpoint": "final weights"})
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def _write_result(trainer: Trainer) -> None:
+    """``<default_root_dir>/result.json``: this fit completed (with its test metrics and W&B run id).
+
+    Written last and atomically, so a runner restarted after a kill can tell a finished run from an interrupted one.
+    """
+    import json
+    import os
+    import time
+
+    run_id = next((getattr(lg.experiment, "id", None) for lg in trainer.loggers if _is_wandb(lg)), None)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+    result = {"status": "done", "finished_at": time.time(), "wandb_id": run_id, "metrics": metrics}
+    path = Path(trainer.default_root_dir) / keys.RESULT_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+
+
+def _is_wandb(logger: Any) -> bool:
+    return isinstance(logger, LightningWandbLogger)
 
 
 def _last_checkpoints(callbacks: list[Callback]) -> list[ModelCheckpoint]:

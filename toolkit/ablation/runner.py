@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from toolkit import keys
 from toolkit.ablation import attempt
 from toolkit.ablation.command import (
     DEFAULT_LAUNCHER,
@@ -135,8 +136,18 @@ def _plan(runs: list[Run], ledger: Ledger, root: Path, options: Options) -> tupl
             continue
         if status == RUNNING and record.get("pgid") and record.get("host") == socket.gethostname():
             kill_leftovers(record["pgid"], run.directory(root))  # a runner before us died without its children
+        if status == RUNNING and _completed_since(run.directory(root), record.get("started_at")):
+            # the run finished (result.json is its last write) but the runner died before recording it
+            attempt.finish(ledger, run, root, 0, False, note="completed while the runner was down")
+            continue
         todo.append(run)
     return todo, attach
+
+
+def _completed_since(run_dir: Path, started_at: float | None) -> bool:
+    """Whether ``toolkit fit`` wrote its completion file during the attempt that started at ``started_at``."""
+    result = run_dir / keys.RESULT_FILE
+    return started_at is not None and result.is_file() and result.stat().st_mtime >= started_at
 
 
 def _command(spec: AblationSpec, run: Run, root: Path, options: Options, gpus: int) -> list[str]:
