@@ -45,6 +45,11 @@ def wandb_runs(run_dir: Path) -> list[tuple[str, str]]:
     return [(run_id, folder) for _, run_id, folder in sorted(found)]  # names start with the start time
 
 
+def resume_args(spec: AblationSpec, run: Run, root: str | Path, gpus: int = 0) -> list[str]:
+    """The run's ``toolkit fit`` arguments, resuming from ``checkpoints/last.ckpt`` when the run has one."""
+    return fit_args(spec, run, root, resume=last_checkpoint(run.directory(root)) is not None, gpus=gpus)
+
+
 def fit_args(
     spec: AblationSpec,
     run: Run,

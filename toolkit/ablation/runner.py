@@ -23,8 +23,7 @@ from toolkit.ablation import attempt
 from toolkit.ablation.command import (
     DEFAULT_LAUNCHER,
     check_variants,
-    fit_args,
-    last_checkpoint,
+    resume_args,
     shell_command,
 )
 from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger, ledger_path, runner_lock
@@ -151,9 +150,7 @@ def _completed_since(run_dir: Path, started_at: float | None) -> bool:
 
 
 def _command(spec: AblationSpec, run: Run, root: Path, options: Options, gpus: int) -> list[str]:
-    run_dir = run.directory(root)
-    resume = last_checkpoint(run_dir) is not None
-    return [*options.launcher, *fit_args(spec, run, root, resume=resume, gpus=gpus)]
+    return [*options.launcher, *resume_args(spec, run, root, gpus=gpus)]
 
 
 def _run_local(

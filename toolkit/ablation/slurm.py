@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.ablation import attempt
-from toolkit.ablation.command import fit_args, last_checkpoint, shell_command
+from toolkit.ablation.command import resume_args, shell_command
 from toolkit.ablation.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
 from toolkit.ablation.spec import AblationSpec, Run
 from toolkit.errors import ToolkitError
@@ -55,7 +55,7 @@ class SlurmTask:
     def __call__(self) -> int:
         """Train, test and log the run; returns its exit code (the ledger holds the outcome)."""
         run_dir = self.run.directory(self.root)
-        args = fit_args(self.spec, self.run, self.root, resume=last_checkpoint(run_dir) is not None, gpus=self.gpus)
+        args = resume_args(self.spec, self.run, self.root, gpus=self.gpus)
         command = shell_command(self.launcher, args)
         threads = os.environ.get("SLURM_CPUS_PER_TASK", "1")
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}

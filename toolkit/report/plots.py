@@ -50,12 +50,16 @@ def bar_charts(table: pd.DataFrame, metrics: Sequence[str], out: Path, baseline:
         ax.set_ylabel(display_name(metric) + (" (%)" if scale != 1 else ""))
         ax.set_title(f"{display_name(metric)} by variant (mean ± std over seeds)")
         ax.tick_params(axis="x", rotation=30)
-        fig.tight_layout()
-        path = out / f"bar_{_slug(metric)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"bar_{_slug(metric)}.png"))
     return paths
+
+
+def _save(fig: object, path: Path) -> Path:
+    """Lay out, write and close one figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
 
 
 def _by_epoch(history: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -109,9 +113,5 @@ def learning_curves(history: pd.DataFrame, variants: Sequence[str], out: Path) -
         acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         acc_ax.set_ylabel("accuracy (%) mean ± std over seeds")
         fig.suptitle(f"{variant}: learning curves")
-        fig.tight_layout()
-        path = out / f"curves_{_slug(variant)}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, out / f"curves_{_slug(variant)}.png"))
     return paths
