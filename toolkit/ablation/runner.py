@@ -231,13 +231,8 @@ def _summarise(
 
 
 def _report(spec: AblationSpec, root: Path, console: Console) -> None:
-    try:
-        from toolkit.report.cli import main as report_main
-    except ImportError:
-        console.print(
-            f"the ablation report is unavailable (toolkit.report is missing); the runs are in {root / spec.name}"
-        )
-        return
+    from toolkit.report.cli import main as report_main  # lazily: the report is only needed at the end
+
     try:
         report_main([spec.path, "--root", str(root)])
     except ToolkitError as err:  # the runs are safe; say why there is no table
