@@ -6,29 +6,84 @@ imports neither torch nor Lightning at import time; each branch imports what it 
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
+import time
+import traceback
 
 from toolkit.errors import ToolkitError
+
+#: every subcommand, in the order ``toolkit --help`` lists them
+SUBCOMMANDS = {
+    "fit": "train a model (LightningCLI; --help lists every model, data and trainer option)",
+    "validate": "evaluate a checkpoint on the validation split",
+    "test": "evaluate a checkpoint on the test split (also checkpoint ensembles)",
+    "predict": "write predictions.csv for a checkpoint",
+    "ablate": "run an ablation spec (variants x seeds), or show its status",
+    "report": "build an ablation's table and plots from its W&B logs",
+}
+
+USAGE = (
+    "usage: toolkit {"
+    + ",".join(SUBCOMMANDS)
+    + "} ...\n\nTransfer learning and honest ablations with timm backbones.\n"
+)
+
+
+def print_help() -> None:
+    """The top-level help: every subcommand with one line (``toolkit <subcommand> --help`` has the details)."""
+    width = max(len(name) for name in SUBCOMMANDS)
+    lines = [USAGE, "subcommands:"]
+    lines += [f"  {name.ljust(width)}  {text}" for name, text in SUBCOMMANDS.items()]
+    lines += ["", "toolkit <subcommand> --help shows its options."]
+    print("\n".join(lines))
+
+
+def _dispatch(args: list[str], argv: list[str] | None) -> None:
+    if not args or args[0] in ("-h", "--help"):
+        print_help()
+        sys.exit(0 if args else 2)
+    if args[0] == "ablate":
+        from toolkit.ablation.cli import main as ablate_main
+
+        sys.exit(ablate_main(args[1:]))
+    if args[0] == "report":
+        from toolkit.report.cli import main as report_main
+
+        sys.exit(report_main(args[1:]))
+    from toolkit.lightning_cli import run_cli
+
+    run_cli(argv)  # None: LightningCLI reads sys.argv itself
+
+
+def _unexpected(err: BaseException) -> str:
+    """Write the traceback of an unexpected error to a file; return the one line that points to it."""
+    folder = os.path.join(tempfile.gettempdir(), "toolkit-errors")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"$ toolkit {' '.join(sys.argv[1:])}\n")
+        traceback.print_exception(err, file=fh)
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    return f"error: unexpected {type(err).__name__}: {first} (full traceback: {path})"
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``toolkit`` command."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args and args[0] == "ablate":
-            from toolkit.ablation.cli import main as ablate_main
-
-            sys.exit(ablate_main(args[1:]))
-        if args and args[0] == "report":
-            from toolkit.report.cli import main as report_main
-
-            sys.exit(report_main(args[1:]))
-        from toolkit.lightning_cli import run_cli
-
-        run_cli(argv)  # None: LightningCLI reads sys.argv itself
+        _dispatch(args, argv)
     except ToolkitError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as err:  # never a bare traceback: one line and where the whole story is
+        if os.environ.get("TOOLKIT_TRACEBACK"):
+            raise
+        print(_unexpected(err), file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from toolkit import keys
+from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
 from toolkit.errors import ToolkitError
+from toolkit.quiet import quiet_third_party
 from toolkit.tracking import CKPT_RUN_ID, RunIdCheckpoint
 
 
@@ -67,6 +69,8 @@ class ToolkitCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, turning jsonargparse's usage dump + error into one ToolkitError line (``--help`` still prints)."""
+        argv = list(sys.argv[1:] if args is None else args)
+        check_config_files(argv)
         err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
@@ -74,7 +78,7 @@ class ToolkitCLI(LightningCLI):
         except SystemExit as exit_:
             if exit_.code in (0, None):
                 raise
-            raise ToolkitError(_parse_error(err.getvalue())) from None
+            raise ToolkitError(_parse_error(err.getvalue(), _subcommand_of(argv))) from None
         finally:
             if err.getvalue() and "error:" not in err.getvalue():
                 print(err.getvalue(), end="", file=sys.stderr)
@@ -117,6 +121,9 @@ class ToolkitCLI(LightningCLI):
         root = Path(config.trainer.default_root_dir or ".")
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(root / "checkpoints")
+        check_subcommand_inputs(self.subcommand, config.get("ckpt_path"), config.get("ensemble_ckpts"))
+        if self.subcommand == "fit" and not config.get("ckpt_path"):
+            check_run_home(root, Path(config.checkpoint.dirpath))
         logger = config.trainer.logger
         if _is_toolkit_logger(logger):
             args = logger.init_args
@@ -145,6 +152,8 @@ class ToolkitCLI(LightningCLI):
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
             callbacks.append(RichProgressBar())
         callbacks.append(RunIdCheckpoint())
+        if not any(isinstance(c, EpochLog) for c in listed):
+            callbacks.append(EpochLog())
         callbacks.extend(_last_checkpoints(callbacks))
         if self.subcommand == "test" and self.config.test.get("ensemble_ckpts"):
             from toolkit.callbacks.ensemble import CheckpointEnsemble
@@ -175,6 +184,7 @@ class ToolkitCLI(LightningCLI):
             self._test_best()
         if self.trainer.is_global_zero:
             _write_result(self.trainer)
+            print(fit_summary(self.trainer), flush=True)
 
     def _test_best(self) -> None:
         callback = self.trainer.checkpoint_callback
@@ -184,6 +194,29 @@ class ToolkitCLI(LightningCLI):
             for logger in self.trainer.loggers:
                 logger.log_hyperparams({"tested_checkpoint": "final weights"})
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def check_subcommand_inputs(subcommand: str, ckpt_path: str | None, ensemble_ckpts: list[str] | None) -> None:
+    """Refuse options that a subcommand would otherwise ignore or answer with a meaningless number."""
+    if subcommand in ("validate", "test", "predict") and not ckpt_path:
+        raise ToolkitError(
+            f"toolkit {subcommand} needs --ckpt_path (a .ckpt file, or 'last' for <default_root_dir>/checkpoints/"
+            "last.ckpt); without it the model's freshly initialised weights would be evaluated"
+        )
+    if ensemble_ckpts and subcommand != "test":
+        raise ToolkitError(f"--ensemble_ckpts is a `toolkit test` option; toolkit {subcommand} would ignore it")
+
+
+def check_run_home(root: Path, ckpt_dir: Path) -> None:
+    """A new fit never writes into a folder that holds another run's checkpoints or result (they would mix)."""
+    found = sorted(p.name for p in ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+    found += [keys.RESULT_FILE] if (root / keys.RESULT_FILE).is_file() else []
+    if found:
+        shown = ", ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
+        raise ToolkitError(
+            f"{root} already holds a run ({shown}); resume it with --ckpt_path last, or start a new run in another "
+            "folder with --trainer.default_root_dir (or delete the old one)"
+        )
 
 
 def _write_result(trainer: Trainer) -> None:
@@ -202,6 +235,25 @@ def _write_result(trainer: Trainer) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, path)
+
+
+def fit_summary(trainer: Trainer) -> str:
+    """Where a finished fit left its outputs, and its best validation metric (printed at the end of ``fit``)."""
+    root = Path(trainer.default_root_dir)
+    lines = []
+    callback = trainer.checkpoint_callback
+    best = getattr(callback, "best_model_path", "") if callback is not None else ""
+    score = getattr(callback, "best_model_score", None) if callback is not None else None
+    if best:
+        shown = f" ({keys.MONITOR} {float(score):.4f})" if score is not None else ""
+        lines.append(f"best checkpoint: {best}{shown}")
+    lines.append(f"result: {root / keys.RESULT_FILE}")
+    for logger in trainer.loggers:
+        if _is_wandb(logger):
+            run = logger.experiment
+            folder = Path(run.dir).parent if getattr(run, "dir", None) else root / "wandb"
+            lines.append(f"W&B run: {folder} (id {getattr(run, 'id', '?')})")
+    return "\n".join(lines)
 
 
 def _is_wandb(logger: Any) -> bool:
@@ -278,6 +330,7 @@ _ARGS_WARNING = ".*args parameter is intended to run from within Python"
 def run_cli(args: list[str] | None = None) -> ToolkitCLI:
     """Run ``toolkit <subcommand> ...`` in this process (the console script calls this)."""
     LoggedConfig.resumed_from = None
+    quiet_third_party()
     try:
         with warnings.catch_warnings():
             if args is not None:  # called from Python (tests, the runner's checks): sys.argv is the caller's
@@ -318,12 +371,48 @@ def check_args(argv: list[str]) -> None:
         _ParseOnlyCLI(args=argv)
 
 
-def _parse_error(stderr: str) -> str:
-    """jsonargparse's ``error:`` line and its indented details as one line, with a pointer to --help."""
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+def _subcommand_of(argv: list[str]) -> str | None:
+    return next((a for a in argv if a in SUBCOMMANDS), None)
+
+
+def _parse_error(stderr: str, subcommand: str | None = None) -> str:
+    """jsonargparse's ``error:`` line and its indented details as one line, with a pointer to the right --help."""
+    pointer = f" (see toolkit {subcommand or '<command>'} --help)"
     lines = stderr.splitlines()
     start = max((i for i, line in enumerate(lines) if line.startswith("error:")), default=None)
     if start is None:
-        return (lines[-1].strip() if lines else "invalid arguments") + " (see toolkit <command> --help)"
+        return (lines[-1].strip() if lines else "invalid arguments") + pointer
     message = " ".join(line.strip() for line in lines[start:] if line.strip())[len("error:") :].strip()
     message = re.sub(r"\s+", " ", message)
-    return f"{message} (see toolkit <command> --help)"
+    if re.search(r"Literal\[.*'(off|on|no|yes)'.*Got value: (False|True)", message):
+        # YAML 1.1 reads unquoted off/on/no/yes as booleans: the most common config mistake with Literal switches
+        message += '; YAML reads an unquoted off/on/no/yes as false/true: write it in quotes, e.g. batchnorm: "off"'
+    return message + pointer
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Read every ``--config`` file first, so a missing file or a YAML syntax error names the file and line.
+
+    jsonargparse reports YAML errors against ``"<unicode string>"``, which does not say which of several stacked
+    configs is broken.
+    """
+    for i, arg in enumerate(argv):
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        else:
+            continue
+        file = Path(path)
+        if not file.is_file():
+            raise ToolkitError(f"--config {path}: no such file; check the path")
+        try:
+            yaml.safe_load(file.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ToolkitError(f"--config {path}:{where}: YAML syntax error ({problem}); fix the file") from None

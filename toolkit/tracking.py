@@ -88,6 +88,9 @@ class WandbLogger(LightningWandbLogger):
             resume=resume,
             entity=entity,
         )
+        # Lightning always passes `anonymous` (None when unset); wandb 0.31 deprecated the setting and warns on
+        # every run even for None, so leave it out
+        self._wandb_init.pop("anonymous", None)
 
     @property
     def experiment(self) -> Any:
