@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
         from toolkit.ablation.progress import build_table
 
         ledger = Ledger(ledger_path(args.root, spec.name))
-        console.print(build_table(spec, ledger.read(), args.root))
+        console.print(build_table(spec, ledger.read(), args.root, width=console.width))
         return 0
     from toolkit.ablation.runner import Options, run_ablation
 

@@ -1,7 +1,7 @@
 """Show an ablation's runs as a table: a rich live view while it runs, the same table for ``toolkit ablate status``.
 
 Torch-free. A running run's progress is the epoch count in its ``checkpoints/last.ckpt`` (Lightning writes it at
-every epoch end; its progress bar writes nothing to a log file until the end); the ETA extrapolates the time per
+every epoch end) and its latest val/acc the newest epoch line of its ``run.log``; the ETA extrapolates the time per
 epoch of the current attempt, and the ablation's ETA the mean time of finished runs. On a terminal the table redraws
 in place; elsewhere (CI logs, pipes) each start and finish prints one line.
 """
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import builtins
 import collections
+import os
 import pickle
+import socket
 import statistics
 import time
 import zipfile
@@ -25,8 +27,12 @@ from rich.table import Table
 
 from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
 from toolkit.ablation.spec import AblationSpec, Run
+from toolkit.epoch_line import last_epoch_line
 
-_STYLE = {DONE: "green", FAILED: "red", RUNNING: "cyan", PENDING: "dim"}
+#: shown for a ``running`` record whose process is gone (never written to the ledger: the next runner resumes it)
+INTERRUPTED = "interrupted"
+
+_STYLE = {DONE: "green", FAILED: "red", RUNNING: "cyan", PENDING: "dim", INTERRUPTED: "yellow"}
 
 
 def max_epochs(spec: AblationSpec, run: Run) -> int | None:
@@ -112,22 +118,54 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes}:{sec:02d}" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}"
 
 
-def build_table(spec: AblationSpec, records: dict[str, dict[str, Any]], root: str | Path, slots: int = 1) -> Table:
-    """One row per run of the spec (runs not in the ledger show as pending), plus an ablation-wide ETA."""
+def runner_gone(record: dict[str, Any]) -> bool:
+    """A ``running`` record whose process is gone from this host: its runner was killed (SIGKILL, power loss).
+
+    Only decidable on the host that ran it; a Slurm run's record is the job's business (``squeue``).
+    """
+    if record.get("status") != RUNNING or record.get("slurm_job_id") or record.get("host") != socket.gethostname():
+        return False
+    pid = record.get("pid")
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+#: columns in the order shown; the optional ones go first when the console is narrow (80 columns, a pipe)
+_COLUMNS = ("variant", "seed", "status", "epochs", "val/acc", "time", "ETA", "attempts", "W&B run", "note")
+_OPTIONAL = ("W&B run", "attempts")
+
+
+def build_table(
+    spec: AblationSpec, records: dict[str, dict[str, Any]], root: str | Path, slots: int = 1, width: int = 80
+) -> Table:
+    """One row per run of the spec (runs not in the ledger show as pending), plus an ablation-wide ETA.
+
+    A run's latest validation accuracy comes from the newest epoch line of its ``run.log``; a ``running`` run whose
+    process is gone shows as ``interrupted``. Columns that do not fit in ``width`` are left out.
+    """
     now = time.time()
     runs = spec.runs()
+    columns = [c for c in _COLUMNS if c not in _OPTIONAL or width >= 120]
     table = Table(title=f"ablation {spec.name}", title_justify="left")
-    for column in ("variant", "seed", "status", "attempts", "epochs", "time", "ETA", "W&B run", "note"):
-        table.add_column(column, no_wrap=column != "note")
-    counts = dict.fromkeys((DONE, RUNNING, FAILED, PENDING), 0)
+    for column in columns:
+        table.add_column(column, no_wrap=column != "note", overflow="fold")
+    counts = dict.fromkeys((DONE, RUNNING, INTERRUPTED, FAILED, PENDING), 0)
     durations, remaining = [], 0.0
     for run in runs:
         record = records.get(run.id, {})
-        status = record.get("status", PENDING)
+        status = INTERRUPTED if runner_gone(record) else record.get("status", PENDING)
         counts[status] = counts.get(status, 0) + 1
         eta = elapsed = None
         total = max_epochs(spec, run)
         epoch = epochs_done(run.directory(root) / "checkpoints" / "last.ckpt")  # None before the first epoch ends
+        latest = last_epoch_line(run.directory(root) / "run.log") if status != PENDING else None
         if status == RUNNING and record.get("started_at"):
             elapsed = now - record["started_at"]
             epoch = epoch or record.get("start_epoch") or 0
@@ -138,23 +176,28 @@ def build_table(spec: AblationSpec, records: dict[str, dict[str, Any]], root: st
         elif status == DONE:
             elapsed = record.get("duration_s")
             durations.append(elapsed or 0.0)
-        elif status == PENDING:
+        elif status in (PENDING, INTERRUPTED):
             remaining += 1
         note = record.get("note", "")
         if status == FAILED:
-            note = f"exit {record.get('exit_code')}; log: {record.get('log', '')}"
-        epoch_text = f"{epoch}/{total or '?'}" if epoch is not None else ""
-        table.add_row(
-            run.variant,
-            str(run.seed),
-            f"[{_STYLE.get(status, '')}]{status}",
-            str(record.get("attempts", 0)),
-            epoch_text,
-            _duration(elapsed),
-            _duration(eta),
-            record.get("wandb_id") or "",
-            note,
-        )
+            note = record.get("reason") or f"exit {record.get('exit_code')}"
+            note += f"; log: {record.get('log', '')}"
+        elif status == INTERRUPTED:
+            note = "its runner is gone; run `toolkit ablate run` again to resume"
+        val = latest[1].get("val/acc") if latest else None
+        cells = {
+            "variant": run.variant,
+            "seed": str(run.seed),
+            "status": f"[{_STYLE.get(status, '')}]{status}",
+            "epochs": f"{epoch}/{total or '?'}" if epoch is not None else "",
+            "val/acc": f"{val:.3f}" if val is not None else "",
+            "time": _duration(elapsed),
+            "ETA": _duration(eta),
+            "attempts": str(record.get("attempts", 0)),
+            "W&B run": record.get("wandb_id") or "",
+            "note": note,
+        }
+        table.add_row(*(cells[c] for c in columns))
     summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
     if durations and remaining:
         summary += f"; ETA {_duration(statistics.mean(durations) * remaining / max(slots, 1))}"
@@ -206,4 +249,4 @@ class LiveView:
             self._live.update(self._table(), refresh=True)
 
     def _table(self) -> Table:
-        return build_table(self.spec, self.ledger.read(), self.root, self.slots)
+        return build_table(self.spec, self.ledger.read(), self.root, self.slots, self.console.width)

@@ -2,13 +2,11 @@
 
 Lightning's rich progress bar writes nothing to a file or pipe until the run ends, so an ablation run's ``run.log``
 would show no progress for hours. The line format is a contract: ``toolkit ablate status`` reads the latest one
-(:data:`EPOCH_LINE`).
+(:mod:`toolkit.epoch_line`).
 """
 
 from __future__ import annotations
 
-import math
-import re
 import sys
 import time
 from typing import TextIO
@@ -16,30 +14,7 @@ from typing import TextIO
 import lightning.pytorch as pl
 from typing_extensions import override
 
-#: ``epoch 2/12: train/loss 0.4120, val/acc 0.9210 (3.2 s)``; group 1 the epoch (1-based), 2 max epochs, 3 metrics
-EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+|\?): (.*) \(([\d.]+) s\)$")
-
-
-def format_epoch_line(epoch: int, max_epochs: int | None, metrics: dict[str, float], seconds: float) -> str:
-    """The line for a finished epoch (``epoch`` is 1-based)."""
-    shown = ", ".join(f"{k} {v:.4f}" if math.isfinite(v) else f"{k} {v}" for k, v in sorted(metrics.items()))
-    total = str(max_epochs) if max_epochs and max_epochs > 0 else "?"
-    return f"epoch {epoch}/{total}: {shown} ({seconds:.1f} s)"
-
-
-def parse_epoch_line(line: str) -> tuple[int, dict[str, float]] | None:
-    """``(epoch, metrics)`` of a line written by :class:`EpochLog`, else None."""
-    match = EPOCH_LINE.match(line.strip())
-    if not match:
-        return None
-    metrics = {}
-    for part in match.group(3).split(", "):
-        key, _, value = part.rpartition(" ")
-        try:
-            metrics[key] = float(value)
-        except ValueError:
-            continue
-    return int(match.group(1)), metrics
+from toolkit.epoch_line import format_epoch_line
 
 
 class EpochLog(pl.Callback):
