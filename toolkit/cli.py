@@ -1,7 +1,7 @@
-"""The ``toolkit`` console script: dispatches to the ablation runner, the report, or LightningCLI.
+"""The ``toolkit`` console script: dispatches to the ablation runner, the report, the weights list, or LightningCLI.
 
-``toolkit ablate`` and ``toolkit report`` read ledgers and logs only, so they must start fast: this module
-imports neither torch nor Lightning at import time; each branch imports what it needs.
+``toolkit ablate``, ``toolkit report`` and ``toolkit weights`` read ledgers, logs or a registry only, so they must
+start fast: this module imports neither torch nor Lightning at import time; each branch imports what it needs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> None:
             from toolkit.ablation.cli import main as ablate_main
 
             sys.exit(ablate_main(args[1:]))
+        if args and args[0] == "weights":
+            from toolkit.weights.cli import main as weights_main
+
+            sys.exit(weights_main(args[1:]))
         if args and args[0] == "report":
             from toolkit.report.cli import main as report_main
 

@@ -80,6 +80,7 @@ def convert_to_cache(entry: OfflineWeights) -> Path:
     os.close(fd)
     try:
         torch.save(converted, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
         os.replace(tmp, cached)
     finally:
         Path(tmp).unlink(missing_ok=True)
