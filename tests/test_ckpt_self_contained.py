@@ -39,6 +39,9 @@ def test_checkpoint_tests_after_its_weights_file_is_deleted(tmp_path: Path) -> N
     cli = _test(ckpt, tmp_path / "test")
     assert cli.model.hparams.pretrained == str(weights)  # the config still says where the run's weights came from
     assert float(cli.trainer.callback_metrics["test/acc"]) == acc  # same checkpoint, same test split, same number
+    # `last` resolves to <root>/checkpoints/last.ckpt; its hyperparameters (backbone) apply too
+    cli = _test(Path("last"), tmp_path / "fit")
+    assert cli.model.hparams.backbone == "test_efficientnet"
 
 
 @pytest.fixture(scope="module")

@@ -137,7 +137,7 @@ class ToolkitCLI(LightningCLI):
         if config.get("ckpt_path"):
             config.ckpt_path = _resolve_ckpt(config.ckpt_path, config.checkpoint.dirpath)
         if self.subcommand in _EVAL_COMMANDS and config.get("ckpt_path"):
-            _check_against_checkpoint(config.ckpt_path, getattr(self, "model_args_given", {}))
+            _model_from_checkpoint(config.model, config.ckpt_path, getattr(self, "model_args_given", {}))
         if self.subcommand == "fit" and config.get("ckpt_path"):
             run_id = _run_id_in(config.ckpt_path)
             if run_id and _is_toolkit_logger(logger):
@@ -284,9 +284,12 @@ def _model_args_given(config: Any, argv: list[str]) -> dict[str, Any]:
     return {key: model.get(key) for key in sorted(keys) if key in model}
 
 
-def _check_against_checkpoint(ckpt_path: str, given: dict[str, Any]) -> None:
-    """Refuse a ``--model.*`` value that contradicts the checkpoint's hyperparameters (the model must be the same)."""
-    if not given or not Path(ckpt_path).is_file():
+def _model_from_checkpoint(model: Any, ckpt_path: str, given: dict[str, Any]) -> None:
+    """Set the model's arguments to the checkpoint's hyperparameters; refuse a ``--model.*`` value contradicting them.
+
+    LightningCLI merges them only for a checkpoint path given as a file, not for ``--ckpt_path last``.
+    """
+    if not Path(ckpt_path).is_file():
         return
     hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
     for key, value in given.items():
@@ -299,6 +302,10 @@ def _check_against_checkpoint(ckpt_path: str, given: dict[str, Any]) -> None:
                 f"({ckpt_path}); drop --model.{key}: the checkpoint fixes the model (only "
                 f"{', '.join(TEST_TIME_OPTIONS)} may change at test time)"
             )
+    for key, saved in hparams.items():
+        # num_classes and class_names are linked from the data when the classes are built
+        if key in model and key not in (*TEST_TIME_OPTIONS, "num_classes", "class_names"):
+            model[key] = saved
 
 
 def _plain(value: Any) -> Any:
