@@ -111,6 +111,7 @@ def test_weights_command_lists_the_backbones() -> None:
 
 
 def _probe_acc(root: Path, pretrained: str) -> float:
+    # small on purpose (the suite runs on 2 cores): 1 epoch of 6 batches at 32 px, tested on 192 held-out digits
     fit(
         root,
         "--model.backbone",
@@ -119,23 +120,20 @@ def _probe_acc(root: Path, pretrained: str) -> float:
         pretrained,
         "--model.freeze_backbone",
         "true",
+        "--model.head_init",
+        "zeros",
         "--model.optimizer.init_args.lr",
-        "0.01",
-        "--data.image_size",
-        "64",
-        "--trainer.max_epochs",
-        "2",
+        "0.02",
         "--trainer.limit_train_batches",
-        "8",
+        "6",
         "--trainer.limit_val_batches",
-        "2",
+        "1",
         "--trainer.limit_test_batches",
-        "4",
+        "3",
         "--test_after_fit",
         "true",
         "--trainer.logger",
         "false",
-        quick=True,
     )
     return json.loads((root / "result.json").read_text())["metrics"]["test/acc"]
 
@@ -143,5 +141,6 @@ def _probe_acc(root: Path, pretrained: str) -> float:
 @needs_weights
 def test_imagenet_probe_beats_random_init_probe(tmp_path: Path, cache: Path) -> None:
     imagenet = _probe_acc(tmp_path / "imagenet", "true")
-    random = _probe_acc(tmp_path / "random", "false")
-    assert imagenet > random + 0.1, (imagenet, random)
+    random = _probe_acc(tmp_path / "random", "false")  # same seed, data order and head init
+    print(f"linear probe test/acc: ImageNet {imagenet:.3f}, random init {random:.3f}")
+    assert imagenet > random + 0.15, (imagenet, random)
