@@ -86,4 +86,5 @@ def test_weights_file_that_does_not_fit_names_keys(capsys, tmp_path) -> None:
 def test_offline_hub_weights_say_how_to_pass_a_file(capsys, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     line = _error(capsys, "--model.pretrained", "true")
-    assert "cannot fetch timm hub weights" in line and "--model.pretrained /path/to/" in line
+    assert "timm hub is unreachable" in line and "--model.pretrained /path/to/" in line
+    assert "offline weights exist for tf_efficientnet_lite0" in line

@@ -1,12 +1,14 @@
-"""Build a headless timm backbone: hub weights, a local weights file, or random init, with clear errors."""
+"""Build a headless timm backbone: hub weights, packaged offline weights, a local file, or random init."""
 
 from __future__ import annotations
 
 import difflib
 import logging
 import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 import timm
@@ -15,6 +17,22 @@ import torch.nn as nn
 from toolkit.errors import ToolkitError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+_FROM_CHECKPOINT: ContextVar[bool] = ContextVar("weights_from_checkpoint", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Inside, `create_backbone` builds random init whatever ``pretrained`` says: a checkpoint supplies every weight.
+
+    ``toolkit test|validate|predict --ckpt_path`` builds the model in here, so a checkpoint needs neither the hub nor
+    the weights file it was trained from; ``pretrained`` keeps its value in the logged config.
+    """
+    token = _FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _FROM_CHECKPOINT.reset(token)
 
 
 def check_backbone_name(name: str) -> None:
@@ -55,6 +73,24 @@ def _few(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + more
 
 
+def _create(name: str, **kwargs: object) -> nn.Module:
+    """``timm.create_model``, turning a model option this family does not take into one line."""
+    try:
+        return timm.create_model(name, **kwargs)
+    except TypeError as err:
+        option = next((k for k in _OPTIONS if f"'{k}'" in str(err)), None)
+        if option is None:
+            raise
+        default = "0.0" if option == "drop_path_rate" else "null"
+        raise ToolkitError(
+            f"backbone '{name}' does not take {option} (timm's model family has no such option); "
+            f"leave {option} at {default} for this backbone"
+        ) from err
+
+
+_OPTIONS = ("zero_init_last", "drop_path_rate")
+
+
 def _load_from_file(name: str, path: Path, **kwargs: object) -> nn.Module:
     if not path.is_file():
         raise ToolkitError(f"weights file {path} does not exist; pass pretrained: true, false or an existing file")
@@ -64,7 +100,7 @@ def _load_from_file(name: str, path: Path, **kwargs: object) -> nn.Module:
     # drops the classifier, so a full published timm state dict loads into the headless backbone.
     with _capture_timm_load_log() as log:
         try:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+            model = _create(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
         except RuntimeError as err:
             keys = re.findall(r"size mismatch for ([\w.]+)", str(err))
             detail = f"shape mismatch for {_few(keys)}" if keys else str(err).splitlines()[0]
@@ -86,7 +122,8 @@ def create_backbone(
 
     Args:
         name: any ``timm.list_models()`` name.
-        pretrained: ``True`` loads timm hub weights, a path loads a local weights file, ``False`` is random init.
+        pretrained: ``True`` loads timm hub weights, or the packaged offline weights (`toolkit.weights`) when the hub
+            cannot be reached; a path loads a local weights file; ``False`` is random init.
         drop_path_rate: stochastic depth rate passed to timm.
         zero_init_last: zero-init the last BN gamma of each residual block (timm's option); None keeps timm's default.
     """
@@ -96,16 +133,62 @@ def create_backbone(
         kwargs["drop_path_rate"] = drop_path_rate
     if zero_init_last is not None:
         kwargs["zero_init_last"] = zero_init_last
-    if isinstance(pretrained, str) and pretrained.lower() not in ("true", "false"):
-        return _load_from_file(name, Path(pretrained).expanduser(), **kwargs)
-    if isinstance(pretrained, str):
+    if isinstance(pretrained, str) and pretrained.lower() in ("true", "false"):
         pretrained = pretrained.lower() == "true"
-    if not pretrained:
-        return timm.create_model(name, pretrained=False, **kwargs)
-    try:
-        return timm.create_model(name, pretrained=True, **kwargs)
-    except (OSError, RuntimeError, ValueError) as err:  # no network, no cache, or no published weights
-        raise ToolkitError(
-            f"cannot fetch timm hub weights for '{name}' ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
-            f"offline, pass a local file instead: --model.pretrained /path/to/{name}.safetensors"
-        ) from err
+    if _FROM_CHECKPOINT.get() or pretrained is False:
+        return _create(name, pretrained=False, **kwargs)
+    if isinstance(pretrained, str):
+        return _load_from_file(name, Path(pretrained).expanduser(), **kwargs)
+    return _load_pretrained(name, **kwargs)
+
+
+def _load_pretrained(name: str, **kwargs: object) -> nn.Module:
+    """timm's hub path when the hub answers; else the packaged offline weights, else timm's local hub cache."""
+    from toolkit.weights import OFFLINE_WEIGHTS, hub_reachable, offline_weights_file
+
+    if hub_reachable():
+        try:
+            return _create(name, pretrained=True, **kwargs)
+        except (OSError, RuntimeError, ValueError) as err:  # no published weights, or the download failed
+            raise ToolkitError(
+                f"cannot fetch timm hub weights for '{name}' ({type(err).__name__}: {str(err).splitlines()[0][:120]}); "
+                f"pass a local file instead: --model.pretrained /path/to/{name}.safetensors"
+            ) from err
+    entry = OFFLINE_WEIGHTS.get(name)
+    if entry is not None:
+        path = offline_weights_file(name)
+        model = _load_from_file(name, Path(path), **kwargs)
+        _say(
+            f"pretrained weights: hub unreachable, loaded {name} ImageNet-1k weights from the package {entry.package} "
+            f"({entry.licence}), converted at {path}"
+        )
+        return model
+    cached = _hub_cache_file(name)
+    if cached is not None:
+        model = _load_from_file(name, cached, **kwargs)
+        _say(f"pretrained weights: hub unreachable, loaded {name} from the local hub cache {cached}")
+        return model
+    raise ToolkitError(
+        f"the timm hub is unreachable and '{name}' has no cached or offline weights; offline weights exist for "
+        f"{', '.join(OFFLINE_WEIGHTS)} (toolkit weights); or pass a file: --model.pretrained /path/to/{name}.pth"
+    )
+
+
+def _say(line: str) -> None:
+    # one line on stderr, like Lightning's own notices; this layer has no Lightning logger to use
+    print(line, file=sys.stderr)
+
+
+def _hub_cache_file(name: str) -> Path | None:
+    """timm's weights for ``name`` already in the Hugging Face cache (what huggingface_hub would fall back to)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo:
+        return None
+    for filename in ("model.safetensors", "pytorch_model.bin"):
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None

@@ -1,7 +1,7 @@
-"""The ``toolkit`` console script: dispatches to the ablation runner, the report, or LightningCLI.
+"""The ``toolkit`` console script: dispatches to the ablation runner, the report, the weights list, or LightningCLI.
 
-``toolkit ablate`` and ``toolkit report`` read ledgers and logs only, so they must start fast: this module
-imports neither torch nor Lightning at import time; each branch imports what it needs.
+``toolkit ablate``, ``toolkit report`` and ``toolkit weights`` read ledgers, logs or a registry only, so they must
+start fast: this module imports neither torch nor Lightning at import time; each branch imports what it needs.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "predict": "write predictions.csv for a checkpoint",
     "ablate": "run an ablation spec (variants x seeds), or show its status",
     "report": "build an ablation's table and plots from its W&B logs",
+    "weights": "list the backbones with offline pretrained weights (package, licence, cache)",
 }
 
 USAGE = (
@@ -48,6 +49,10 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
         from toolkit.ablation.cli import main as ablate_main
 
         sys.exit(ablate_main(args[1:]))
+    if args[0] == "weights":
+        from toolkit.weights.cli import main as weights_main
+
+        sys.exit(weights_main(args[1:]))
     if args[0] == "report":
         from toolkit.report.cli import main as report_main
 

@@ -14,8 +14,10 @@ from toolkit.datasets import (
     ImageSamples,
     Splits,
     load_digits_samples,
+    load_fashion_mnist_splits,
     load_folder_splits,
     load_torchvision_splits,
+    stratified_subset,
     three_way,
     verify_images,
 )
@@ -33,9 +35,11 @@ class ImageDataModule(pl.LightningDataModule):
     """Train/val/test image data for a timm backbone.
 
     Args:
-        source: ``digits`` (scikit-learn's bundled 8x8 digits, no download), ``folder`` (an ImageFolder root) or
-            ``torchvision`` (a named torchvision dataset).
-        root: image folder root (``folder``) or download directory (``torchvision``).
+        source: ``digits`` (scikit-learn's bundled 8x8 digits, no download), ``folder`` (an ImageFolder root),
+            ``torchvision`` (a named torchvision dataset) or ``fashion_mnist`` (Fashion-MNIST from Debian's
+            ``dataset-fashion-mnist`` package, offline).
+        root: image folder root (``folder``), download directory (``torchvision``) or where Fashion-MNIST is
+            unpacked (default ``$TOOLKIT_CACHE/data``).
         name: torchvision dataset class name, e.g. ``CIFAR10``.
         download: let torchvision download the dataset.
         backbone: timm model name whose data config (size, mean/std, interpolation, crop) sets the transforms;
@@ -47,7 +51,9 @@ class ImageDataModule(pl.LightningDataModule):
         cutmix_alpha: timm CutMix alpha for training batches (0 = off).
         val_fraction: share of the data held out for validation where the source has no val split.
         test_fraction: share held out for testing where the source has no test split.
-        split_seed: seed of the deterministic train/val/test split.
+        split_seed: seed of the deterministic train/val/test split (and of the subsets).
+        train_subset: use this many training samples (stratified, drawn from ``split_seed``); None = all.
+        eval_subset: use at most this many validation and this many test samples (stratified); None = all.
         batch_size: samples per batch.
         num_workers: dataloader worker processes.
         pin_memory: pin host memory; None = only when CUDA is available.
@@ -56,7 +62,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        source: Literal["digits", "folder", "torchvision"] = "digits",
+        source: Literal["digits", "folder", "torchvision", "fashion_mnist"] = "digits",
         root: str | None = None,
         name: str | None = None,
         download: bool = False,
@@ -69,6 +75,8 @@ class ImageDataModule(pl.LightningDataModule):
         val_fraction: float = 0.15,
         test_fraction: float = 0.15,
         split_seed: int = 0,
+        train_subset: int | None = None,
+        eval_subset: int | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool | None = None,
@@ -79,6 +87,9 @@ class ImageDataModule(pl.LightningDataModule):
             raise ToolkitError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
         if mixup_alpha < 0 or cutmix_alpha < 0:
             raise ToolkitError("mixup_alpha and cutmix_alpha must be >= 0 (0 turns them off)")
+        for option, size in (("train_subset", train_subset), ("eval_subset", eval_subset)):
+            if size is not None and size < 1:
+                raise ToolkitError(f"{option} must be a positive number of samples, or null for all; got {size}")
         if (mixup_alpha > 0 or cutmix_alpha > 0) and batch_size % 2:
             raise ToolkitError(f"mixup/cutmix pair samples within a batch: use an even batch_size, not {batch_size}")
         self.save_hyperparameters(logger=False)
@@ -86,6 +97,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.backbone, self.image_size, self.normalize, self.augment = backbone, image_size, normalize, augment
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
+        self.train_subset, self.eval_subset = train_subset, eval_subset
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -105,11 +117,24 @@ class ImageDataModule(pl.LightningDataModule):
                 self._splits = Splits(train, val, test, classes)
             elif self.source == "folder":
                 self._splits = load_folder_splits(self.root, self.val_fraction, self.test_fraction, self.split_seed)
+            elif self.source == "fashion_mnist":
+                self._splits = load_fashion_mnist_splits(self.root, self.val_fraction, self.split_seed)
             else:
                 self._splits = load_torchvision_splits(
                     self.name, self.root, self.download, self.val_fraction, self.split_seed
                 )
+            self._splits = self._subsets(self._splits)
         return self._splits
+
+    def _subsets(self, splits: Splits) -> Splits:
+        """Apply ``train_subset``/``eval_subset``; the class list stays the source's."""
+        seed = self.split_seed
+        if self.train_subset is not None:
+            splits.train = stratified_subset(splits.train, self.train_subset, seed)
+        if self.eval_subset is not None:
+            splits.val = stratified_subset(splits.val, self.eval_subset, seed)
+            splits.test = stratified_subset(splits.test, self.eval_subset, seed)
+        return splits
 
     @property
     def num_classes(self) -> int:

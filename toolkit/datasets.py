@@ -1,8 +1,12 @@
-"""Image sources (scikit-learn digits, an image folder, a torchvision dataset) as (image, label) samples and splits."""
+"""Image sources (digits, an image folder, a torchvision dataset, Fashion-MNIST offline) as samples and splits."""
 
 from __future__ import annotations
 
+import gzip
 import inspect
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,3 +212,68 @@ class _TorchvisionSamples(ImageSamples):
         out.dataset, out.indices = self.dataset, [self.indices[i] for i in indices]
         ImageSamples.__init__(out, out.indices, [self.labels[i] for i in indices])
         return out
+
+
+def stratified_subset(samples: ImageSamples, size: int, seed: int) -> ImageSamples:
+    """``size`` samples drawn from ``samples`` with the class proportions kept, the same for the same seed."""
+    if size >= len(samples):
+        return samples
+    labels = np.asarray(samples.labels)
+    counts = np.bincount(labels)
+    stratify = labels if size >= len(counts[counts > 0]) and counts[counts > 0].min() >= 2 else None
+    _, part = train_test_split(np.arange(len(labels)), test_size=size, random_state=seed, stratify=stratify)
+    return samples.subset(sorted(part.tolist()))
+
+
+#: where Debian's ``dataset-fashion-mnist`` package installs the four IDX files
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def _unpack_fashion_mnist(raw: Path, source: Path) -> None:
+    """Gunzip the Debian files into torchvision's raw folder once; each file is renamed into place when complete.
+
+    torchvision reads the raw IDX files offline but would try to download for the ``.gz`` copies (their md5s differ
+    from its list), so they are unpacked here.
+    """
+    raw.mkdir(parents=True, exist_ok=True)
+    for name in _FASHION_FILES:
+        if (raw / name).is_file():
+            continue
+        packed = source / f"{name}.gz"
+        if not packed.is_file():
+            raise ToolkitError(
+                f"Fashion-MNIST file {packed} not found; install it (apt-get install dataset-fashion-mnist) or put "
+                f"the four IDX files in {raw}"
+            )
+        fd, tmp = tempfile.mkstemp(dir=raw, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as out, gzip.open(packed, "rb") as src:
+                shutil.copyfileobj(src, out)
+            os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared data root is read by others
+            os.replace(tmp, raw / name)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def load_fashion_mnist_splits(root: str | None, val_fraction: float, seed: int, source: Path | None = None) -> Splits:
+    """Fashion-MNIST (60k train, 10k test, 28x28 grayscale shown as RGB) from Debian's package, no download.
+
+    Args:
+        root: data root; the files go to ``<root>/FashionMNIST/raw`` (default ``$TOOLKIT_CACHE/data``).
+        val_fraction: share of the training set held out for validation (stratified, from ``seed``).
+        seed: split seed.
+        source: folder of the ``.gz`` files; default `DEBIAN_FASHION_MNIST`.
+    """
+    from toolkit.weights import cache_dir
+
+    base = Path(root).expanduser() if root else cache_dir() / "data"
+    base.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(base / ".FashionMNIST.unpack.lock")):  # DDP ranks and parallel runs unpack once
+        _unpack_fashion_mnist(base / "FashionMNIST" / "raw", source or DEBIAN_FASHION_MNIST)
+    return load_torchvision_splits("FashionMNIST", str(base), False, val_fraction, seed)

@@ -20,8 +20,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
 
 from toolkit import keys
+from toolkit.backbone import weights_from_checkpoint
 from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
@@ -67,6 +69,7 @@ class ToolkitCLI(LightningCLI):
             auto_configure_optimizers=False,  # the model's optimizer/lr_scheduler arguments own this
         )
 
+    @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         """Parse, turning jsonargparse's usage dump + error into one ToolkitError line (``--help`` still prints)."""
         argv = list(sys.argv[1:] if args is None else args)
@@ -75,6 +78,8 @@ class ToolkitCLI(LightningCLI):
         try:
             with contextlib.redirect_stderr(err):
                 super().parse_arguments(parser, args)
+            # before LightningCLI merges the checkpoint's hyperparameters over them
+            self.model_args_given = _model_args_given(self.config, sys.argv[1:] if args is None else args)
         except SystemExit as exit_:
             if exit_.code in (0, None):
                 raise
@@ -116,6 +121,7 @@ class ToolkitCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 
+    @override
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         root = Path(config.trainer.default_root_dir or ".")
@@ -137,6 +143,8 @@ class ToolkitCLI(LightningCLI):
                 args.name = args.name or f"{ab.variant}-seed{ab.seed}"
         if config.get("ckpt_path"):
             config.ckpt_path = _resolve_ckpt(config.ckpt_path, config.checkpoint.dirpath)
+        if self.subcommand in _EVAL_COMMANDS and config.get("ckpt_path"):
+            _model_from_checkpoint(config.model, config.ckpt_path, getattr(self, "model_args_given", {}))
         if self.subcommand == "fit" and config.get("ckpt_path"):
             run_id = _run_id_in(config.ckpt_path)
             if run_id and _is_toolkit_logger(logger):
@@ -144,6 +152,15 @@ class ToolkitCLI(LightningCLI):
                     logger.init_args.id = logger.init_args.id or run_id
                 else:
                     LoggedConfig.resumed_from = run_id
+
+    @override
+    def instantiate_classes(self) -> None:
+        """Build the model; with a checkpoint to evaluate, without pretrained weights (the checkpoint has them all)."""
+        if _weights_from_checkpoints(self.subcommand, self.config):
+            with weights_from_checkpoint():
+                super().instantiate_classes()
+        else:
+            super().instantiate_classes()
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         if config.get("logger") in (False, None):  # no logger: nothing to monitor the lr into
@@ -302,6 +319,62 @@ def _resolve_ckpt(ckpt_path: str, dirpath: str) -> str:
     if ckpt_path not in ("best", "hpc", "registry") and not Path(ckpt_path).is_file():
         raise ToolkitError(f"checkpoint {ckpt_path} does not exist; pass an existing .ckpt file or 'last'")
     return ckpt_path
+
+
+_EVAL_COMMANDS = ("validate", "test", "predict")
+#: model options that may differ from the checkpoint's: test-time switches, and pretrained (weights come from it)
+TEST_TIME_OPTIONS = ("lesion_blocks", "pretrained")
+
+
+def _model_args_given(config: Any, argv: list[str]) -> dict[str, Any]:
+    """The ``--model.<key>`` options on the command line, with their parsed values (first key level)."""
+    subcommand = config.get("subcommand")
+    model = config.get(subcommand, {}).get("model") if subcommand else None
+    if model is None:
+        return {}
+    keys = {a[len("--model.") :].split("=")[0].split(".")[0] for a in argv if str(a).startswith("--model.")}
+    return {key: model.get(key) for key in sorted(keys) if key in model}
+
+
+def _model_from_checkpoint(model: Any, ckpt_path: str, given: dict[str, Any]) -> None:
+    """Set the model's arguments to the checkpoint's hyperparameters; refuse a ``--model.*`` value contradicting them.
+
+    LightningCLI merges them only for a checkpoint path given as a file, not for ``--ckpt_path last``.
+    """
+    if not Path(ckpt_path).is_file():
+        return
+    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
+    for key, value in given.items():
+        if key in TEST_TIME_OPTIONS or key not in hparams:
+            continue
+        saved = hparams[key]
+        if _plain(value) != _plain(saved):
+            raise ToolkitError(
+                f"--model.{key}={_plain(value)!r} conflicts with the checkpoint's {key}={_plain(saved)!r} "
+                f"({ckpt_path}); drop --model.{key}: the checkpoint fixes the model (only "
+                f"{', '.join(TEST_TIME_OPTIONS)} may change at test time)"
+            )
+    for key, saved in hparams.items():
+        # num_classes and class_names are linked from the data when the classes are built
+        if key in model and key not in (*TEST_TIME_OPTIONS, "num_classes", "class_names"):
+            model[key] = saved
+
+
+def _plain(value: Any) -> Any:
+    """A namespace/tuple value as plain dicts and lists, for comparing a parsed option with a saved one."""
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _weights_from_checkpoints(subcommand: str | None, config: Any) -> bool:
+    """Whether every weight of the model to build comes from a checkpoint (evaluating one or an ensemble)."""
+    if subcommand not in _EVAL_COMMANDS:
+        return False
+    args = config[subcommand]
+    return bool(args.get("ckpt_path") or args.get("ensemble_ckpts"))
 
 
 def _run_id_in(ckpt_path: str) -> str | None:

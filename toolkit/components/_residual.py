@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from timm.models._efficientnet_blocks import DepthwiseSeparableConv, EdgeResidual, InvertedResidual
 from timm.models.convnext import ConvNeXtBlock
 from timm.models.resnet import BasicBlock, Bottleneck
 from timm.models.vision_transformer import Block
@@ -22,8 +23,9 @@ from torch import nn
 from toolkit.errors import ToolkitError
 
 RESIDUAL_FAMILIES = (
-    "timm ResNet (BasicBlock, Bottleneck: resnet*, resnext*, seresnet*), ConvNeXt (convnext*) and "
-    "ViT (vision_transformer Block: vit_*, deit_*)"
+    "timm ResNet (BasicBlock, Bottleneck: resnet*, resnext*, seresnet*), ConvNeXt (convnext*), "
+    "ViT (vision_transformer Block: vit_*, deit_*) and EfficientNet/MobileNet blocks with a skip "
+    "(DepthwiseSeparableConv, InvertedResidual, EdgeResidual: efficientnet*, tf_efficientnet*, mobilenetv2*/v3*)"
 )
 
 
@@ -101,7 +103,42 @@ class SwitchedViTBlock(Block):
         return self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
+class _SkipSwitch:
+    """Mixin for timm's EfficientNet/MobileNet blocks, whose forward adds ``drop_path(branch) + x`` when has_skip.
+
+    Switching sets ``has_skip`` False, so the block's own forward returns its bare branch; drop_path, which timm
+    applies inside the skip, is applied here so the branch is the same function as in the intact block.
+    """
+
+    switch: str
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """drop_path(branch(x)) for ``"branch"``, x for ``"shortcut"`` (the skip is an identity)."""
+        if self.switch == "shortcut":
+            return x
+        return self.drop_path(super().forward(x))  # type: ignore[misc]
+
+
+class SwitchedDepthwiseSeparableConv(_SkipSwitch, DepthwiseSeparableConv):
+    """timm ``DepthwiseSeparableConv`` without its skip or without its branch."""
+
+
+class SwitchedInvertedResidual(_SkipSwitch, InvertedResidual):
+    """timm ``InvertedResidual`` (MBConv) without its skip or without its branch."""
+
+
+class SwitchedEdgeResidual(_SkipSwitch, EdgeResidual):
+    """timm ``EdgeResidual`` (FusedMBConv) without its skip or without its branch."""
+
+
+_SKIP_BLOCKS: dict[type[nn.Module], type[nn.Module]] = {
+    DepthwiseSeparableConv: SwitchedDepthwiseSeparableConv,
+    InvertedResidual: SwitchedInvertedResidual,
+    EdgeResidual: SwitchedEdgeResidual,
+}
+
 _SWITCHED: dict[type[nn.Module], type[nn.Module]] = {
+    **_SKIP_BLOCKS,
     BasicBlock: SwitchedBasicBlock,
     Bottleneck: SwitchedBottleneck,
     ConvNeXtBlock: SwitchedConvNeXtBlock,
@@ -113,7 +150,8 @@ def list_residual_blocks(module: nn.Module) -> list[str]:
     """Names of the residual blocks the switches support, in the order their indices count (forward order).
 
     Blocks are counted in registration order, which is forward order for timm's sequential stages. Exact types only:
-    a subclass may have a different forward.
+    a subclass may have a different forward. EfficientNet/MobileNet blocks count only where they have a skip
+    (``has_skip``: same shape in and out, stride 1).
 
     Args:
         module: the backbone.
@@ -121,7 +159,13 @@ def list_residual_blocks(module: nn.Module) -> list[str]:
     Returns:
         Qualified module names; index ``i`` of ``residual_blocks`` / ``lesion_blocks`` is ``names[i]``.
     """
-    return [name for name, m in module.named_modules() if type(m) in _SWITCHED or type(m) in _SWITCHED.values()]
+    return [name for name, m in module.named_modules() if _is_residual(m)]
+
+
+def _is_residual(module: nn.Module) -> bool:
+    if type(module) in _SKIP_BLOCKS:
+        return bool(module.has_skip)
+    return type(module) in _SWITCHED or type(module) in _SWITCHED.values()
 
 
 def check_block_indices(option: str, indices: list[int], count: int) -> None:
@@ -164,4 +208,6 @@ def switch_block(block: nn.Module, switch: str) -> bool:
         block.downsample = None
     elif switch == "branch" and isinstance(block, ConvNeXtBlock):
         block.shortcut = nn.Identity()
+    elif switch == "branch" and isinstance(block, _SkipSwitch):
+        block.has_skip = False
     return removed
