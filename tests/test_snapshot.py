@@ -177,19 +177,13 @@ def test_checkpoint_ensemble_averages_independent_checkpoints(snap, probe, tmp_p
 
 
 def test_checkpoint_of_another_architecture_is_refused(snap, tmp_path: Path) -> None:
+    from toolkit.classifier import ImageClassifier
+
+    other = tmp_path / "efficientnet.ckpt"  # a member whose weights belong to another backbone
+    torch.save({"state_dict": ImageClassifier(backbone="test_efficientnet").state_dict()}, other)
     listing = tmp_path / "members.yaml"
-    listing.write_text(yaml.safe_dump({"ensemble_ckpts": [str(snap[0] / "checkpoints" / "last.ckpt")]}))
-    member = str(snap[0] / "checkpoints" / "last.ckpt")
-    args = [
-        "--config",
-        DIGITS,
-        "--model.backbone",
-        "test_efficientnet",
-        "--config",
-        str(listing),
-        "--ckpt_path",
-        member,
-    ]
+    listing.write_text(yaml.safe_dump({"ensemble_ckpts": [str(other)]}))
+    args = ["--config", DIGITS, "--config", str(listing), "--ckpt_path", str(snap[0] / "checkpoints" / "last.ckpt")]
     with pytest.raises(ToolkitError, match="does not fit the model configured"):
         run_cli(["test", *args, "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
 
