@@ -68,6 +68,7 @@ def test_pretrained_checkpoint_tests_without_hub_or_offline_weights(
     ckpt, acc = lite0_run
     cli = _test(ckpt, tmp_path / "test", "--model.pretrained", "false")  # accepted: weights come from the checkpoint
     assert cli.model.hparams.backbone == "tf_efficientnet_lite0"
+    assert cli.model.hparams.pretrained is True  # the logged config says how the tested weights were trained
     assert float(cli.trainer.callback_metrics["test/acc"]) == acc
     assert not (tmp_path / "empty-cache").exists()  # nothing converted
 

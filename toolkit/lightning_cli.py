@@ -322,7 +322,8 @@ def _resolve_ckpt(ckpt_path: str, dirpath: str) -> str:
 
 
 _EVAL_COMMANDS = ("validate", "test", "predict")
-#: model options that may differ from the checkpoint's: test-time switches, and pretrained (weights come from it)
+#: model options that may differ from the checkpoint's: test-time switches, and pretrained (ignored: the weights come
+#: from the checkpoint, which also sets the logged value)
 TEST_TIME_OPTIONS = ("lesion_blocks", "pretrained")
 
 
@@ -356,7 +357,8 @@ def _model_from_checkpoint(model: Any, ckpt_path: str, given: dict[str, Any]) ->
             )
     for key, saved in hparams.items():
         # num_classes and class_names are linked from the data when the classes are built
-        if key in model and key not in (*TEST_TIME_OPTIONS, "num_classes", "class_names"):
+        # pretrained too: the weights come from the checkpoint, and the logged config says how they were trained
+        if key in model and key not in ("lesion_blocks", "num_classes", "class_names"):
             model[key] = saved
 
 
