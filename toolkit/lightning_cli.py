@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from toolkit import keys
+from toolkit.callbacks.random_state import RandomStateCheckpoint
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
 from toolkit.errors import ToolkitError
@@ -145,6 +146,7 @@ class ToolkitCLI(LightningCLI):
         if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
             callbacks.append(RichProgressBar())
         callbacks.append(RunIdCheckpoint())
+        callbacks.append(RandomStateCheckpoint())  # a resumed fit continues the same random stream
         callbacks.extend(_last_checkpoints(callbacks))
         if self.subcommand == "test" and self.config.test.get("ensemble_ckpts"):
             from toolkit.callbacks.ensemble import CheckpointEnsemble
