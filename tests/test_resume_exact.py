@@ -82,3 +82,18 @@ def test_lp_ft_resumed_mid_epoch_keeps_the_backbone_training(tmp_path: Path) -> 
         k for k, v in model.backbone.state_dict().items() if not torch.equal(v, saved["state_dict"][f"backbone.{k}"])
     ]
     assert any(k.endswith("conv1.weight") for k in moved)  # the remaining steps of epoch 1 trained the backbone
+
+
+def test_a_snapshot_ensemble_never_averages_snapshots_left_by_an_earlier_run(tmp_path: Path) -> None:
+    snapshots = ["--trainer.callbacks+=toolkit.SnapshotEnsemble", "--trainer.callbacks.cycles", "2"]
+    # an earlier run in the same folder leaves snapshot-0.pt and snapshot-1.pt
+    fit(tmp_path, *TWO_EPOCHS, *snapshots)
+    earlier = (tmp_path / "checkpoints" / "snapshot-1.pt").read_bytes()
+    # a new run there stops after its first cycle: it writes snapshot-0.pt only, then tests its best checkpoint
+    cli = fit(
+        tmp_path, *TWO_EPOCHS, "--trainer.callbacks", STOP_AFTER_FIRST_EPOCH, *snapshots, "--test_after_fit", "true"
+    )
+    assert (tmp_path / "checkpoints" / "snapshot-1.pt").read_bytes() == earlier  # the stale file is still there
+    metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    assert "test/acc_snapshot_0" in metrics and "test/acc_snapshot_1" not in metrics
+    assert metrics["test/acc_ensemble"] == metrics["test/acc_snapshot_0"]  # an ensemble of its one snapshot
