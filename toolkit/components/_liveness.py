@@ -91,7 +91,7 @@ def check_liveness(backbone: nn.Module, changes: list[str]) -> None:
         trainable = [p for p in backbone.parameters() if p.requires_grad]
         with torch.enable_grad():
             dead = _constant(features)
-            grads = []
+            grads: tuple[torch.Tensor | None, ...] = ()
             if not dead and trainable and features.requires_grad:
                 # a fixed random readout, so that no feature is left out of the gradient
                 readout = torch.randn(features.shape, generator=torch.Generator().manual_seed(1)).to(features)
@@ -104,7 +104,7 @@ def check_liveness(backbone: nn.Module, changes: list[str]) -> None:
                 f"dead network: the backbone gives the same features for every input after [{cause}]{at}; "
                 "change the switches (or the study's base config) so that the input reaches the features"
             )
-        if trainable and features.requires_grad and all(g is None or not g.any() for g in grads):
+        if trainable and all(g is None or not g.any() for g in grads):  # also: features need no parameter
             raise ToolkitError(
                 f"dead network: none of the {len(trainable)} trainable backbone parameters gets a gradient after "
                 f"[{cause}]; change the switches (or the study's base config) so that the backbone can learn"
