@@ -15,7 +15,7 @@ from toolkit.components import check_liveness, zero_init_gammas
 from toolkit.errors import ToolkitError
 from toolkit.report.wandb_log import read_run
 
-STUDY_FIX = "set model.zero_init_last: false in the study's base config so the baseline gets it too"
+STUDY_FIX = "set model.zero_init_last: false for the whole study (base config or spec overrides)"
 
 
 def test_timm_zero_init_is_found_in_the_built_module() -> None:
@@ -32,7 +32,7 @@ def test_no_shortcut_on_zero_init_blocks_is_refused_on_a_real_digits_run(tmp_pat
         fit(tmp_path, "--model.residual", "false", "--model.zero_init_last", "null")
     assert "residual=False on blocks [0, 1, 2, 3]" in str(err.value) and STUDY_FIX in str(err.value)
     assert not (tmp_path / "checkpoints").exists()  # refused before anything trained
-    # the study-wide fix (the shipped digits config has it): the variant trains, and its features depend on the input
+    # the study-wide fix (ablations/quickstart.yaml has it): the variant trains, and its features depend on the input
     cli = fit(tmp_path, "--model.residual", "false", "--model.zero_init_last", "false", "--trainer.logger", "false")
     assert cli.trainer.global_step == 3
 

@@ -190,5 +190,10 @@ def _build_model(spec: AblationSpec, variant: str, kwargs: dict[str, Any]) -> No
         ImageClassifier(**kwargs)
     except ToolkitError as err:
         raise ToolkitError(f"variant '{variant}' of {spec.path or spec.name}: {err}") from None
+    except TypeError as err:  # timm rejects an argument this family does not take (e.g. zero_init_last on a ViT)
+        raise ToolkitError(
+            f"variant '{variant}' of {spec.path or spec.name}: {err}; leave that model option unset (null) for "
+            f"{kwargs.get('backbone')}"
+        ) from None
     finally:
         torch.random.set_rng_state(state)  # the check must not shift the random stream of anything run after it

@@ -6,7 +6,7 @@ removes it, then changes more than its name says: without the shortcut each such
 (a dead network), frozen zero gammas keep those branches dead for good, fused zero gammas zero the conv they fold
 into, and removing BatchNorm also removes the zero-init the baseline has. A per-variant fix would make the variant
 differ from its baseline in its initialisation as well, so these combinations are refused with the one setting that
-fixes the whole study (``model.zero_init_last: false`` in the study's base config).
+fixes the whole study (``model.zero_init_last: false`` in the study's base config or spec ``overrides``).
 
 Zero-initialised gammas are found in the built module, not from the model name: some families (EfficientNet, ViT)
 take no ``zero_init_last`` argument.
@@ -19,7 +19,9 @@ from torch import nn
 from toolkit.errors import ToolkitError
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-STUDY_FIX = "set model.zero_init_last: false in the study's base config so the baseline gets it too"
+STUDY_FIX = (
+    "set model.zero_init_last: false for the whole study (base config or spec overrides) so the baseline gets it too"
+)
 
 
 def zero_init_gammas(module: nn.Module) -> list[str]:
