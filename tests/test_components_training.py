@@ -18,13 +18,15 @@ from toolkit.components import active_dropout_modules
 from toolkit.lightning_cli import run_cli
 from toolkit.report.wandb_log import read_run
 
+# what a study sets for all its variants: timm's zero-init of the last BN gamma would make these switches refused
+STUDY = ["--model.zero_init_last", "false"]
 # variant -> (CLI overrides, the line apply_switches records; test_resnet has 15 BatchNorm layers and 4 blocks)
 SWITCHES = {
-    "frozen": (["--model.batchnorm", "frozen"], "batchnorm=frozen: 15 layers frozen"),
-    "fused": (["--model.batchnorm", "fused"], "batchnorm=fused: 15 layers folded into the preceding conv"),
-    "off": (["--model.batchnorm", "off"], "batchnorm=off: 15 layers removed (activations kept)"),
+    "frozen": (["--model.batchnorm", "frozen", *STUDY], "batchnorm=frozen: 15 layers frozen"),
+    "fused": (["--model.batchnorm", "fused", *STUDY], "batchnorm=fused: 15 layers folded into the preceding conv"),
+    "off": (["--model.batchnorm", "off", *STUDY], "batchnorm=off: 15 layers removed (activations kept)"),
     "no_shortcut": (
-        ["--model.residual", "false", "--model.residual_blocks", "[1, 2]"],
+        ["--model.residual", "false", "--model.residual_blocks", "[1, 2]", *STUDY],
         "residual=False: 2 of 4 blocks [1, 2] without shortcut",
     ),
 }
