@@ -72,9 +72,10 @@ def test_switch_trains_logs_and_its_checkpoint_tests_back(tmp_path: Path, varian
 
 
 def test_lesion_at_test_time_equals_deleting_the_block(tmp_path: Path) -> None:
-    cli = fit(tmp_path / "fit")
+    # without timm's zero-init, so that 3 training steps leave block 0 a branch whose deletion is measurable
+    cli = fit(tmp_path / "fit", *STUDY)
     best = cli.trainer.checkpoint_callback.best_model_path
-    tested = run_cli(test_args(tmp_path / "test", best, "--model.lesion_blocks", "[0]"))
+    tested = run_cli(test_args(tmp_path / "test", best, "--model.lesion_blocks", "[0]", *STUDY))
     assert tested.model.changes == ["lesion_blocks=[0]: 1 of 4 blocks reduced to shortcut"]
 
     # reference: the trained network with its first block (layer1 holds only that block) deleted, on the same batches

@@ -1,7 +1,8 @@
 """Apply the ablation switches (BatchNorm level, residual shortcuts, test-time lesion) to a headless timm backbone.
 
 Plain PyTorch and timm: no Lightning, no wandb. `ImageClassifier.__init__` calls `apply_switches` once, before the
-optimizer exists, and logs the lines it returns. See docs/components.md for what each switch means.
+optimizer exists, and logs the lines it returns; it then refuses a dead network (`check_liveness`). The README's
+"Component switches" section says what each switch means.
 """
 
 from __future__ import annotations
