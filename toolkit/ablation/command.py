@@ -1,4 +1,7 @@
-"""Turn a run into the ``toolkit fit`` command a user could type, and check it with the LightningCLI parser.
+"""Turn a run into the ``toolkit fit`` command a user could type, and check every variant's command before any runs.
+
+The check (`check_variants`) parses each variant with the LightningCLI parser, compares the resolved configs, and
+builds each distinct model once, so a spec is checked as a whole before the first run starts.
 
 Override values are written the way jsonargparse reads them from a command line: it parses a value according to
 the argument's type, so strings go through verbatim (quoting ``'off'`` would make the quotes part of the string)
