@@ -66,7 +66,9 @@ def wandb_logs(run_dir: str | Path) -> list:
 def finished(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, int, str]:
     """2 variants x 2 seeds that train, and one variant that crashes at start-up, with 2 workers."""
     folder = tmp_path_factory.mktemp("ablate")
-    variants = {"full": {}, "no-dropout": {"model.drop_rate": 0.0}, "broken": {"model.backbone": "no_such_net"}}
+    # `broken` passes the up-front checks (its model builds) and fails at start-up on its data
+    broken = {"data.source": "folder", "data.root": "no_such_folder"}
+    variants = {"full": {}, "no-dropout": {"model.drop_rate": 0.0}, "broken": broken}
     spec = write_spec(folder, "real", variants, [0, 1], epochs=1)
     proc = ablate("run", str(spec), "--root", str(folder / "runs"), "--workers", "2", cwd=folder)
     out, _ = proc.communicate(timeout=400)
@@ -101,7 +103,7 @@ def test_a_crashing_variant_fails_alone_and_the_summary_points_at_its_log(
     for seed in (0, 1):
         record = records[("broken", seed)]
         assert record["status"] == "failed" and record["exit_code"] == 2
-        assert any("no_such_net" in line for line in record["error_tail"])
+        assert any("no_such_folder" in line for line in record["error_tail"])
         assert f"failed broken seed {seed}: exit 2, log {record['log']}" in out
     assert "4 done, 2 failed, 0 unfinished" in out
 

@@ -23,6 +23,7 @@ def create(name: str, seed: int = 0, **kwargs) -> nn.Module:
             module.running_mean.normal_(0, 0.3)
             module.running_var.uniform_(0.5, 2.0)
             module.bias.data.normal_(0, 0.2)
+            module.weight.data.uniform_(0.5, 1.5)  # not timm's zero-init, which the residual switch refuses
     return model.eval()
 
 

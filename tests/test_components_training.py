@@ -18,13 +18,15 @@ from toolkit.components import active_dropout_modules
 from toolkit.lightning_cli import run_cli
 from toolkit.report.wandb_log import read_run
 
+# what a study sets for all its variants: timm's zero-init of the last BN gamma would make these switches refused
+STUDY = ["--model.zero_init_last", "false"]
 # variant -> (CLI overrides, the line apply_switches records; test_resnet has 15 BatchNorm layers and 4 blocks)
 SWITCHES = {
-    "frozen": (["--model.batchnorm", "frozen"], "batchnorm=frozen: 15 layers frozen"),
-    "fused": (["--model.batchnorm", "fused"], "batchnorm=fused: 15 layers folded into the preceding conv"),
-    "off": (["--model.batchnorm", "off"], "batchnorm=off: 15 layers removed (activations kept)"),
+    "frozen": (["--model.batchnorm", "frozen", *STUDY], "batchnorm=frozen: 15 layers frozen"),
+    "fused": (["--model.batchnorm", "fused", *STUDY], "batchnorm=fused: 15 layers folded into the preceding conv"),
+    "off": (["--model.batchnorm", "off", *STUDY], "batchnorm=off: 15 layers removed (activations kept)"),
     "no_shortcut": (
-        ["--model.residual", "false", "--model.residual_blocks", "[1, 2]"],
+        ["--model.residual", "false", "--model.residual_blocks", "[1, 2]", *STUDY],
         "residual=False: 2 of 4 blocks [1, 2] without shortcut",
     ),
 }
@@ -70,9 +72,10 @@ def test_switch_trains_logs_and_its_checkpoint_tests_back(tmp_path: Path, varian
 
 
 def test_lesion_at_test_time_equals_deleting_the_block(tmp_path: Path) -> None:
-    cli = fit(tmp_path / "fit")
+    # without timm's zero-init, so that 3 training steps leave block 0 a branch whose deletion is measurable
+    cli = fit(tmp_path / "fit", *STUDY)
     best = cli.trainer.checkpoint_callback.best_model_path
-    tested = run_cli(test_args(tmp_path / "test", best, "--model.lesion_blocks", "[0]"))
+    tested = run_cli(test_args(tmp_path / "test", best, "--model.lesion_blocks", "[0]", *STUDY))
     assert tested.model.changes == ["lesion_blocks=[0]: 1 of 4 blocks reduced to shortcut"]
 
     # reference: the trained network with its first block (layer1 holds only that block) deleted, on the same batches

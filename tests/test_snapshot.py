@@ -117,7 +117,7 @@ def test_a_snapshot_per_cycle_on_disk_not_on_the_gpu(snap) -> None:
     root, cli = snap
     files = sorted((root / "checkpoints").glob("snapshot-*"))
     assert [f.name for f in files] == ["snapshot-0.pt", "snapshot-1.pt", "snapshot-2.pt"]
-    states = [torch.load(f, weights_only=True) for f in files]
+    states = [torch.load(f, weights_only=True)["state_dict"] for f in files]
     model_keys = set(cli.model.state_dict())
     assert all(set(s) == model_keys for s in states)  # weights and BN buffers
     assert any("running_mean" in k for k in model_keys)
@@ -133,7 +133,7 @@ def test_ensemble_is_the_mean_of_the_snapshots_softmax(snap) -> None:
     batches = first_test_batches(cli)
     targets = torch.cat([t for _, t in batches])
     assert set(targets.tolist()) == set(range(10))  # every class present: sklearn and torchmetrics F1 agree
-    probs = [softmax_of(torch.load(root / "checkpoints" / f"snapshot-{i}.pt"), batches) for i in range(3)]
+    probs = [softmax_of(torch.load(root / "checkpoints" / f"snapshot-{i}.pt")["state_dict"], batches) for i in range(3)]
     for i, p in enumerate(probs):
         assert_metrics(metrics, f"snapshot_{i}", p, targets)
     assert_metrics(metrics, "ensemble", (probs[1] + probs[2]) / 2, targets)  # use_last=2
@@ -155,7 +155,7 @@ def test_toolkit_test_command_reports_snapshots_and_ensemble(snap) -> None:
     printed = {k: float(v) for k, v in re.findall(r"(test/[a-z0-9_]+)\W+([-+0-9.e]+)", result.stdout)}
     batches = first_test_batches(cli)
     targets = torch.cat([t for _, t in batches])
-    probs = [softmax_of(torch.load(root / "checkpoints" / f"snapshot-{i}.pt"), batches) for i in range(3)]
+    probs = [softmax_of(torch.load(root / "checkpoints" / f"snapshot-{i}.pt")["state_dict"], batches) for i in range(3)]
     for i, p in enumerate(probs):
         assert_metrics(printed, f"snapshot_{i}", p, targets)
     assert_metrics(printed, "ensemble", sum(probs) / 3, targets)  # configs/snapshot.yaml: all 3 cycles
@@ -199,7 +199,7 @@ def probe(tmp_path_factory):
 
 def test_linear_probe_snapshots_share_the_frozen_backbone(probe) -> None:
     root, cli = probe
-    first, second = (torch.load(root / "checkpoints" / f"snapshot-{i}.pt") for i in range(2))
+    first, second = (torch.load(root / "checkpoints" / f"snapshot-{i}.pt")["state_dict"] for i in range(2))
     backbone = [k for k in first if k.startswith("backbone.")]
     assert backbone and all(torch.equal(first[k], second[k]) for k in backbone)
     assert not all(torch.equal(first[k], second[k]) for k in first if k.startswith("head."))

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from typing_extensions import override
 
 from toolkit import keys
 from toolkit.backbone import create_backbone
-from toolkit.components import BatchNormLevel, apply_switches
+from toolkit.components import BatchNormLevel, apply_switches, check_liveness, init_adjustments
 from toolkit.errors import ToolkitError
 from toolkit.freezing import BackboneFreezer
 from toolkit.heads import HeadInit, create_head
@@ -89,6 +90,8 @@ class ImageClassifier(pl.LightningModule):
             residual_blocks=residual_blocks,
             lesion_blocks=lesion_blocks,
         )
+        check_liveness(self.backbone, self.changes)  # a dead network is refused before anything trains
+        self.adjusted: list[str] = init_adjustments(zero_init_last)
         self.head = create_head(self.backbone.num_features, num_classes, drop_rate, head_init)
         self.freezer = BackboneFreezer(self.backbone, freeze_backbone, unfreeze_at_epoch)
         self.metrics = torch.nn.ModuleDict(
@@ -113,6 +116,13 @@ class ImageClassifier(pl.LightningModule):
         if stage == "fit":
             self.freezer.prepare(distributed=self.trainer.world_size > 1)
 
+    @override
+    def on_train_start(self) -> None:
+        # Lightning skips on_train_epoch_start when it resumes mid-epoch: a run resumed inside the first
+        # fine-tuning epoch must find its backbone released here
+        self.on_train_epoch_start()
+
+    @override
     def on_train_epoch_start(self) -> None:
         if self.freezer.maybe_unfreeze(self.current_epoch):
             rank_zero_info(f"epoch {self.current_epoch}: backbone unfrozen, fine-tuning (LP->FT)")
@@ -139,7 +149,11 @@ class ImageClassifier(pl.LightningModule):
         )
         if self.logger is not None:
             self.logger.log_hyperparams(
-                {"parameters": {"trainable": trainable, "frozen": frozen}, "changes": self.changes}
+                {
+                    "parameters": {"trainable": trainable, "frozen": frozen},
+                    "changes": self.changes,
+                    "adjusted": self.adjusted,
+                }
             )
 
     # -- steps -------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing_extensions import override
 from toolkit import keys
 from toolkit.backbone import weights_from_checkpoint
 from toolkit.callbacks.epoch_log import EpochLog
+from toolkit.callbacks.random_state import RandomStateCheckpoint
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
 from toolkit.errors import ToolkitError
@@ -171,6 +172,7 @@ class ToolkitCLI(LightningCLI):
         callbacks.append(RunIdCheckpoint())
         if not any(isinstance(c, EpochLog) for c in listed):
             callbacks.append(EpochLog())
+        callbacks.append(RandomStateCheckpoint())  # a resumed fit continues the same random stream
         callbacks.extend(_last_checkpoints(callbacks))
         if self.subcommand == "test" and self.config.test.get("ensemble_ckpts"):
             from toolkit.callbacks.ensemble import CheckpointEnsemble

@@ -1,4 +1,7 @@
-"""Turn a run into the ``toolkit fit`` command a user could type, and check it with the LightningCLI parser.
+"""Turn a run into the ``toolkit fit`` command a user could type, and check every variant's command before any runs.
+
+The check (`check_variants`) parses each variant with the LightningCLI parser, compares the resolved configs, and
+builds each distinct model once, so a spec is checked as a whole before the first run starts.
 
 Override values are written the way jsonargparse reads them from a command line: it parses a value according to
 the argument's type, so strings go through verbatim (quoting ``'off'`` would make the quotes part of the string)
@@ -104,25 +107,96 @@ def shell_command(launcher: list[str], args: list[str]) -> str:
 
 
 def check_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
-    """Parse one run of every variant with the ``toolkit fit`` parser; instantiates nothing, starts nothing.
+    """Check the spec as a whole before any run starts; instantiates no trainer and no data, starts nothing.
+
+    1. Every variant parses with the ``toolkit fit`` parser (one seed: the seed does not change what parses).
+    2. No variant resolves to the same config as the baseline or another variant (it would measure nothing).
+    3. Every distinct model is built once on the CPU, with its switches, zero-init guard and liveness probe, so a
+       contradictory variant (fused BN on a ViT, a dead network, out-of-range blocks...) fails here, not per run.
 
     Imports torch and Lightning (through ``toolkit.lightning_cli``).
 
     Raises:
-        ToolkitError: naming the variant and the bad key.
+        ToolkitError: naming the variant (or both variants) and the reason.
     """
-    from toolkit.lightning_cli import check_args
-
-    _check_each(spec, root, gpus, check_args)
-
-
-def _check_each(spec: AblationSpec, root: str | Path, gpus: int, check_args: Any) -> None:
-    seen = set()
+    resolved: dict[str, Any] = {}
     for run in spec.runs():
-        if run.variant in seen:
-            continue  # the seed does not change what parses
-        seen.add(run.variant)
-        try:
-            check_args(fit_args(spec, run, root, gpus=gpus))
-        except ToolkitError as err:
-            raise ToolkitError(f"variant '{run.variant}' of {spec.path or spec.name}: {err}") from None
+        if run.variant not in resolved:
+            resolved[run.variant] = _resolve(spec, run, root, gpus)
+    _check_no_op(spec, resolved)
+    built: dict[str, str] = {}
+    for variant, config in resolved.items():
+        kwargs = _model_kwargs(config)
+        key = json.dumps(kwargs, sort_keys=True, default=str)
+        if key in built:
+            continue  # same model as an earlier variant (e.g. only the data or the trainer differ)
+        built[key] = variant
+        _build_model(spec, variant, kwargs)
+
+
+def _resolve(spec: AblationSpec, run: Run, root: str | Path, gpus: int) -> Any:
+    """The run's resolved ``fit`` config (a jsonargparse Namespace), raising with the variant's name."""
+    import contextlib
+    import io
+    import warnings
+
+    # the parse-only CLI behind `check_args`; here its resolved config is kept
+    from toolkit.lightning_cli import _ARGS_WARNING, _ParseOnlyCLI
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_ARGS_WARNING)
+            return _ParseOnlyCLI(args=fit_args(spec, run, root, gpus=gpus)).config.fit
+    except ToolkitError as err:
+        raise ToolkitError(f"variant '{run.variant}' of {spec.path or spec.name}: {err}") from None
+
+
+def _comparable(config: Any) -> str:
+    """The resolved config without what names the run (variant, seed folder, config file paths)."""
+    data = config.clone()
+    for key in ("ablation", "trainer.default_root_dir", "config", "__path__"):
+        if key in data:
+            del data[key]
+    return json.dumps(data.as_dict(), sort_keys=True, default=str)
+
+
+def _check_no_op(spec: AblationSpec, resolved: dict[str, Any]) -> None:
+    """A variant resolving to the config of the baseline or of another variant trains the same model twice."""
+    seen: dict[str, str] = {}
+    for variant in [spec.baseline, *(v for v in resolved if v != spec.baseline)]:
+        key = _comparable(resolved[variant])
+        if key in seen:
+            other = seen[key]
+            role = "the baseline" if other == spec.baseline else "variant"
+            delta = ", ".join(f"{k}: {format_value(v)}" for k, v in spec.variants[variant].items()) or "nothing"
+            raise ToolkitError(
+                f"variant '{variant}' of {spec.path or spec.name} resolves to the same config as {role} '{other}' "
+                f"(it sets {delta}, which the base configs already give); make it change something or remove it"
+            )
+        seen[key] = variant
+
+
+def _model_kwargs(config: Any) -> dict[str, Any]:
+    """ImageClassifier's arguments that shape the network (no optimizer, schedule or data links)."""
+    model = config.model.as_dict()
+    return {k: v for k, v in model.items() if k not in ("optimizer", "lr_scheduler", "num_classes", "class_names")}
+
+
+def _build_model(spec: AblationSpec, variant: str, kwargs: dict[str, Any]) -> None:
+    """Build the variant's model on the CPU once (switches, zero-init guard, liveness probe) and drop it."""
+    import torch
+
+    from toolkit.classifier import ImageClassifier
+
+    state = torch.random.get_rng_state()
+    try:
+        ImageClassifier(**kwargs)
+    except ToolkitError as err:
+        raise ToolkitError(f"variant '{variant}' of {spec.path or spec.name}: {err}") from None
+    except TypeError as err:  # timm rejects an argument this family does not take (e.g. zero_init_last on a ViT)
+        raise ToolkitError(
+            f"variant '{variant}' of {spec.path or spec.name}: {err}; leave that model option unset (null) for "
+            f"{kwargs.get('backbone')}"
+        ) from None
+    finally:
+        torch.random.set_rng_state(state)  # the check must not shift the random stream of anything run after it

@@ -110,7 +110,7 @@ def load_spec(path: str | Path) -> AblationSpec:
     factors, design = _factors(raw.get("factors"), path)
     baseline = raw.get("baseline", "full")
     baseline = _name(baseline, f"{path}: baseline")
-    variants = _expand_factors(factors, design, baseline)
+    variants = _expand_factors(factors, design, baseline, path)
     if raw.get("variants") is not None and not isinstance(raw["variants"], dict):
         raise ToolkitError(
             f"{path}: 'variants' maps variant names to overrides, e.g. no-bn: {{model.batchnorm: 'off'}}"
@@ -239,8 +239,14 @@ def _factors(value: Any, path: Path) -> tuple[dict[str, dict[str, Any]], str]:
     return factors, design
 
 
-def _expand_factors(factors: dict[str, dict[str, Any]], design: str, baseline: str) -> dict[str, dict[str, Any]]:
-    """Leave-one-out: the baseline plus ``no-<factor>`` for each factor; factorial: every subset switched off."""
+def _expand_factors(
+    factors: dict[str, dict[str, Any]], design: str, baseline: str, path: Path
+) -> dict[str, dict[str, Any]]:
+    """Leave-one-out: the baseline plus ``no-<factor>`` for each factor; factorial: every subset switched off.
+
+    The baseline (every factor on) is named ``baseline``; a name that a switched-off variant also gets would let
+    one overwrite the other (``baseline: no-augment`` used to drop the all-on model silently), so it is an error.
+    """
     if not factors:
         return {}
     names = list(factors)
@@ -251,6 +257,11 @@ def _expand_factors(factors: dict[str, dict[str, Any]], design: str, baseline: s
     variants = {}
     for subset in subsets:
         vname = "+".join(f"no-{f}" for f in subset) or baseline
+        if vname in variants:
+            raise ToolkitError(
+                f"{path}: baseline '{baseline}' is also the name of the variant that switches off "
+                f"{' and '.join(subset)}; name the baseline (all factors on) something else, e.g. baseline: full"
+            )
         variants[vname] = {k: v for f in subset for k, v in factors[f].items()}
     return variants
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,10 @@ class SnapshotEnsemble(EnsembleEvaluator):
     classifier then returns its optimizer alone) and refuses to run beside any other scheduler.
 
     At the end of cycle ``i`` (0-based) the LightningModule's state_dict (weights and BN buffers) is copied to the
-    CPU and saved as ``snapshot-<i>.pt`` beside the checkpoints. When ``T`` is not a multiple of ``M`` the last cycle
+    CPU and saved as ``snapshot-<i>.pt`` beside the checkpoints, as ``{"run": <run token>, "state_dict": ...}``. The
+    run token is drawn when a fit starts fresh and kept in its checkpoints, so the ensemble only ever averages
+    snapshots of the run being tested, never files an earlier run left in the same folder.
+    When ``T`` is not a multiple of ``M`` the last cycle
     is shorter. ``trainer.validate``/``trainer.test`` then log ``<stage>/acc_snapshot_<i>``, ``<stage>/f1_snapshot_<i>``
     for every snapshot found and ``<stage>/acc_ensemble``, ``<stage>/f1_ensemble`` for the softmax average of the
     last ``use_last``. A resumed fit (``--ckpt_path last``) keeps the cycle position, base lrs and saved snapshots.
@@ -78,6 +82,7 @@ class SnapshotEnsemble(EnsembleEvaluator):
         self.cycle_steps: int | None = None
         self.base_lrs: list[list[float]] | None = None
         self.snapshots: list[str] = []
+        self.run_token: str | None = None  # ties snapshot files to the fit that wrote them
         self._restored: dict[str, Any] | None = None  # state from a checkpoint, applied when training starts
 
     # -- training: the schedule and the snapshots --------------------------------------------------------------
@@ -110,6 +115,7 @@ class SnapshotEnsemble(EnsembleEvaluator):
             self.total_steps, self.cycle_steps = total, cycle_length(total, self.cycles)
             self.base_lrs = [[g.get("initial_lr", g["lr"]) for g in opt.param_groups] for opt in trainer.optimizers]
             self.snapshots = []
+            self.run_token = uuid.uuid4().hex  # os.urandom: draws nothing from the run's random generators
             if total % self.cycles:
                 last = total - (self.cycles - 1) * self.cycle_steps
                 rank_zero_warn(
@@ -144,7 +150,7 @@ class SnapshotEnsemble(EnsembleEvaluator):
             state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".pt.partial")
-            torch.save(state, partial)
+            torch.save({"run": self.run_token, "state_dict": state}, partial)
             os.replace(partial, path)  # a run killed while writing never leaves a truncated snapshot
             del state
         trainer.strategy.barrier("snapshot")
@@ -159,11 +165,13 @@ class SnapshotEnsemble(EnsembleEvaluator):
             "cycle_steps": self.cycle_steps,
             "base_lrs": self.base_lrs,
             "snapshots": list(self.snapshots),
+            "run_token": self.run_token,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # also called by trainer.test(ckpt_path=...): only a fit applies it (on_train_start)
         self._restored = state_dict if state_dict.get("total_steps") is not None else None
+        self.run_token = state_dict.get("run_token")  # a test of this checkpoint evaluates its own run's snapshots
 
     def _resume(self, state: dict[str, Any], total: int) -> None:
         if (state["cycles"], state["total_steps"]) != (self.cycles, total):
@@ -174,6 +182,7 @@ class SnapshotEnsemble(EnsembleEvaluator):
             )
         self.total_steps, self.cycle_steps = state["total_steps"], state["cycle_steps"]
         self.base_lrs, self.snapshots = state["base_lrs"], list(state["snapshots"])
+        self.run_token = state.get("run_token") or uuid.uuid4().hex
 
     # -- evaluation: which snapshots exist ---------------------------------------------------------------------
     def member_paths(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[int, Path]]:
@@ -183,7 +192,7 @@ class SnapshotEnsemble(EnsembleEvaluator):
             folders.append(Path(trainer.ckpt_path).parent)
         for folder in dict.fromkeys(folders):
             found = [(i, folder / f"snapshot-{i}.pt") for i in range(self.cycles)]
-            found = [(i, p) for i, p in found if p.is_file()]
+            found = self._own([(i, p) for i, p in found if p.is_file()])
             if found:
                 if len(found) < self.cycles:
                     rank_zero_warn(f"SnapshotEnsemble: only {len(found)} of {self.cycles} snapshots in {folder}")
@@ -194,5 +203,26 @@ class SnapshotEnsemble(EnsembleEvaluator):
             "to the run that saved them"
         )
 
+    def _own(self, found: list[tuple[int, Path]]) -> list[tuple[int, Path]]:
+        """The snapshots written by this run; files left by another run in the same folder are skipped, loudly."""
+        if self.run_token is None:  # nothing to tie them to: a test without a checkpoint of a SnapshotEnsemble fit
+            return found
+        own = [(i, p) for i, p in found if _run_of(p) == self.run_token]
+        stale = [p.name for i, p in found if (i, p) not in own]
+        if stale:
+            rank_zero_warn(f"SnapshotEnsemble: ignoring {', '.join(stale)}: left in the folder by another run")
+        return own
+
     def read_state_dict(self, path: Path) -> dict[str, torch.Tensor]:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _state_of(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _state_of(saved: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The state dict of a snapshot file (``{"run", "state_dict"}``; a plain state dict from older versions)."""
+    return saved["state_dict"] if "run" in saved and "state_dict" in saved else saved
+
+
+def _run_of(path: Path) -> str | None:
+    """The run token stored in a snapshot file (None for older files); memory-mapped: reads one key."""
+    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return saved.get("run") if "state_dict" in saved else None

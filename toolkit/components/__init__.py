@@ -1,7 +1,8 @@
 """Apply the ablation switches (BatchNorm level, residual shortcuts, test-time lesion) to a headless timm backbone.
 
 Plain PyTorch and timm: no Lightning, no wandb. `ImageClassifier.__init__` calls `apply_switches` once, before the
-optimizer exists, and logs the lines it returns. See docs/components.md for what each switch means.
+optimizer exists, and logs the lines it returns; it then refuses a dead network (`check_liveness`). The README's
+"Component switches" section says what each switch means.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from toolkit.components._batchnorm import (
     require_batchnorms,
 )
 from toolkit.components._dropout import active_dropout_modules
+from toolkit.components._init_guard import check_drop_path, check_zero_init, init_adjustments, zero_init_gammas
+from toolkit.components._liveness import check_liveness
 from toolkit.components._residual import (
     RESIDUAL_FAMILIES,
     check_block_indices,
@@ -37,8 +40,11 @@ __all__ = [
     "NormFreeAct",
     "active_dropout_modules",
     "apply_switches",
+    "check_liveness",
     "find_batchnorms",
+    "init_adjustments",
     "list_residual_blocks",
+    "zero_init_gammas",
 ]
 
 BatchNormLevel = Literal["on", "frozen", "fused", "off"]
@@ -99,7 +105,9 @@ def apply_switches(
     Raises:
         ToolkitError: an unknown level, a switch that finds nothing to change (the message names the supported
             families), ``residual_blocks`` without ``residual=False``, block indices out of range or repeated, a block
-            both lesioned and without shortcut, or ``fused`` on a BatchNorm that does not follow a conv.
+            both lesioned and without shortcut, ``fused`` on a BatchNorm that does not follow a conv, a switch that
+            would meet timm's zero-initialised norm scales (see ``_init_guard``), or stochastic depth on blocks
+            without shortcut.
     """
     levels = get_args(BatchNormLevel)
     if batchnorm not in levels:
@@ -107,6 +115,9 @@ def apply_switches(
     bn_names = require_batchnorms(backbone, batchnorm) if batchnorm != "on" else []
     fusion = plan_fusion(backbone, bn_names) if batchnorm == "fused" else {}
     block_names, no_shortcut, lesioned = _plan_blocks(backbone, residual, residual_blocks, lesion_blocks)
+    # a switch must not change the initialisation or drop whole blocks (see _init_guard)
+    check_zero_init(backbone, batchnorm, bn_names, {i: block_names[i] for i in no_shortcut})
+    check_drop_path(backbone, {i: block_names[i] for i in no_shortcut})
 
     changes = []
     if batchnorm == "frozen":
