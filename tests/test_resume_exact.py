@@ -89,6 +89,8 @@ def test_a_snapshot_ensemble_never_averages_snapshots_left_by_an_earlier_run(tmp
     # an earlier run in the same folder leaves snapshot-0.pt and snapshot-1.pt
     fit(tmp_path, *TWO_EPOCHS, *snapshots)
     earlier = (tmp_path / "checkpoints" / "snapshot-1.pt").read_bytes()
+    for leftover in [*tmp_path.glob("checkpoints/*.ckpt"), tmp_path / "result.json"]:  # a partial clean-up
+        leftover.unlink()  # (a folder with the earlier run's checkpoints would be refused as another run's home)
     # a new run there stops after its first cycle: it writes snapshot-0.pt only, then tests its best checkpoint
     cli = fit(
         tmp_path, *TWO_EPOCHS, "--trainer.callbacks", STOP_AFTER_FIRST_EPOCH, *snapshots, "--test_after_fit", "true"
