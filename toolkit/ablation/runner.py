@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from toolkit import keys
 from toolkit.ablation import attempt
@@ -215,7 +216,8 @@ def _summarise(
     for run in failed:
         record = records[run.id]
         console.print(
-            f"  [red]failed[/] {run.variant} seed {run.seed}: exit {record.get('exit_code')}, log {record['log']}",
+            f"  [red]failed[/] {run.variant} seed {run.seed}: {escape(record.get('reason') or 'no reason recorded')} "
+            f"(exit {record.get('exit_code')}, log {escape(record['log'])})",
             soft_wrap=True,
         )
     for run in unfinished:
