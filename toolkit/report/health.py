@@ -51,11 +51,11 @@ def _text(row: pd.Series, key: str) -> str | None:
 
 
 def _stopped_at(row: pd.Series) -> str:
-    """``after epoch 2 of 12`` from the last logged epoch and the configured ``max_epochs``, where known."""
+    """`` (last logged epoch index 2, max_epochs 12)`` from the W&B summary and the config, where known."""
     last, total = _num(row, "last_epoch"), _num(row, "config.trainer.max_epochs")
     if last is None:
         return ""
-    return f" (stopped in epoch {int(last) + 1}" + (f" of {int(total)})" if total else ")")
+    return f" (last logged epoch index {int(last)}" + (f", max_epochs {int(total)})" if total else ")")
 
 
 def classify_run(row: pd.Series) -> tuple[str, str]:
@@ -70,13 +70,13 @@ def classify_run(row: pd.Series) -> tuple[str, str]:
     if state == "failed" or (ledger_reason is not None and status != FINISHED):
         code = _num(row, "exit_code")
         return FAILED, ledger_reason or (f"exit code {int(code)}" if code is not None else "the process failed")
+    if state != "finished":  # an open or cut log: its summary may miss the end, whatever result.json says
+        damage = f", {row.get('damage')}" if isinstance(row.get("damage"), str) else ""
+        return INTERRUPTED, f"W&B log {state}{damage}" + _stopped_at(row)
     if status != FINISHED:
-        if state == "finished":
-            why = "no completion record (health/status, result.json): stopped before the end"
-        else:
-            damage = f", {row.get('damage')}" if isinstance(row.get("damage"), str) else ""
-            why = f"W&B log {state}{damage}"
-        return INTERRUPTED, why + _stopped_at(row)
+        return INTERRUPTED, "no completion record (health/status, result.json): stopped before the end" + _stopped_at(
+            row
+        )
     preds, chance = _num(row, "health/test_pred_classes"), _num(row, "health/chance")
     acc = _num(row, keys.TEST_ACC)
     if preds is not None and preds <= 1:
