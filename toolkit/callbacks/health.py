@@ -29,11 +29,13 @@ class Diverged(ToolkitError):
 
 
 class DivergenceGuard(Callback):
-    """Stop ``fit`` at the first non-finite training loss, before it reaches the weights.
+    """Stop ``fit`` at the first non-finite training loss, before it reaches the weights or a checkpoint.
 
-    The check runs before ``backward`` (``on_before_backward``): the optimizer never steps on a NaN/inf loss, and
-    raising (instead of ``trainer.should_stop``, which would run validation and save the NaN weights over
-    ``last.ckpt``) leaves the checkpoints of the last good epoch as they are. ``toolkit fit`` catches
+    The loss is checked before ``backward`` (``on_before_backward``): the optimizer never steps on a NaN/inf loss.
+    Weights and buffers (BN statistics) are checked before each epoch's checkpoint (validation start, train epoch
+    end), because a finite loss can still leave them non-finite. Raising (instead of ``trainer.should_stop``, which
+    would run validation and save the NaN weights over ``last.ckpt``) leaves the last good epoch's checkpoints as
+    they are. ``toolkit fit`` catches
     :class:`Diverged`, records the run as diverged (``result.json``, W&B summary) and exits 2 with the diagnosis.
 
     ``toolkit fit`` adds it by default; ``--divergence_guard.enabled false`` turns it off.
@@ -49,16 +51,36 @@ class DivergenceGuard(Callback):
 
     @override
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
-        if not self.enabled or bool(torch.isfinite(loss.detach()).all()):
-            return
+        if self.enabled and not bool(torch.isfinite(loss.detach()).all()):
+            self._stop(trainer, f"train loss {float(loss.detach().float().mean())}")
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # a finite loss can still leave non-finite weights or BN statistics behind (the step after it overflows);
+        # the epoch's checkpoint is saved after validation, so this is the last moment to keep it from disk
+        if self.enabled and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._check_weights(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.enabled:  # runs before ModelCheckpoint's own hook (Lightning calls checkpoint callbacks last)
+            self._check_weights(trainer, pl_module)
+
+    def _check_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        tensors = [*pl_module.parameters(), *pl_module.buffers()]
+        bad = next((t for t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+        if bad is not None:
+            name = next(n for n, t in [*pl_module.named_parameters(), *pl_module.named_buffers()] if t is bad)
+            self._stop(trainer, f"non-finite weights ({name}) after a finite loss")
+
+    def _stop(self, trainer: Trainer, what: str) -> None:
         lrs = sorted({group["lr"] for opt in trainer.optimizers for group in opt.param_groups})
         saved = [Path(c.dirpath) / "last.ckpt" for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
         last = next((str(path) for path in saved if path.is_file()), "")
         self.diagnosis = (
-            f"training diverged at step {trainer.global_step} (epoch {trainer.current_epoch}): train loss "
-            f"{float(loss.detach().float().mean())} at lr {', '.join(f'{lr:g}' for lr in lrs) or '?'}; "
-            "the learning rate is too high or the initialisation is bad "
-            "(lower the learning rate, or check the head init); "
+            f"training diverged at step {trainer.global_step} (epoch {trainer.current_epoch}): {what} "
+            f"at lr {', '.join(f'{lr:g}' for lr in lrs) or '?'}; the learning rate is too high or the initialisation "
+            "is bad (lower the learning rate, or check the head init); "
             f"last good checkpoint: {last or 'none (diverged in the first epoch)'}"
         )
         raise Diverged(self.diagnosis)
