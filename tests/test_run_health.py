@@ -2,8 +2,9 @@
 
 An ablation folder ``health`` gets: ``full`` seed 0 a real ``toolkit fit`` stopped by SIGTERM after its first
 epoch, ``full`` seed 1 a healthy finished run, ``hot`` seed 0 a real fit with lr 1e4 that the divergence guard
-stops, ``flat`` seed 0 a run that predicts one class and seed 1 one whose loss never moved (written with wandb
-from the records such runs leave), and ``broken`` seed 0 a run the ledger says failed before W&B started.
+stops (seed 1: the same with the guard off), ``flat`` seed 0 a run that predicts one class and seed 1 one whose
+loss never moved (written with wandb from the records such runs leave), and ``broken`` seed 0 a run the ledger
+says failed before W&B started.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import QUICK, ROOT
+from conftest import QUICK, ROOT, fit
 from report_fixtures import write_run
 
 from toolkit.ablation.ledger import Ledger, ledger_path
@@ -76,6 +77,11 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     with pytest.raises(SystemExit) as exit_:
         toolkit_main([*argv, "--model.optimizer.init_args.lr", "1e4", *ablation_args("hot", 0)])
     info["hot"], info["hot_code"] = hot, exit_.value.code
+    # the same with the guard off: the fit runs to its end on NaN losses, and the health record says so
+    unguarded = base / "hot" / "seed1"
+    fit(unguarded, "--trainer.max_epochs", "2", "--model.optimizer.init_args.lr", "1e4",
+        "--divergence_guard.enabled", "false", *ablation_args("hot", 1))  # fmt: skip
+    info["unguarded"] = unguarded
     return info
 
 
@@ -97,6 +103,14 @@ def test_the_guard_stops_at_the_first_nan_and_keeps_the_last_good_checkpoint(stu
     last = torch.load(study["hot"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 0 and last["global_step"] == 3  # nothing was saved after the NaN
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values() if v.is_floating_point())
+
+
+def test_the_guard_can_be_turned_off_and_the_run_still_counts_as_diverged(study: dict, report: ReportResult) -> None:
+    result = json.loads((study["unguarded"] / "result.json").read_text())
+    assert result["status"] == "done" and result["health"]["epochs_completed"] == 2
+    assert result["health"]["nonfinite_steps"] > 0
+    row = report.runs.set_index(["variant", "seed"]).loc[("hot", 1)]
+    assert row["health"] == "diverged" and "divergence guard off" in row["reason"] and not row["counted"]
 
 
 def test_sigterm_exits_143_and_the_run_is_interrupted_not_averaged(study: dict, report: ReportResult) -> None:

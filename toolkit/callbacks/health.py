@@ -95,6 +95,8 @@ class RunHealth(Callback):
     def __init__(self) -> None:
         self.initial_loss: float | None = None
         self.final_loss: float | None = None
+        #: training steps whose loss was NaN/inf (only possible with the divergence guard off)
+        self.nonfinite_steps = 0
         self._epoch_sum, self._epoch_count = 0.0, 0
         self._preds: Counter[int] = Counter()
         self._labels: Counter[int] = Counter()
@@ -107,6 +109,9 @@ class RunHealth(Callback):
         if not isinstance(loss, torch.Tensor):
             return
         value = float(loss.detach().float().mean())
+        if not math.isfinite(value):
+            self.nonfinite_steps += 1
+            return
         if self.initial_loss is None:
             self.initial_loss = value
         self._epoch_sum += value
@@ -149,6 +154,7 @@ class RunHealth(Callback):
             "max_epochs": trainer.max_epochs,
             "train_loss_initial": self.initial_loss,
             "train_loss_final": self.final_loss,
+            "nonfinite_steps": self.nonfinite_steps,
             "test_pred_classes": len(self._preds) if total else None,
             "chance": max(self._labels.values()) / total if total else None,
         }
@@ -158,12 +164,13 @@ class RunHealth(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"initial_loss": self.initial_loss, "final_loss": self.final_loss}
+        return {"initial_loss": self.initial_loss, "final_loss": self.final_loss, "nonfinite": self.nonfinite_steps}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.initial_loss = state_dict.get("initial_loss")
         self.final_loss = state_dict.get("final_loss")
+        self.nonfinite_steps = state_dict.get("nonfinite", 0)
 
 
 def health_summary(record: dict[str, Any]) -> dict[str, Any]:

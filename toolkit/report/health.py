@@ -5,7 +5,8 @@ Classes (column ``health``, with a one-line ``reason``):
 - ``finished``: completed (``health/status`` in its W&B summary or ``result.json``) and healthy; the only runs
   that enter a mean.
 - ``failed``: the process failed (the ledger's reason, else the W&B exit code).
-- ``diverged``: the divergence guard stopped it at a non-finite training loss.
+- ``diverged``: the divergence guard stopped it at a non-finite training loss, or (guard off) a step's loss was
+  non-finite.
 - ``interrupted``: no completion record: killed, stopped (SIGTERM) or still running. W&B marks a run stopped by
   SIGTERM as finished, so the W&B state alone never makes a run finished.
 - ``corrupt``: its log cannot be read to the end.
@@ -70,6 +71,9 @@ def classify_run(row: pd.Series) -> tuple[str, str]:
     if state == "failed" or (ledger_reason is not None and status != FINISHED):
         code = _num(row, "exit_code")
         return FAILED, ledger_reason or (f"exit code {int(code)}" if code is not None else "the process failed")
+    nonfinite = _num(row, "health/nonfinite_steps")
+    if status == FINISHED and nonfinite:  # trained on with the divergence guard off
+        return DIVERGED, f"{int(nonfinite)} training steps had a non-finite loss (divergence guard off)"
     if state != "finished":  # an open or cut log: its summary may miss the end, whatever result.json says
         damage = f", {row.get('damage')}" if isinstance(row.get("damage"), str) else ""
         return INTERRUPTED, f"W&B log {state}{damage}" + _stopped_at(row)
