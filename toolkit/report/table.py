@@ -215,7 +215,7 @@ def aggregate(
             row["note"] = "; ".join(notes)
             rows.append(row)
     table = pd.DataFrame(rows, columns=[c for c in TABLE_COLUMNS if c not in ("best", "p_adjusted")])
-    table["direction"] = table["direction"].fillna("")
+    table["direction"] = table["direction"].astype(object).fillna("")
     # one family per metric: every variant's comparison with the baseline on that metric
     families = [adjust(group["p_value"]) for _, group in table.groupby("metric", sort=False)]
     table["p_adjusted"] = pd.concat(families) if families else pd.Series(dtype=float)
