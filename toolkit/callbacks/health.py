@@ -51,7 +51,11 @@ class DivergenceGuard(Callback):
 
     @override
     def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
-        if self.enabled and not bool(torch.isfinite(loss.detach()).all()):
+        if not self.enabled:
+            return
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        # any rank's NaN stops every rank at the same step (one rank raising alone would leave the others hanging)
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
             self._stop(trainer, f"train loss {float(loss.detach().float().mean())}")
 
     @override
@@ -69,8 +73,9 @@ class DivergenceGuard(Callback):
     def _check_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
         tensors = [*pl_module.parameters(), *pl_module.buffers()]
         bad = next((t for t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
-        if bad is not None:
-            name = next(n for n, t in [*pl_module.named_parameters(), *pl_module.named_buffers()] if t is bad)
+        if trainer.strategy.reduce_boolean_decision(bad is not None, all=False):
+            named = [*pl_module.named_parameters(), *pl_module.named_buffers()]
+            name = next((n for n, t in named if t is bad), "on another rank")
             self._stop(trainer, f"non-finite weights ({name}) after a finite loss")
 
     def _stop(self, trainer: Trainer, what: str) -> None:
