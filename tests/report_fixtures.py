@@ -37,6 +37,7 @@ def write_run(
     test: dict[str, float],
     exit_code: int | None = 0,
     config: dict[str, Any] | None = None,
+    health: dict[str, Any] | None = None,
 ) -> Path:
     """Write one offline run like ``toolkit fit --test_after_fit true --ablation.*`` logs it; return its log.
 
@@ -49,6 +50,8 @@ def write_run(
         test: test metrics logged once at the end.
         exit_code: passed to ``finish``; None leaves the run open (the caller kills the process).
         config: extra config entries beside ``ablation``.
+        health: ``health/*`` summary entries as ``toolkit fit`` writes them on completion; default (exit code 0):
+            finished, every epoch completed, losses from ``train_loss``, 10 predicted classes, chance 0.1.
     """
     import wandb
 
@@ -78,6 +81,17 @@ def write_run(
         )
         run.log({"train/acc": train_acc[epoch], "epoch": epoch, "trainer/global_step": step})
     run.log({**test, "epoch": len(train_loss), "trainer/global_step": step})
+    if health is None and exit_code == 0:
+        health = {
+            "status": "finished",
+            "epochs_completed": len(train_loss),
+            "max_epochs": len(train_loss),
+            "train_loss_initial": train_loss[0][0],
+            "train_loss_final": sum(train_loss[-1]) / len(train_loss[-1]),
+            "test_pred_classes": 10,
+            "chance": 0.1,
+        }
+    run.summary.update({f"health/{key}": value for key, value in (health or {}).items()})
     if exit_code is None:
         return log_path(run_dir, run.id)
     run.finish(exit_code=exit_code)

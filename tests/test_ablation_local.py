@@ -123,7 +123,8 @@ def test_a_crashing_run_is_failed_the_others_finish_and_retry_is_explicit(tmp_pa
     for seed in (0, 1):
         failed = records[("crash", seed)]
         assert failed["exit_code"] == 1 and "crashed on purpose" in failed["error_tail"][-1]
-        assert f"failed crash seed {seed}: exit 1, log {failed['log']}" in out
+        assert "crashed on purpose" in failed["reason"]  # the exception's last line, not the whole tail
+        assert f"failed crash seed {seed}: {failed['reason']} (exit 1, log {failed['log']})" in out
     assert "2 done, 2 failed, 0 unfinished" in out and "--retry-failed" in out
 
     code, out = run(spec, root, tmp_path, devices=[], workers=2)  # the same command again: nothing to do

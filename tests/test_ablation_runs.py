@@ -104,7 +104,8 @@ def test_a_crashing_variant_fails_alone_and_the_summary_points_at_its_log(
         record = records[("broken", seed)]
         assert record["status"] == "failed" and record["exit_code"] == 2
         assert any("no_such_folder" in line for line in record["error_tail"])
-        assert f"failed broken seed {seed}: exit 2, log {record['log']}" in out
+        assert "no_such_folder" in record["reason"]  # the error: line
+        assert f"failed broken seed {seed}: {record['reason']} (exit 2, log {record['log']})" in out
     assert "4 done, 2 failed, 0 unfinished" in out
 
 

@@ -42,7 +42,7 @@ def expected(variant: str, metric: str) -> list[float]:
 
 def test_table_csv_equals_the_logged_values(report: ReportResult) -> None:
     table = pd.read_csv(report.out / "table.csv")
-    assert table.columns.tolist()[:7] == ["variant", "metric", "mean", "std", "n", "delta", "p_value"]
+    assert table.columns.tolist()[:8] == ["variant", "metric", "mean", "std", "n", "delta", "ci_low", "ci_high"]
     rows = table.set_index(["variant", "metric"])
     for metric in METRICS:
         base = statistics.mean(expected("full", metric))
@@ -52,8 +52,8 @@ def test_table_csv_equals_the_logged_values(report: ReportResult) -> None:
             assert rows.loc[(variant, metric), "mean"] == pytest.approx(statistics.mean(values), abs=1e-12)
             assert rows.loc[(variant, metric), "std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
             assert rows.loc[(variant, metric), "delta"] == pytest.approx(100 * (statistics.mean(values) - base))
-    assert "n=2 of 3 seeds (seed 2: failed)" in rows.loc[("no-bn", "test/acc"), "note"]
-    assert "seed 2: unfinished" in rows.loc[("snapshot", "test/acc"), "note"]
+    assert "n=2 of 3 seeds (seed 2: failed: exit code 1)" in rows.loc[("no-bn", "test/acc"), "note"]
+    assert "seed 2: interrupted: W&B log unfinished" in rows.loc[("snapshot", "test/acc"), "note"]
     assert "ensemble: test/acc_ensemble" in rows.loc[("snapshot", "test/acc"), "note"]
     assert rows.loc[("snapshot", "test/acc"), "best"] and not rows.loc[("full", "test/acc"), "best"]
 
@@ -80,16 +80,33 @@ def test_markdown_has_variant_rows_and_metric_columns(report: ReportResult) -> N
     lines = (report.out / "table.md").read_text().splitlines()
     table = [line for line in lines if line.startswith("|")]
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
-    assert header[:4] == ["Variant", "Accuracy", "F1", "Δ Accuracy (pts)"]
+    assert header == [
+        "Variant",
+        "Accuracy",
+        "F1",
+        "Δ Accuracy (pts)",
+        "95 % CI",
+        "p (Holm)",
+        "Direction",
+        "Seeds",
+        "Notes",
+    ]
     body = {cells[0]: cells for cells in ([c.strip() for c in row.strip("|").split("|")] for row in table[2:])}
-    assert list(body) == VARIANTS
+    assert list(body) == ["full", "no-bn ⚠", "snapshot ⚠"]  # flagged: a seed excluded (failed / interrupted)
+    body = {name.removesuffix(" ⚠"): cells for name, cells in body.items()}
     full = expected("full", "test/acc")
     assert body["full"][1] == f"{100 * statistics.mean(full):.2f} ± {100 * statistics.stdev(full):.2f}"
     assert body["full"][3] == "\u2013"  # en dash: no Δ for the baseline
     assert body["snapshot"][1].startswith("**") and body["snapshot"][1].endswith("†")
     delta = 100 * (statistics.mean(expected("no-bn", "test/acc")) - statistics.mean(full))
-    assert body["no-bn"][3].startswith(f"{delta:+.2f} (p=")
-    assert body["no-bn"][4] == "2" and "n=2 of 3 seeds" in body["no-bn"][5]
+    assert body["no-bn"][3] == f"{delta:+.2f}"
+    assert body["no-bn"][4].startswith("[-") and body["no-bn"][5] == "\u2013"  # 2 paired seeds: a CI, no p
+    assert body["no-bn"][6] == "2/2 lower" and body["no-bn"][7] == "2" and "n=2 of 3 seeds" in body["no-bn"][8]
+    assert "no p-value: 2 paired seeds" in body["no-bn"][8]
+    # every run that does not count is listed under the table with its class and reason
+    section = "\n".join(lines[lines.index("### Runs not counted") :])
+    assert "no-bn seed 2 run" in section and "failed: exit code 1" in section
+    assert "snapshot seed 2 run" in section and "interrupted: W&B log unfinished" in section
 
 
 def test_latex_and_html_tables(report: ReportResult) -> None:
@@ -140,4 +157,5 @@ def test_a_metric_no_run_logged_is_a_clear_error(synth: dict, tmp_path: Path) ->
 def test_default_variants_and_seeds_come_from_the_runs(synth: dict, tmp_path: Path) -> None:
     result = build_report("synth", "full", ["test/acc"], root=synth["root"], out=tmp_path)
     assert list(dict.fromkeys(result.table["variant"])) == ["full", "no-bn", "snapshot"]
-    assert not math.isnan(result.table.set_index("variant").loc["no-bn", "p_value"])
+    row = result.table.set_index("variant").loc["no-bn"]
+    assert math.isnan(row["p_value"]) and not math.isnan(row["ci_low"])  # 2 paired seeds: no p-value

@@ -22,6 +22,8 @@ def runs_table(rows: list[tuple], **metrics: list[float]) -> pd.DataFrame:
     for key, values in metrics.items():
         frame[key.replace("__", "/")] = values
     frame["seed"] = frame["seed"].astype("Int64")
+    # a run that completed has its health record (``toolkit fit`` writes it into the W&B summary)
+    frame["health/status"] = frame["state"].where(frame["state"] == "finished", None)
     return frame
 
 
@@ -45,8 +47,9 @@ def test_latest_finished_run_counts_and_the_others_are_superseded() -> None:
     marked = mark_counted(runs).set_index("run_id", drop=False)
     assert marked["counted"].tolist() == [False, True, False, False, False]
     assert marked.loc["old", "note"] == "superseded by new"
-    assert marked.loc["crash", "note"] == "skipped: unfinished; superseded by new"
-    assert marked.loc["f1", "note"] == "skipped: failed"
+    assert marked.loc["crash", "note"] == "interrupted: W&B log unfinished; superseded by new"
+    assert marked.loc["f1", "note"] == "failed: the process failed"
+    assert marked["health"].tolist() == ["finished", "finished", "interrupted", "failed", "corrupt"]
     assert "no ablation variant/seed" in marked["note"].iloc[-1]
 
 
@@ -98,7 +101,8 @@ def test_missing_seeds_are_flagged_and_ensemble_metrics_replace_plain_ones() -> 
     assert row.loc["snap", "mean"] == pytest.approx(0.96) and "ensemble: test/acc_ensemble" in row.loc["snap", "note"]
     assert row.loc["snap", "best"]
     assert row.loc["thin", "n"] == 1 and row.loc["thin", "mean"] == pytest.approx(0.7)  # never the unfinished 0.99
-    assert "n=1 of 2 seeds (seed 1: unfinished)" in row.loc["thin", "note"]
+    assert "n=1 of 2 seeds (seed 1: interrupted: W&B log unfinished)" in row.loc["thin", "note"]
+    assert row.loc["thin", "excluded"] == 1 and row.loc["ghost", "excluded"] == 0  # no run is not a health verdict
     assert math.isnan(row.loc["thin", "std"]) and math.isnan(row.loc["thin", "p_value"])
     assert row.loc["ghost", "n"] == 0 and "seed 0: no run" in row.loc["ghost", "note"]
     assert math.isnan(row.loc["ghost", "mean"])
@@ -143,7 +147,10 @@ def test_api_runs_give_the_same_flat_table() -> None:
             id=run_id, path=["ent", "proj", run_id], group="abl", job_type=job_type or variant,
             tags=[variant, f"seed={seed}"], state=state, created_at="2026-01-02T03:04:05Z",
             config={"ablation": {"name": "abl", "variant": variant, "seed": seed}, "model": {"lr": 0.1}},
-            summary_metrics={"test/acc": acc, "val/acc": {"max": acc + 0.01}, "_runtime": 3},
+            summary_metrics={
+                "test/acc": acc, "val/acc": {"max": acc + 0.01}, "_runtime": 3,
+                **({"health/status": "finished"} if state == "finished" else {}),
+            },
             rows=[{"train/loss": 1.0, "trainer/global_step": 0, "epoch": 0, "_step": 0, "other": 5}],
         )  # fmt: skip
 
@@ -177,4 +184,6 @@ def test_seeds_outside_the_spec_and_half_ensembled_variants_do_not_count() -> No
     # one seed has the ensemble metric, the other not: the plain metric for both, never a mix of the two
     assert row.loc["half", "mean"] == pytest.approx(0.55) and "ensemble" not in row.loc["half", "note"]
     assert row.loc["half", "delta"] == pytest.approx(-30.0)
-    assert row.loc["half", "p_value"] == pytest.approx(manual_paired_p([0.5, 0.6], [0.9, 0.8]))
+    # two paired seeds: a CI, but no p-value, and the note says why
+    assert math.isnan(row.loc["half", "p_value"]) and "no p-value: 2 paired seeds" in row.loc["half", "note"]
+    assert row.loc["half", "direction"] == "2/2 lower"

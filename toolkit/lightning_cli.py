@@ -25,6 +25,7 @@ from typing_extensions import override
 from toolkit import keys
 from toolkit.backbone import weights_from_checkpoint
 from toolkit.callbacks.epoch_log import EpochLog
+from toolkit.callbacks.health import DIVERGED, FINISHED, Diverged, DivergenceGuard, RunHealth, health_summary
 from toolkit.callbacks.random_state import RandomStateCheckpoint
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
@@ -118,6 +119,8 @@ class ToolkitCLI(LightningCLI):
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        # on in every fit: a NaN loss stops the run with a diagnosis (``--divergence_guard.enabled false`` turns it off)
+        parser.add_lightning_class_args(DivergenceGuard, "divergence_guard")
         parser.link_arguments("model.backbone", "data.backbone")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
@@ -131,6 +134,8 @@ class ToolkitCLI(LightningCLI):
         check_subcommand_inputs(self.subcommand, config.get("ckpt_path"), config.get("ensemble_ckpts"))
         if self.subcommand == "fit" and not config.get("ckpt_path"):
             check_run_home(root, Path(config.checkpoint.dirpath))
+        if self.subcommand == "fit" and config.get("ckpt_path"):
+            check_not_finished(root)
         logger = config.trainer.logger
         if _is_toolkit_logger(logger):
             args = logger.init_args
@@ -173,6 +178,7 @@ class ToolkitCLI(LightningCLI):
         if not any(isinstance(c, EpochLog) for c in listed):
             callbacks.append(EpochLog())
         callbacks.append(RandomStateCheckpoint())  # a resumed fit continues the same random stream
+        callbacks.append(RunHealth())  # what result.json and the report's run-health classes need
         callbacks.extend(_last_checkpoints(callbacks))
         if self.subcommand == "test" and self.config.test.get("ensemble_ckpts"):
             from toolkit.callbacks.ensemble import CheckpointEnsemble
@@ -197,6 +203,15 @@ class ToolkitCLI(LightningCLI):
         out.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(out, index_label="index")
         print(f"predictions: {out} ({len(table)} rows)")
+
+    def fit(self, **kwargs: Any) -> None:
+        """``toolkit fit``; a run stopped by the divergence guard is recorded as diverged before the error exits."""
+        try:
+            self.trainer.fit(**kwargs)
+        except Diverged as err:
+            if self.trainer.is_global_zero:
+                _write_result(self.trainer, DIVERGED, reason=str(err))
+            raise
 
     def after_fit(self) -> None:
         if self.config.fit.test_after_fit:
@@ -238,19 +253,50 @@ def check_run_home(root: Path, ckpt_dir: Path) -> None:
         )
 
 
-def _write_result(trainer: Trainer) -> None:
-    """``<default_root_dir>/result.json``: this fit completed (with its test metrics and W&B run id).
+def check_not_finished(root: Path) -> None:
+    """Resuming a run that already finished would train nothing and overwrite its ``result.json`` with less."""
+    import json
 
-    Written last and atomically, so a runner restarted after a kill can tell a finished run from an interrupted one.
+    result = root / keys.RESULT_FILE
+    try:
+        status = json.loads(result.read_text()).get("status") if result.is_file() else None
+    except (OSError, ValueError):
+        status = None
+    if status is not None:
+        raise ToolkitError(
+            f"{root} holds a run that already ended ({result}: {status}); nothing to resume. Evaluate it with "
+            "`toolkit test --ckpt_path ...`, or start a new run in another --trainer.default_root_dir"
+        )
+
+
+def _write_result(trainer: Trainer, status: str = FINISHED, reason: str | None = None) -> None:
+    """``<default_root_dir>/result.json``: how this fit ended (with its test metrics, health record and W&B run id).
+
+    ``status`` is ``done`` for a fit that completed and ``diverged`` for one the divergence guard stopped; a fit
+    stopped any other way (SIGTERM, crash) writes nothing, which is how the runner and the report tell an interrupted
+    run from a finished one. The health record (``RunHealth``) also goes into the W&B summary as ``health/*``, so a
+    report read from the W&B API classifies runs the same way. Written last and atomically.
     """
     import json
     import os
     import time
 
-    run_id = next((getattr(lg.experiment, "id", None) for lg in trainer.loggers if _is_wandb(lg)), None)
+    health_cb = next((c for c in trainer.callbacks if isinstance(c, RunHealth)), None)
+    health = health_cb.summary(trainer, status, reason) if health_cb is not None else {"status": status}
+    loggers = [lg for lg in trainer.loggers if _is_wandb(lg)]
+    for logger in loggers:
+        logger.experiment.summary.update(health_summary(health))
+    run_id = next((getattr(lg.experiment, "id", None) for lg in loggers), None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    result = {"status": "done", "finished_at": time.time(), "wandb_id": run_id, "metrics": metrics}
+    result = {
+        "status": "done" if status == FINISHED else status,
+        "finished_at": time.time(),
+        "wandb_id": run_id,
+        "metrics": metrics,
+        "health": health,
+    }
     path = Path(trainer.default_root_dir) / keys.RESULT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, path)

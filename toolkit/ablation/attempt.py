@@ -7,6 +7,7 @@ that exits non-zero on its own is ``failed`` (retried only with ``--retry-failed
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 from collections import deque
@@ -19,6 +20,8 @@ from toolkit.ablation.progress import epochs_done
 from toolkit.ablation.spec import Run
 
 ERROR_LINES = 20
+#: the last line of a Python traceback: ``ValueError: ...``, ``torch.OutOfMemoryError: ...``
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")
 
 
 def log_tail(log: Path, lines: int = ERROR_LINES) -> list[str]:
@@ -28,6 +31,22 @@ def log_tail(log: Path, lines: int = ERROR_LINES) -> list[str]:
             return [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
     except OSError:
         return []
+
+
+def failure_reason(tail: list[str]) -> str:
+    """One line saying why a run failed: its ``error:`` line (toolkit's own errors), else the exception's last line.
+
+    The toolkit prints bad input as ``error: <what to do>``; anything else ends in a traceback whose last line is
+    ``SomeError: message``. Falls back to the last non-empty line of the log.
+    """
+    lines = [line.strip() for line in tail if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    if errors:
+        return errors[-1][len("error:") :].strip()
+    exceptions = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    if exceptions:
+        return exceptions[-1]
+    return lines[-1] if lines else "no output in the run's log"
 
 
 def describe(run: Run, root: str | Path) -> dict[str, Any]:
@@ -66,6 +85,7 @@ def begin(ledger: Ledger, run: Run, root: str | Path, **fields: Any) -> int:
             start_epoch=epochs_done(ckpt) if ckpt else 0,
             exit_code=None,
             error_tail=None,
+            reason=None,
             note="",
             **fields,
         )
@@ -80,9 +100,10 @@ def finish(ledger: Ledger, run: Run, root: str | Path, code: int, interrupted: b
     if interrupted:
         fields.update(status=PENDING, note=note or "interrupted; run again to resume from the last checkpoint")
     elif code == 0:
-        fields.update(status=DONE, note=note, error_tail=None)
+        fields.update(status=DONE, note=note, error_tail=None, reason=None)
     else:
-        fields.update(status=FAILED, note=note, error_tail=log_tail(run_dir / "run.log"))
+        tail = log_tail(run_dir / "run.log")
+        fields.update(status=FAILED, note=note, error_tail=tail, reason=failure_reason(tail))
     wandb = wandb_runs(run_dir)
     if wandb:
         # the newest is this attempt's; a resumed offline run is a new W&B run whose config names the one before

@@ -7,7 +7,9 @@ Slurm tasks that report their own state from the compute nodes. A second lock, h
 stops two ``toolkit ablate run`` processes from running the same ablation at once; the kernel drops both locks when
 their holder dies.
 
-Run states: ``pending`` (not started, or interrupted and resumable), ``running``, ``done``, ``failed``.
+Run states: ``pending`` (not started, or interrupted and resumable), ``running``, ``done``, ``failed``. A failed
+record's ``reason`` is one line saying why (``toolkit.ablation.attempt.failure_reason``); the runner's summary and the
+report show it.
 """
 
 from __future__ import annotations

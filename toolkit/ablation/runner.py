@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from toolkit import keys
 from toolkit.ablation import attempt
@@ -135,8 +136,9 @@ def _plan(runs: list[Run], ledger: Ledger, root: Path, options: Options) -> tupl
             continue
         if status == RUNNING and record.get("pgid") and record.get("host") == socket.gethostname():
             kill_leftovers(record["pgid"], run.directory(root))  # a runner before us died without its children
-        if status == RUNNING and _completed_since(run.directory(root), record.get("started_at")):
-            # the run finished (result.json is its last write) but the runner died before recording it
+        if status in (RUNNING, PENDING) and _completed_since(run.directory(root), record.get("started_at")):
+            # the run finished (result.json is its last write) but the runner died, or stopped it during its
+            # teardown, before recording it
             attempt.finish(ledger, run, root, 0, False, note="completed while the runner was down")
             continue
         todo.append(run)
@@ -215,7 +217,8 @@ def _summarise(
     for run in failed:
         record = records[run.id]
         console.print(
-            f"  [red]failed[/] {run.variant} seed {run.seed}: exit {record.get('exit_code')}, log {record['log']}",
+            f"  [red]failed[/] {run.variant} seed {run.seed}: {escape(record.get('reason') or 'no reason recorded')} "
+            f"(exit {record.get('exit_code')}, log {escape(record['log'])})",
             soft_wrap=True,
         )
     for run in unfinished:

@@ -27,7 +27,8 @@ class ReportResult:
         runs: the runs table with ``counted`` and ``note`` (as in ``runs.csv``).
         table: the tidy ablation table (as in ``table.csv``).
         files: written files by role: ``runs``, ``csv``, ``md``, ``tex``, ``html``, then one per plot.
-        skipped: one line per run that does not count (unfinished, failed, corrupt, superseded) saying why.
+        skipped: one line per run that does not count (interrupted, failed, diverged, degenerate, not learning,
+            corrupt, superseded) with its class and reason; also listed under the Markdown table.
         markdown: the text of ``table.md``.
     """
 
@@ -137,14 +138,15 @@ def build_report(
         raise ToolkitError(f"no W&B runs of ablation {name!r} in {where}; run `toolkit ablate run` first")
     runs = mark_counted(runset.runs)
     _check_metrics(runs, metrics)
-    first = ["ablation", "variant", "seed", "run_id", "state", "counted", "note"]
+    first = ["ablation", "variant", "seed", "run_id", "state", "health", "reason", "counted", "note"]
     runs = runs[first + [c for c in runs.columns if c not in first]]
     table = aggregate(runs, metrics, baseline, variants=variants, seeds=seeds)
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"runs": out / "runs.csv"}
     runs.to_csv(files["runs"], index=False)
-    files.update(render.write_tables(table, metrics, out, name, baseline))
+    skipped = _skipped_lines(runs)
+    files.update(render.write_tables(table, metrics, out, name, baseline, skipped))
     for path in plots.bar_charts(table, metrics, out, baseline):
         files[path.stem] = path
     history = runset.history[runset.history["run"].isin(runs.index[runs["counted"]])]
@@ -157,6 +159,6 @@ def build_report(
         runs=runs,
         table=table,
         files=files,
-        skipped=_skipped_lines(runs),
+        skipped=skipped,
         markdown=files["md"].read_text(encoding="utf-8"),
     )

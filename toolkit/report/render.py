@@ -1,8 +1,9 @@
 """Render the tidy ablation table as ``table.csv`` (tidy) and ``table.md`` / ``table.tex`` / ``table.html`` (wide).
 
-The wide table has one row per variant: ``Variant | Accuracy | F1 | Δ Accuracy (pts) | Seeds | Notes``. Metric
-cells read "mean ± std" (fractions in percent), the best mean of each metric is bold, † marks ensemble metrics,
-Δ is the first metric's difference to the baseline with the paired-test p-value.
+The wide table has one row per variant: ``Variant | Accuracy | F1 | Δ Accuracy (pts) | 95 % CI | p (Holm) |
+Direction | Seeds | Notes``. Metric cells read "mean ± std" (fractions in percent), the best mean of each metric is
+bold, † marks ensemble metrics, ⚠ a variant with seeds excluded for their health (the notes say which and why).
+Δ, its CI, the adjusted p and the direction count are the first metric's comparison with the baseline.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from toolkit.keys import ensemble_key
+from toolkit.report.stats import ADJUST_METHOD, MIN_SEEDS_FOR_P
 from toolkit.report.table import is_fraction
 
 _DASH = "\u2013"  # en dash: "no value"
@@ -35,11 +37,11 @@ _TEX = str.maketrans(
         "^": r"\textasciicircum{}",
     }
 )
-#: per output format: escape for text, bold wrapper, then the ±, Δ, "no value" and ensemble-mark signs
-_STYLES: dict[str, tuple[Callable[[str], str], str, str, str, str, str]] = {
-    "md": (lambda s: s.replace("|", "\\|"), "**{}**", " ± ", "Δ", _DASH, "†"),
-    "tex": (lambda s: s.translate(_TEX), r"\textbf{{{}}}", r" $\pm$ ", r"$\Delta$", "--", r"$^\dagger$"),
-    "html": (html.escape, "<b>{}</b>", " ± ", "Δ", _DASH, "†"),
+#: per output format: escape for text, bold wrapper, then the ±, Δ, "no value", ensemble-mark and flag signs
+_STYLES: dict[str, tuple[Callable[[str], str], str, str, str, str, str, str]] = {
+    "md": (lambda s: s.replace("|", "\\|"), "**{}**", " ± ", "Δ", _DASH, "†", " ⚠"),
+    "tex": (lambda s: s.translate(_TEX), r"\textbf{{{}}}", r" $\pm$ ", r"$\Delta$", "--", r"$^\dagger$", r" (!)"),
+    "html": (html.escape, "<b>{}</b>", " ± ", "Δ", _DASH, "†", " ⚠"),
 }
 
 
@@ -67,13 +69,14 @@ def wide_table(table: pd.DataFrame, metrics: Sequence[str], style: str = "md") -
         metrics: metric keys in column order; the first one gets the Δ column.
         style: ``md``, ``tex`` or ``html`` (escaping, bold, ± and Δ signs).
     """
-    escape, bold, pm, delta_sign, dash, dagger = _STYLES[style]
+    escape, bold, pm, delta_sign, dash, dagger, flag = _STYLES[style]
     primary = metrics[0]
     delta_title = f"{delta_sign} {escape(display_name(primary))}" + (" (pts)" if is_fraction(primary) else "")
     rows = []
     for variant, group in table.groupby("variant", sort=False):
         by_metric = group.set_index("metric")
-        row = {"Variant": escape(str(variant))}
+        flagged = bool((group["excluded"] > 0).any())
+        row = {"Variant": escape(str(variant)) + (flag if flagged else "")}
         for metric in metrics:
             cell = by_metric.loc[metric]
             if cell["n"] == 0:
@@ -88,13 +91,13 @@ def wide_table(table: pd.DataFrame, metrics: Sequence[str], style: str = "md") -
                 text += " " + dagger
             row[escape(display_name(metric))] = text
         first = by_metric.loc[primary]
-        if "baseline" in first["note"].split("; ") or math.isnan(first["delta"]):
-            row[delta_title] = dash
-        else:
-            decimals = 2 if is_fraction(primary) else 4
-            row[delta_title] = f"{first['delta']:+.{decimals}f}"
-            if not math.isnan(first["p_value"]):
-                row[delta_title] += f" (p={first['p_value']:.3f})"
+        baseline = "baseline" in first["note"].split("; ")
+        decimals = 2 if is_fraction(primary) else 4
+        row[delta_title] = dash if baseline or math.isnan(first["delta"]) else f"{first['delta']:+.{decimals}f}"
+        ci = (first["ci_low"], first["ci_high"])
+        row["95 % CI"] = dash if baseline or math.isnan(ci[0]) else f"[{ci[0]:+.{decimals}f}, {ci[1]:+.{decimals}f}]"
+        row["p (Holm)"] = dash if math.isnan(first["p_adjusted"]) else f"{first['p_adjusted']:.3f}"
+        row["Direction"] = first["direction"] or dash
         row["Seeds"] = str(int(first["n"]))
         notes = [note for text in group["note"] for note in text.split("; ") if note]
         ensemble = any(note.startswith("ensemble: ") for note in notes)
@@ -104,19 +107,39 @@ def wide_table(table: pd.DataFrame, metrics: Sequence[str], style: str = "md") -
     return pd.DataFrame(rows)
 
 
-def legend(baseline: str, metrics: Sequence[str]) -> str:
-    """One line under the table saying what the numbers are."""
+def legend(baseline: str, metrics: Sequence[str], table: pd.DataFrame | None = None) -> str:
+    """The lines under the table saying what the numbers are (and, given the table, why p-values are missing)."""
     unit = "in percent, " if any(is_fraction(m) for m in metrics) else ""
-    return (
-        f"Mean ± sample std over seeds ({unit}best in bold); Δ: difference of means against `{baseline}` "
-        "(percentage points for accuracy/F1), p: paired t-test over matching seeds."
+    comparisons = 0 if table is None else int(table[table["metric"] == metrics[0]]["p_value"].notna().sum())
+    text = (
+        f"Mean ± sample std over the healthy finished seeds ({unit}best in bold); Δ: difference of means against "
+        f"`{baseline}` (percentage points for accuracy/F1) with the 95 % CI of the paired differences (t over matching "
+        f"seeds); p: two-sided paired t-test, {ADJUST_METHOD.capitalize()}-adjusted for the "
+        f"{comparisons or 'k'} comparison(s) of each metric (statsmodels `multipletests`); direction: how many paired "
+        f"seeds moved which way. No p-value is printed with fewer than {MIN_SEEDS_FOR_P} paired seeds: a t-test on "
+        "so few says next to nothing. ⚠: seeds excluded for their health (diverged, degenerate, not learning, "
+        "interrupted, failed), listed below."
     )
+    if table is not None and not table["p_adjusted"].notna().any():
+        text += f" This table has no p-values: no comparison has {MIN_SEEDS_FOR_P} paired seeds."
+    return text
 
 
-def to_markdown(table: pd.DataFrame, metrics: Sequence[str], name: str, baseline: str) -> str:
-    """The ``table.md`` text: a title, the wide table and a legend."""
+def not_counted_section(lines: Sequence[str]) -> str:
+    """The Markdown section under the table listing every run that does not count, with its class and reason."""
+    if not lines:
+        return ""
+    escape = _STYLES["md"][0]
+    items = "\n".join(f"- {escape(line)}" for line in lines)
+    return f"\n### Runs not counted\n\n{items}\n"
+
+
+def to_markdown(
+    table: pd.DataFrame, metrics: Sequence[str], name: str, baseline: str, not_counted: Sequence[str] = ()
+) -> str:
+    """The ``table.md`` text: a title, the wide table, a legend and the runs that do not count."""
     body = wide_table(table, metrics, "md").to_markdown(index=False, disable_numparse=True)
-    return f"## Ablation: {name}\n\n{body}\n\n{legend(baseline, metrics)}\n"
+    return f"## Ablation: {name}\n\n{body}\n\n{legend(baseline, metrics, table)}\n{not_counted_section(not_counted)}"
 
 
 def to_latex(table: pd.DataFrame, metrics: Sequence[str]) -> str:
@@ -131,12 +154,22 @@ def to_html(table: pd.DataFrame, metrics: Sequence[str]) -> str:
     return wide_table(table, metrics, "html").to_html(index=False, escape=False, classes="ablation-table", border=0)
 
 
-def write_tables(table: pd.DataFrame, metrics: Sequence[str], out: Path, name: str, baseline: str) -> dict[str, Path]:
-    """Write ``table.csv``, ``table.md``, ``table.tex`` and ``table.html`` into ``out``; return paths by suffix."""
+def write_tables(
+    table: pd.DataFrame,
+    metrics: Sequence[str],
+    out: Path,
+    name: str,
+    baseline: str,
+    not_counted: Sequence[str] = (),
+) -> dict[str, Path]:
+    """Write ``table.csv``, ``table.md``, ``table.tex`` and ``table.html`` into ``out``; return paths by suffix.
+
+    ``not_counted``: one line per run that does not count, listed under the Markdown table.
+    """
     out.mkdir(parents=True, exist_ok=True)
     paths = {suffix: out / f"table.{suffix}" for suffix in ("csv", "md", "tex", "html")}
     table.to_csv(paths["csv"], index=False)
-    paths["md"].write_text(to_markdown(table, metrics, name, baseline), encoding="utf-8")
+    paths["md"].write_text(to_markdown(table, metrics, name, baseline, not_counted), encoding="utf-8")
     paths["tex"].write_text(to_latex(table, metrics), encoding="utf-8")
     paths["html"].write_text(to_html(table, metrics), encoding="utf-8")
     return paths

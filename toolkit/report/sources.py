@@ -6,6 +6,7 @@ the W&B group (ablation), job type (variant) and ``seed=N`` tag; never on folder
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Iterable
@@ -18,6 +19,7 @@ import pandas as pd
 
 from toolkit import keys
 from toolkit.errors import ToolkitError
+from toolkit.keys import RESULT_FILE
 from toolkit.report.wandb_log import RunLog, read_run
 
 #: history keys the learning-curve plots use; the others are not decoded
@@ -31,6 +33,9 @@ HISTORY_KEYS = (
     "trainer/global_step",
     "_step",
 )
+#: prefix of the run-health entries ``toolkit fit`` writes into the W&B summary (as in ``toolkit.callbacks.health``;
+#: repeated here because the report imports neither torch nor Lightning)
+HEALTH_PREFIX = "health/"
 #: columns every runs table starts with, in this order
 RUN_COLUMNS = ["ablation", "variant", "seed", "run_id", "state", "damage", "start_time", "source"]
 HISTORY_COLUMNS = ["run", "run_id", "variant", "seed", "step", "epoch", "key", "value"]
@@ -114,11 +119,15 @@ def run_row(run: RunLog, source: str) -> dict[str, Any]:
         "damage": run.damage,
         "start_time": run.start_time,
         "source": source,
+        "exit_code": run.exit_code,
+        "last_epoch": summary_number("epoch", run.summary.get("epoch")),
     }
     for key, value in run.summary.items():
         number = summary_number(key, value)
         if "/" in key and number is not None and not math.isnan(number):
             row[key] = number
+        elif key.startswith(HEALTH_PREFIX) and isinstance(value, str):
+            row[key] = value  # health/status, health/reason
     row.update(_flatten(run.config))
     return row
 
@@ -158,9 +167,77 @@ def _runset(pairs: list[tuple[RunLog, str]], name: str) -> RunSet:
 
 
 def runs_from_logs(root: Path, name: str) -> RunSet:
-    """Read every run log of ablation ``name`` under ``<root>/<name>/``; damaged logs warn and keep their state."""
+    """Read every run log of ablation ``name`` under ``<root>/<name>/``; damaged logs warn and keep their state.
+
+    Each run also gets what its own folder and the ablation's ledger say about it: the health record of the
+    ``result.json`` that names it (``<run_dir>/wandb/offline-run-*/run-*.wandb`` -> ``<run_dir>/result.json``) and
+    the ledger's one-line reason of a failed run; a failed run that never started a W&B run gets a row of its own.
+    """
     pairs = [(read_run(path, HISTORY_KEYS), os.fspath(path)) for path in find_logs(root, name)]
-    return _runset(pairs, name)
+    runset = _runset(pairs, name)
+    runs = _with_results(runset.runs)
+    runset.runs = _with_ledger(runs, Path(root) / name / "ledger.json", name)
+    return runset
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _with_results(runs: pd.DataFrame) -> pd.DataFrame:
+    """Fill ``health/*`` from the ``result.json`` of each run's folder where it names the run and the log did not."""
+    runs = runs.copy()
+    for index, row in runs.iterrows():
+        log = Path(str(row["source"]))
+        if len(log.parents) < 3 or not row["run_id"]:
+            continue
+        result = _read_json(log.parents[2] / RESULT_FILE)
+        if result.get("wandb_id") != row["run_id"] or not isinstance(result.get("health"), dict):
+            continue  # another attempt's record (a resumed run writes a new W&B run)
+        for key, value in result["health"].items():
+            column = HEALTH_PREFIX + key
+            if column not in runs or pd.isna(runs.at[index, column]):
+                runs.loc[index, column] = value if value is not None else math.nan
+    return runs
+
+
+def _with_ledger(runs: pd.DataFrame, ledger: Path, name: str) -> pd.DataFrame:
+    """Add ``ledger_reason`` to the runs of failed ledger records, and a row per failed run without a W&B run."""
+    records = _read_json(ledger).get("runs", {})
+    runs = runs.copy()
+    runs["ledger_reason"] = pd.Series(None, index=runs.index, dtype=object)
+    extra = []
+    for record in records.values() if isinstance(records, dict) else []:
+        if record.get("status") != "failed":
+            continue
+        reason = record.get("reason") or f"exit code {record.get('exit_code')}"
+        ids = set(record.get("wandb_ids") or []) | ({record["wandb_id"]} if record.get("wandb_id") else set())
+        mine = runs["run_id"].isin(ids)
+        if mine.any():
+            # the record's last attempt failed: its newest W&B run is that attempt's
+            runs.loc[mine & (runs["run_id"] == record.get("wandb_id")), "ledger_reason"] = reason
+            continue
+        extra.append(
+            {
+                "ablation": name,
+                "variant": record.get("variant"),
+                "seed": record.get("seed"),
+                "run_id": None,
+                "state": "failed",
+                "damage": None,
+                "start_time": record.get("started_at"),
+                "source": record.get("log") or str(ledger),
+                "ledger_reason": reason,
+            }
+        )
+    if extra:
+        runs = pd.concat([runs, pd.DataFrame(extra)], ignore_index=True)
+        runs["seed"] = runs["seed"].astype("Int64")
+    return runs
 
 
 def run_log_from_api(run: Any) -> RunLog:

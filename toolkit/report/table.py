@@ -1,9 +1,12 @@
 """Aggregate a runs table into the ablation table: pure functions on DataFrames, no I/O.
 
-The tidy table has one row per (variant, metric): ``variant, metric, mean, std, n, delta, p_value`` then ``best``
-and ``note``. ``std`` is the sample standard deviation over seeds (ddof=1); ``delta`` is the difference of means
-against the baseline variant, in percentage points for fractions (accuracy, F1) and in the metric's units otherwise;
-``p_value`` is a paired t-test over the seeds both variants finished.
+The tidy table has one row per (variant, metric): ``TABLE_COLUMNS``. ``n`` counts the healthy finished seeds
+(the only ones that enter a mean), ``std`` is the sample standard deviation over them (ddof=1); ``delta`` is the
+difference of means against the baseline variant, in percentage points for fractions (accuracy, F1) and in the
+metric's units otherwise, ``ci_low``/``ci_high`` the 95 % CI of the mean paired difference (same units);
+``p_value`` is a paired t-test over the seeds both variants finished (NaN below 3 pairs), ``p_adjusted`` that
+p Holm-adjusted over the comparisons of the metric, ``direction`` e.g. ``3/3 lower``; ``excluded`` counts the
+variant's seeds that have runs but none healthy and finished (the variant is flagged).
 """
 
 from __future__ import annotations
@@ -16,8 +19,25 @@ import numpy as np
 import pandas as pd
 
 from toolkit.keys import ensemble_key
+from toolkit.report.health import COMPLETED, FINISHED, classify, describe
+from toolkit.report.stats import MIN_SEEDS_FOR_P, adjust, compare
 
-TABLE_COLUMNS = ["variant", "metric", "mean", "std", "n", "delta", "p_value", "best", "note"]
+TABLE_COLUMNS = [
+    "variant",
+    "metric",
+    "mean",
+    "std",
+    "n",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_adjusted",
+    "direction",
+    "excluded",
+    "best",
+    "note",
+]
 
 
 def higher_is_better(metric: str) -> bool:
@@ -32,29 +52,28 @@ def is_fraction(metric: str) -> bool:
 
 
 def mark_counted(runs: pd.DataFrame) -> pd.DataFrame:
-    """Add ``counted`` and ``note``: per (variant, seed) the latest finished run counts, the others say why not.
+    """Add ``health``, ``reason``, ``counted`` and ``note``: only a healthy finished run counts, the others say why.
 
-    A (variant, seed) restarted after a crash has several runs: the finished one counts and the others are
-    ``superseded``. Unfinished, failed and corrupt runs never count.
+    Each run is classified by ``toolkit.report.health.classify``. Per (variant, seed) the latest run that ran to its
+    end (finished, diverged, degenerate, not learning) decides the seed: it counts when it is healthy; earlier runs
+    of the seed (interrupted attempts, a finished run redone) are ``superseded``. Others never count.
     """
-    runs = runs.copy()
-    state = runs["state"].astype(str)
-    damage = runs["damage"] if "damage" in runs else pd.Series(None, index=runs.index, dtype=object)
-    detail = (": " + damage.astype("string")).fillna("")
-    runs["note"] = ("skipped: " + state + detail).where(state != "finished", "")
+    runs = classify(runs)
+    runs["note"] = [describe(row) if row["health"] != FINISHED else "" for _, row in runs.iterrows()]
+    runs["note"] = runs["note"].astype(object)
     known = runs["variant"].notna() & runs["seed"].notna()
     runs.loc[~known, "note"] = (
         runs.loc[~known, "note"].replace("", "skipped") + " (no ablation variant/seed in the log)"
     )
-    finished = runs[known & (state == "finished")].sort_values("start_time", kind="stable")
-    winners = finished.groupby(["variant", "seed"], sort=False).tail(1)
-    runs["counted"] = runs.index.isin(winners.index)
+    complete = runs[known & runs["health"].isin(COMPLETED)].sort_values("start_time", kind="stable")
+    winners = complete.groupby(["variant", "seed"], sort=False).tail(1)
+    runs["counted"] = runs.index.isin(winners.index) & (runs["health"] == FINISHED)
     winner_id = (
         runs[["variant", "seed"]]
         .merge(winners[["variant", "seed", "run_id"]], on=["variant", "seed"], how="left")["run_id"]
         .set_axis(runs.index)
     )
-    superseded = known & ~runs["counted"] & winner_id.notna()
+    superseded = known & ~runs.index.isin(winners.index) & winner_id.notna()
     prefix = runs.loc[superseded, "note"].where(runs.loc[superseded, "note"] == "", runs.loc[superseded, "note"] + "; ")
     runs.loc[superseded, "note"] = prefix + "superseded by " + winner_id[superseded].astype(str)
     return runs
@@ -101,20 +120,31 @@ def paired_p_value(values: pd.Series, baseline: pd.Series) -> float:
         return float(stats.ttest_rel(pairs.iloc[:, 0], pairs.iloc[:, 1]).pvalue)
 
 
+def _seed_reason(runs: pd.DataFrame, variant: str, seed: int, metric: str) -> str:
+    """Why a seed of a variant has no value: its deciding run's class and reason, or ``no run``."""
+    mine = runs[(runs["variant"] == variant) & (runs["seed"] == seed)]
+    if mine.empty:
+        return "no run"
+    if mine["counted"].any():
+        return f"no {metric} logged"
+    decided = mine[mine["health"].isin(COMPLETED)]
+    row = (decided if len(decided) else mine).sort_values("start_time", kind="stable", na_position="first").iloc[-1]
+    return describe(row)
+
+
 def _seed_note(runs: pd.DataFrame, variant: str, metric: str, present: set, expected: Sequence[int]) -> str:
-    """Why a variant has fewer seeds than expected, e.g. ``n=1 of 2 seeds (seed 1: unfinished)``."""
+    """Why a variant has fewer seeds than expected, e.g. ``n=1 of 2 seeds (seed 1: interrupted: ...)``."""
     missing = [seed for seed in expected if seed not in present]
     if not missing:
         return ""
-    reasons = []
-    for seed in missing:
-        mine = runs[(runs["variant"] == variant) & (runs["seed"] == seed)]
-        if mine["counted"].any():
-            reason = f"no {metric} logged"
-        else:
-            reason = "/".join(mine["state"].unique()) if len(mine) else "no run"
-        reasons.append(f"seed {seed}: {reason}")
+    reasons = [f"seed {seed}: {_seed_reason(runs, variant, seed, metric)}" for seed in missing]
     return f"n={len(present)} of {len(expected)} seeds ({', '.join(reasons)})"
+
+
+def _excluded(runs: pd.DataFrame, variant: str, expected: Sequence[int]) -> int:
+    """How many expected seeds of a variant have runs but none that counts (unhealthy, failed, unfinished)."""
+    mine = runs[(runs["variant"] == variant) & runs["seed"].isin(list(expected))]
+    return sum(1 for _, group in mine.groupby("seed") if not group["counted"].any())
 
 
 def aggregate(
@@ -158,23 +188,37 @@ def aggregate(
             seed_note = _seed_note(runs, variant, metric, set(series.index), expected)
             if seed_note:
                 notes.append(seed_note)
-            paired = len(set(series.index) & set(base.index))
-            if variant != baseline and len(series) and paired < max(len(series), len(base)):
-                notes.append(f"Δ over all seeds, p over {paired} paired")
-            mean = float(series.mean()) if len(series) else math.nan
-            rows.append(
-                {
-                    "variant": variant,
-                    "metric": metric,
-                    "mean": mean,
-                    "std": float(series.std(ddof=1)) if len(series) > 1 else math.nan,
-                    "n": len(series),
-                    "delta": scale * (mean - float(base.mean())) if len(base) and len(series) else math.nan,
-                    "p_value": paired_p_value(series, base) if variant != baseline else math.nan,
-                    "note": "; ".join(notes),
-                }
-            )
-    table = pd.DataFrame(rows, columns=[c for c in TABLE_COLUMNS if c != "best"])
+            row = {
+                "variant": variant,
+                "metric": metric,
+                "n": len(series),
+                "excluded": _excluded(runs, variant, expected),
+            }
+            row["mean"] = float(series.mean()) if len(series) else math.nan
+            row["std"] = float(series.std(ddof=1)) if len(series) > 1 else math.nan
+            row["delta"] = scale * (row["mean"] - float(base.mean())) if len(base) and len(series) else math.nan
+            if variant != baseline:
+                comparison = compare(series, base)
+                row.update(
+                    ci_low=scale * comparison.ci_low,
+                    ci_high=scale * comparison.ci_high,
+                    p_value=comparison.p_value,
+                    direction=comparison.direction(),
+                )
+                paired = comparison.n_paired
+                if len(series) and paired < max(len(series), len(base)):
+                    notes.append(f"Δ over all seeds, CI and p over {paired} paired")
+                if len(series) and 0 < paired < MIN_SEEDS_FOR_P:
+                    notes.append(
+                        f"no p-value: {paired} paired seed{'s' * (paired != 1)} (a test needs {MIN_SEEDS_FOR_P})"
+                    )
+            row["note"] = "; ".join(notes)
+            rows.append(row)
+    table = pd.DataFrame(rows, columns=[c for c in TABLE_COLUMNS if c not in ("best", "p_adjusted")])
+    table["direction"] = table["direction"].astype(object).fillna("")
+    # one family per metric: every variant's comparison with the baseline on that metric
+    families = [adjust(group["p_value"]) for _, group in table.groupby("metric", sort=False)]
+    table["p_adjusted"] = pd.concat(families) if families else pd.Series(dtype=float)
     return mark_best(table)[TABLE_COLUMNS]
 
 

@@ -1,0 +1,188 @@
+"""Run health at the source: stop a diverging fit (``DivergenceGuard``) and record what the report classifies.
+
+``RunHealth`` records what the ablation report needs to tell a healthy run from a diverged, degenerate or
+not-learning one: the first and last train loss, the epochs completed of ``max_epochs``, the number of distinct
+classes the model predicted on the test split and the chance level there (majority-class share). ``toolkit fit``
+writes these into ``result.json`` and the W&B summary (``health/*`` keys, see :func:`health_summary`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from typing_extensions import override
+
+from toolkit.errors import ToolkitError
+
+#: prefix of the health keys in the W&B summary (``health/status``, ``health/epochs_completed``, ...)
+HEALTH_PREFIX = "health/"
+FINISHED, DIVERGED = "finished", "diverged"
+
+
+class Diverged(ToolkitError):
+    """Training stopped at a non-finite loss; the message is the one-line diagnosis."""
+
+
+class DivergenceGuard(Callback):
+    """Stop ``fit`` at the first non-finite training loss, before it reaches the weights or a checkpoint.
+
+    The loss is checked before ``backward`` (``on_before_backward``): the optimizer never steps on a NaN/inf loss.
+    Weights and buffers (BN statistics) are checked before each epoch's checkpoint (validation start, train epoch
+    end), because a finite loss can still leave them non-finite. Raising (instead of ``trainer.should_stop``, which
+    would run validation and save the NaN weights over ``last.ckpt``) leaves the last good epoch's checkpoints as
+    they are. ``toolkit fit`` catches
+    :class:`Diverged`, records the run as diverged (``result.json``, W&B summary) and exits 2 with the diagnosis.
+
+    ``toolkit fit`` adds it by default; ``--divergence_guard.enabled false`` turns it off.
+
+    Args:
+        enabled: check the loss (False: the guard does nothing).
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        #: the diagnosis once the guard fired, else None
+        self.diagnosis: str | None = None
+
+    @override
+    def on_before_backward(self, trainer: Trainer, pl_module: LightningModule, loss: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        # any rank's NaN stops every rank at the same step (one rank raising alone would leave the others hanging)
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):
+            self._stop(trainer, f"train loss {float(loss.detach().float().mean())}")
+
+    @override
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # a finite loss can still leave non-finite weights or BN statistics behind (the step after it overflows);
+        # the epoch's checkpoint is saved after validation, so this is the last moment to keep it from disk
+        if self.enabled and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._check_weights(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.enabled:  # runs before ModelCheckpoint's own hook (Lightning calls checkpoint callbacks last)
+            self._check_weights(trainer, pl_module)
+
+    def _check_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        tensors = [*pl_module.parameters(), *pl_module.buffers()]
+        bad = next((t for t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+        if trainer.strategy.reduce_boolean_decision(bad is not None, all=False):
+            named = [*pl_module.named_parameters(), *pl_module.named_buffers()]
+            name = next((n for n, t in named if t is bad), "on another rank")
+            self._stop(trainer, f"non-finite weights ({name}) after a finite loss")
+
+    def _stop(self, trainer: Trainer, what: str) -> None:
+        lrs = sorted({group["lr"] for opt in trainer.optimizers for group in opt.param_groups})
+        saved = [Path(c.dirpath) / "last.ckpt" for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
+        last = next((str(path) for path in saved if path.is_file()), "")
+        self.diagnosis = (
+            f"training diverged at step {trainer.global_step} (epoch {trainer.current_epoch}): {what} "
+            f"at lr {', '.join(f'{lr:g}' for lr in lrs) or '?'}; the learning rate is too high or the initialisation "
+            "is bad (lower the learning rate, or check the head init); "
+            f"last good checkpoint: {last or 'none (diverged in the first epoch)'}"
+        )
+        raise Diverged(self.diagnosis)
+
+
+class RunHealth(Callback):
+    """Record the train-loss trajectory, epochs completed and test prediction spread of a run (see the module).
+
+    Its state travels in checkpoints, so a resumed run keeps the loss it started from.
+    """
+
+    def __init__(self) -> None:
+        self.initial_loss: float | None = None
+        self.final_loss: float | None = None
+        #: training steps whose loss was NaN/inf (only possible with the divergence guard off)
+        self.nonfinite_steps = 0
+        self._epoch_sum, self._epoch_count = 0.0, 0
+        self._preds: Counter[int] = Counter()
+        self._labels: Counter[int] = Counter()
+
+    @override
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if not isinstance(loss, torch.Tensor):
+            return
+        value = float(loss.detach().float().mean())
+        if not math.isfinite(value):
+            self.nonfinite_steps += 1
+            return
+        if self.initial_loss is None:
+            self.initial_loss = value
+        self._epoch_sum += value
+        self._epoch_count += 1
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._epoch_count:
+            self.final_loss = self._epoch_sum / self._epoch_count  # the last epoch's mean: less noisy than a step
+        self._epoch_sum, self._epoch_count = 0.0, 0
+
+    @override
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._preds, self._labels = Counter(), Counter()
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not isinstance(outputs, torch.Tensor) or not isinstance(batch, list | tuple) or len(batch) < 2:
+            return
+        targets = batch[1]
+        if targets.ndim != 1 or outputs.ndim != 2:
+            return
+        self._preds.update(outputs.argmax(-1).tolist())
+        self._labels.update(targets.tolist())
+
+    def summary(self, trainer: Trainer, status: str, reason: str | None = None) -> dict[str, Any]:
+        """The health record of the run: status, epochs, losses, test prediction spread and chance level."""
+        total = sum(self._labels.values())
+        record: dict[str, Any] = {
+            "status": status,
+            "epochs_completed": int(trainer.fit_loop.epoch_progress.current.completed),
+            "max_epochs": trainer.max_epochs,
+            "train_loss_initial": self.initial_loss,
+            "train_loss_final": self.final_loss,
+            "nonfinite_steps": self.nonfinite_steps,
+            "test_pred_classes": len(self._preds) if total else None,
+            "chance": max(self._labels.values()) / total if total else None,
+        }
+        if reason:
+            record["reason"] = reason
+        return record
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"initial_loss": self.initial_loss, "final_loss": self.final_loss, "nonfinite": self.nonfinite_steps}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.initial_loss = state_dict.get("initial_loss")
+        self.final_loss = state_dict.get("final_loss")
+        self.nonfinite_steps = state_dict.get("nonfinite", 0)
+
+
+def health_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A health record as W&B summary entries ``health/<field>`` (non-finite numbers as None)."""
+    out = {}
+    for key, value in record.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[HEALTH_PREFIX + key] = value
+    return out

@@ -1,0 +1,107 @@
+"""Classify each run of a runs table by its health, from its own records: pure, on DataFrames.
+
+Classes (column ``health``, with a one-line ``reason``):
+
+- ``finished``: completed (``health/status`` in its W&B summary or ``result.json``) and healthy; the only runs
+  that enter a mean.
+- ``failed``: the process failed (the ledger's reason, else the W&B exit code).
+- ``diverged``: the divergence guard stopped it at a non-finite training loss, or (guard off) a step's loss was
+  non-finite.
+- ``interrupted``: no completion record: killed, stopped (SIGTERM) or still running. W&B marks a run stopped by
+  SIGTERM as finished, so the W&B state alone never makes a run finished.
+- ``corrupt``: its log cannot be read to the end.
+- ``degenerate``: completed, but predicts one class on the test split or its test accuracy is not above chance
+  (the majority-class share of the test split).
+- ``not learning``: completed, but its last epoch's mean train loss is within ``NOT_LEARNING_DROP`` of the loss of
+  its first step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from toolkit import keys
+
+FINISHED, FAILED, DIVERGED, INTERRUPTED, CORRUPT = "finished", "failed", "diverged", "interrupted", "corrupt"
+DEGENERATE, NOT_LEARNING = "degenerate", "not learning"
+#: classes of runs that ran to their end (their own result, good or bad); the latest of these per seed decides it
+COMPLETED = (FINISHED, DIVERGED, DEGENERATE, NOT_LEARNING)
+#: relative drop of the train loss below which a run counts as not learning (1 %)
+NOT_LEARNING_DROP = 0.01
+#: the health columns a runs table may carry (from the W&B summary / result.json) and what sources add
+STATUS, REASON = "health/status", "health/reason"
+
+
+def _num(row: pd.Series, key: str) -> float | None:
+    value = row.get(key)
+    if value is None or isinstance(value, str):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def _text(row: pd.Series, key: str) -> str | None:
+    value = row.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _stopped_at(row: pd.Series) -> str:
+    """`` (last logged epoch index 2, max_epochs 12)`` from the W&B summary and the config, where known."""
+    last, total = _num(row, "last_epoch"), _num(row, "config.trainer.max_epochs")
+    if last is None:
+        return ""
+    return f" (last logged epoch index {int(last)}" + (f", max_epochs {int(total)})" if total else ")")
+
+
+def classify_run(row: pd.Series) -> tuple[str, str]:
+    """``(health, reason)`` of one runs-table row; ``reason`` is empty for a healthy finished run."""
+    state = str(row.get("state"))
+    status = _text(row, STATUS)
+    ledger_reason = _text(row, "ledger_reason")
+    if status == DIVERGED:
+        return DIVERGED, _text(row, REASON) or "non-finite training loss"
+    if state == CORRUPT:
+        return CORRUPT, f"unreadable log: {row.get('damage')}"
+    if state == "failed" or (ledger_reason is not None and status != FINISHED):
+        code = _num(row, "exit_code")
+        return FAILED, ledger_reason or (f"exit code {int(code)}" if code is not None else "the process failed")
+    nonfinite = _num(row, "health/nonfinite_steps")
+    if status == FINISHED and nonfinite:  # trained on with the divergence guard off
+        return DIVERGED, f"{int(nonfinite)} training steps had a non-finite loss (divergence guard off)"
+    if state != "finished":  # an open or cut log: its summary may miss the end, whatever result.json says
+        damage = f", {row.get('damage')}" if isinstance(row.get("damage"), str) else ""
+        return INTERRUPTED, f"W&B log {state}{damage}" + _stopped_at(row)
+    if status != FINISHED:
+        return INTERRUPTED, "no completion record (health/status, result.json): stopped before the end" + _stopped_at(
+            row
+        )
+    preds, chance = _num(row, "health/test_pred_classes"), _num(row, "health/chance")
+    acc = _num(row, keys.TEST_ACC)
+    if preds is not None and preds <= 1:
+        return DEGENERATE, "predicts one class on the test split"
+    if acc is not None and chance is not None and acc <= chance:
+        return DEGENERATE, f"test accuracy {100 * acc:.1f} % not above chance ({100 * chance:.1f} %, majority class)"
+    first, last = _num(row, "health/train_loss_initial"), _num(row, "health/train_loss_final")
+    if first is not None and last is not None and last > first * (1 - NOT_LEARNING_DROP):
+        return NOT_LEARNING, f"train loss {first:.4g} -> {last:.4g}: never left its initial value"
+    return FINISHED, ""
+
+
+def classify(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add ``health`` and ``reason`` columns (see the module) to a runs table."""
+    runs = runs.copy()
+    pairs: list[tuple[str, str]] = [classify_run(row) for _, row in runs.iterrows()]
+    runs["health"] = pd.Series([p[0] for p in pairs], index=runs.index, dtype=object)
+    runs["reason"] = pd.Series([p[1] for p in pairs], index=runs.index, dtype=object)
+    return runs
+
+
+def describe(row: Any) -> str:
+    """``diverged: <reason>`` (or just the class) for a run's note."""
+    return f"{row['health']}: {row['reason']}" if row["reason"] else str(row["health"])
