@@ -14,6 +14,7 @@ from report_fixtures import SYNTH_FINISHED, synthetic_ablation
 
 from toolkit.errors import ToolkitError
 from toolkit.report.build import ReportResult, build_report
+from toolkit.report.plots import clipped_error, smoothing_window
 from toolkit.report.wandb_log import read_run
 
 METRICS = ["test/acc", "test/f1"]
@@ -119,11 +120,28 @@ def test_latex_and_html_tables(report: ReportResult) -> None:
 
 def test_plots_are_non_empty_png_images(report: ReportResult) -> None:
     names = {path.name for path in report.out.glob("*.png")}
-    assert names == {"bar_test_acc.png", "bar_test_f1.png"} | {f"curves_{v}.png" for v in VARIANTS}
+    expected = {"bar_test_acc.png", "bar_test_f1.png", "val_acc_by_epoch.png"} | {f"curves_{v}.png" for v in VARIANTS}
+    assert names == expected
     for path in report.out.glob("*.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         image = imread(path)
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01, path.name
+
+
+def test_error_bars_stop_at_the_metric_range() -> None:
+    mean, std = pd.Series([0.95, 0.5, 0.02]), pd.Series([0.1, 0.1, math.nan])
+    low, high = clipped_error(mean, std, 100.0, bounded=True)
+    # by hand: 0.95 ± 0.1 stops at 1.0 (up 5 points); 0.02 has no spread (one seed)
+    assert low == pytest.approx([10.0, 10.0, 0.0]) and high == pytest.approx([5.0, 10.0, 0.0])
+    assert clipped_error(pd.Series([5.0]), pd.Series([9.0]), 1.0, bounded=False) == [[9.0], [9.0]]
+
+
+def test_the_loss_moving_average_smooths() -> None:
+    noisy = pd.Series([1.0, 0.0] * 20)  # alternating: a window of 2 would still zig-zag at the edges
+    window = smoothing_window(len(noisy))
+    smooth = noisy.rolling(window, min_periods=1, center=True).mean()
+    assert window >= 3 and smooth.iloc[5:-5].std() < 0.2 * noisy.std()
+    assert smoothing_window(2) == 2 and smoothing_window(1) == 1
 
 
 def test_table_logged_back_to_wandb_as_an_analysis_run(synth: dict, tmp_path: Path, monkeypatch) -> None:

@@ -141,7 +141,8 @@ def test_markdown_shape_and_plots(report: Path) -> None:
     assert [row.strip("|").split("|")[0].strip() for row in rows[2:]] == ["full", "no-drop ⚠"]  # seed 1 excluded
     assert all(" ± " in cell for cell in rows[2].strip("|").split("|")[1:4])  # full: 2 seeds
     pngs = sorted(p.name for p in report.glob("*.png"))
-    assert pngs == ["bar_test_acc.png", "bar_test_f1.png", "bar_val_acc.png", "curves_full.png", "curves_no-drop.png"]
+    expected = ["bar_test_acc.png", "bar_test_f1.png", "bar_val_acc.png", "curves_full.png", "curves_no-drop.png"]
+    assert pngs == [*expected, "val_acc_by_epoch.png"]
     for name in pngs:
         image = imread(report / name)
         assert image.shape[0] > 100 and image.std() > 0.01, name

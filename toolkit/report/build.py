@@ -96,6 +96,14 @@ def log_table_to_wandb(table: pd.DataFrame, name: str, project: str | None, out:
     return run.id
 
 
+def _chance(runs: pd.DataFrame) -> float | None:
+    """The chance level (majority-class share of the test split) the counted runs recorded, if any."""
+    if "health/chance" not in runs.columns:
+        return None
+    values = pd.to_numeric(runs.loc[runs["counted"], "health/chance"], errors="coerce").dropna()
+    return float(values.median()) if len(values) else None
+
+
 def build_report(
     name: str,
     baseline: str,
@@ -147,10 +155,15 @@ def build_report(
     runs.to_csv(files["runs"], index=False)
     skipped = _skipped_lines(runs)
     files.update(render.write_tables(table, metrics, out, name, baseline, skipped))
-    for path in plots.bar_charts(table, metrics, out, baseline):
+    chance = _chance(runs)
+    for path in plots.bar_charts(table, metrics, out, baseline, chance):
         files[path.stem] = path
     history = runset.history[runset.history["run"].isin(runs.index[runs["counted"]])]
-    for path in plots.learning_curves(history, list(dict.fromkeys(table["variant"])), out):
+    order = list(dict.fromkeys(table["variant"]))
+    overlay = plots.val_overlay(history, order, out, baseline, chance)
+    if overlay is not None:
+        files[overlay.stem] = overlay
+    for path in plots.learning_curves(history, order, out):
         files[path.stem] = path
     if log_to_wandb:
         log_table_to_wandb(table, name, project or wandb_path, out)

@@ -1,4 +1,5 @@
-"""Draw the report's PNG figures with matplotlib: a bar chart per metric and learning curves per variant."""
+"""Draw the report's PNG figures with matplotlib: a bar chart per metric, val accuracy of all variants by epoch,
+and learning curves per variant."""
 
 from __future__ import annotations
 
@@ -28,30 +29,101 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
-def bar_charts(table: pd.DataFrame, metrics: Sequence[str], out: Path, baseline: str) -> list[Path]:
+def clipped_error(mean: pd.Series, std: pd.Series, scale: float, bounded: bool) -> list[list[float]]:
+    """Asymmetric error bars (mean ± std) that stop at the metric's range ([0, 1] for a fraction)."""
+    std = std.fillna(0.0)
+    low, high = mean - std, mean + std
+    if bounded:
+        low, high = low.clip(lower=0.0), high.clip(upper=1.0)
+    return [list((mean - low) * scale), list((high - mean) * scale)]
+
+
+def bar_charts(
+    table: pd.DataFrame, metrics: Sequence[str], out: Path, baseline: str, chance: float | None = None
+) -> list[Path]:
     """One bar chart per metric (mean over seeds, error bars = std), saved as ``bar_<metric>.png``.
+
+    Bars of a variant reported by its ensemble metric are hatched and marked † (as in the table); error bars stop at
+    the metric's range; a fraction metric is drawn on a 0-100 % axis with the chance level as a dashed line.
 
     Args:
         table: the tidy table from ``toolkit.report.table.aggregate``.
         metrics: the metrics to draw.
         out: folder for the PNGs.
         baseline: the baseline variant, drawn in another colour.
+        chance: chance accuracy (majority-class share) of the test split, if known.
     """
     plt = _pyplot()
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for metric in metrics:
         rows = table[(table["metric"] == metric) & (table["n"] > 0)]
-        scale = 100.0 if is_fraction(metric) else 1.0
+        bounded = is_fraction(metric)
+        scale = 100.0 if bounded else 1.0
         fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.5))
         colors = ["tab:orange" if v == baseline else "tab:blue" for v in rows["variant"]]
-        labels = [f"{v}\n(n={n})" for v, n in zip(rows["variant"], rows["n"], strict=True)]
-        ax.bar(labels, rows["mean"] * scale, yerr=rows["std"].fillna(0) * scale, capsize=4, color=colors)
+        ensemble = rows["note"].fillna("").str.contains("ensemble:")
+        labels = [
+            f"{v}{' †' if e else ''}\n(n={n})" for v, n, e in zip(rows["variant"], rows["n"], ensemble, strict=True)
+        ]
+        bars = ax.bar(
+            labels, rows["mean"] * scale, yerr=clipped_error(rows["mean"], rows["std"], scale, bounded), capsize=4,
+            color=colors,
+        )  # fmt: skip
+        for bar, is_ensemble in zip(bars, ensemble, strict=True):
+            if is_ensemble:
+                bar.set_hatch("//")
+        if bounded:
+            ax.set_ylim(0, 100)
+            if chance is not None and "acc" in metric:
+                ax.axhline(
+                    100 * chance, color="grey", linestyle="--", linewidth=1, label=f"chance {100 * chance:.0f} %"
+                )
+                ax.legend(fontsize=8, loc="lower right")
         ax.set_ylabel(display_name(metric) + (" (%)" if scale != 1 else ""))
-        ax.set_title(f"{display_name(metric)} by variant (mean ± std over seeds)")
+        title = f"{display_name(metric)} by variant (mean ± std over seeds)"
+        ax.set_title(title + ("\n† snapshot/checkpoint ensemble" if ensemble.any() else ""), fontsize=10)
         ax.tick_params(axis="x", rotation=30)
         paths.append(_save(fig, out / f"bar_{_slug(metric)}.png"))
     return paths
+
+
+def val_overlay(
+    history: pd.DataFrame, variants: Sequence[str], out: Path, baseline: str, chance: float | None = None
+) -> Path | None:
+    """``val_acc_by_epoch.png``: every variant's val accuracy per epoch (mean over seeds, ±std band) on one axis."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for variant in variants:
+        curve = _by_epoch(history[history["variant"] == variant], keys.VAL_ACC)
+        if curve.empty:
+            continue
+        width = 2.5 if variant == baseline else 1.2
+        (line,) = ax.plot(curve.index, curve["mean"] * 100, marker="o", markersize=3, linewidth=width, label=variant)
+        low = (curve["mean"] - curve["std"]).clip(lower=0) * 100
+        high = (curve["mean"] + curve["std"]).clip(upper=1) * 100
+        ax.fill_between(curve.index, low, high, alpha=0.15, color=line.get_color())
+    if not ax.lines:
+        _pyplot().close(fig)
+        return None
+    if chance is not None:
+        ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("val accuracy (%), mean ± std over seeds")
+    ax.set_title("validation accuracy by epoch, all variants")
+    ax.legend(fontsize=7, ncol=2)
+    out.mkdir(parents=True, exist_ok=True)
+    return _save(fig, out / "val_acc_by_epoch.png")
+
+
+def smoothing_window(points: int) -> int:
+    """Moving-average window for a loss curve of ``points`` points: about a fifth of the curve, at least 3 points
+    (a window of 1 or 2 would not smooth), never longer than the curve."""
+    return max(1, min(points, max(3, points // 5)))
 
 
 def _save(fig: object, path: Path) -> Path:
@@ -89,13 +161,15 @@ def learning_curves(history: pd.DataFrame, variants: Sequence[str], out: Path) -
         if mine.empty:
             continue
         fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
+        acc_ax.set_ylim(0, 100)  # every variant's figure on the same accuracy scale
 
         loss = mine[(mine["key"] == keys.TRAIN_LOSS) & mine["step"].notna()].sort_values("step")
         if not loss.empty:
             loss_ax.scatter(loss["step"], loss["value"], s=8, alpha=0.4, label="train loss (each seed)")
             per_step = loss.groupby("step")["value"].mean()
-            window = max(1, len(per_step) // 10)
-            loss_ax.plot(per_step.index, per_step.rolling(window, min_periods=1).mean(), label=f"moving avg ({window})")
+            window = smoothing_window(len(per_step))
+            smooth = per_step.rolling(window, min_periods=1, center=True).mean()
+            loss_ax.plot(per_step.index, smooth, color="tab:red", label=f"moving average ({window} points)")
             loss_ax.legend(fontsize=8)
         loss_ax.set_xlabel("step")
         loss_ax.set_ylabel("train loss")
@@ -104,9 +178,8 @@ def learning_curves(history: pd.DataFrame, variants: Sequence[str], out: Path) -
             if curve.empty:
                 continue
             acc_ax.plot(curve.index, curve["mean"] * 100, marker="o", label=label)
-            acc_ax.fill_between(
-                curve.index, (curve["mean"] - curve["std"]) * 100, (curve["mean"] + curve["std"]) * 100, alpha=0.2
-            )
+            low, high = (curve["mean"] - curve["std"]).clip(lower=0), (curve["mean"] + curve["std"]).clip(upper=1)
+            acc_ax.fill_between(curve.index, low * 100, high * 100, alpha=0.2)
         if acc_ax.lines:
             acc_ax.legend(fontsize=8)
         acc_ax.set_xlabel("epoch")
