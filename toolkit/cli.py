@@ -23,6 +23,14 @@ def main(argv: list[str] | None = None) -> None:
             from toolkit.report.cli import main as report_main
 
             sys.exit(report_main(args[1:]))
+        if args and args[0] == "doctor":
+            from toolkit.doctor.cli import main as doctor_main
+
+            sys.exit(doctor_main(args[1:]))
+        if args and args[0] == "search":
+            from toolkit.search.cli import main as search_main
+
+            sys.exit(search_main(args[1:]))
         from toolkit.lightning_cli import run_cli
 
         run_cli(argv)  # None: LightningCLI reads sys.argv itself
