@@ -46,9 +46,12 @@ def open_study(spec: SearchSpec, folder: Path) -> optuna.Study:
     storage = JournalStorage(JournalFileBackend(str(folder / STUDY_FILE)))
     direction = "maximize" if higher_is_better(spec.stages[0].metric) else "minimize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        storage=storage, study_name=spec.name, direction=direction, sampler=_sampler(spec, 0), load_if_exists=True
-    )
+    try:  # load first: a refused resume must not write to the journal
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=_sampler(spec, 0))
+    except KeyError:
+        study = optuna.create_study(
+            storage=storage, study_name=spec.name, direction=direction, sampler=_sampler(spec, 0)
+        )
     fingerprint = spec.fingerprint()
     previous = study.user_attrs.get(SPEC_ATTR)
     if previous is None:
