@@ -158,3 +158,9 @@ def test_random_search_killed_and_resumed_runs_no_trial_twice_and_its_best_confi
     result = json.loads((out / "result.json").read_text())
     assert result["metrics"]["test/acc"] == pytest.approx(float(best["test/acc"]), abs=1e-6)
     assert result["metrics"]["test/f1"] == pytest.approx(float(best["test/f1"]), abs=1e-6)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "searches").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_search_specs_load(path):
+    spec = load_search(path)
+    assert spec.stages and spec.ranges

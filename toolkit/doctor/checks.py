@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,6 +126,8 @@ def with_optimizer(model: pl.LightningModule, lr: float | None, weight_decay: fl
 
 
 def _trainer(max_steps: int, callbacks: list[Callback], accelerator: str = "cpu", **kwargs: Any) -> pl.Trainer:
+    # lr_find saves and restores a checkpoint in default_root_dir: a private temporary folder, never the cwd
+    kwargs.setdefault("default_root_dir", tempfile.gettempdir())  # its file name is unique
     return pl.Trainer(
         max_steps=max_steps,
         max_epochs=-1,

@@ -19,7 +19,7 @@ from toolkit.ablation.spec import DEFAULT_PROJECT, _did_you_mean, _name, _overri
 from toolkit.errors import ToolkitError
 
 _KEYS = ("name", "base", "overrides", "ranges", "sampler", "metric", "seed", "stages", "project")
-_STAGE_KEYS = ("name", "trials", "top", "overrides", "metric", "prune")
+_STAGE_KEYS = ("name", "trials", "top", "overrides", "metric")
 _RANGE_KEYS = ("low", "high", "log", "values", "n")
 SAMPLERS = ("random", "grid")
 #: selection metrics: what every ``toolkit fit`` run logs on validation (a search that selects on test data would
@@ -57,7 +57,6 @@ class Stage:
     top: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
     metric: str = keys.VAL_ACC
-    prune: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,9 +205,6 @@ def _stages(value: Any, path: Path, metric: str, sampler: str, ranges: dict[str,
                 size *= len(r.grid())
             if trials > size:
                 raise ToolkitError(f"{where}: {trials} trials but the grid has only {size} points; lower 'trials'")
-        prune = entry.get("prune", False)
-        if not isinstance(prune, bool):
-            raise ToolkitError(f"{where}: 'prune' is true or false")
         stage_metric = _metric(entry.get("metric", metric), f"{where}: metric")
-        stages.append(Stage(stage_name, trials, top, _overrides(entry.get("overrides"), where), stage_metric, prune))
+        stages.append(Stage(stage_name, trials, top, _overrides(entry.get("overrides"), where), stage_metric))
     return stages
