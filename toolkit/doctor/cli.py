@@ -58,7 +58,10 @@ class Diagnosis:
 
 
 def build(configs: list[str], overrides: list[str]) -> tuple[pl.LightningModule, pl.LightningDataModule]:
-    """The model and data module of ``toolkit fit --config ...`` with regularisation off, seeded as the config says."""
+    """The model and data module of ``toolkit fit --config ...`` with regularisation off, seeded as the config says.
+
+    The configured accelerator is kept on the module as ``doctor_accelerator`` (the checks train on one device).
+    """
     from toolkit.lightning_cli import ToolkitCLI
 
     class _BuildOnly(ToolkitCLI):
@@ -70,6 +73,8 @@ def build(configs: list[str], overrides: list[str]) -> tuple[pl.LightningModule,
     with warnings.catch_warnings():  # LightningCLI warns when given args while sys.argv holds the doctor's
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
         cli = _BuildOnly(args=args, run=False)
+    accelerator = cli.config.trainer.accelerator
+    cli.model.doctor_accelerator = accelerator if isinstance(accelerator, str) else "auto"
     return cli.model, cli.datamodule
 
 
@@ -141,7 +146,7 @@ def main(argv: list[str]) -> int:
         Path(args.out), args.sample_batches, args.overfit_steps, args.check_steps, args.lr_find_steps
     )
     model, datamodule = build(args.config, overrides)
-    result = diagnose(model, datamodule, options)
+    result = diagnose(model, datamodule, options, model.doctor_accelerator)
     console = Console()
     if not console.is_terminal:
         console.width = 150  # a log or a pipe: one row per step rather than a narrow column
