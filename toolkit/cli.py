@@ -6,6 +6,7 @@ start fast: this module imports neither torch nor Lightning at import time; each
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import tempfile
@@ -22,6 +23,8 @@ SUBCOMMANDS = {
     "predict": "write predictions.csv for a checkpoint",
     "ablate": "run an ablation spec (variants x seeds), or show its status",
     "report": "build an ablation's table and plots from its W&B logs",
+    "doctor": "check a config before tuning: initial loss, overfit a sample, learning-rate range",
+    "search": "hyperparameter search (Optuna, coarse -> fine) whose trials are ablation runs",
     "weights": "list the backbones with offline pretrained weights (package, licence, cache)",
 }
 
@@ -41,22 +44,23 @@ def print_help() -> None:
     print("\n".join(lines))
 
 
+#: the subcommands that are not LightningCLI's, and the module whose ``main(argv) -> int`` runs each
+_COMMANDS = {
+    "ablate": "toolkit.ablation.cli",
+    "report": "toolkit.report.cli",
+    "weights": "toolkit.weights.cli",
+    "doctor": "toolkit.doctor.cli",
+    "search": "toolkit.search.cli",
+}
+
+
 def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print_help()
         sys.exit(0 if args else 2)
-    if args[0] == "ablate":
-        from toolkit.ablation.cli import main as ablate_main
-
-        sys.exit(ablate_main(args[1:]))
-    if args[0] == "weights":
-        from toolkit.weights.cli import main as weights_main
-
-        sys.exit(weights_main(args[1:]))
-    if args[0] == "report":
-        from toolkit.report.cli import main as report_main
-
-        sys.exit(report_main(args[1:]))
+    if args[0] in _COMMANDS:
+        module = importlib.import_module(_COMMANDS[args[0]])  # lazily: `report` must not import torch
+        sys.exit(module.main(args[1:]))
     from toolkit.lightning_cli import run_cli
 
     run_cli(argv)  # None: LightningCLI reads sys.argv itself

@@ -1,0 +1,89 @@
+"""``toolkit doctor`` on digits with a tiny model: a correct model passes, a x100 head fails step 1, outputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from tests.conftest import DIGITS
+from toolkit.doctor import checks
+from toolkit.doctor.cli import build, main
+from toolkit.errors import ToolkitError
+from toolkit.search.spec import load_search
+
+
+@pytest.fixture(scope="module")
+def built():
+    model, data = build([DIGITS], ["--data.image_size=16", "--data.batch_size=32"])  # 16 px: 4x cheaper
+    data.setup("fit")
+    return model, data
+
+
+def _ordered(data):
+    return torch.utils.data.DataLoader(data.splits.train, batch_size=data.batch_size, shuffle=False)
+
+
+def test_a_correct_model_passes_steps_1_and_2(built):
+    model, data = built
+    step1 = checks.initial_loss(model, _ordered(data), data.num_classes)
+    assert step1.passed, step1
+    assert step1.values["expected"] == pytest.approx(math.log(10))
+    sample = checks.small_sample(_ordered(data), batches=2)
+    step2, curve = checks.overfit(model, sample, max_steps=80)
+    assert step2.passed, step2
+    assert step2.values["epoch_acc"][-1] == 1.0 and len(curve.loss) <= 80
+    assert curve.loss[-1] < curve.loss[0]
+
+
+def test_a_head_initialised_x100_fails_step_1_with_the_diagnosis(built):
+    model, data = built
+    big = checks.with_optimizer(model, None, None)  # a copy
+    with torch.no_grad():
+        big.head[-1].weight.mul_(100)
+        big.head[-1].bias.mul_(100)
+    step = checks.initial_loss(big, _ordered(data), data.num_classes)
+    # reference: the same loss by hand on the first batches
+    images, targets = next(iter(_ordered(data)))
+    with torch.no_grad():
+        by_hand = float(torch.nn.functional.cross_entropy(big.train()(images), targets))
+    assert not step.passed
+    assert step.values["loss"] > 3 * math.log(10) and by_hand > 3 * math.log(10)
+    assert "initial logits are too large" in step.advice and "head" in step.advice
+
+
+def test_doctor_command_writes_report_curves_and_ranges_the_search_takes(tmp_path, capsys):
+    out = tmp_path / "doctor"
+    quick = ["--sample-batches", "1", "--overfit-steps", "20", "--check-steps", "6", "--lr-find-steps", "12"]
+    code = main(["--config", DIGITS, "--out", str(out), *quick, "--data.image_size=16", "--data.batch_size=32"])
+    printed = capsys.readouterr().out
+    report = json.loads((out / "doctor.json").read_text())
+    assert [s["name"].split()[0] for s in report["steps"]] == ["1", "2", "3", "6"]
+    assert code == (0 if all(s["passed"] for s in report["steps"][:3]) else 1)
+    assert "1 initial loss" in printed and "lr checks" in printed
+    assert report["suggested_lr"] in checks.CANDIDATE_LRS
+    ranges = yaml.safe_load((out / "ranges.yaml").read_text())
+    lr = ranges["model.optimizer.init_args.lr"]
+    assert lr["log"] and lr["low"] < report["suggested_lr"] < lr["high"]
+    assert sorted(p.name for p in out.glob("curve_*.png")) == sorted(
+        ["curve_overfit.png", *(f"curve_lr_{lr:g}.png" for lr in checks.CANDIDATE_LRS)]
+    )
+    # every candidate run measured its update/param ratio per param group
+    assert all(set(c["ratios"]) == {"head", "backbone"} for c in report["curves"][1:])
+    # the search takes the ranges file as is
+    spec = tmp_path / "search.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {"name": "s", "base": [DIGITS], "ranges": str(out / "ranges.yaml"), "stages": [{"name": "a", "trials": 2}]}
+        )
+    )
+    assert set(load_search(spec).ranges) == set(ranges)
+
+
+def test_doctor_refuses_a_missing_config(tmp_path):
+    with pytest.raises(ToolkitError, match=r"config 'nope\.yaml' not found"):
+        main(["--config", "nope.yaml", "--out", str(tmp_path)])
+    assert not tmp_path.joinpath("doctor.json").exists()

@@ -1,0 +1,166 @@
+"""``toolkit search``: spec validation, resume safety, and a real random search killed mid-way and resumed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import DIGITS, ROOT
+from toolkit.errors import ToolkitError
+from toolkit.search.spec import load_search
+
+LR = "model.optimizer.init_args.lr"
+WD = "model.optimizer.init_args.weight_decay"
+#: a tiny trial: 1 epoch of 3 batches at 16 px
+TINY = {
+    "trainer.max_epochs": 1,
+    "trainer.limit_train_batches": 3,
+    "trainer.limit_val_batches": 2,
+    "trainer.limit_test_batches": 2,
+    "trainer.enable_progress_bar": False,
+    "trainer.enable_model_summary": False,
+    "data.image_size": 16,
+    "model.lr_scheduler": None,
+}
+
+
+def _spec(tmp_path: Path, **changes) -> Path:
+    raw = {
+        "name": "s",
+        "base": [DIGITS],
+        "overrides": TINY,
+        "ranges": {LR: {"low": 1e-3, "high": 1e-1, "log": True}, WD: {"low": 1e-6, "high": 1e-3, "log": True}},
+        "stages": [{"name": "coarse", "trials": 8}],
+    }
+    raw.update(changes)
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"ranges": {LR: {"low": 0.1, "high": 0.01}}}, "low 0.1 must be below high 0.01"),
+        ({"ranges": {LR: {"low": 0.0, "high": 0.1, "log": True}}}, "log: true needs low > 0"),
+        ({"ranges": {LR: {"low": -1, "high": 0.1, "log": True}}}, "log: true needs low > 0"),
+        ({"stages": [{"name": "c", "trials": 2, "metric": "val/accuracy"}]}, "'val/accuracy' is not a metric the runs"),
+        ({"metric": "test/acc"}, "use one of val/acc, val/f1, val/loss"),
+        ({"stages": [{"name": "c", "top": 2}]}, "the first stage samples"),
+        ({"ranges": {LR: {"low": 1e-3, "hi": 1}}}, "unknown key 'hi'"),
+        ({"sampler": "grid"}, "a grid search needs 'n' grid points"),
+    ],
+)
+def test_bad_specs_fail_with_one_line(tmp_path, changes, message):
+    with pytest.raises(ToolkitError, match=message) as err:
+        load_search(_spec(tmp_path, **changes))
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_range_key_fails_in_the_cli_parser_before_anything_starts(tmp_path):
+    from toolkit.search.run import SearchOptions, run_search
+
+    spec = load_search(_spec(tmp_path, ranges={"model.optimizer.init_args.lrr": {"low": 1e-3, "high": 1e-1}}))
+    with pytest.raises(ToolkitError, match="lrr"):
+        run_search(spec, SearchOptions(root=tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_search_resumed_with_a_changed_spec_is_refused_and_loses_nothing(tmp_path):
+    from toolkit.search import study
+
+    folder = tmp_path / "runs" / "s"
+    first = load_search(_spec(tmp_path))
+    opened = study.open_study(first, folder)
+    study.sample_stage(opened, first, first.stages[0])
+    journal = (folder / study.STUDY_FILE).read_bytes()
+    again = study.sample_stage(study.open_study(first, folder), first, first.stages[0])
+    assert [t.params for t in again] == [t.params for t in opened.trials]  # found again, not sampled anew
+    changed = load_search(_spec(tmp_path, ranges={LR: {"low": 1e-4, "high": 1e-1, "log": True}}))
+    with pytest.raises(ToolkitError, match="was started from a different spec"):
+        study.open_study(changed, folder)
+    assert (folder / study.STUDY_FILE).read_bytes() == journal
+
+
+def test_grid_points_are_log_spaced():
+    from toolkit.search.spec import Range
+
+    assert Range(1e-4, 1e-2, log=True, n=3).grid() == [1e-4, 1e-3, 1e-2]
+    assert Range(0.0, 1.0, n=3).grid() == [0.0, 0.5, 1.0]
+
+
+def _toolkit(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("toolkit")), *args]
+
+
+@pytest.mark.slow
+def test_random_search_killed_and_resumed_runs_no_trial_twice_and_its_best_config_reproduces(tmp_path):
+    spec = _spec(tmp_path)
+    root = tmp_path / "runs"
+    folder = root / "s"
+    ledger = folder / "s.coarse" / "ledger.json"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    command = _toolkit("search", str(spec), "--root", str(root), "--workers", "2")
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 400
+    done_before: set[str] = set()
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ledger.is_file():
+            runs = json.loads(ledger.read_text())["runs"]
+            done_before = {k for k, r in runs.items() if r.get("status") == "done"}
+            if len(done_before) >= 2:
+                break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the search ended before it could be killed; the test is too slow or too fast"
+    proc.send_signal(signal.SIGKILL)  # mid-way: some trials done, others running
+    proc.wait()
+    from toolkit.search import study as studies
+
+    params_before = [t.params for t in studies.open_study(load_search(spec), folder).trials]
+    assert len(params_before) == 8
+
+    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    runs = json.loads(ledger.read_text())["runs"]
+    assert len(runs) == 8 and all(r["status"] == "done" for r in runs.values())
+    assert all(runs[k]["attempts"] == 1 for k in done_before)  # no finished trial ran twice
+    trials = studies.open_study(load_search(spec), folder).trials
+    assert [t.params for t in trials] == params_before  # no trial sampled again
+    assert all(t.state.name == "COMPLETE" for t in trials)
+
+    with open(folder / "table.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 8
+    scores = [float(r["metric_value"]) for r in table]
+    assert scores == sorted(scores, reverse=True)
+    assert sorted(p.name for p in folder.glob("scatter_*.png")) == sorted([f"scatter_{LR}.png", f"scatter_{WD}.png"])
+    best = table[0]
+    # the best config trains with `toolkit fit` to the reported score (same threads as a trial: one per worker)
+    out = tmp_path / "refit"
+    refit = subprocess.run(
+        _toolkit("fit", "--config", str(folder / "best.yaml"), "--trainer.default_root_dir", str(out)),
+        cwd=ROOT,
+        env={**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert refit.returncode == 0, refit.stderr[-2000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["metrics"]["test/acc"] == pytest.approx(float(best["test/acc"]), abs=1e-6)
+    assert result["metrics"]["test/f1"] == pytest.approx(float(best["test/f1"]), abs=1e-6)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "searches").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_search_specs_load(path):
+    spec = load_search(path)
+    assert spec.stages and spec.ranges

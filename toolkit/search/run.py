@@ -1,0 +1,150 @@
+"""Run a search stage by stage: each stage's trials become the variants of one ablation, run by the ablation runner.
+
+So every trial is an ordinary ``toolkit fit`` run with the runner's executors (local slots, Slurm), ledger
+(SIGKILL-safe, resumable, nothing trained twice), W&B grouping (group ``<search>.<stage>``, job type = trial) and
+run-health rules. Layout: ``<root>/<search>/study.journal`` (Optuna), ``<root>/<search>/<search>.<stage>/trial-NNN/
+seed<S>/`` (the runs, as an ablation's) and the outputs ``table.{md,csv}``, ``scatter_*.png``, ``best.yaml``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+
+from toolkit import keys
+from toolkit.ablation.command import DEFAULT_LAUNCHER, check_variants
+from toolkit.ablation.ledger import DONE, Ledger, ledger_path, runner_lock
+from toolkit.ablation.runner import Options, run_ablation
+from toolkit.ablation.spec import AblationSpec
+from toolkit.errors import ToolkitError
+from toolkit.report.sources import runs_from_logs
+from toolkit.report.table import higher_is_better, mark_counted
+from toolkit.search import study as studies
+from toolkit.search.spec import SearchSpec, Stage
+
+TEST_METRICS = (keys.TEST_ACC, keys.TEST_F1)
+
+
+@dataclass
+class SearchOptions:
+    """Where and how the trials run (the runner's options; see ``toolkit ablate run``)."""
+
+    root: Path = Path("runs")
+    executor: str = "local"
+    workers: int | None = None
+    devices: list[str] | None = None
+    gpus_per_run: int | None = None
+    cpus_per_run: int | None = None
+    partition: str | None = None
+    time_min: int = 60
+    #: the program each run starts (tests may inject one)
+    launcher: list[str] = field(default_factory=lambda: list(DEFAULT_LAUNCHER))
+
+
+def stage_ablation(spec: SearchSpec, stage: Stage, variants: dict[str, dict[str, Any]]) -> AblationSpec:
+    """The ablation that runs a stage: one variant per trial (name -> its parameters), the search's seed."""
+    return AblationSpec(
+        name=f"{spec.name}.{stage.name}",
+        base=spec.base,
+        overrides={**spec.overrides, **stage.overrides},
+        seeds=[spec.seed],
+        baseline=next(iter(variants)),
+        variants=variants,
+        metrics=[stage.metric, *TEST_METRICS],
+        project=spec.project,
+        path=spec.path,
+    )
+
+
+def validate(spec: SearchSpec, folder: Path, gpus: int = 0) -> None:
+    """Parse one configuration of every stage with the ``toolkit fit`` parser (a bad key fails here, before anything
+    is created); each range is probed at both of its ends."""
+    for stage in spec.stages:
+        for end in (0, -1):
+            probe = {
+                k: (r.values[end] if r.values is not None else (r.low, r.high)[end]) for k, r in spec.ranges.items()
+            }
+            ablation = stage_ablation(spec, stage, {"probe": probe})
+            try:
+                check_variants(ablation, folder, gpus)
+            except ToolkitError as err:
+                message = str(err).split(": ", 1)[-1]
+                raise ToolkitError(f"{spec.path}: stage '{stage.name}' or a range does not parse: {message}") from None
+
+
+def stage_results(ablation: AblationSpec, folder: Path, metric: str) -> dict[str, dict[str, Any]]:
+    """Per trial: ledger status, the selection metric (best over the run's W&B runs, so a resumed run keeps the
+    epochs before its interruption) and the test metrics of the run that finished."""
+    records = Ledger(ledger_path(folder, ablation.name)).read()
+    out: dict[str, dict[str, Any]] = {}
+    for run in ablation.runs():
+        status = records.get(run.id, {}).get("status", "pending")
+        out[run.variant] = {"status": status, "run_dir": str(run.directory(folder)), metric: None}
+    try:
+        logs = mark_counted(runs_from_logs(folder, ablation.name).runs)
+    except ToolkitError:
+        return out
+    best = max if higher_is_better(metric) else min
+    for variant, rows in logs.groupby("variant"):
+        if variant not in out or out[variant]["status"] != DONE or not rows["counted"].any():
+            continue  # only a finished run has a score
+        values = [v for v in rows.get(metric, pd.Series(dtype=float)) if isinstance(v, float) and math.isfinite(v)]
+        out[variant][metric] = best(values) if values else None
+        counted = rows[rows["counted"]].iloc[-1]
+        for key in TEST_METRICS:
+            value = counted.get(key)
+            out[variant][key] = float(value) if value is not None and pd.notna(value) else None
+    return out
+
+
+def run_search(spec: SearchSpec, options: SearchOptions, console: Console | None = None) -> tuple[int, list[dict]]:
+    """Run or resume every stage; returns (exit status, one row per trial with its stage, parameters and scores)."""
+    console = console or Console()
+    folder = (Path(options.root) / spec.name).absolute()
+    validate(spec, folder, 1 if options.gpus_per_run else 0)
+    rows: list[dict[str, Any]] = []
+    with runner_lock(folder):
+        study = studies.open_study(spec, folder)
+        previous: Stage | None = None
+        for stage in spec.stages:
+            if stage.trials:
+                trials = studies.sample_stage(study, spec, stage)
+            else:
+                trials = studies.promote(study, spec, stage, previous)
+            if not trials:
+                raise ToolkitError(f"stage '{stage.name}': no trial of stage '{previous.name}' finished to retrain")
+            ablation = stage_ablation(spec, stage, {studies.trial_name(t): studies.params_of(t) for t in trials})
+            console.print(f"[bold]{spec.name}[/] stage [bold]{stage.name}[/]: {len(trials)} trials")
+            code = run_ablation(ablation, _runner_options(options, folder), console)
+            results = stage_results(ablation, folder, stage.metric)
+            for trial in trials:
+                result = results[studies.trial_name(trial)]
+                studies.record(study, trial, result.get(stage.metric), result["status"])
+                rows.append({"stage": stage.name, "trial": studies.trial_name(trial), **trial.params, **result})
+            if code == 130:
+                return 130, rows
+            if any(r["status"] not in ("done", "failed") for r in results.values()):
+                return 1, rows
+            previous = stage
+    return 0, rows
+
+
+def _runner_options(options: SearchOptions, folder: Path) -> Options:
+    return Options(
+        root=folder,
+        executor=options.executor,
+        workers=options.workers,
+        devices=options.devices,
+        gpus_per_run=options.gpus_per_run,
+        cpus_per_run=options.cpus_per_run,
+        partition=options.partition,
+        time_min=options.time_min,
+        launcher=list(options.launcher),
+        validate=False,  # validate() checked every stage before the first run
+        report=False,
+    )
