@@ -55,6 +55,7 @@ def test_a_head_initialised_x100_fails_step_1_with_the_diagnosis(built):
     assert "initial logits are too large" in step.advice and "head" in step.advice
 
 
+@pytest.mark.slow  # the whole recipe: lr_find and four short lr runs
 def test_doctor_command_writes_report_curves_and_ranges_the_search_takes(tmp_path, capsys):
     out = tmp_path / "doctor"
     quick = ["--sample-batches", "1", "--overfit-steps", "20", "--check-steps", "6", "--lr-find-steps", "12"]
