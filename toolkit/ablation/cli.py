@@ -36,7 +36,15 @@ def build_parser() -> ArgumentParser:
     run.add_argument(
         "--gpus-per-run", type=int | None, default=None, help="GPUs per run, DDP above 1 (default: 1 local, 0 slurm)"
     )
-    run.add_argument("--cpus-per-run", type=int | None, default=None, help="CPU threads per run (default: split)")
+    run.add_argument(
+        "--cpus-per-run", type=int | None, default=None, help="CPU threads per run (default: 1 on CPU; GPU: split)"
+    )
+    run.add_argument(
+        "--warm",
+        action=ActionYesNo(no_prefix="no-"),
+        default=True,
+        help="local: fork each run from a parent that imported torch once (starts in <1 s); --no-warm: fresh processes",
+    )
     run.add_argument(
         "--dry-run",
         action=ActionYesNo(no_prefix="no-"),
@@ -98,5 +106,6 @@ def main(argv: list[str]) -> int:
         partition=args.partition,
         time_min=args.time_min,
         array_parallelism=args.array_parallelism,
+        warm=args.warm,
     )
     return run_ablation(spec, options, console)
