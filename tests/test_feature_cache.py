@@ -15,7 +15,7 @@ from conftest import fit
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
 from toolkit.errors import ToolkitError
-from toolkit.features import CACHE_ENV, blockers, decide
+from toolkit.features import CACHE_ENV, CachedSplit, blockers, decide
 
 PROBE = ["--model.freeze_backbone", "true", "--data.augment", "none", "--model.drop_rate", "0.0"]
 
@@ -45,6 +45,10 @@ def test_cached_probe_gives_the_uncached_predictions(tmp_path: Path, cache: Path
         cli = fit(tmp_path / mode, *extra, "--trainer.limit_train_batches", "5")
         runs[mode] = cli
     assert runs["on"].model._use_feature_cache and not runs["off"].model._use_feature_cache
+    # the loaders Lightning trained and validated with served features (the backbone did not run per epoch)
+    assert isinstance(runs["on"].trainer.train_dataloader.dataset, CachedSplit)
+    assert isinstance(runs["on"].trainer.val_dataloaders.dataset, CachedSplit)
+    assert not isinstance(runs["off"].trainer.train_dataloader.dataset, CachedSplit)
     assert len(list(cache.glob("*.pt"))) == 2  # train and val, computed once
     with torch.no_grad():
         logits = {mode: cli.model.eval()(first_test_images(cli)) for mode, cli in runs.items()}

@@ -128,6 +128,9 @@ class ImageClassifier(pl.LightningModule):
             self.freezer.prepare(distributed=self.trainer.world_size > 1)
             reasons = features.blockers(self, self.trainer.datamodule, self.trainer.world_size)
             self._use_feature_cache = features.decide(self.hparams.feature_cache, reasons)
+            if self._use_feature_cache:  # here: Lightning builds the train loader before on_fit_start
+                notes = features.attach(self, self.trainer.datamodule, self.trainer.strategy.root_device)
+                rank_zero_info(f"feature cache ({features.cache_dir()}): " + ", ".join(notes))
 
     def on_train_epoch_start(self) -> None:
         if self.freezer.maybe_unfreeze(self.current_epoch):
@@ -140,9 +143,6 @@ class ImageClassifier(pl.LightningModule):
 
     def on_fit_start(self) -> None:
         self._log_setup()
-        if self._use_feature_cache:
-            notes = features.attach(self, self.trainer.datamodule)
-            rank_zero_info(f"feature cache ({features.cache_dir()}): " + ", ".join(notes))
         if self.logger is not None:
             self.logger.log_hyperparams({"feature_cache_used": self._use_feature_cache})
 

@@ -143,11 +143,13 @@ def cache_key(model: ImageClassifier, samples: Any, precision: str, device: torc
 
 
 @torch.inference_mode()
-def extract(model: ImageClassifier, samples: Dataset, batch_size: int, num_workers: int) -> torch.Tensor:
-    """The backbone's features of ``samples`` in order (eval mode, batched, the run's device and precision)."""
+def extract(
+    model: ImageClassifier, samples: Dataset, batch_size: int, num_workers: int, device: torch.device
+) -> torch.Tensor:
+    """The backbone's features of ``samples`` in order (eval mode, batched, on ``device``, the run's precision)."""
     trainer = model.trainer
     was_training = model.backbone.training
-    model.backbone.eval()
+    model.backbone.to(device).eval()  # the strategy moves the whole model to this device right after setup
     chunks = []
     # its own generator: iterating a loader draws a seed, and a draw from the global RNG here would shift the
     # shuffling of every later epoch (a cache hit, or the uncached path, draws nothing)
@@ -156,7 +158,7 @@ def extract(model: ImageClassifier, samples: Dataset, batch_size: int, num_worke
     )
     try:
         for images, _ in loader:
-            images = trainer.precision_plugin.convert_input(images.to(model.device, non_blocking=True))
+            images = trainer.precision_plugin.convert_input(images.to(device, non_blocking=True))
             with trainer.precision_plugin.forward_context():
                 chunks.append(model.backbone_features(images).float().cpu())
     finally:
@@ -177,31 +179,36 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def load_or_extract(
-    model: ImageClassifier, samples: Any, batch_size: int, num_workers: int
+    model: ImageClassifier, samples: Any, batch_size: int, num_workers: int, device: torch.device
 ) -> tuple[torch.Tensor, bool]:
     """The split's features from the disk cache, computing and storing them (atomically) on a miss.
 
     Returns:
         the features, and whether they came from the cache.
     """
-    key = cache_key(model, samples, str(model.trainer.precision), model.device)
+    key = cache_key(model, samples, str(model.trainer.precision), device)
     path = cache_dir() / f"{key}.pt"
     with _locked(path):
         if path.is_file():
             return torch.load(path, map_location="cpu", weights_only=True), True
-        features = extract(model, samples, batch_size, num_workers).clone()  # a normal tensor, not an inference one
+        features = extract(
+            model, samples, batch_size, num_workers, device
+        ).clone()  # a normal tensor, not an inference one
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         torch.save(features, tmp)
         os.replace(tmp, path)
     return features, False
 
 
-def attach(model: ImageClassifier, datamodule: ImageDataModule) -> list[str]:
-    """Serve cached train and val features through ``datamodule``; returns one note per split for the log."""
+def attach(model: ImageClassifier, datamodule: ImageDataModule, device: torch.device) -> list[str]:
+    """Serve cached train and val features through ``datamodule``; returns one note per split for the log.
+
+    Called from the model's ``setup("fit")``: after the data module's setup, before any loader is built.
+    """
     notes = []
     for name in ("train", "val"):
         samples = getattr(datamodule.splits, name)
-        features, hit = load_or_extract(model, samples, datamodule.batch_size, datamodule.num_workers)
+        features, hit = load_or_extract(model, samples, datamodule.batch_size, datamodule.num_workers, device)
         labels = torch.as_tensor(samples.labels)
         datamodule.feature_splits[name] = CachedSplit(samples, features, labels)
         notes.append(f"{name} {tuple(features.shape)} {'from the cache' if hit else 'computed'}")

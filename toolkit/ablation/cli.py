@@ -92,6 +92,10 @@ def main(argv: list[str]) -> int:
         ledger = Ledger(ledger_path(args.root, spec.name))
         console.print(build_table(spec, ledger.read(), args.root))
         return 0
+    if args.executor == "local" and args.warm and not args.dry_run:
+        from toolkit.ablation.local import prestart_warm_parent
+
+        prestart_warm_parent()  # its imports run while this process validates the variants
     from toolkit.ablation.runner import Options, run_ablation
 
     options = Options(

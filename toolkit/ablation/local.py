@@ -126,6 +126,16 @@ def fork_unsafe_reason(slots: list[Slot]) -> str | None:
 
 
 Process = subprocess.Popen[bytes] | WarmProcess
+_prestarted: list[WarmPool] = []
+
+
+def prestart_warm_parent() -> None:
+    """Start the warm parent now, so its imports overlap with the runner's own work (validating the variants).
+
+    The next :class:`LocalExecutor` with ``warm=True`` uses it; a runner that stops before that ends it by exiting.
+    """
+    if not _prestarted and fork_unsafe_reason([]) is None:
+        _prestarted.append(WarmPool(preexec_fn=_die_with_parent(os.getpid())))
 
 
 class LocalExecutor:
@@ -171,8 +181,7 @@ class LocalExecutor:
         active: dict[int, tuple[Job, Slot, Process]] = {}
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         if self.warm and any(job.args is not None for job in jobs):
-            # started first: its imports overlap with the runner's own set-up
-            self.pool = WarmPool(preexec_fn=_die_with_parent(os.getpid()))
+            self.pool = _prestarted.pop() if _prestarted else WarmPool(preexec_fn=_die_with_parent(os.getpid()))
         try:
             while queue or active:
                 while queue and free:
