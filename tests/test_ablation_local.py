@@ -94,15 +94,14 @@ def test_gpu_slots_give_each_run_its_own_devices_and_ddp(tmp_path: Path) -> None
     assert all(a["env"]["CUDA_VISIBLE_DEVICES"] != b["env"]["CUDA_VISIBLE_DEVICES"] for a, b in pairs)
 
 
-def test_cpu_workers_split_the_threads_and_run_side_by_side(tmp_path: Path) -> None:
+def test_cpu_workers_get_a_fixed_thread_count_and_run_side_by_side(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, {"full": {}}, [0, 1, 2, 3])
     code, out = run(spec, tmp_path / "runs", tmp_path, terminal=True, devices=[], workers=2)
     assert code == 0
     table = out[out.rindex("ablation standin") :]  # the live view's last frame
     assert table.count("│ done") == 4 and "4 done" in table
     got = received(tmp_path / "runs")
-    threads = str(max(1, len(os.sched_getaffinity(0)) // 2))
-    assert [g["env"]["OMP_NUM_THREADS"] for g in got] == [threads] * 4
+    assert [g["env"]["OMP_NUM_THREADS"] for g in got] == ["1"] * 4  # not the CPUs split by --workers
     assert all(g["env"]["CUDA_VISIBLE_DEVICES"] == "" and "--trainer.devices" not in g["argv"] for g in got)
     most = max(sum(overlapping(a, b) for b in got) for a in got)  # counts itself
     assert most == 2
@@ -141,7 +140,10 @@ def test_slots_that_do_not_fit_are_refused() -> None:
     with pytest.raises(ToolkitError, match="--workers 0"):
         make_slots(workers=0, devices=[])
     assert [s.gpus for s in make_slots(workers=1, devices=["0", "1", "2", "3"], gpus_per_run=2)] == [("0", "1")]
-    assert [s.threads for s in make_slots(workers=3, devices=[], cpu_count=8)] == [2, 2, 2]
+    assert [s.threads for s in make_slots(workers=3, devices=[], cpu_count=8)] == [1, 1, 1]
+    assert [s.threads for s in make_slots(workers=3, devices=[], cpus_per_run=2, cpu_count=8)] == [2, 2, 2]
+    with pytest.raises(ToolkitError, match="--cpus-per-run 0"):
+        make_slots(workers=1, devices=[], cpus_per_run=0)
 
 
 def _group(pgid: int) -> dict[int, str]:

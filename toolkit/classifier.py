@@ -12,10 +12,11 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from typing_extensions import override
 
-from toolkit import keys
+from toolkit import features, keys
 from toolkit.backbone import create_backbone
 from toolkit.components import BatchNormLevel, apply_switches, check_liveness, init_adjustments
 from toolkit.errors import ToolkitError
+from toolkit.features import FeatureCacheMode
 from toolkit.freezing import BackboneFreezer
 from toolkit.heads import HeadInit, create_head
 from toolkit.schedules import TOTAL_STEPS_HINT, WarmupSchedule
@@ -46,6 +47,11 @@ class ImageClassifier(pl.LightningModule):
         lr_scheduler: lr scheduler factory; None for a constant lr.
         scheduler_interval: step the scheduler every ``step`` or ``epoch``; None = ``step`` for WarmupSchedule,
             else ``epoch``.
+        feature_cache: train a frozen backbone's head on features computed once (:mod:`toolkit.features`):
+            ``auto`` when valid (frozen backbone, ``data.augment: none``, no mixup, one process), ``on`` (an error
+            when invalid), ``off``.
+        channels_last: backbone weights and inputs in channels-last memory format (faster convs on GPUs/CPUs).
+        compile: ``torch.compile`` the backbone (in place: checkpoints keep their keys).
     """
 
     def __init__(
@@ -69,6 +75,9 @@ class ImageClassifier(pl.LightningModule):
         optimizer: OptimizerCallable = torch.optim.AdamW,
         lr_scheduler: LRSchedulerCallable | None = WarmupSchedule,
         scheduler_interval: Literal["step", "epoch"] | None = None,
+        feature_cache: FeatureCacheMode = "auto",
+        channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if unfreeze_at_epoch is not None and not freeze_backbone:
@@ -93,6 +102,11 @@ class ImageClassifier(pl.LightningModule):
         check_liveness(self.backbone, self.changes)  # a dead network is refused before anything trains
         self.adjusted: list[str] = init_adjustments(zero_init_last)
         self.head = create_head(self.backbone.num_features, num_classes, drop_rate, head_init)
+        self.channels_last, self._use_feature_cache = channels_last, False
+        if channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        if compile:
+            self.backbone.compile()  # nn.Module.compile: in place, so the state dict keeps its keys
         self.freezer = BackboneFreezer(self.backbone, freeze_backbone, unfreeze_at_epoch)
         self.metrics = torch.nn.ModuleDict(
             {
@@ -115,6 +129,11 @@ class ImageClassifier(pl.LightningModule):
             raise ToolkitError("lesion_blocks is a test-time lesion; use it with `toolkit test`, not `toolkit fit`")
         if stage == "fit":
             self.freezer.prepare(distributed=self.trainer.world_size > 1)
+            reasons = features.blockers(self, self.trainer.datamodule, self.trainer.world_size)
+            self._use_feature_cache = features.decide(self.hparams.feature_cache, reasons)
+            if self._use_feature_cache:  # here: Lightning builds the train loader before on_fit_start
+                notes = features.attach(self, self.trainer.datamodule, self.trainer.strategy.root_device)
+                rank_zero_info(f"feature cache ({features.cache_dir()}): " + ", ".join(notes))
 
     @override
     def on_train_start(self) -> None:
@@ -126,12 +145,16 @@ class ImageClassifier(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         if self.freezer.maybe_unfreeze(self.current_epoch):
             rank_zero_info(f"epoch {self.current_epoch}: backbone unfrozen, fine-tuning (LP->FT)")
+        if self._use_feature_cache:  # cached features are valid only while the backbone stays frozen
+            features.set_active(self.trainer.datamodule, self.freezer.frozen)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.freezer.drop_gated_grads()
 
     def on_fit_start(self) -> None:
         self._log_setup()
+        if self.logger is not None:
+            self.logger.log_hyperparams({"feature_cache_used": self._use_feature_cache})
 
     def on_test_start(self) -> None:
         self._log_setup()
@@ -158,7 +181,17 @@ class ImageClassifier(pl.LightningModule):
 
     # -- steps -------------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images))
+        return self.head(self.backbone_features(images))
+
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooled features of a batch of images."""
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.backbone(images)
+
+    def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        # a 2-D batch is cached backbone features (toolkit.features), a 4-D batch is images
+        return self.head(inputs) if inputs.ndim == 2 else self(inputs)
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         # soft targets (mixup/cutmix) are class probabilities; cross_entropy takes both forms
@@ -166,7 +199,7 @@ class ImageClassifier(pl.LightningModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
-        logits = self(images)
+        logits = self._logits(images)
         loss = self._loss(logits, targets)
         hard = targets.argmax(-1) if targets.ndim == 2 else targets
         self.metrics["train_acc"](logits, hard)
@@ -176,7 +209,7 @@ class ImageClassifier(pl.LightningModule):
 
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, targets = batch
-        logits = self(images)
+        logits = self._logits(images)
         loss = self._loss(logits, targets)
         acc, f1 = self.metrics[f"{stage}_acc"], self.metrics[f"{stage}_f1"]
         acc(logits, targets)

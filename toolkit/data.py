@@ -8,7 +8,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from timm.data import Mixup
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from toolkit.datasets import (
     ImageSamples,
@@ -104,6 +104,8 @@ class ImageDataModule(pl.LightningDataModule):
         self._splits: Splits | None = None
         self.data_config: DataConfig = resolve_backbone_data_config(backbone, image_size)
         self._mixup: Mixup | None = None
+        #: split name -> cached backbone features standing in for its images (set by toolkit.features)
+        self.feature_splits: dict[str, Dataset] = {}
         self._ready = False
         self.splits  # noqa: B018 - load now: a bad source fails before any model is built
 
@@ -173,9 +175,10 @@ class ImageDataModule(pl.LightningDataModule):
                 num_classes=self.num_classes,
             )
 
-    def _loader(self, samples: ImageSamples, train: bool) -> DataLoader:
+    def _loader(self, samples: Dataset, train: bool) -> DataLoader:
         return DataLoader(
             samples,
+            collate_fn=getattr(samples, "collate_fn", None),  # cached features come in whole batches
             batch_size=self.batch_size,
             shuffle=train,
             drop_last=train and self._mixup is not None,  # timm's Mixup needs even batches
@@ -185,10 +188,10 @@ class ImageDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.splits.train, train=True)
+        return self._loader(self.feature_splits.get("train", self.splits.train), train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.splits.val, train=False)
+        return self._loader(self.feature_splits.get("val", self.splits.val), train=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.splits.test, train=False)

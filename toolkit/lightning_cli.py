@@ -50,6 +50,7 @@ class LoggedConfig(SaveConfigCallback):
 
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
+        config["cpu_threads"] = torch.get_num_threads()  # float reduction order depends on it: part of the result
         if self.resumed_from:
             config["resumed_from"] = self.resumed_from
         for logger in trainer.loggers:

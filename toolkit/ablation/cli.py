@@ -36,7 +36,15 @@ def build_parser() -> ArgumentParser:
     run.add_argument(
         "--gpus-per-run", type=int | None, default=None, help="GPUs per run, DDP above 1 (default: 1 local, 0 slurm)"
     )
-    run.add_argument("--cpus-per-run", type=int | None, default=None, help="CPU threads per run (default: split)")
+    run.add_argument(
+        "--cpus-per-run", type=int | None, default=None, help="CPU threads per run (default: 1 on CPU; GPU: split)"
+    )
+    run.add_argument(
+        "--warm",
+        action=ActionYesNo(no_prefix="no-"),
+        default=True,
+        help="local: fork each run from a parent that imported torch once (starts in <1 s); --no-warm: fresh processes",
+    )
     run.add_argument(
         "--dry-run",
         action=ActionYesNo(no_prefix="no-"),
@@ -84,6 +92,10 @@ def main(argv: list[str]) -> int:
         ledger = Ledger(ledger_path(args.root, spec.name))
         console.print(build_table(spec, ledger.read(), args.root, width=console.width))
         return 0
+    if args.executor == "local" and args.warm and not args.dry_run:
+        from toolkit.ablation.local import prestart_warm_parent
+
+        prestart_warm_parent()  # its imports run while this process validates the variants
     from toolkit.ablation.runner import Options, run_ablation
 
     options = Options(
@@ -98,5 +110,6 @@ def main(argv: list[str]) -> int:
         partition=args.partition,
         time_min=args.time_min,
         array_parallelism=args.array_parallelism,
+        warm=args.warm,
     )
     return run_ablation(spec, options, console)

@@ -1,11 +1,14 @@
 """Run ablation runs as subprocesses on the device slots of this machine, a few at a time.
 
-A slot is a set of GPUs (``CUDA_VISIBLE_DEVICES``) or, on a machine without GPUs, a share of the CPU threads
-(``OMP_NUM_THREADS``/``MKL_NUM_THREADS``). One loop in the main thread starts runs on free slots and polls them;
-no threads, so ``preexec_fn`` is safe. Each run gets its own session (process group) and the kernel kills it when
-the runner dies (``PR_SET_PDEATHSIG``), so a runner killed with SIGKILL leaves no orphan training on; a restarted
-runner also kills any leftover process of an interrupted run (matched by process group and run folder) before
-resuming it.
+A slot is a set of GPUs (``CUDA_VISIBLE_DEVICES``) and a fixed number of CPU threads (``OMP_NUM_THREADS``/
+``MKL_NUM_THREADS``, applied with ``torch.set_num_threads``). On CPU the thread count is 1 per run unless
+``--cpus-per-run`` says otherwise, never derived from ``--workers``: the thread count changes the order of float
+reductions, so a seed's numbers would depend on how many runs share the machine. Runs start as children of a warm
+parent (:mod:`toolkit.ablation.warm`) when fork is safe, else as fresh processes. One loop in the main thread
+starts runs on free slots and polls them; no threads, so ``preexec_fn`` is safe. Each run gets its own session
+(process group) and the kernel kills it when the runner dies (``PR_SET_PDEATHSIG``), so a runner killed with
+SIGKILL leaves no orphan training on; a restarted runner also kills any leftover process of an interrupted run
+(matched by process group and run folder) before resuming it.
 """
 
 from __future__ import annotations
@@ -15,11 +18,13 @@ import ctypes
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from toolkit.ablation.warm import WarmPool, WarmProcess
 from toolkit.errors import ToolkitError
 
 _PR_SET_PDEATHSIG = 1
@@ -63,7 +68,8 @@ def make_slots(
             default 1.
         devices: GPU ids, or an empty list for CPU only; None means every visible GPU.
         gpus_per_run: GPUs per run (DDP inside the run when more than one).
-        cpus_per_run: CPU threads per run; default: the CPUs split evenly between the workers.
+        cpus_per_run: CPU threads per run; default on CPU 1 (fixed, so results do not depend on ``workers``), on
+            GPUs the CPUs split evenly between the workers (they only feed the GPU).
         cpu_count: CPUs available (default: this process's CPU affinity).
     """
     cpu_count = cpu_count or len(os.sched_getaffinity(0))
@@ -77,20 +83,25 @@ def make_slots(
         count = min(count, workers) if workers else count
         threads = cpus_per_run or max(1, cpu_count // count)
         return [Slot(i, tuple(gpus[i * gpus_per_run : (i + 1) * gpus_per_run]), threads) for i in range(count)]
-    count = workers or 1
-    threads = cpus_per_run or max(1, cpu_count // count)
-    return [Slot(i, (), threads) for i in range(count)]
+    if cpus_per_run is not None and cpus_per_run < 1:
+        raise ToolkitError(f"--cpus-per-run {cpus_per_run}: give at least 1")
+    return [Slot(i, (), cpus_per_run or 1) for i in range(workers or 1)]
 
 
 @dataclass
 class Job:
-    """One run ready to start: what to execute, where to log, and how to report back."""
+    """One run ready to start: what to execute, where to log, and how to report back.
+
+    ``args`` (the arguments after ``toolkit``) lets a warm parent fork the run instead of executing ``argv``; None
+    runs ``argv`` as a fresh process.
+    """
 
     key: str
     argv: list[str]
     log: Path
     env: dict[str, str] = field(default_factory=dict)
     header: str = ""
+    args: list[str] | None = None
 
 
 def _die_with_parent(parent: int) -> Callable[[], None]:
@@ -105,17 +116,51 @@ def _die_with_parent(parent: int) -> Callable[[], None]:
     return preexec
 
 
+def fork_unsafe_reason(slots: list[Slot]) -> str | None:
+    """Why runs cannot be forked from a warm parent here (None: they can)."""
+    if not sys.platform.startswith("linux"):
+        return f"fork-based warm workers need Linux (this is {sys.platform})"
+    if any(len(slot.gpus) > 1 for slot in slots):
+        return "DDP runs relaunch their own command line per GPU"
+    return None
+
+
+Process = subprocess.Popen[bytes] | WarmProcess
+_prestarted: list[WarmPool] = []
+
+
+def prestart_warm_parent() -> None:
+    """Start the warm parent now, so its imports overlap with the runner's own work (validating the variants).
+
+    The next :class:`LocalExecutor` with ``warm=True`` uses it; a runner that stops before that ends it by exiting.
+    """
+    if not _prestarted and fork_unsafe_reason([]) is None:
+        _prestarted.append(WarmPool(preexec_fn=_die_with_parent(os.getpid())))
+
+
 class LocalExecutor:
     """Start jobs on free slots and wait for them, calling back on every start and finish.
 
     Args:
         slots: from :func:`make_slots`.
         poll_s: seconds between polls of the running processes.
+        warm: fork jobs that have ``args`` from a warm parent (see :mod:`toolkit.ablation.warm`); when the parent
+            cannot start or fork, the jobs start as fresh processes and ``on_note`` says so.
+        on_note: receives one line about how runs are started.
     """
 
-    def __init__(self, slots: list[Slot], poll_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        slots: list[Slot],
+        poll_s: float = 0.5,
+        warm: bool = False,
+        on_note: Callable[[str], None] = lambda line: None,
+    ) -> None:
         self.slots = slots
         self.poll_s = poll_s
+        self.warm = warm
+        self.on_note = on_note
+        self.pool: WarmPool | None = None
 
     def run(
         self,
@@ -133,8 +178,10 @@ class LocalExecutor:
         """
         queue = list(jobs)
         free = list(self.slots)
-        active: dict[int, tuple[Job, Slot, subprocess.Popen[bytes]]] = {}
+        active: dict[int, tuple[Job, Slot, Process]] = {}
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        if self.warm and any(job.args is not None for job in jobs):
+            self.pool = _prestarted.pop() if _prestarted else WarmPool(preexec_fn=_die_with_parent(os.getpid()))
         try:
             while queue or active:
                 while queue and free:
@@ -159,13 +206,26 @@ class LocalExecutor:
             raise
         finally:
             signal.signal(signal.SIGTERM, previous)
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
 
-    def _start(self, job: Job, slot: Slot) -> subprocess.Popen[bytes]:
+    def _start(self, job: Job, slot: Slot) -> Process:
         job.log.parent.mkdir(parents=True, exist_ok=True)
         with open(job.log, "ab") as log:
             env_line = " ".join(f"{k}={v}" for k, v in slot.env().items())
-            log.write(f"{job.header}# slot {slot.index}: {env_line}\n".encode())
+            how = "forked from the warm parent" if self.pool is not None and job.args is not None else "fresh process"
+            log.write(f"{job.header}# slot {slot.index}: {env_line} ({how})\n".encode())
             log.flush()
+            if self.pool is not None and job.args is not None:
+                try:
+                    return self.pool.start(job.args, {**slot.env(), **job.env}, job.log)
+                except OSError as err:
+                    self.on_note(f"warm workers off ({err}): runs start as fresh processes")
+                    log.write(f"# {err}: starting a fresh process instead\n".encode())
+                    log.flush()
+                    self.pool.close()
+                    self.pool = None
             return subprocess.Popen(
                 job.argv,
                 stdin=subprocess.DEVNULL,
@@ -181,7 +241,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 20.0) -> None:
+def _stop_all(procs: list[Process], grace_s: float = 20.0) -> None:
     """SIGTERM every run's process group at once (Lightning exits cleanly), wait together, then SIGKILL the rest."""
     for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
         alive = [proc for proc in procs if proc.poll() is None]
@@ -197,8 +257,9 @@ def _stop_all(procs: list[subprocess.Popen[bytes]], grace_s: float = 20.0) -> No
 def kill_leftovers(pgid: int, run_dir: Path) -> int:
     """SIGKILL the processes of an interrupted run that outlived their runner; returns how many were killed.
 
-    Only processes in the run's process group whose command line names the run folder are touched, so a recycled
-    process id never hits an unrelated process.
+    Only processes in the run's process group whose command line names the run folder, or whose stdout is a file in
+    it (a run forked from a warm parent keeps that parent's command line), are touched, so a recycled process id
+    never hits an unrelated process.
     """
     killed = 0
     for entry in Path("/proc").iterdir():
@@ -210,10 +271,17 @@ def kill_leftovers(pgid: int, run_dir: Path) -> int:
         except OSError:
             continue
         fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and str(run_dir) in cmdline:
+        if len(fields) > 2 and int(fields[2]) == pgid and (str(run_dir) in cmdline or _writes_into(entry, run_dir)):
             try:
                 os.kill(int(entry.name), signal.SIGKILL)
                 killed += 1
             except ProcessLookupError:
                 pass
     return killed
+
+
+def _writes_into(proc: Path, run_dir: Path) -> bool:
+    try:
+        return Path(os.readlink(proc / "fd" / "1")).is_relative_to(run_dir)
+    except OSError:
+        return False

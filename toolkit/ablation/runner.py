@@ -28,7 +28,7 @@ from toolkit.ablation.command import (
     shell_command,
 )
 from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger, ledger_path, runner_lock
-from toolkit.ablation.local import Job, LocalExecutor, Slot, kill_leftovers, make_slots
+from toolkit.ablation.local import Job, LocalExecutor, Slot, fork_unsafe_reason, kill_leftovers, make_slots
 from toolkit.ablation.progress import LiveView
 from toolkit.ablation.spec import AblationSpec, Run
 from toolkit.errors import ToolkitError
@@ -54,6 +54,8 @@ class Options:
     launcher: list[str] = field(default_factory=lambda: list(DEFAULT_LAUNCHER))
     validate: bool = True
     report: bool = True
+    #: local: fork runs from a parent that imported torch/Lightning/timm/wandb once (see toolkit.ablation.warm)
+    warm: bool = True
 
 
 def run_ablation(spec: AblationSpec, options: Options, console: Console | None = None) -> int:
@@ -166,11 +168,18 @@ def _run_local(
     view: LiveView,
 ) -> None:
     by_id = {run.id: run for run in todo}
+    # a warm parent can only stand in for the real `toolkit` entry point (tests inject other launchers)
+    reason = None if options.launcher == DEFAULT_LAUNCHER else "a custom launcher"
+    reason = reason or fork_unsafe_reason(slots)
+    warm = options.warm and reason is None
+    if options.warm and reason and todo:
+        view.console.print(f"warm workers off ({reason}): runs start as fresh processes", soft_wrap=True)
     jobs = []
     for run in todo:
         argv = _command(spec, run, root, options, gpus)
+        args = argv[len(options.launcher) :] if warm else None
         # unbuffered: run.log is live and keeps the last lines even when the run is killed
-        jobs.append(Job(run.id, argv, run.directory(root) / "run.log", env={"PYTHONUNBUFFERED": "1"}))
+        jobs.append(Job(run.id, argv, run.directory(root) / "run.log", env={"PYTHONUNBUFFERED": "1"}, args=args))
 
     def prepare(job: Job, slot: Slot) -> None:
         run = by_id[job.key]
@@ -187,7 +196,10 @@ def _run_local(
         record = attempt.finish(ledger, by_id[job.key], root, code, interrupted)
         view.event(by_id[job.key], record["status"], f"exit {code}")
 
-    LocalExecutor(slots).run(jobs, prepare, on_start, on_exit, view.tick)
+    def note(line: str) -> None:
+        view.console.print(line, soft_wrap=True)
+
+    LocalExecutor(slots, warm=warm, on_note=note).run(jobs, prepare, on_start, on_exit, view.tick)
 
 
 def _print_plan(

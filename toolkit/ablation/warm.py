@@ -1,0 +1,258 @@
+"""Warm run workers: one parent imports torch, Lightning, timm and wandb once and forks one child per run.
+
+Starting ``python -m toolkit fit`` costs ~8 s on a 2-core machine (imports ~4.6 s, interpreter teardown ~1.5 s);
+a child forked from a parent that already holds those modules starts in a few milliseconds. Each run is still its
+own process: its own session (process group), ``PR_SET_PDEATHSIG`` (it dies with its parent, which dies with the
+runner), its environment and CPU thread count, stdout/stderr into its ``run.log``, and the kernel frees its memory.
+The child runs exactly what ``python -m toolkit fit ...`` runs (:func:`toolkit.cli.main`) and exits with the same
+status: 2 for a :class:`~toolkit.errors.ToolkitError`, 143 for SIGTERM, 1 for a crash.
+
+Fork safety, from prototyping (issue 11): the parent never runs a tensor op (a child of a parent whose OpenMP pool
+exists hangs at its first 2-thread op) and never touches CUDA (checked before each fork; the runner falls back to
+fresh processes then); ``OMP_NUM_THREADS`` set after ``import torch`` has no effect, so the child calls
+``torch.set_num_threads``; ``os._exit`` skips atexit, so the child ends its W&B run itself (``run_cli`` tears W&B
+down) and flushes its streams. Plain ``os.fork`` instead of a multiprocessing forkserver, which on Python 3.11
+ignores the parent's ``sys.path`` and swallows preload ImportErrors.
+
+Protocol (JSON lines): the runner writes ``{"args", "env", "log", "cwd"}`` to the parent's stdin; the parent
+answers ``{"pid": N}`` (or ``{"error": why}``) and later ``{"exit": N, "code": C}`` with Popen's convention for
+the code (negative: killed by that signal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+#: seconds the runner waits for the parent's imports
+READY_TIMEOUT_S = 300.0
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _emit(message: dict[str, Any]) -> None:
+    sys.__stdout__.write(json.dumps(message) + "\n")
+    sys.__stdout__.flush()
+
+
+def _exit_code(error: SystemExit) -> int:
+    code = error.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # what the interpreter does with sys.exit("message")
+    return 1
+
+
+def _child(request: dict[str, Any], parent: int) -> None:
+    """Become the run: own session, die with the parent, the run's streams, env and threads; never returns."""
+    code = 1
+    try:
+        os.setsid()
+        _die_with_parent()
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(137)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Lightning installs its own handler, as in a fresh process
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(null)
+        os.chdir(request["cwd"])
+        os.environ.update(request["env"])
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        sys.argv = ["toolkit", *request["args"]]
+        from toolkit.cli import main
+
+        try:
+            main(list(request["args"]))
+            code = 0
+        except SystemExit as error:
+            code = _exit_code(error)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> None:
+    """The parent: import the heavy modules, then fork a child per request until stdin closes.
+
+    The runner starts it with ``PR_SET_PDEATHSIG``: the runner's death ends this parent, whose death ends its children.
+    """
+    import lightning  # noqa: F401
+    import timm  # noqa: F401
+    import torch
+    import wandb  # noqa: F401
+
+    import toolkit.cli
+    import toolkit.lightning_cli  # noqa: F401
+
+    gc.freeze()  # the imported objects stay out of every collection, in the parent and in each child
+    parent = os.getpid()
+    _emit({"ready": parent})
+    stdin = sys.stdin.buffer
+    while True:
+        readable, _, _ = select.select([stdin], [], [], 0.05)
+        _reap()
+        if not readable:
+            continue
+        line = stdin.readline()
+        if not line:
+            return  # the runner is done (or gone): children it still had die with us
+        request = json.loads(line)
+        if torch.cuda.is_initialized():
+            _emit({"error": "CUDA was initialised in the warm parent; forking it is unsafe"})
+            continue
+        pid = os.fork()
+        if pid == 0:
+            _child(request, parent)
+        _emit({"pid": pid})
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _emit({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+
+
+class WarmProcess:
+    """A run forked by the warm parent, with the part of :class:`subprocess.Popen` the executor uses."""
+
+    def __init__(self, pool: WarmPool, pid: int) -> None:
+        self.pool = pool
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        self.pool.read(0.0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
+            self.pool.read(0.05 if left is None else min(0.05, left))
+        assert self.returncode is not None
+        return self.returncode
+
+
+class WarmPool:
+    """The runner's side: starts the warm parent and asks it for runs.
+
+    Raises ``OSError`` when the parent cannot start or dies; the executor then uses fresh processes.
+    """
+
+    def __init__(self, preexec_fn: Callable[[], None] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", "-m", "toolkit.ablation.warm"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            preexec_fn=preexec_fn,
+        )
+        self.buffer = b""
+        self.messages: list[dict[str, Any]] = []
+        self.procs: dict[int, WarmProcess] = {}
+        self.ready = False
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise OSError(f"the warm worker parent did not start (exit {self.proc.poll()})")
+            self.read(0.1)
+
+    def start(self, args: list[str], env: dict[str, str], log: Path) -> WarmProcess:
+        """Fork one run: ``toolkit <args>`` with ``env`` added, output appended to ``log``."""
+        self.wait_ready()
+        request = {"args": args, "env": env, "log": str(log), "cwd": os.getcwd()}
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+        while True:
+            for message in list(self.messages):
+                if "pid" in message or "error" in message:
+                    self.messages.remove(message)
+                    if "error" in message:
+                        raise OSError(message["error"])
+                    proc = WarmProcess(self, message["pid"])
+                    self.procs[proc.pid] = proc
+                    return proc
+            if self.proc.poll() is not None:
+                raise OSError(f"the warm worker parent died (exit {self.proc.returncode})")
+            self.read(0.05)
+
+    def read(self, timeout: float) -> None:
+        """Take in what the parent said within ``timeout`` seconds; exits go straight to their process."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        while select.select([fd], [], [], timeout)[0]:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self._parent_gone()
+                break
+            self.buffer += chunk
+            timeout = 0.0
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            message = json.loads(line)
+            if "ready" in message:
+                self.ready = True
+            elif "exit" in message and message["exit"] in self.procs:
+                self.procs.pop(message["exit"]).returncode = message["code"]
+            else:
+                self.messages.append(message)
+
+    def _parent_gone(self) -> None:
+        # its children got SIGKILL through PR_SET_PDEATHSIG
+        for proc in self.procs.values():
+            proc.returncode = -signal.SIGKILL
+        self.procs.clear()
+
+    def close(self) -> None:
+        """End the parent (its remaining children die with it)."""
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,221 @@
+"""Cached features for a frozen backbone: compute them once per split, then train the head on them.
+
+A linear probe recomputes the same backbone features every epoch and every seed; with a frozen backbone (eval mode,
+fixed weights) and a deterministic training transform they are a function of the image only. The train and val
+splits are pushed through the backbone once (eval mode, ``torch.inference_mode``, batched, on the run's device
+with the run's precision) and kept on disk under a key of everything that determines them, so the runs of a study
+that share the backbone (seeds, head variants) compute them once. Training stays in the same Lightning loop: the
+data module's loaders yield features instead of images, in the same order (the same sampler draws the same
+permutation), and the classifier feeds a 2-D batch to the head only. Test and predict still run on images, and the
+checkpoint holds the whole model. LP->FT switches the loaders back to images at the unfreeze epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from toolkit.errors import ToolkitError
+
+if TYPE_CHECKING:
+    from toolkit.classifier import ImageClassifier
+    from toolkit.data import ImageDataModule
+
+FeatureCacheMode = Literal["auto", "on", "off"]
+#: where caches live unless ``TOOLKIT_FEATURE_CACHE`` says otherwise (the ablation runner sets it per study)
+CACHE_ENV = "TOOLKIT_FEATURE_CACHE"
+#: bump when the file layout or the extraction changes: old entries are then never read
+_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """``$TOOLKIT_FEATURE_CACHE``, else ``~/.cache/toolkit/features``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "toolkit" / "features")
+
+
+def blockers(model: ImageClassifier, datamodule: Any, world_size: int) -> list[str]:
+    """Why features cannot stand in for images in this fit (empty: they can)."""
+    reasons = []
+    if not model.freezer.frozen:
+        reasons.append("the backbone trains (freeze_backbone: false)")
+    if not hasattr(datamodule, "feature_splits"):
+        reasons.append("the data module is not an ImageDataModule")
+        return reasons
+    if datamodule.augment != "none":
+        reasons.append(f"data.augment is {datamodule.augment!r} (a random transform: features differ per epoch)")
+    if datamodule.mixup_alpha > 0 or datamodule.cutmix_alpha > 0:
+        reasons.append("mixup/cutmix mix images")
+    if world_size > 1:
+        reasons.append("distributed training shards the data per process")
+    if model.freezer.unfreeze_at_epoch is not None and datamodule.persistent_workers:
+        reasons.append("LP->FT with persistent loader workers (they would keep serving features after unfreezing)")
+    return reasons
+
+
+def decide(mode: FeatureCacheMode, reasons: list[str]) -> bool:
+    """``auto``: on exactly when valid; ``on`` when invalid raises; ``off``: never."""
+    if mode == "on" and reasons:
+        raise ToolkitError(f"model.feature_cache on is invalid here: {'; '.join(reasons)}; use auto or off")
+    return mode != "off" and not reasons
+
+
+class CachedSplit(Dataset):
+    """A split that yields whole batches of cached features while ``active``, else its images.
+
+    Batches come from ``__getitems__`` (one indexing per batch, not per sample); one loader serves both modes, so
+    LP->FT switches back to images without rebuilding it.
+    """
+
+    def __init__(self, samples: Dataset, features: torch.Tensor, labels: torch.Tensor) -> None:
+        self.samples, self.features, self.labels = samples, features, labels
+        self.active = True
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> Any:
+        return (self.features[index], self.labels[index]) if self.active else self.samples[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> Any:
+        if self.active:
+            index = torch.as_tensor(indices)
+            return self.features[index], self.labels[index]
+        return default_collate([self.samples[i] for i in indices])
+
+    @staticmethod
+    def collate_fn(batch: Any) -> Any:
+        """Batches are collated already (see ``__getitems__``)."""
+        return batch
+
+
+def _digest(*parts: Any) -> str:
+    hasher = hashlib.sha256()
+    for part in parts:
+        hasher.update(part if isinstance(part, bytes) else repr(part).encode())
+        hasher.update(b"\0")
+    return hasher.hexdigest()
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """A digest of every parameter and buffer (names, shapes, values)."""
+    hasher = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        hasher.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        hasher.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return hasher.hexdigest()
+
+
+def data_fingerprint(samples: Any) -> str:
+    """A digest of a split's images and labels: pixels for in-memory images, path + size + mtime for files."""
+    hasher = hashlib.sha256(repr(list(samples.labels)).encode())
+    for image in samples.images:
+        if isinstance(image, (str, Path)):
+            stat = os.stat(image)
+            hasher.update(f"{image}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+        else:
+            hasher.update(f"{image.mode}:{image.size}".encode())
+            hasher.update(image.tobytes())
+    return hasher.hexdigest()
+
+
+def cache_key(model: ImageClassifier, samples: Any, precision: str, device: torch.device) -> str:
+    """Everything the features depend on: backbone, weights, switches, transform, data, precision, device."""
+    hp = model.hparams
+    switches = (hp.batchnorm, hp.residual, hp.residual_blocks, tuple(model.changes), model.channels_last)
+    return _digest(
+        _VERSION,
+        hp.backbone,
+        weights_hash(model.backbone),
+        switches,
+        repr(samples.transform),
+        data_fingerprint(samples),
+        precision,
+        device.type,
+    )
+
+
+@torch.inference_mode()
+def extract(
+    model: ImageClassifier, samples: Dataset, batch_size: int, num_workers: int, device: torch.device
+) -> torch.Tensor:
+    """The backbone's features of ``samples`` in order (eval mode, batched, on ``device``, the run's precision)."""
+    trainer = model.trainer
+    was_training = model.backbone.training
+    model.backbone.to(device).eval()  # the strategy moves the whole model to this device right after setup
+    chunks = []
+    # its own generator: iterating a loader draws a seed, and a draw from the global RNG here would shift the
+    # shuffling of every later epoch (a cache hit, or the uncached path, draws nothing)
+    loader = DataLoader(
+        samples, batch_size=batch_size, shuffle=False, num_workers=num_workers, generator=torch.Generator()
+    )
+    try:
+        for images, _ in loader:
+            images = trainer.precision_plugin.convert_input(images.to(device, non_blocking=True))
+            with trainer.precision_plugin.forward_context():
+                chunks.append(model.backbone_features(images).float().cpu())
+    finally:
+        model.backbone.train(was_training)
+    return torch.cat(chunks)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    # two runs of a study that start together: the second waits and loads what the first wrote
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def load_or_extract(
+    model: ImageClassifier, samples: Any, batch_size: int, num_workers: int, device: torch.device
+) -> tuple[torch.Tensor, bool]:
+    """The split's features from the disk cache, computing and storing them (atomically) on a miss.
+
+    Returns:
+        the features, and whether they came from the cache.
+    """
+    key = cache_key(model, samples, str(model.trainer.precision), device)
+    path = cache_dir() / f"{key}.pt"
+    with _locked(path):
+        if path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=True), True
+        features = extract(
+            model, samples, batch_size, num_workers, device
+        ).clone()  # a normal tensor, not an inference one
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(features, tmp)
+        os.replace(tmp, path)
+    return features, False
+
+
+def attach(model: ImageClassifier, datamodule: ImageDataModule, device: torch.device) -> list[str]:
+    """Serve cached train and val features through ``datamodule``; returns one note per split for the log.
+
+    Called from the model's ``setup("fit")``: after the data module's setup, before any loader is built.
+    """
+    notes = []
+    for name in ("train", "val"):
+        samples = getattr(datamodule.splits, name)
+        features, hit = load_or_extract(model, samples, datamodule.batch_size, datamodule.num_workers, device)
+        labels = torch.as_tensor(samples.labels)
+        datamodule.feature_splits[name] = CachedSplit(samples, features, labels)
+        notes.append(f"{name} {tuple(features.shape)} {'from the cache' if hit else 'computed'}")
+    return notes
+
+
+def set_active(datamodule: Any, active: bool) -> None:
+    """Serve features (True) or images (False) from now on (LP->FT: images from the unfreeze epoch)."""
+    for split in getattr(datamodule, "feature_splits", {}).values():
+        split.active = active
