@@ -135,8 +135,6 @@ class ToolkitCLI(LightningCLI):
         check_subcommand_inputs(self.subcommand, config.get("ckpt_path"), config.get("ensemble_ckpts"))
         if self.subcommand == "fit" and not config.get("ckpt_path"):
             check_run_home(root, Path(config.checkpoint.dirpath))
-        if self.subcommand == "fit" and config.get("ckpt_path"):
-            check_not_finished(root)
         logger = config.trainer.logger
         if _is_toolkit_logger(logger):
             args = logger.init_args
@@ -207,6 +205,7 @@ class ToolkitCLI(LightningCLI):
 
     def fit(self, **kwargs: Any) -> None:
         """``toolkit fit``; a run stopped by the divergence guard is recorded as diverged before the error exits."""
+        self._resumed_step = _global_step_in(kwargs.get("ckpt_path"))
         try:
             self.trainer.fit(**kwargs)
         except Diverged as err:
@@ -218,7 +217,13 @@ class ToolkitCLI(LightningCLI):
         if self.config.fit.test_after_fit:
             self._test_best()
         if self.trainer.is_global_zero:
-            _write_result(self.trainer)
+            result = Path(self.trainer.default_root_dir) / keys.RESULT_FILE
+            idle = self._resumed_step is not None and self.trainer.global_step == self._resumed_step
+            if idle and result.is_file() and not self.config.fit.test_after_fit:
+                # resuming a finished run trains nothing: its result stays as it was, not replaced by an empty one
+                print(f"nothing left to train (max_epochs reached); {result} kept as it was", flush=True)
+            else:
+                _write_result(self.trainer)
             print(fit_summary(self.trainer), flush=True)
 
     def _test_best(self) -> None:
@@ -251,22 +256,6 @@ def check_run_home(root: Path, ckpt_dir: Path) -> None:
         raise ToolkitError(
             f"{root} already holds a run ({shown}); resume it with --ckpt_path last, or start a new run in another "
             "folder with --trainer.default_root_dir (or delete the old one)"
-        )
-
-
-def check_not_finished(root: Path) -> None:
-    """Resuming a run that already finished would train nothing and overwrite its ``result.json`` with less."""
-    import json
-
-    result = root / keys.RESULT_FILE
-    try:
-        status = json.loads(result.read_text()).get("status") if result.is_file() else None
-    except (OSError, ValueError):
-        status = None
-    if status is not None:
-        raise ToolkitError(
-            f"{root} holds a run that already ended ({result}: {status}); nothing to resume. Evaluate it with "
-            "`toolkit test --ckpt_path ...`, or start a new run in another --trainer.default_root_dir"
         )
 
 
@@ -426,6 +415,14 @@ def _weights_from_checkpoints(subcommand: str | None, config: Any) -> bool:
         return False
     args = config[subcommand]
     return bool(args.get("ckpt_path") or args.get("ensemble_ckpts"))
+
+
+def _global_step_in(ckpt_path: str | None) -> int | None:
+    """The optimizer steps a checkpoint had done (None without a checkpoint file)."""
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return None
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
+    return checkpoint.get("global_step")
 
 
 def _run_id_in(ckpt_path: str) -> str | None:
