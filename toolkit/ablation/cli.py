@@ -15,7 +15,9 @@ from rich.console import Console
 from toolkit.ablation.spec import load_spec
 from toolkit.errors import ToolkitError
 
-EXAMPLES = """examples:
+EXAMPLES = """options take dashes or underscores alike: --dry-run or --dry_run, --gpus-per-run or --gpus_per_run
+
+examples:
   toolkit ablate run ablations/quickstart.yaml --workers 2
   toolkit ablate run ablations/quickstart.yaml --devices 0,1,2,3 --gpus-per-run 2
   toolkit ablate run ablations/quickstart.yaml --executor slurm --partition gpu --time-min 120
@@ -70,9 +72,24 @@ def parse_devices(text: str | None) -> list[str] | None:
     return devices
 
 
+def normalize_options(argv: list[str]) -> list[str]:
+    """Accept LightningCLI's snake_case too: ``--dry_run`` -> ``--dry-run`` (the spelling the parser declares).
+
+    ``toolkit fit`` options are snake_case (LightningCLI) while these were declared with dashes; both spellings
+    work, so a user need not remember which command uses which. Values (after ``=`` or as the next word) are kept.
+    """
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and not arg.startswith("---"):
+            name, sep, value = arg[2:].partition("=")
+            arg = "--" + name.replace("_", "-") + sep + value
+        out.append(arg)
+    return out
+
+
 def main(argv: list[str]) -> int:
     """Run ``toolkit ablate <argv>``; returns the exit status (0: every run done)."""
-    cfg = build_parser().parse_args(argv)
+    cfg = build_parser().parse_args(normalize_options(argv))
     command = cfg.command
     args = cfg[command]
     spec = load_spec(args.spec)
