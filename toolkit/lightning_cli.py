@@ -82,6 +82,7 @@ class ToolkitCLI(LightningCLI):
                 super().parse_arguments(parser, args)
             # before LightningCLI merges the checkpoint's hyperparameters over them
             self.model_args_given = _model_args_given(self.config, sys.argv[1:] if args is None else args)
+            _check_given_checkpoint(self.config)  # LightningCLI reads it next, before any hook of ours
         except SystemExit as exit_:
             if exit_.code in (0, None):
                 raise
@@ -385,12 +386,26 @@ def _resolve_ckpt(ckpt_path: str, dirpath: str) -> str:
     return ckpt_path
 
 
+def _check_given_checkpoint(config: Any) -> None:
+    subcommand = config.get("subcommand")
+    ckpt_path = config.get(subcommand, {}).get("ckpt_path") if subcommand else None
+    if ckpt_path and Path(ckpt_path).is_file():
+        check_checkpoint(ckpt_path)
+
+
 def check_checkpoint(path: str | Path) -> None:
     """Refuse a checkpoint that cannot be read (truncated copy, another file type) before anything is built.
 
     ``mmap`` opens the zip archive and its index without reading the tensors, so the check is cheap; a truncated file
     has lost the archive's index at its end and fails here rather than as a traceback deep inside Lightning.
     """
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive whose index is at the end of the file
+        raise ToolkitError(
+            f"checkpoint {path} is not a complete checkpoint archive (truncated, or another kind of file); pass a "
+            "complete .ckpt file (copy it again, or use another one)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # torch raises RuntimeError, pickle errors, EOFError... for a broken file

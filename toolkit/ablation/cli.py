@@ -6,8 +6,11 @@ validate the variants.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from jsonargparse import ActionYesNo, ArgumentParser
 from rich.console import Console
@@ -87,9 +90,29 @@ def normalize_options(argv: list[str]) -> list[str]:
     return out
 
 
+def _parse(parser: ArgumentParser, argv: list[str]) -> Any:
+    """Parse; jsonargparse's usage dump and multi-line error become one ToolkitError line (``--help`` still prints)."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parser.parse_args(argv)
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            raise
+        lines = err.getvalue().splitlines()
+        start = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
+        if start is None:
+            raise ToolkitError((lines[-1].strip() if lines else "invalid arguments") + _HELP) from None
+        message = re.sub(r"\s+", " ", " ".join(line.strip() for line in lines[start:]))[len("error:") :].strip()
+        raise ToolkitError(message + _HELP) from None
+
+
+_HELP = " (see toolkit ablate <run|status> --help)"
+
+
 def main(argv: list[str]) -> int:
     """Run ``toolkit ablate <argv>``; returns the exit status (0: every run done)."""
-    cfg = build_parser().parse_args(normalize_options(argv))
+    cfg = _parse(build_parser(), normalize_options(argv))
     command = cfg.command
     args = cfg[command]
     spec = load_spec(args.spec)
