@@ -54,7 +54,7 @@ def test_predict_a_new_folder_maps_rows_to_paths_and_keeps_earlier_files(tmp_pat
     out = tmp_path / "pred"
     args = ["predict", *QUICK, "--ckpt_path", str(trained), "--trainer.default_root_dir", str(out)]
     run_cli([*args, "--data.predict_root", str(tmp_path / "images")])
-    table = pd.read_csv(out / "predictions.csv", dtype={"label": "Int64"})
+    table = pd.read_csv(out / "predictions.csv", dtype={"label": "Int64", "pred_name": str})
     assert list(table.columns) == ["index", "path", "label", "label_name", "pred", "pred_name", "prob"]
     assert table["path"].tolist() == [str(f) for f in files] and table["index"].tolist() == list(range(len(files)))
     expected = [int(f.parent.name) if f.parent.name != "new" else None for f in files]

@@ -199,7 +199,7 @@ class ToolkitCLI(LightningCLI):
         names = self.model.hparams.get("class_names") or self.datamodule.class_names
         writer = PredictionWriter(self.trainer.default_root_dir, samples.ids or [], samples.labels, names)
         self.trainer.callbacks.append(writer)
-        self.trainer.predict(**kwargs, return_predictions=False)
+        self.trainer.predict(**{**kwargs, "return_predictions": False})  # the writer holds the rows
         if self.trainer.is_global_zero and writer.path is not None:
             print(f"predictions: {writer.path} ({len(samples)} rows)")
 
