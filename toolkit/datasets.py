@@ -135,7 +135,10 @@ def _two_classes(root: Path, classes: list[str]) -> None:
 
 def _check_known_classes(folder: Path, mapping: dict[str, int]) -> None:
     """A ``val``/``test`` class that ``train`` lacks would be dropped silently (ImageFolder reads only known ones)."""
-    extra = sorted(set(find_classes(str(folder))[0]) - set(mapping)) if any(folder.iterdir()) else []
+    # every class folder of val/ or test/ (hidden folders such as .ipynb_checkpoints are no classes)
+    extra = sorted(
+        d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in mapping
+    )
     if extra:
         raise ToolkitError(
             f"folder {folder} has class(es) {', '.join(extra)} that {folder.parent / 'train'} lacks; add them to "
