@@ -183,6 +183,8 @@ CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
         _eval("test", "--data.source", "folder", "--data.root", "@two_class"),
         "10 classes",
     ),
+    ("ensemble_truncated_member", _eval("test", "--ensemble_ckpts", "@truncated.ckpt"), "truncated.ckpt"),
+    ("ensemble_missing_member", _eval("test", "--ensemble_ckpts", "@gone.ckpt"), "gone.ckpt"),
     ("test_model_conflict", _eval("test", "--model.backbone", "test_vit"), "backbone"),
     # predict
     ("predict_root_missing", _eval("predict", "--data.predict_root", "@nowhere"), "nowhere"),

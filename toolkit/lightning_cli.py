@@ -254,6 +254,10 @@ def check_subcommand_inputs(subcommand: str, ckpt_path: str | None, ensemble_ckp
         )
     if ensemble_ckpts and subcommand != "test":
         raise ToolkitError(f"--ensemble_ckpts is a `toolkit test` option; toolkit {subcommand} would ignore it")
+    for member in ensemble_ckpts or []:
+        if not Path(member).is_file():
+            raise ToolkitError(f"--ensemble_ckpts: checkpoint {member} does not exist; pass existing .ckpt files")
+        check_checkpoint(member)
 
 
 def check_run_home(root: Path, ckpt_dir: Path) -> None:
