@@ -264,3 +264,25 @@ def test_a_last_training_batch_of_one_sample_is_dropped_not_crashed(tmp_path) ->
     sizes = [len(labels) for _, labels in cli.datamodule.train_dataloader()]
     assert sizes == [4, 4] and cli.trainer.global_step == 2
     assert (tmp_path / "result.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "s.yaml", "--dry-run", "--gpus-per-run", "2", "--retry-failed", "--time-min=30"],
+        ["run", "s.yaml", "--dry_run", "--gpus_per_run", "2", "--retry_failed", "--time_min=30"],
+    ],
+)
+def test_ablate_options_take_dashes_or_underscores(argv: list[str]) -> None:
+    from toolkit.ablation.cli import build_parser, normalize_options
+
+    args = build_parser().parse_args(normalize_options(argv)).run
+    assert (args.spec, args.dry_run, args.gpus_per_run, args.retry_failed, args.time_min) == (
+        "s.yaml",
+        True,
+        2,
+        True,
+        30,
+    )
+    negated = build_parser().parse_args(normalize_options(["run", "s_x.yaml", "--no_dry_run"])).run
+    assert negated.dry_run is False and negated.spec == "s_x.yaml"  # a value keeps its underscores
