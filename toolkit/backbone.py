@@ -101,10 +101,17 @@ def _load_from_file(name: str, path: Path, **kwargs: object) -> nn.Module:
     with _capture_timm_load_log() as log:
         try:
             model = _create(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
-        except RuntimeError as err:
+        except ToolkitError:
+            raise
+        except Exception as err:  # torch.load/safetensors raise pickle, EOF, zip and runtime errors for a bad file
             keys = re.findall(r"size mismatch for ([\w.]+)", str(err))
-            detail = f"shape mismatch for {_few(keys)}" if keys else str(err).splitlines()[0]
-            raise ToolkitError(f"weights file {path} does not fit backbone '{name}': {detail}") from err
+            if keys or "Error(s) in loading state_dict" in str(err):
+                detail = f"shape mismatch for {_few(keys)}" if keys else str(err).splitlines()[0]
+                raise ToolkitError(f"weights file {path} does not fit backbone '{name}': {detail}") from err
+            raise ToolkitError(
+                f"weights file {path} cannot be read as a state dict ({type(err).__name__}); it is truncated or not "
+                f"a weights file: pass a complete {'/'.join(WEIGHT_SUFFIXES)} file saved with torch.save or safetensors"
+            ) from None
     bad = [m for m in log.messages if m.startswith(("Missing keys", "Unexpected keys"))]
     if bad:
         detail = "; ".join(m.split(" discovered")[0].split(" found")[0] for m in bad)

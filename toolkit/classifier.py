@@ -86,6 +86,11 @@ class ImageClassifier(pl.LightningModule):
             raise ToolkitError("unfreeze_at_epoch must be >= 1; for a full fine-tune set freeze_backbone: false")
         if backbone_lr_scale < 0:
             raise ToolkitError("backbone_lr_scale must be >= 0")
+        for option, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
+            if not 0 <= rate < 1:
+                raise ToolkitError(f"--model.{option} {rate}: a drop probability must be in [0, 1) (0 = off)")
+        if not 0 <= label_smoothing < 1:
+            raise ToolkitError(f"--model.label_smoothing {label_smoothing}: must be in [0, 1) (0 = off)")
         # lesion_blocks is a test-time switch: kept out of checkpoints so `toolkit test --model.lesion_blocks` applies
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "lesion_blocks"], logger=False)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
@@ -228,8 +233,7 @@ class ImageClassifier(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        probs = self(images).softmax(-1)
-        return {"probs": probs, "preds": probs.argmax(-1)}
+        return {"probs": self(images).softmax(-1)}
 
     # -- optimisation ------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

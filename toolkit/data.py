@@ -16,7 +16,9 @@ from toolkit.datasets import (
     load_digits_samples,
     load_fashion_mnist_splits,
     load_folder_splits,
+    load_predict_samples,
     load_torchvision_splits,
+    sample_ids,
     stratified_subset,
     three_way,
     verify_images,
@@ -58,6 +60,9 @@ class ImageDataModule(pl.LightningDataModule):
         num_workers: dataloader worker processes.
         pin_memory: pin host memory; None = only when CUDA is available.
         persistent_workers: keep workers alive between epochs (when ``num_workers > 0``).
+        predict_root: what ``toolkit predict`` predicts: an image folder (searched recursively) or a text file of
+            image paths (one a line, relative to the file's folder); None = the test split. An image whose parent
+            folder is named like a class gets that label; the others have none.
     """
 
     def __init__(
@@ -81,8 +86,14 @@ class ImageDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        predict_root: str | None = None,
     ) -> None:
         super().__init__()
+        for option, value, low in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if value < low:
+                raise ToolkitError(f"--data.{option} {value}: must be >= {low}")
+        if image_size is not None and image_size < 1:
+            raise ToolkitError(f"--data.image_size {image_size}: must be a positive number of pixels, or null")
         if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
             raise ToolkitError("val_fraction and test_fraction must be in [0, 1) and sum to less than 1")
         if mixup_alpha < 0 or cutmix_alpha < 0:
@@ -107,7 +118,12 @@ class ImageDataModule(pl.LightningDataModule):
         #: split name -> cached backbone features standing in for its images (set by toolkit.features)
         self.feature_splits: dict[str, Dataset] = {}
         self._ready = False
+        self.predict_root = predict_root
+        self._predict: ImageSamples | None = None
         self.splits  # noqa: B018 - load now: a bad source fails before any model is built
+        self._check_batches()
+        if predict_root is not None:
+            self.predict_samples  # noqa: B018 - a bad folder or list fails before the checkpoint is read
 
     @property
     def splits(self) -> Splits:
@@ -127,6 +143,25 @@ class ImageDataModule(pl.LightningDataModule):
                 )
             self._splits = self._subsets(self._splits)
         return self._splits
+
+    def _drop_last(self) -> bool:
+        """Whether training drops its last, incomplete batch.
+
+        timm's Mixup needs even batches; otherwise only a last batch of ONE sample is dropped: BatchNorm cannot
+        normalise a single sample (1x1 feature maps) and would crash at the end of every epoch. Dropping it depends on
+        the data and the batch size only, so every variant of an ablation sees the same samples.
+        """
+        mixing = self.mixup_alpha > 0 or self.cutmix_alpha > 0
+        return mixing or len(self.splits.train) % self.batch_size == 1
+
+    def _check_batches(self) -> None:
+        train = len(self.splits.train)
+        if self._drop_last() and train < self.batch_size:
+            why = "mixup/cutmix drop the incomplete last batch" if train != 1 else "one sample cannot be batch-normed"
+            raise ToolkitError(
+                f"--data.batch_size {self.batch_size} is larger than the training split ({train} images) and {why}, "
+                "so no training batch would remain; lower --data.batch_size"
+            )
 
     def _subsets(self, splits: Splits) -> Splits:
         """Apply ``train_subset``/``eval_subset``; the class list stays the source's."""
@@ -181,7 +216,7 @@ class ImageDataModule(pl.LightningDataModule):
             collate_fn=getattr(samples, "collate_fn", None),  # cached features come in whole batches
             batch_size=self.batch_size,
             shuffle=train,
-            drop_last=train and self._mixup is not None,  # timm's Mixup needs even batches
+            drop_last=train and self._drop_last(),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
@@ -196,8 +231,24 @@ class ImageDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.splits.test, train=False)
 
+    @property
+    def predict_samples(self) -> ImageSamples:
+        """What ``toolkit predict`` predicts (``predict_root``, else the test split), with ``ids`` naming each row."""
+        if self._predict is None:
+            if self.predict_root is None:
+                samples = self.splits.test
+                ids = sample_ids(samples, f"{self.source}:test")
+            else:
+                samples, ids = load_predict_samples(self.predict_root, self.class_names)
+            verify_images(samples)
+            samples.ids = ids
+            self._predict = samples
+        return self._predict
+
     def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.splits.test, train=False)
+        samples = self.predict_samples
+        samples.transform = create_eval_transform(self.data_config)
+        return self._loader(samples, train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self._mixup is not None and self.trainer is not None and self.trainer.training:

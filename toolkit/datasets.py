@@ -27,6 +27,7 @@ class ImageSamples(Dataset):
 
     def __init__(self, images: Sequence[Any], labels: Sequence[int], transform: Callable | None = None) -> None:
         self.images, self.labels, self.transform = images, list(labels), transform
+        self.ids: list[str] | None = None  # what each row is called in predictions (set for the predicted samples)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -61,9 +62,16 @@ def split_indices(labels: Sequence[int], fractions: tuple[float, float], seed: i
     labels = np.asarray(labels)
     counts = np.bincount(labels)
     stratify = labels if counts[counts > 0].min() >= 2 else None
-    rest, part = train_test_split(
-        indices, test_size=part_frac / (rest_frac + part_frac), random_state=seed, stratify=stratify
-    )
+    try:
+        rest, part = train_test_split(
+            indices, test_size=part_frac / (rest_frac + part_frac), random_state=seed, stratify=stratify
+        )
+    except ValueError as err:  # sklearn: a split smaller than the number of classes, or an empty side
+        raise ToolkitError(
+            f"cannot split {len(labels)} images of {int((counts > 0).sum())} classes into train/val/test with "
+            f"these fractions ({err}); add images, or give root/val and root/test folders, or lower "
+            "--data.val_fraction/--data.test_fraction"
+        ) from err
     return sorted(rest.tolist()), sorted(part.tolist())
 
 
@@ -72,11 +80,21 @@ def three_way(samples: ImageSamples, val_fraction: float, test_fraction: float, 
     rest, test = split_indices(samples.labels, (1.0 - test_fraction, test_fraction), seed)
     rest_labels = [samples.labels[i] for i in rest]
     train_pos, val_pos = split_indices(rest_labels, (1.0 - test_fraction - val_fraction, val_fraction), seed)
-    return (
+    splits = (
         samples.subset([rest[i] for i in train_pos]),
         samples.subset([rest[i] for i in val_pos]),
         samples.subset(test),
     )
+    classes = len(set(samples.labels))
+    for name, part, fraction in zip(("train", "val", "test"), splits, (1.0, val_fraction, test_fraction), strict=True):
+        # a class missing from a split makes its accuracy/F1 mean something else than for the others
+        if fraction > 0 and len(set(part.labels)) < classes:
+            raise ToolkitError(
+                f"{len(samples)} images of {classes} classes are too few for a stratified train/val/test split: "
+                f"the {name} split gets {len(part)} images and misses a class; add images, or give root/val and "
+                "root/test folders"
+            )
+    return splits
 
 
 def load_digits_samples() -> tuple[ImageSamples, list[str]]:
@@ -108,6 +126,26 @@ def _folder_samples(root: Path, class_to_idx: dict[str, int] | None = None) -> t
     return ImageSamples([p for p, _ in pairs], [y for _, y in pairs]), list(classes)
 
 
+def _two_classes(root: Path, classes: list[str]) -> None:
+    if len(classes) < 2:
+        raise ToolkitError(
+            f"folder {root} has only one class ({classes[0]}); a classifier needs at least two class subfolders"
+        )
+
+
+def _check_known_classes(folder: Path, mapping: dict[str, int]) -> None:
+    """A ``val``/``test`` class that ``train`` lacks would be dropped silently (ImageFolder reads only known ones)."""
+    # every class folder of val/ or test/ (hidden folders such as .ipynb_checkpoints are no classes)
+    extra = sorted(
+        d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".") and d.name not in mapping
+    )
+    if extra:
+        raise ToolkitError(
+            f"folder {folder} has class(es) {', '.join(extra)} that {folder.parent / 'train'} lacks; add them to "
+            "train/ or remove them"
+        )
+
+
 def load_folder_splits(root: str | None, val_fraction: float, test_fraction: float, seed: int) -> Splits:
     """An ImageFolder tree: ``root/train`` (+ optional ``val``/``test``), or one class-per-folder tree split."""
     if not root:
@@ -117,10 +155,15 @@ def load_folder_splits(root: str | None, val_fraction: float, test_fraction: flo
         raise ToolkitError(f"folder root {path} does not exist; pass --data.root pointing at an image folder")
     if not (path / "train").is_dir():
         samples, classes = _folder_samples(path)
+        _two_classes(path, classes)
         train, val, test = three_way(samples, val_fraction, test_fraction, seed)
         return Splits(train, val, test, classes)
     train, classes = _folder_samples(path / "train")
+    _two_classes(path / "train", classes)
     mapping = {c: i for i, c in enumerate(classes)}
+    for name in ("val", "test"):
+        if (path / name).is_dir():
+            _check_known_classes(path / name, mapping)
     given = {name: _folder_samples(path / name, mapping)[0] for name in ("val", "test") if (path / name).is_dir()}
     carve = (0.0 if "val" in given else val_fraction, 0.0 if "test" in given else test_fraction)
     train, val, test = three_way(train, carve[0], carve[1], seed)
@@ -128,14 +171,58 @@ def load_folder_splits(root: str | None, val_fraction: float, test_fraction: flo
 
 
 def verify_images(samples: ImageSamples) -> None:
-    """Open every file-backed image header once, so a broken file fails before training and is named."""
+    """Decode every file-backed image once, so a broken or truncated file fails before training and is named.
+
+    ``Image.verify`` checks headers and PNG checksums only; a truncated JPEG passes it, so each image is decoded in
+    full (``load``), which is what the data loader will do.
+    """
     for image in samples.images:
         if isinstance(image, (str, Path)):
             try:
                 with Image.open(image) as handle:
-                    handle.verify()
+                    handle.load()
             except Exception as err:  # PIL raises many types for undecodable files
                 raise ToolkitError(f"cannot decode image {image} ({err}); remove or replace the file") from err
+
+
+#: the label of an image whose class is unknown (predicting a folder without class subfolders)
+NO_LABEL = -1
+
+
+def sample_ids(samples: ImageSamples, tag: str) -> list[str]:
+    """A name for each sample: its file path, else ``<tag>[<index>]`` (in-memory and torchvision images)."""
+    return [str(im) if isinstance(im, (str, Path)) else f"{tag}[{i}]" for i, im in enumerate(samples.images)]
+
+
+def load_predict_samples(source: str, class_names: Sequence[str]) -> tuple[ImageSamples, list[str]]:
+    """Images to predict: a folder (recursive, sorted) or a text file of paths; labelled where their folder is a class.
+
+    Returns:
+        The samples (label `NO_LABEL` where unknown) and each one's path as given.
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        where = f"folder {path}"
+    elif path.is_file():
+        try:
+            lines = [line.strip() for line in path.read_text().splitlines()]
+        except (OSError, UnicodeDecodeError) as err:
+            raise ToolkitError(f"--data.predict_root {path}: not a text file of image paths ({err})") from err
+        files = [(path.parent / line).expanduser() for line in lines if line and not line.startswith("#")]
+        missing = [str(f) for f in files if not f.is_file()]
+        if missing:
+            raise ToolkitError(
+                f"--data.predict_root {path} lists {len(missing)} missing image(s), e.g. {missing[0]}; fix the list"
+            )
+        where = f"list {path}"
+    else:
+        raise ToolkitError(f"--data.predict_root {path} does not exist; pass an image folder or a text file of paths")
+    if not files:
+        raise ToolkitError(f"{where} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...); pass --data.predict_root")
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = [index.get(f.parent.name, NO_LABEL) for f in files]
+    return ImageSamples([str(f) for f in files], labels), [str(f) for f in files]
 
 
 def _torchvision_split(cls: type, root: str, split: str, download: bool) -> Any:
@@ -169,6 +256,12 @@ def load_torchvision_splits(
     except RuntimeError as err:
         raise ToolkitError(
             f"{name} not found under {root} ({err}); add --data.download true or fix --data.root"
+        ) from err
+    except OSError as err:  # URLError and socket errors: the download needs the network
+        reason = getattr(err, "reason", None) or err
+        raise ToolkitError(
+            f"{name} is not under {root} and could not be downloaded ({reason}); download it on a machine with "
+            f"network access into {root} (or point --data.root at a copy), then run with --data.download false"
         ) from err
 
     def wrap(ds: Any) -> ImageSamples:

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from toolkit.errors import ToolkitError
+
+
+def check_unfreeze_epoch(unfreeze_at_epoch: int | None, max_epochs: int | None) -> None:
+    """Refuse ``unfreeze_at_epoch >= max_epochs``: the backbone would never be released (LP->FT in name only)."""
+    if unfreeze_at_epoch is not None and max_epochs is not None and 0 <= max_epochs <= unfreeze_at_epoch:
+        raise ToolkitError(
+            f"--model.unfreeze_at_epoch {unfreeze_at_epoch} is not below --trainer.max_epochs {max_epochs}: the "
+            f"backbone would never be fine-tuned; raise max_epochs or lower unfreeze_at_epoch (epochs count from 0)"
+        )
+
 
 class BackboneFreezer:
     """Keeps a backbone frozen: no grads, eval mode on every ``.train()``, parameters and buffers unchanged.

@@ -83,6 +83,7 @@ class ToolkitCLI(LightningCLI):
                 super().parse_arguments(parser, args)
             # before LightningCLI merges the checkpoint's hyperparameters over them
             self.model_args_given = _model_args_given(self.config, sys.argv[1:] if args is None else args)
+            _check_given_checkpoint(self.config)  # LightningCLI reads it next, before any hook of ours
         except SystemExit as exit_:
             if exit_.code in (0, None):
                 raise
@@ -186,22 +187,36 @@ class ToolkitCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def predict(self, **kwargs: Any) -> None:
-        """``toolkit predict``: predictions of the test split, written to ``<default_root_dir>/predictions.csv``."""
-        batches = self.trainer.predict(**kwargs) or []
-        if not batches or not self.trainer.is_global_zero:
-            return
-        import pandas as pd
+        """``toolkit predict``: ``<default_root_dir>/predictions.csv``, one row per image (``--data.predict_root``).
 
-        probs = torch.cat([b["probs"] for b in batches]).float()
-        preds = probs.argmax(-1).tolist()
-        names = self.model.hparams.get("class_names") or [str(i) for i in range(probs.shape[1])]
-        table = pd.DataFrame({"pred": preds, "pred_name": [names[i] for i in preds], "prob": probs.max(-1).values})
-        if self.datamodule is not None and len(self.datamodule.splits.test) == len(table):
-            table.insert(0, "label", self.datamodule.splits.test.labels)
-        out = Path(self.trainer.default_root_dir) / "predictions.csv"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out, index_label="index")
-        print(f"predictions: {out} ({len(table)} rows)")
+        The rows are written by a ``BasePredictionWriter`` on every rank and merged in dataset order by rank 0, so
+        under DDP every image appears exactly once, with its path and (where known) its label.
+        """
+        from toolkit.callbacks.predictions import PredictionWriter
+
+        samples = self.datamodule.predict_samples
+        names = self.model.hparams.get("class_names") or self.datamodule.class_names
+        writer = PredictionWriter(self.trainer.default_root_dir, samples.ids or [], samples.labels, names)
+        self.trainer.callbacks.append(writer)
+        self.trainer.predict(**{**kwargs, "return_predictions": False})  # the writer holds the rows
+        if self.trainer.is_global_zero and writer.path is not None:
+            print(f"predictions: {writer.path} ({len(samples)} rows)")
+
+    def before_fit(self) -> None:
+        """Refuse a fit whose options contradict each other (LightningCLI calls this before ``trainer.fit``)."""
+        from toolkit.freezing import check_unfreeze_epoch
+
+        check_unfreeze_epoch(self.model.hparams.get("unfreeze_at_epoch"), self.trainer.max_epochs)
+        check_checkpoint_classes(self.config.fit.get("ckpt_path"), self.datamodule.num_classes, "the data")
+
+    def before_validate(self) -> None:
+        check_checkpoint_classes(self.config.validate.get("ckpt_path"), self.datamodule.num_classes, "the data")
+
+    def before_test(self) -> None:
+        check_checkpoint_classes(self.config.test.get("ckpt_path"), self.datamodule.num_classes, "the data")
+
+    def before_predict(self) -> None:
+        check_checkpoint_classes(self.config.predict.get("ckpt_path"), self.datamodule.num_classes, "the data")
 
     def fit(self, **kwargs: Any) -> None:
         """``toolkit fit``; a run stopped by the divergence guard is recorded as diverged before the error exits."""
@@ -245,6 +260,10 @@ def check_subcommand_inputs(subcommand: str, ckpt_path: str | None, ensemble_ckp
         )
     if ensemble_ckpts and subcommand != "test":
         raise ToolkitError(f"--ensemble_ckpts is a `toolkit test` option; toolkit {subcommand} would ignore it")
+    for member in ensemble_ckpts or []:
+        if not Path(member).is_file():
+            raise ToolkitError(f"--ensemble_ckpts: checkpoint {member} does not exist; pass existing .ckpt files")
+        check_checkpoint(member)
 
 
 def check_run_home(root: Path, ckpt_dir: Path) -> None:
@@ -356,7 +375,54 @@ def _resolve_ckpt(ckpt_path: str, dirpath: str) -> str:
         return str(path)
     if ckpt_path not in ("best", "hpc", "registry") and not Path(ckpt_path).is_file():
         raise ToolkitError(f"checkpoint {ckpt_path} does not exist; pass an existing .ckpt file or 'last'")
+    if Path(ckpt_path).is_file():
+        check_checkpoint(ckpt_path)
     return ckpt_path
+
+
+def _check_given_checkpoint(config: Any) -> None:
+    subcommand = config.get("subcommand")
+    ckpt_path = config.get(subcommand, {}).get("ckpt_path") if subcommand else None
+    if ckpt_path and Path(ckpt_path).is_file():
+        check_checkpoint(ckpt_path)
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse a checkpoint that cannot be read (truncated copy, another file type) before anything is built.
+
+    ``mmap`` opens the zip archive and its index without reading the tensors, so the check is cheap; a truncated file
+    has lost the archive's index at its end and fails here rather than as a traceback deep inside Lightning.
+    """
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive whose index is at the end of the file
+        raise ToolkitError(
+            f"checkpoint {path} is not a complete checkpoint archive (truncated, or another kind of file); pass a "
+            "complete .ckpt file (copy it again, or use another one)"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # torch raises RuntimeError, pickle errors, EOFError... for a broken file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise ToolkitError(
+            f"checkpoint {path} cannot be read ({first}); it is truncated or not a Lightning checkpoint: pass a "
+            "complete .ckpt file (copy it again, or use another one)"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ToolkitError(f"checkpoint {path} holds no state_dict: not a Lightning checkpoint; pass a .ckpt file")
+
+
+def check_checkpoint_classes(ckpt_path: str | None, num_classes: int, where: str) -> None:
+    """A checkpoint's head must have as many outputs as the data has classes (else its weights do not load)."""
+    if not ckpt_path or not Path(ckpt_path).is_file():
+        return
+    hparams = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True).get("hyper_parameters", {})
+    saved = hparams.get("num_classes")
+    if saved is not None and int(saved) != num_classes:
+        raise ToolkitError(
+            f"checkpoint {ckpt_path} was trained on {saved} classes but {where} has {num_classes}; evaluate it on "
+            "data with the same classes (the same --data options as its fit)"
+        )
 
 
 _EVAL_COMMANDS = ("validate", "test", "predict")

@@ -6,8 +6,11 @@ validate the variants.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from jsonargparse import ActionYesNo, ArgumentParser
 from rich.console import Console
@@ -15,7 +18,9 @@ from rich.console import Console
 from toolkit.ablation.spec import load_spec
 from toolkit.errors import ToolkitError
 
-EXAMPLES = """examples:
+EXAMPLES = """options take dashes or underscores alike: --dry-run or --dry_run, --gpus-per-run or --gpus_per_run
+
+examples:
   toolkit ablate run ablations/quickstart.yaml --workers 2
   toolkit ablate run ablations/quickstart.yaml --devices 0,1,2,3 --gpus-per-run 2
   toolkit ablate run ablations/quickstart.yaml --executor slurm --partition gpu --time-min 120
@@ -78,9 +83,44 @@ def parse_devices(text: str | None) -> list[str] | None:
     return devices
 
 
+def normalize_options(argv: list[str]) -> list[str]:
+    """Accept LightningCLI's snake_case too: ``--dry_run`` -> ``--dry-run`` (the spelling the parser declares).
+
+    ``toolkit fit`` options are snake_case (LightningCLI) while these were declared with dashes; both spellings
+    work, so a user need not remember which command uses which. Values (after ``=`` or as the next word) are kept.
+    """
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and not arg.startswith("---"):
+            name, sep, value = arg[2:].partition("=")
+            arg = "--" + name.replace("_", "-") + sep + value
+        out.append(arg)
+    return out
+
+
+def _parse(parser: ArgumentParser, argv: list[str]) -> Any:
+    """Parse; jsonargparse's usage dump and multi-line error become one ToolkitError line (``--help`` still prints)."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parser.parse_args(argv)
+    except SystemExit as exit_:
+        if exit_.code in (0, None):
+            raise
+        lines = err.getvalue().splitlines()
+        start = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
+        if start is None:
+            raise ToolkitError((lines[-1].strip() if lines else "invalid arguments") + _HELP) from None
+        message = re.sub(r"\s+", " ", " ".join(line.strip() for line in lines[start:]))[len("error:") :].strip()
+        raise ToolkitError(message + _HELP) from None
+
+
+_HELP = " (see toolkit ablate <run|status> --help)"
+
+
 def main(argv: list[str]) -> int:
     """Run ``toolkit ablate <argv>``; returns the exit status (0: every run done)."""
-    cfg = build_parser().parse_args(argv)
+    cfg = _parse(build_parser(), normalize_options(argv))
     command = cfg.command
     args = cfg[command]
     spec = load_spec(args.spec)

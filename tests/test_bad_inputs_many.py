@@ -1,0 +1,288 @@
+"""Many bad inputs across every entry point: each gets exit 2, one `error:` line naming it, no traceback, nothing lost.
+
+All run in this process through ``toolkit.cli.main`` (a subprocess per case would cost ~8 s each). One real earlier
+run (a tiny digits fit) lives next to the inputs; after every case its files must be byte-identical.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import DIGITS, QUICK, ROOT, fit
+from PIL import Image
+
+from toolkit.cli import main
+
+
+def _images(folder: Path, classes: dict[str, int], size: int = 12, suffix: str = ".png") -> Path:
+    for c, (name, count) in enumerate(classes.items()):
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.new("RGB", (size, size), (30 * c, 7 * i % 255, 90)).save(folder / name / f"{i}{suffix}")
+    return folder
+
+
+def _truncated_jpeg(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = torch.randint(0, 255, (64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    Image.fromarray(pixels.numpy()).save(path, quality=95)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header is intact: Image.verify() would pass it
+    return path
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """An earlier real run, and one file or folder per kind of bad input."""
+    base = tmp_path_factory.mktemp("bad")
+    earlier = base / "earlier"
+    fit(earlier)
+    good_ckpt = earlier / "checkpoints" / "last.ckpt"
+    inputs = base / "inputs"
+    inputs.mkdir()
+    truncated = inputs / "truncated.ckpt"
+    truncated.write_bytes(good_ckpt.read_bytes()[:5000])
+    (inputs / "text.ckpt").write_text("this is not a checkpoint\n")
+    (inputs / "garbage.pth").write_bytes(b"\x80\x04garbage that is no pickle" * 10)
+    (inputs / "weights.txt").write_text("weights\n")
+    _images(inputs / "one_class", {"cats": 6})
+    _images(inputs / "twelve", {"a": 3, "b": 3, "c": 3, "d": 3})
+    _images(inputs / "two_class", {"a": 10, "b": 10})
+    jpeg_root = _images(inputs / "jpegs", {"a": 10, "b": 10}, suffix=".jpg")
+    _truncated_jpeg(jpeg_root / "b" / "cut.jpg")
+    _images(inputs / "split" / "train", {"a": 8, "b": 8})
+    _images(inputs / "split" / "val", {"a": 2, "b": 2, "zebra": 2})
+    (inputs / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(inputs / "flat" / "x.png")
+    _images(inputs / "broken_png", {"a": 8, "b": 8})
+    (inputs / "broken_png" / "a" / "broken.png").write_bytes(b"not an image")
+    (inputs / "empty").mkdir()
+    (inputs / "list.txt").write_text("two_class/a/0.png\ntwo_class/a/gone.png\n")
+    _truncated_jpeg(inputs / "predict_cut" / "cut.jpg")
+    base_cfg = f"base: [{DIGITS}]\nbaseline: v\n"
+    yamls = {
+        "syntax.yaml": "model:\n  drop_rate: [0.1\n",
+        "unknown_key.yaml": "model:\n  backbon: test_resnet\n",
+        "off.yaml": "model:\n  batchnorm: off\n",
+        "spec_unknown.yaml": "name: s\n" + base_cfg + "seeds: [0]\nvariantz: {}\n",
+        "spec_bad_override.yaml": "name: s2\n"
+        + base_cfg
+        + "seeds: [0]\nvariants:\n  v: {model.backbon: test_resnet}\n",
+        "spec_no_seeds.yaml": "name: s3\n" + base_cfg + "seeds: []\nvariants: {v: {}}\n",
+        "spec_ok.yaml": "name: s4\n" + base_cfg + "seeds: [0]\nvariants: {v: {}}\n",
+    }
+    for name, text in yamls.items():
+        (inputs / name).write_text(text)
+    ns = SimpleNamespace(base=base, earlier=earlier, ckpt=str(good_ckpt), inputs=inputs, new=base / "new")
+    ns.before = _snapshot(earlier, inputs)
+    return ns
+
+
+def _snapshot(*roots: Path) -> dict[Path, bytes]:
+    """Every file's bytes; W&B's ``debug-core.log`` is a symlink to the W&B service's own log, not the run's file."""
+    return {p: p.read_bytes() for root in roots for p in sorted(root.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+def _fit(*args: str) -> Callable[[SimpleNamespace], list[str]]:
+    return lambda c: ["fit", *QUICK, "--trainer.default_root_dir", str(c.new), *args]
+
+
+def _folder(name: str, *args: str) -> Callable[[SimpleNamespace], list[str]]:
+    return lambda c: [*_fit("--data.source", "folder", "--data.root", str(c.inputs / name), *args)(c)]
+
+
+def _eval(sub: str, *args: str, ckpt: str | None = "good") -> Callable[[SimpleNamespace], list[str]]:
+    def build(c: SimpleNamespace) -> list[str]:
+        path = {"good": c.ckpt, None: None}.get(ckpt, str(c.inputs / str(ckpt)))
+        given = ["--ckpt_path", path] if path else []
+        extra = [str(c.inputs / a[1:]) if a.startswith("@") else a for a in args]
+        return [sub, *QUICK, "--trainer.default_root_dir", str(c.new), *given, *extra]
+
+    return build
+
+
+def _with_inputs(*args: str) -> Callable[[SimpleNamespace], list[str]]:
+    """``@name`` is a file under the inputs folder, ``%earlier`` the earlier run's folder."""
+
+    def build(c: SimpleNamespace) -> list[str]:
+        subst = {"%earlier": str(c.earlier), "%new": str(c.new)}
+        return [subst.get(a, str(c.inputs / a[1:]) if a.startswith("@") else a) for a in args]
+
+    return build
+
+
+#: (id, argv builder, text the error line must contain: the culprit)
+CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
+    # fit: model options
+    ("drop_rate", _fit("--model.drop_rate", "1.5"), "drop_rate 1.5"),
+    ("drop_path_rate", _fit("--model.drop_path_rate", "-0.1"), "drop_path_rate -0.1"),
+    ("label_smoothing", _fit("--model.label_smoothing", "1.0"), "label_smoothing 1.0"),
+    ("unknown_backbone", _fit("--model.backbone", "resnet18x"), "resnet18x"),
+    ("batchnorm_literal", _fit("--model.batchnorm", "maybe"), "batchnorm"),
+    ("unfreeze_without_freeze", _fit("--model.unfreeze_at_epoch", "2"), "freeze_backbone"),
+    (
+        "unfreeze_never_reached",
+        _fit("--model.freeze_backbone", "true", "--model.unfreeze_at_epoch", "1", "--trainer.max_epochs", "1"),
+        "unfreeze_at_epoch 1",
+    ),
+    ("zero_init_last_vit", _fit("--model.backbone", "test_vit", "--model.zero_init_last", "true"), "zero_init_last"),
+    ("backbone_lr_scale", _fit("--model.backbone_lr_scale", "-1"), "backbone_lr_scale"),
+    ("unknown_option", _fit("--model.dropout", "0.1"), "dropout"),
+    # fit: data options
+    ("batch_size_0", _fit("--data.batch_size", "0"), "batch_size 0"),
+    ("num_workers", _fit("--data.num_workers", "-1"), "num_workers -1"),
+    ("image_size_0", _fit("--data.image_size", "0"), "image_size 0"),
+    ("val_fraction", _fit("--data.val_fraction", "1.2"), "val_fraction"),
+    ("mixup_negative", _fit("--data.mixup_alpha", "-1"), "mixup_alpha"),
+    ("mixup_odd_batch", _fit("--data.mixup_alpha", "0.2", "--data.batch_size", "7"), "batch_size"),
+    (
+        "mixup_batch_over_train",
+        _fit("--data.mixup_alpha", "0.2", "--data.batch_size", "16", "--data.train_subset", "10"),
+        "batch_size 16",
+    ),
+    ("train_subset_0", _fit("--data.train_subset", "0"), "train_subset"),
+    ("source_literal", _fit("--data.source", "imagenet"), "source"),
+    ("torchvision_name", _fit("--data.source", "torchvision", "--data.name", "CIFAR11"), "CIFAR11"),
+    ("folder_no_root", _fit("--data.source", "folder"), "--data.root"),
+    ("folder_missing", _folder("nowhere"), "nowhere"),
+    # image folders and files
+    ("one_class", _folder("one_class"), "one_class"),
+    ("twelve_images", _folder("twelve"), "12 images"),
+    ("truncated_jpeg", _folder("jpegs"), "cut.jpg"),
+    ("val_class_unknown", _folder("split"), "zebra"),
+    ("flat_folder", _folder("flat"), "no class subfolders"),
+    ("undecodable_png", _folder("broken_png"), "broken.png"),
+    ("empty_folder", _folder("empty"), "empty"),
+    # weights
+    ("garbage_pth", lambda c: _fit("--model.pretrained", str(c.inputs / "garbage.pth"))(c), "garbage.pth"),
+    ("missing_pth", lambda c: _fit("--model.pretrained", str(c.inputs / "gone.pth"))(c), "gone.pth"),
+    ("weights_suffix", lambda c: _fit("--model.pretrained", str(c.inputs / "weights.txt"))(c), "weights.txt"),
+    # config files
+    ("config_missing", _with_inputs("fit", "--config", "@nope.yaml"), "nope.yaml"),
+    ("config_syntax", _with_inputs("fit", "--config", DIGITS, "--config", "@syntax.yaml"), "syntax.yaml"),
+    ("config_unknown_key", _with_inputs("fit", "--config", DIGITS, "--config", "@unknown_key.yaml"), "backbon"),
+    ("config_unquoted_off", _with_inputs("fit", "--config", DIGITS, "--config", "@off.yaml"), "batchnorm"),
+    # checkpoints and run homes
+    ("fit_into_earlier_run", _with_inputs("fit", *QUICK, "--trainer.default_root_dir", "%earlier"), "earlier"),
+    ("fit_truncated_ckpt", lambda c: _fit("--ckpt_path", str(c.inputs / "truncated.ckpt"))(c), "truncated.ckpt"),
+    ("fit_missing_ckpt", lambda c: _fit("--ckpt_path", str(c.inputs / "gone.ckpt"))(c), "gone.ckpt"),
+    ("fit_ensemble_ckpts", lambda c: _fit("--ensemble_ckpts", c.ckpt)(c), "--ensemble_ckpts"),
+    ("test_no_ckpt", _eval("test", ckpt=None), "--ckpt_path"),
+    ("validate_no_ckpt", _eval("validate", ckpt=None), "--ckpt_path"),
+    ("test_truncated_ckpt", _eval("test", ckpt="truncated.ckpt"), "truncated.ckpt"),
+    ("test_text_ckpt", _eval("test", ckpt="text.ckpt"), "text.ckpt"),
+    ("validate_missing_ckpt", _eval("validate", ckpt="gone.ckpt"), "gone.ckpt"),
+    ("test_last_without_run", _eval("test", "--ckpt_path", "last", ckpt=None), "--ckpt_path last"),
+    (
+        "test_class_count",
+        _eval("test", "--data.source", "folder", "--data.root", "@two_class"),
+        "10 classes",
+    ),
+    ("ensemble_truncated_member", _eval("test", "--ensemble_ckpts", "@truncated.ckpt"), "truncated.ckpt"),
+    ("ensemble_missing_member", _eval("test", "--ensemble_ckpts", "@gone.ckpt"), "gone.ckpt"),
+    ("test_model_conflict", _eval("test", "--model.backbone", "test_vit"), "backbone"),
+    # predict
+    ("predict_root_missing", _eval("predict", "--data.predict_root", "@nowhere"), "nowhere"),
+    ("predict_root_empty", _eval("predict", "--data.predict_root", "@empty"), "empty"),
+    ("predict_list_missing_file", _eval("predict", "--data.predict_root", "@list.txt"), "gone.png"),
+    ("predict_truncated_jpeg", _eval("predict", "--data.predict_root", "@predict_cut"), "cut.jpg"),
+    # ablate, report, weights
+    ("ablate_spec_missing", _with_inputs("ablate", "run", "@nope_spec.yaml", "--dry_run"), "nope_spec.yaml"),
+    ("ablate_spec_unknown_key", _with_inputs("ablate", "run", "@spec_unknown.yaml", "--dry-run"), "variantz"),
+    ("ablate_spec_bad_override", _with_inputs("ablate", "run", "@spec_bad_override.yaml", "--dry_run"), "backbon"),
+    ("ablate_spec_no_seeds", _with_inputs("ablate", "run", "@spec_no_seeds.yaml", "--dry_run"), "seeds"),
+    (
+        "ablate_devices",
+        _with_inputs("ablate", "run", "@spec_ok.yaml", "--devices", "a,b", "--dry_run"),
+        "--devices",
+    ),
+    (
+        "ablate_workers_type",
+        _with_inputs("ablate", "run", "@spec_ok.yaml", "--workers", "many"),
+        "workers",
+    ),
+    ("ablate_unknown_option", lambda c: ["ablate", "run", "x.yaml", "--fast"], "--fast"),
+    ("ablate_status_missing", _with_inputs("ablate", "status", "@nope_spec.yaml"), "nope_spec.yaml"),
+    ("report_spec_missing", _with_inputs("report", "@nope_spec.yaml"), "nope_spec.yaml"),
+    ("report_unknown_option", lambda c: ["report", "x.yaml", "--colour"], "--colour"),
+    ("weights_unknown_option", lambda c: ["weights", "--all"], "--all"),
+]
+
+
+def _one_error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    # a logging handler left bound to an earlier test's closed capture stream reports itself; not the CLI's output
+    out = capsys.readouterr()
+    err = re.sub(r"--- Logging error ---.*?\nArguments: .*?\n", "", out.err, flags=re.S)
+    assert exit_.value.code == 2, err
+    assert "Traceback" not in err + out.out
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_case_list_is_broad() -> None:
+    assert len({case_id for case_id, _, _ in CASES}) == len(CASES) >= 40
+
+
+@pytest.mark.parametrize(("case_id", "build", "culprit"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gets_one_line(capsys, monkeypatch, ctx, case_id, build, culprit) -> None:
+    monkeypatch.chdir(ctx.base)  # relative defaults (runs/, data/) land in the temporary folder
+    line = _one_error_line(capsys, build(ctx))
+    assert culprit in line, line
+    assert _snapshot(ctx.earlier, ctx.inputs) == ctx.before  # nothing of the earlier run (or the inputs) changed
+    assert not (ctx.new / "checkpoints").exists() and not (ctx.new / "result.json").exists()
+
+
+def test_cifar_config_offline_says_the_data_is_missing(capsys, monkeypatch, tmp_path) -> None:
+    """The README's CIFAR-10 config without a network: one line about the data, not a URLError traceback."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")  # the discard port: every download is refused at once
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    config = str(ROOT / "configs" / "resnet50_cifar10_linear_probe.yaml")
+    line = _one_error_line(capsys, ["fit", "--config", config, "--trainer.default_root_dir", str(tmp_path / "r")])
+    assert "CIFAR10" in line and "could not be downloaded" in line and "--data.download false" in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_last_training_batch_of_one_sample_is_dropped_not_crashed(tmp_path) -> None:
+    """9 training images in batches of 4 leave a last batch of one, on which BatchNorm (1x1 maps at 32 px) fails."""
+    from toolkit.classifier import ImageClassifier
+
+    model = ImageClassifier(num_classes=10).train()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        model(torch.randn(1, 3, 32, 32))  # the crash the data module avoids
+    cli = fit(tmp_path, "--data.train_subset", "9", "--data.batch_size", "4", "--trainer.limit_train_batches", "1.0")
+    sizes = [len(labels) for _, labels in cli.datamodule.train_dataloader()]
+    assert sizes == [4, 4] and cli.trainer.global_step == 2
+    assert (tmp_path / "result.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "s.yaml", "--dry-run", "--gpus-per-run", "2", "--retry-failed", "--time-min=30"],
+        ["run", "s.yaml", "--dry_run", "--gpus_per_run", "2", "--retry_failed", "--time_min=30"],
+    ],
+)
+def test_ablate_options_take_dashes_or_underscores(argv: list[str]) -> None:
+    from toolkit.ablation.cli import build_parser, normalize_options
+
+    args = build_parser().parse_args(normalize_options(argv)).run
+    assert (args.spec, args.dry_run, args.gpus_per_run, args.retry_failed, args.time_min) == (
+        "s.yaml",
+        True,
+        2,
+        True,
+        30,
+    )
+    negated = build_parser().parse_args(normalize_options(["run", "s_x.yaml", "--no_dry_run"])).run
+    assert negated.dry_run is False and negated.spec == "s_x.yaml"  # a value keeps its underscores
