@@ -248,7 +248,7 @@ def test_status_table_shows_every_run_of_the_spec(tmp_path: Path) -> None:
         runs[2].id: {"id": runs[2].id, "status": "running", "attempts": 1, "started_at": now - 30},
     }
     console = Console(file=io.StringIO(), width=200)
-    console.print(build_table(spec, records, tmp_path))
+    console.print(build_table(spec, records, tmp_path, width=200))
     text = console.file.getvalue()
     lines = [line for line in text.splitlines() if "│" in line and ("full" in line or "no-" in line)]
     assert len(lines) == 9

@@ -82,8 +82,10 @@ def test_cache_is_shared_across_seeds_and_rebuilt_when_weights_switches_or_trans
     weights = weights_file(tmp_path, 0)
     base = [*PROBE, "--model.pretrained", weights, "--trainer.limit_train_batches", "1"]
 
+    runs = iter(range(100))
+
     def entries_after(*extra: str) -> int:
-        fit(tmp_path / "run", *base, *extra)
+        fit(tmp_path / f"run{next(runs)}", *base, *extra)  # each fit in its own folder (the run-home rule)
         return len(list(cache.glob("*.pt")))
 
     assert entries_after("--seed_everything", "0") == 2
@@ -122,7 +124,7 @@ def test_on_when_invalid_is_a_one_line_error(tmp_path: Path, cache: Path, capsys
 
     with pytest.raises(SystemExit) as exit_:
         digits = str(Path(__file__).parents[1] / "configs" / "digits.yaml")
-        probe = ("--model.freeze_backbone", "true", "--model.feature_cache", "on")
+        probe = ("--model.freeze_backbone", "true", "--model.feature_cache", "on", "--data.augment", "basic")
         main(["fit", "--config", digits, *probe, "--trainer.default_root_dir", str(tmp_path)])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
