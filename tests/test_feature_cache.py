@@ -90,7 +90,7 @@ def test_cache_is_shared_across_seeds_and_rebuilt_when_weights_switches_or_trans
 
     assert entries_after("--seed_everything", "0") == 2
     assert entries_after("--seed_everything", "1") == 2  # another seed: same backbone, same features
-    assert entries_after("--model.residual", "false") == 4  # a switch
+    assert entries_after("--model.batchnorm", "frozen") == 4  # a switch
     assert entries_after("--data.image_size", "24") == 6  # the transform
     assert entries_after("--model.pretrained", weights_file(tmp_path, 1)) == 8  # the weights
 

@@ -84,7 +84,7 @@ def test_lp_to_ft_switches_at_epoch_without_new_groups(tmp_path: Path) -> None:
     # resume from the mid-way checkpoint (end of epoch 0): same two groups, unfrozen from epoch 1
     epoch0_ckpt = tmp_path / "epoch0.ckpt"
     run2 = tmp_path / "run2"
-    fit(run2, *lp_ft)
+    fit(run2, *lp_ft, "--trainer.max_epochs", "2", "--trainer.max_steps", "3")  # stops after epoch 0 (3 batches)
     (run2 / "checkpoints" / "last.ckpt").rename(epoch0_ckpt)
     saved = torch.load(epoch0_ckpt, weights_only=False)
     assert len(saved["optimizer_states"][0]["param_groups"]) == 2
