@@ -18,7 +18,7 @@ from toolkit.components import BatchNormLevel, apply_switches, check_liveness, i
 from toolkit.errors import ToolkitError
 from toolkit.freezing import BackboneFreezer
 from toolkit.heads import HeadInit, create_head
-from toolkit.schedules import TOTAL_STEPS_HINT, WarmupSchedule
+from toolkit.schedules import WarmupSchedule, build_lr_scheduler
 
 
 class ImageClassifier(pl.LightningModule):
@@ -44,8 +44,8 @@ class ImageClassifier(pl.LightningModule):
         class_names: class names in label order (linked from the data), used by ``predict``.
         optimizer: optimizer factory; receives the head and backbone param groups.
         lr_scheduler: lr scheduler factory; None for a constant lr.
-        scheduler_interval: step the scheduler every ``step`` or ``epoch``; None = ``step`` for WarmupSchedule,
-            else ``epoch``.
+        scheduler_interval: step the scheduler every ``step`` or ``epoch``; None = ``step`` for a schedule sized in
+            optimizer steps (one with a ``total_steps`` argument, e.g. WarmupSchedule), else ``epoch``.
     """
 
     def __init__(
@@ -207,16 +207,12 @@ class ImageClassifier(pl.LightningModule):
         ]
         optimizer = self.optimizer_factory(groups)
         optimizer.param_groups[1]["lr"] = optimizer.param_groups[0]["lr"] * self.hparams.backbone_lr_scale
-        setattr(optimizer, TOTAL_STEPS_HINT, int(self.trainer.estimated_stepping_batches))
-        owner = next((cb for cb in self.trainer.callbacks if getattr(cb, "owns_lr_schedule", False)), None)
-        if owner is not None or self.scheduler_factory is None:
-            if owner is not None and self.scheduler_factory is not None:
-                rank_zero_info(
-                    f"{type(owner).__name__} sets the learning rate; the configured lr_scheduler is not used"
-                )
+        if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        interval = self.hparams.scheduler_interval or ("step" if isinstance(scheduler, WarmupSchedule) else "epoch")
+        # a schedule callback (SnapshotEnsemble) swaps this scheduler for its own, as Lightning's SWA callback does
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler, per_step = build_lr_scheduler(self.scheduler_factory, optimizer, total)
+        interval = self.hparams.scheduler_interval or ("step" if per_step else "epoch")
         config = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = keys.VAL_LOSS

@@ -136,17 +136,10 @@ def check_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
 
 def _resolve(spec: AblationSpec, run: Run, root: str | Path, gpus: int) -> Any:
     """The run's resolved ``fit`` config (a jsonargparse Namespace), raising with the variant's name."""
-    import contextlib
-    import io
-    import warnings
-
-    # the parse-only CLI behind `check_args`; here its resolved config is kept
-    from toolkit.lightning_cli import _ARGS_WARNING, _ParseOnlyCLI
+    from toolkit.lightning_cli import parse_config
 
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_ARGS_WARNING)
-            return _ParseOnlyCLI(args=fit_args(spec, run, root, gpus=gpus)).config.fit
+        return parse_config(fit_args(spec, run, root, gpus=gpus)).fit
     except ToolkitError as err:
         raise ToolkitError(f"variant '{run.variant}' of {spec.path or spec.name}: {err}") from None
 
