@@ -15,7 +15,8 @@ import yaml
 from conftest import DIGITS, ROOT, fit, toolkit_cmd
 from sklearn.metrics import accuracy_score, f1_score
 
-from toolkit.callbacks.snapshot import CheckpointEnsemble, SnapshotEnsemble, cycle_length
+from toolkit.callbacks.ensemble import CheckpointEnsemble
+from toolkit.callbacks.snapshot import SnapshotEnsemble, cycle_length
 from toolkit.classifier import ImageClassifier
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli import check_args, run_cli

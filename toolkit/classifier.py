@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from typing_extensions import override
 
 from toolkit import keys
@@ -18,6 +17,7 @@ from toolkit.components import BatchNormLevel, apply_switches, check_liveness, i
 from toolkit.errors import ToolkitError
 from toolkit.freezing import BackboneFreezer
 from toolkit.heads import HeadInit, create_head
+from toolkit.metrics import classification_metrics
 from toolkit.schedules import WarmupSchedule, build_lr_scheduler
 
 
@@ -94,22 +94,20 @@ class ImageClassifier(pl.LightningModule):
         self.adjusted: list[str] = init_adjustments(zero_init_last)
         self.head = create_head(self.backbone.num_features, num_classes, drop_rate, head_init)
         self.freezer = BackboneFreezer(self.backbone, freeze_backbone, unfreeze_at_epoch)
-        self.metrics = torch.nn.ModuleDict(
-            {
-                "train_acc": MulticlassAccuracy(num_classes, average="micro"),
-                "val_acc": MulticlassAccuracy(num_classes, average="micro"),
-                "val_f1": MulticlassF1Score(num_classes, average="macro"),
-                "test_acc": MulticlassAccuracy(num_classes, average="micro"),
-                "test_f1": MulticlassF1Score(num_classes, average="macro"),
-            }
-        )
+        metrics = classification_metrics(num_classes)
+        # training logs accuracy only (F1 on augmented, possibly mixed batches says little); val and test log both
+        self.train_acc = metrics["acc"].clone()
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
 
     # -- freezing policy ---------------------------------------------------------------------------------------
+    @override
     def train(self, mode: bool = True) -> ImageClassifier:
         super().train(mode)
         self.freezer.enforce_eval()
         return self
 
+    @override
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.lesion_blocks:
             raise ToolkitError("lesion_blocks is a test-time lesion; use it with `toolkit test`, not `toolkit fit`")
@@ -127,12 +125,15 @@ class ImageClassifier(pl.LightningModule):
         if self.freezer.maybe_unfreeze(self.current_epoch):
             rank_zero_info(f"epoch {self.current_epoch}: backbone unfrozen, fine-tuning (LP->FT)")
 
+    @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.freezer.drop_gated_grads()
 
+    @override
     def on_fit_start(self) -> None:
         self._log_setup()
 
+    @override
     def on_test_start(self) -> None:
         self._log_setup()
 
@@ -157,6 +158,7 @@ class ImageClassifier(pl.LightningModule):
             )
 
     # -- steps -------------------------------------------------------------------------------------------------
+    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
 
@@ -164,32 +166,34 @@ class ImageClassifier(pl.LightningModule):
         # soft targets (mixup/cutmix) are class probabilities; cross_entropy takes both forms
         return F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
 
+    @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
         logits = self(images)
         loss = self._loss(logits, targets)
         hard = targets.argmax(-1) if targets.ndim == 2 else targets
-        self.metrics["train_acc"](logits, hard)
+        self.train_acc(logits, hard)
         self.log(keys.TRAIN_LOSS, loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(images))
-        self.log(keys.TRAIN_ACC, self.metrics["train_acc"], on_step=False, on_epoch=True, batch_size=len(images))
+        self.log(keys.TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True, batch_size=len(images))
         return loss
 
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, targets = batch
         logits = self(images)
         loss = self._loss(logits, targets)
-        acc, f1 = self.metrics[f"{stage}_acc"], self.metrics[f"{stage}_f1"]
-        acc(logits, targets)
-        f1(logits, targets)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(logits, targets)
         size = len(images)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
-        self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True, batch_size=size)
-        self.log(f"{stage}/f1", f1, on_epoch=True, batch_size=size)
+        for key, metric in metrics.items(keep_base=False):  # "val/acc", "val/f1": the collection's prefix
+            self.log(key, metric, on_epoch=True, prog_bar=key.endswith("/acc"), batch_size=size)
         return logits
 
+    @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._eval_step("val", batch)
 
+    @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._eval_step("test", batch)
 
@@ -199,6 +203,7 @@ class ImageClassifier(pl.LightningModule):
         return {"probs": probs, "preds": probs.argmax(-1)}
 
     # -- optimisation ------------------------------------------------------------------------------------------
+    @override
     def configure_optimizers(self) -> Any:
         # both groups exist from the start; freezing gates the backbone's grads, it never adds a group
         groups = [

@@ -26,7 +26,6 @@ from typing import Any
 from toolkit.errors import ToolkitError
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
-STATUSES = (PENDING, RUNNING, DONE, FAILED)
 VERSION = 1
 
 

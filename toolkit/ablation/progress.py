@@ -24,6 +24,7 @@ import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from typing_extensions import override
 
 from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
 from toolkit.ablation.spec import AblationSpec, Run
@@ -78,6 +79,7 @@ class _HeaderUnpickler(pickle.Unpickler):
 
     _PLAIN = {("builtins", n) for n in ("dict", "list", "tuple", "set", "frozenset", "int", "float", "str", "bool")}
 
+    @override
     def find_class(self, module: str, name: str) -> type:
         if (module, name) in self._PLAIN:
             return getattr(builtins, name)
@@ -85,6 +87,7 @@ class _HeaderUnpickler(pickle.Unpickler):
             return collections.OrderedDict
         return _Opaque
 
+    @override
     def persistent_load(self, pid: object) -> None:
         return None
 

@@ -20,10 +20,10 @@ from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
 from typing_extensions import override
 
 from toolkit import keys
-from toolkit.callbacks.ensemble import CheckpointEnsemble, EnsembleEvaluator
+from toolkit.callbacks.ensemble import EnsembleEvaluator
 from toolkit.errors import ToolkitError
 
-__all__ = ["CheckpointEnsemble", "SnapshotEnsemble", "cycle_length", "cyclic_cosine_lr", "snapshot_dir"]
+__all__ = ["SnapshotEnsemble", "cycle_length", "cyclic_cosine_lr", "snapshot_dir"]
 
 
 def cycle_length(total_steps: int, cycles: int) -> int:
