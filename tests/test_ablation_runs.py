@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from toolkit.ablation.ckpt_epochs import epochs_done
 from toolkit.ablation.command import check_variants, wandb_runs
 from toolkit.ablation.ledger import Ledger, ledger_path
-from toolkit.ablation.progress import epochs_done
 from toolkit.ablation.runner import Options, run_ablation
 from toolkit.ablation.spec import load_spec
 from toolkit.errors import ToolkitError

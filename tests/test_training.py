@@ -86,6 +86,7 @@ def test_lp_to_ft_switches_at_epoch_without_new_groups(tmp_path: Path) -> None:
     run2 = tmp_path / "run2"
     fit(run2, *lp_ft)
     (run2 / "checkpoints" / "last.ckpt").rename(epoch0_ckpt)
+    (run2 / "result.json").unlink()  # as after a killed run: a finished one is refused
     saved = torch.load(epoch0_ckpt, weights_only=False)
     assert len(saved["optimizer_states"][0]["param_groups"]) == 2
     resumed = fit(run2, *lp_ft, *two_epochs_recorded, "--ckpt_path", str(epoch0_ckpt))

@@ -14,9 +14,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from toolkit.ablation.ckpt_epochs import epochs_done
 from toolkit.ablation.command import last_checkpoint, wandb_runs
 from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
-from toolkit.ablation.progress import epochs_done
 from toolkit.ablation.spec import Run
 
 ERROR_LINES = 20

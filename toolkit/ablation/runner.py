@@ -234,9 +234,9 @@ def _summarise(
 
 
 def _report(spec: AblationSpec, root: Path, console: Console) -> None:
-    from toolkit.report.cli import main as report_main  # lazily: the report is only needed at the end
+    from toolkit.report.build import print_report, report_spec  # lazily: the report is only needed at the end
 
     try:
-        report_main([spec.path, "--root", str(root)])
+        print_report(report_spec(spec, root))
     except ToolkitError as err:  # the runs are safe; say why there is no table
         console.print(f"no report: {err}", soft_wrap=True)
