@@ -129,3 +129,14 @@ def test_plain_torch_modules_never_load_lightning() -> None:
     loaded = _loaded("\n".join(f"import {m}" for m in PLAIN_TORCH))
     assert "torch" in loaded and "timm" in loaded
     assert not loaded & {"lightning", "pytorch_lightning", "lightning_fabric"}, sorted(loaded)
+
+
+def test_only_the_report_sources_read_wandb_data() -> None:
+    # the ablation runner learns its runs' W&B ids through toolkit.report.sources, never from W&B itself
+    readers = sorted(
+        module_name(p)
+        for p in (PACKAGE / "ablation").rglob("*.py")
+        if any(m.split(".")[0] == "wandb" or m.startswith("toolkit.report.wandb_log") for m in imports_of(p))
+        or "run-*" in p.read_text()
+    )
+    assert not readers, readers

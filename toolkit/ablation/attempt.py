@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.ablation.ckpt_epochs import epochs_done
-from toolkit.ablation.command import last_checkpoint, wandb_runs
+from toolkit.ablation.command import last_checkpoint
 from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
 from toolkit.ablation.spec import Run
 
@@ -104,6 +104,8 @@ def finish(ledger: Ledger, run: Run, root: str | Path, code: int, interrupted: b
     else:
         tail = log_tail(run_dir / "run.log")
         fields.update(status=FAILED, note=note, error_tail=tail, reason=failure_reason(tail))
+    from toolkit.report.sources import wandb_runs  # the one reader of W&B data; lazily: pandas, only here
+
     wandb = wandb_runs(run_dir)
     if wandb:
         # the newest is this attempt's; a resumed offline run is a new W&B run whose config names the one before
