@@ -97,7 +97,7 @@ def test_plain_torch_modules_import_no_lightning_or_wandb(path: Path) -> None:
 
 
 def test_the_ledger_logic_does_not_import_the_ui() -> None:
-    for name in ("ledger", "attempt", "command", "spec"):
+    for name in ("ledger", "lifecycle", "command", "spec"):
         assert "toolkit.ablation.progress" not in imports_of(PACKAGE / "ablation" / f"{name}.py"), name
 
 
