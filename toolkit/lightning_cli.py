@@ -193,7 +193,8 @@ class ToolkitCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """The trainer, with the callbacks every toolkit run has beside the configured ones."""
         config = self.config_init.get(str(self.subcommand), self.config_init)
-        listed = list(config.trainer.get("callbacks") or [])
+        given = config.trainer.get("callbacks") or []
+        listed = list(given) if isinstance(given, list) else [given]
         callbacks = [*listed]
         if config.trainer.get("enable_progress_bar", True) is not False and not any(
             isinstance(c, ProgressBar) for c in listed
