@@ -152,6 +152,12 @@ class ToolkitCLI(LightningCLI):
             config.checkpoint.dirpath = str(root / "checkpoints")
         if config.last_checkpoint.dirpath is None:
             config.last_checkpoint.dirpath = config.checkpoint.dirpath
+        if config.checkpoint.save_last and config.last_checkpoint.save_top_k != 0:
+            raise ToolkitError(
+                "--checkpoint.save_last and the last_checkpoint callback would both write last.ckpt; drop "
+                "--checkpoint.save_last (last_checkpoint rewrites last.ckpt every epoch) or set "
+                "--last_checkpoint.save_top_k 0"
+            )
         check_subcommand_inputs(self.subcommand, config.get("ckpt_path"), config.get("ensemble_ckpts"))
         if self.subcommand == "fit" and not config.get("ckpt_path"):
             check_run_home(root, Path(config.checkpoint.dirpath))
