@@ -85,3 +85,23 @@ def test_other_optimizers_with_a_torch_step_scheduler(tmp_path: Path, optimizer:
     )
     assert type(cli.trainer.optimizers[0]).__name__ == optimizer.rsplit(".", 1)[1]
     assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
+
+
+def test_schedules_sized_in_steps_get_the_trainers_estimate_unless_configured() -> None:
+    from functools import partial
+
+    from toolkit.schedules import build_lr_scheduler
+
+    def optimizer() -> torch.optim.Optimizer:
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    scheduler, per_step = build_lr_scheduler(WarmupSchedule, optimizer(), 40)  # the classifier's default
+    assert (scheduler.total_steps, per_step) == (40, True)
+    scheduler, _ = build_lr_scheduler(partial(WarmupSchedule, schedule="cosine", total_steps=None), optimizer(), 40)
+    assert scheduler.total_steps == 40
+    scheduler, _ = build_lr_scheduler(partial(WarmupSchedule, total_steps=100), optimizer(), 40)  # set: kept
+    assert scheduler.total_steps == 100
+    one_cycle, per_step = build_lr_scheduler(partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.1), optimizer(), 40)
+    assert (one_cycle.total_steps, per_step) == (40, True)
+    step_lr, per_step = build_lr_scheduler(partial(torch.optim.lr_scheduler.StepLR, step_size=1), optimizer(), 40)
+    assert isinstance(step_lr, torch.optim.lr_scheduler.StepLR) and not per_step

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.ablation.ckpt_epochs import epochs_done
 from toolkit.ablation.ledger import Ledger, ledger_path
-from toolkit.ablation.progress import epochs_done
 from toolkit.report.wandb_log import read_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ import yaml
 from conftest import DIGITS, ROOT, fit, toolkit_cmd
 from sklearn.metrics import accuracy_score, f1_score
 
-from toolkit.callbacks.snapshot import CheckpointEnsemble, SnapshotEnsemble, cycle_length
+from toolkit.callbacks.ensemble import CheckpointEnsemble
+from toolkit.callbacks.snapshot import SnapshotEnsemble, cycle_length
 from toolkit.classifier import ImageClassifier
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli import check_args, run_cli
@@ -225,7 +226,9 @@ def test_resume_mid_cycle_keeps_schedule_and_snapshots(tmp_path: Path) -> None:
     callback = next(cb for cb in cli.trainer.callbacks if isinstance(cb, SnapshotEnsemble))
     assert [Path(p).name for p in callback.snapshots] == ["snapshot-0.pt", "snapshot-1.pt"]
 
-    # a different budget cannot continue this schedule: clear error, the checkpoint untouched
+    # a different budget cannot continue this schedule: clear error, the checkpoint untouched (result.json goes
+    # first: a finished run is refused before its schedule is read)
+    (tmp_path / "result.json").unlink()
     before = (ckpts / "last.ckpt").stat().st_mtime_ns
     with pytest.raises(ToolkitError, match="cannot resume"):
         fit(tmp_path, *args, "--trainer.max_epochs", "4", "--ckpt_path", "last")
@@ -247,3 +250,24 @@ def test_cycles_that_do_not_fit_the_budget_fail_before_training(tmp_path: Path) 
 
 def test_snapshot_config_parses() -> None:
     check_args(["fit", "--config", DIGITS, "--config", SNAPSHOT_YAML])
+
+
+def test_the_schedule_is_torchs_cosine_with_warm_restarts() -> None:
+    # 60 steps in 4 cycles: torch's CosineAnnealingWarmRestarts(T_0=ceil(T/M)) is Huang et al.'s formula exactly
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([{"params": [param], "lr": LR}, {"params": [], "lr": LR * 0.1}])
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=cycle_length(60, 4))
+    diff = 0.0
+    for step in range(60):
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        diff = max(diff, abs(lrs[0] - expected_lr(LR, step, 60, 4)), abs(lrs[1] - expected_lr(LR * 0.1, step, 60, 4)))
+        optimizer.step()
+        scheduler.step()
+    assert diff == 0.0
+
+
+def test_lightning_steps_and_monitors_the_snapshot_scheduler(snap) -> None:
+    _, cli = snap
+    (config,) = cli.trainer.lr_scheduler_configs
+    assert isinstance(config.scheduler, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts)
+    assert (config.interval, config.scheduler.T_0, config.scheduler.last_epoch) == ("step", 4, 12)

@@ -11,6 +11,7 @@ import torch
 from conftest import fit
 
 from toolkit.classifier import ImageClassifier
+from toolkit.errors import ToolkitError
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -86,6 +87,7 @@ def test_lp_to_ft_switches_at_epoch_without_new_groups(tmp_path: Path) -> None:
     run2 = tmp_path / "run2"
     fit(run2, *lp_ft, "--trainer.max_epochs", "2", "--trainer.max_steps", "3")  # stops after epoch 0 (3 batches)
     (run2 / "checkpoints" / "last.ckpt").rename(epoch0_ckpt)
+    (run2 / "result.json").unlink()  # as after a killed run: a finished one is refused
     saved = torch.load(epoch0_ckpt, weights_only=False)
     assert len(saved["optimizer_states"][0]["param_groups"]) == 2
     resumed = fit(run2, *lp_ft, *two_epochs_recorded, "--ckpt_path", str(epoch0_ckpt))
@@ -123,3 +125,14 @@ def test_last_checkpoint_is_the_final_epoch_even_without_a_new_best(tmp_path: Pa
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["epoch"] == 2 and last["global_step"] == 9
     assert "epoch000" in cli.trainer.checkpoint_callback.best_model_path
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-epoch000.ckpt", "last.ckpt"]
+
+
+def test_last_checkpoint_is_a_declared_overridable_group(tmp_path: Path) -> None:
+    # off: no last.ckpt at all; the top-k checkpoint alone
+    fit(tmp_path / "off", "--last_checkpoint.save_top_k", "0")
+    assert [p.name for p in (tmp_path / "off" / "checkpoints").iterdir()] == ["best-epoch000.ckpt"]
+    # Lightning's save_last beside it would write the same file: refused before anything is built
+    with pytest.raises(ToolkitError, match=r"both write last\.ckpt"):
+        fit(tmp_path / "both", "--checkpoint.save_last", "true")
+    assert not (tmp_path / "both").exists()

@@ -59,6 +59,7 @@ def test_resume_offline_starts_a_run_naming_the_one_it_resumes(tmp_path: Path) -
     fit(tmp_path)
     (first,) = _logs(tmp_path)
     first_id = read_run(first).run_id
+    (tmp_path / "result.json").unlink()  # as after a killed run: a finished one is refused
     fit(tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")  # same folder: config.yaml exists already
     logs = _logs(tmp_path)
     assert len(logs) == 2

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import timm
 import torch.nn as nn
+from typing_extensions import override
 
 from toolkit.errors import ToolkitError
 
@@ -51,6 +52,7 @@ class _Records(logging.Handler):
         super().__init__(logging.INFO)
         self.messages: list[str] = []
 
+    @override
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
 

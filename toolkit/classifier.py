@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from typing_extensions import override
 
 from toolkit import features, keys
@@ -19,7 +18,8 @@ from toolkit.errors import ToolkitError
 from toolkit.features import FeatureCacheMode
 from toolkit.freezing import BackboneFreezer
 from toolkit.heads import HeadInit, create_head
-from toolkit.schedules import TOTAL_STEPS_HINT, WarmupSchedule
+from toolkit.metrics import classification_metrics
+from toolkit.schedules import WarmupSchedule, build_lr_scheduler
 
 
 class ImageClassifier(pl.LightningModule):
@@ -45,8 +45,8 @@ class ImageClassifier(pl.LightningModule):
         class_names: class names in label order (linked from the data), used by ``predict``.
         optimizer: optimizer factory; receives the head and backbone param groups.
         lr_scheduler: lr scheduler factory; None for a constant lr.
-        scheduler_interval: step the scheduler every ``step`` or ``epoch``; None = ``step`` for WarmupSchedule,
-            else ``epoch``.
+        scheduler_interval: step the scheduler every ``step`` or ``epoch``; None = ``step`` for a schedule sized in
+            optimizer steps (one with a ``total_steps`` argument, e.g. WarmupSchedule), else ``epoch``.
         feature_cache: train a frozen backbone's head on features computed once (:mod:`toolkit.features`):
             ``auto`` when valid (frozen backbone, ``data.augment: none``, no mixup, one process), ``on`` (an error
             when invalid), ``off``.
@@ -113,22 +113,20 @@ class ImageClassifier(pl.LightningModule):
         if compile:
             self.backbone.compile()  # nn.Module.compile: in place, so the state dict keeps its keys
         self.freezer = BackboneFreezer(self.backbone, freeze_backbone, unfreeze_at_epoch)
-        self.metrics = torch.nn.ModuleDict(
-            {
-                "train_acc": MulticlassAccuracy(num_classes, average="micro"),
-                "val_acc": MulticlassAccuracy(num_classes, average="micro"),
-                "val_f1": MulticlassF1Score(num_classes, average="macro"),
-                "test_acc": MulticlassAccuracy(num_classes, average="micro"),
-                "test_f1": MulticlassF1Score(num_classes, average="macro"),
-            }
-        )
+        metrics = classification_metrics(num_classes)
+        # training logs accuracy only (F1 on augmented, possibly mixed batches says little); val and test log both
+        self.train_acc = metrics["acc"].clone()
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
 
     # -- freezing policy ---------------------------------------------------------------------------------------
+    @override
     def train(self, mode: bool = True) -> ImageClassifier:
         super().train(mode)
         self.freezer.enforce_eval()
         return self
 
+    @override
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.lesion_blocks:
             raise ToolkitError("lesion_blocks is a test-time lesion; use it with `toolkit test`, not `toolkit fit`")
@@ -153,14 +151,17 @@ class ImageClassifier(pl.LightningModule):
         if self._use_feature_cache:  # cached features are valid only while the backbone stays frozen
             features.set_active(self.trainer.datamodule, self.freezer.frozen)
 
+    @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.freezer.drop_gated_grads()
 
+    @override
     def on_fit_start(self) -> None:
         self._log_setup()
         if self.logger is not None:
             self.logger.log_hyperparams({"feature_cache_used": self._use_feature_cache})
 
+    @override
     def on_test_start(self) -> None:
         self._log_setup()
 
@@ -185,6 +186,7 @@ class ImageClassifier(pl.LightningModule):
             )
 
     # -- steps -------------------------------------------------------------------------------------------------
+    @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone_features(images))
 
@@ -202,32 +204,34 @@ class ImageClassifier(pl.LightningModule):
         # soft targets (mixup/cutmix) are class probabilities; cross_entropy takes both forms
         return F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
 
+    @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, targets = batch
         logits = self._logits(images)
         loss = self._loss(logits, targets)
         hard = targets.argmax(-1) if targets.ndim == 2 else targets
-        self.metrics["train_acc"](logits, hard)
+        self.train_acc(logits, hard)
         self.log(keys.TRAIN_LOSS, loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(images))
-        self.log(keys.TRAIN_ACC, self.metrics["train_acc"], on_step=False, on_epoch=True, batch_size=len(images))
+        self.log(keys.TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True, batch_size=len(images))
         return loss
 
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         images, targets = batch
         logits = self._logits(images)
         loss = self._loss(logits, targets)
-        acc, f1 = self.metrics[f"{stage}_acc"], self.metrics[f"{stage}_f1"]
-        acc(logits, targets)
-        f1(logits, targets)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(logits, targets)
         size = len(images)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True, batch_size=size)
-        self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True, batch_size=size)
-        self.log(f"{stage}/f1", f1, on_epoch=True, batch_size=size)
+        for key, metric in metrics.items(keep_base=False):  # "val/acc", "val/f1": the collection's prefix
+            self.log(key, metric, on_epoch=True, prog_bar=key.endswith("/acc"), batch_size=size)
         return logits
 
+    @override
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._eval_step("val", batch)
 
+    @override
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._eval_step("test", batch)
 
@@ -236,6 +240,7 @@ class ImageClassifier(pl.LightningModule):
         return {"probs": self(images).softmax(-1)}
 
     # -- optimisation ------------------------------------------------------------------------------------------
+    @override
     def configure_optimizers(self) -> Any:
         # both groups exist from the start; freezing gates the backbone's grads, it never adds a group
         groups = [
@@ -244,16 +249,12 @@ class ImageClassifier(pl.LightningModule):
         ]
         optimizer = self.optimizer_factory(groups)
         optimizer.param_groups[1]["lr"] = optimizer.param_groups[0]["lr"] * self.hparams.backbone_lr_scale
-        setattr(optimizer, TOTAL_STEPS_HINT, int(self.trainer.estimated_stepping_batches))
-        owner = next((cb for cb in self.trainer.callbacks if getattr(cb, "owns_lr_schedule", False)), None)
-        if owner is not None or self.scheduler_factory is None:
-            if owner is not None and self.scheduler_factory is not None:
-                rank_zero_info(
-                    f"{type(owner).__name__} sets the learning rate; the configured lr_scheduler is not used"
-                )
+        if self.scheduler_factory is None:
             return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        interval = self.hparams.scheduler_interval or ("step" if isinstance(scheduler, WarmupSchedule) else "epoch")
+        # a schedule callback (SnapshotEnsemble) swaps this scheduler for its own, as Lightning's SWA callback does
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler, per_step = build_lr_scheduler(self.scheduler_factory, optimizer, total)
+        interval = self.hparams.scheduler_interval or ("step" if per_step else "epoch")
         config = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             config["monitor"] = keys.VAL_LOSS

@@ -1,15 +1,14 @@
-"""Metric keys shared by training, ablations and reports (defined once; imports nothing heavy)."""
+"""Metric keys shared by training, ablations and reports (defined once; imports nothing heavy).
+
+The metrics behind ``<stage>/acc`` and ``<stage>/f1`` are built in one place, :mod:`toolkit.metrics`.
+"""
 
 TRAIN_LOSS = "train/loss"
 TRAIN_ACC = "train/acc"
 VAL_LOSS = "val/loss"
 VAL_ACC = "val/acc"
 VAL_F1 = "val/f1"
-TEST_LOSS = "test/loss"
 TEST_ACC = "test/acc"
-TEST_F1 = "test/f1"
-TEST_ACC_ENSEMBLE = "test/acc_ensemble"
-TEST_F1_ENSEMBLE = "test/f1_ensemble"
 
 #: best value of each validation metric goes into the W&B summary ("max" or "min")
 VAL_SUMMARY = {VAL_ACC: "max", VAL_F1: "max", VAL_LOSS: "min"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 import yaml
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
@@ -44,10 +44,17 @@ class AblationInfo:
 
 
 class LoggedConfig(SaveConfigCallback):
-    """Writes config.yaml (overwriting) and sends the full resolved config, nested, to the logger."""
+    """Writes config.yaml (overwriting) and sends the full resolved config, nested, to the logger.
 
-    resumed_from: str | None = None
+    Args:
+        resumed_from: the W&B id of the run an offline resume continues (logged as ``resumed_from``).
+    """
 
+    def __init__(self, *args: Any, resumed_from: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resumed_from = resumed_from
+
+    @override
     def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
         config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
         config["cpu_threads"] = torch.get_num_threads()  # float reduction order depends on it: part of the result
@@ -92,6 +99,7 @@ class ToolkitCLI(LightningCLI):
             if err.getvalue() and "error:" not in err.getvalue():
                 print(err.getvalue(), end="", file=sys.stderr)
 
+    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--test_after_fit",
@@ -114,10 +122,21 @@ class ToolkitCLI(LightningCLI):
             {
                 "checkpoint.monitor": keys.MONITOR,
                 "checkpoint.mode": keys.MONITOR_MODE,
-                "checkpoint.save_last": True,
                 "checkpoint.filename": "best-epoch{epoch:03d}",
                 "checkpoint.auto_insert_metric_name": False,
                 "trainer.logger": {"class_path": "toolkit.tracking.WandbLogger"},
+            }
+        )
+        # last.ckpt, rewritten at the end of every epoch (``--last_checkpoint.save_top_k 0`` turns it off). Not the
+        # top-k callback's save_last: Lightning 2.6 rewrites that one only in an epoch with a new top-k checkpoint,
+        # so after an epoch without a new best ``--ckpt_path last`` would resume from an older epoch.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.filename": ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
@@ -133,6 +152,14 @@ class ToolkitCLI(LightningCLI):
         root = Path(config.trainer.default_root_dir or ".")
         if config.checkpoint.dirpath is None:
             config.checkpoint.dirpath = str(root / "checkpoints")
+        if config.last_checkpoint.dirpath is None:
+            config.last_checkpoint.dirpath = config.checkpoint.dirpath
+        if config.checkpoint.save_last and config.last_checkpoint.save_top_k != 0:
+            raise ToolkitError(
+                "--checkpoint.save_last and the last_checkpoint callback would both write last.ckpt; drop "
+                "--checkpoint.save_last (last_checkpoint rewrites last.ckpt every epoch) or set "
+                "--last_checkpoint.save_top_k 0"
+            )
         check_subcommand_inputs(self.subcommand, config.get("ckpt_path"), config.get("ensemble_ckpts"))
         if self.subcommand == "fit" and not config.get("ckpt_path"):
             check_run_home(root, Path(config.checkpoint.dirpath))
@@ -157,7 +184,7 @@ class ToolkitCLI(LightningCLI):
                 if logger.init_args.mode in ("online",) or (logger.init_args.mode == "auto" and _online_auto()):
                     logger.init_args.id = logger.init_args.id or run_id
                 else:
-                    LoggedConfig.resumed_from = run_id
+                    self.save_config_kwargs["resumed_from"] = run_id
 
     @override
     def instantiate_classes(self) -> None:
@@ -168,24 +195,32 @@ class ToolkitCLI(LightningCLI):
         else:
             super().instantiate_classes()
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        if config.get("logger") in (False, None):  # no logger: nothing to monitor the lr into
-            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        listed = [*callbacks, *(config.get("callbacks") or [])]
-        if config.get("enable_progress_bar", True) is not False and not any(isinstance(c, ProgressBar) for c in listed):
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with the callbacks every toolkit run has beside the configured ones."""
+        config = self.config_init.get(str(self.subcommand), self.config_init)
+        given = config.trainer.get("callbacks") or []
+        listed = list(given) if isinstance(given, list) else [given]
+        callbacks = [*listed]
+        if config.trainer.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in listed
+        ):
             callbacks.append(RichProgressBar())
         callbacks.append(RunIdCheckpoint())
         if not any(isinstance(c, EpochLog) for c in listed):
             callbacks.append(EpochLog())
         callbacks.append(RandomStateCheckpoint())  # a resumed fit continues the same random stream
         callbacks.append(RunHealth())  # what result.json and the report's run-health classes need
-        callbacks.extend(_last_checkpoints(callbacks))
-        if self.subcommand == "test" and self.config.test.get("ensemble_ckpts"):
+        if self.subcommand == "test" and config.get("ensemble_ckpts"):
             from toolkit.callbacks.ensemble import CheckpointEnsemble
 
-            callbacks.append(CheckpointEnsemble(self.config.test.ensemble_ckpts))
-        return super()._instantiate_trainer(config, callbacks)
+            callbacks.append(CheckpointEnsemble(config.ensemble_ckpts))
+        trainer = super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+        if trainer.logger is None:  # no logger: nothing to monitor the lr into (LearningRateMonitor would raise)
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        return trainer
 
+    # the subcommand methods below are LightningCLI's documented extension: ``<subcommand>``/``after_<subcommand>``
     def predict(self, **kwargs: Any) -> None:
         """``toolkit predict``: ``<default_root_dir>/predictions.csv``, one row per image (``--data.predict_root``).
 
@@ -332,28 +367,6 @@ def fit_summary(trainer: Trainer) -> str:
 
 def _is_wandb(logger: Any) -> bool:
     return isinstance(logger, LightningWandbLogger)
-
-
-def _last_checkpoints(callbacks: list[Callback]) -> list[ModelCheckpoint]:
-    """A ``last.ckpt`` written every epoch for each ModelCheckpoint with ``save_last``.
-
-    Lightning 2.6's ``save_last`` rewrites last.ckpt only in an epoch where a top-k checkpoint was saved, so after
-    an epoch without a new best, ``--ckpt_path last`` would resume from an older epoch.
-    """
-    extra = []
-    for callback in callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.save_last and callback.monitor is not None:
-            callback.save_last = False
-            extra.append(
-                ModelCheckpoint(
-                    dirpath=callback.dirpath,
-                    filename=ModelCheckpoint.CHECKPOINT_NAME_LAST,
-                    monitor=None,
-                    save_top_k=1,
-                    enable_version_counter=False,
-                )
-            )
-    return extra
 
 
 def _is_toolkit_logger(logger: Any) -> bool:
@@ -516,7 +529,6 @@ _ARGS_WARNING = ".*args parameter is intended to run from within Python"
 
 def run_cli(args: list[str] | None = None) -> ToolkitCLI:
     """Run ``toolkit <subcommand> ...`` in this process (the console script calls this)."""
-    LoggedConfig.resumed_from = None
     quiet_third_party()
     try:
         with warnings.catch_warnings():
@@ -530,24 +542,28 @@ def run_cli(args: list[str] | None = None) -> ToolkitCLI:
         _finish_wandb()
 
 
+class _Parsed(Exception):
+    """Stops the parse-only CLI right after parsing: nothing is seeded, built or run."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+
 class _ParseOnlyCLI(ToolkitCLI):
-    """Parses with the subcommand parsers and stops before anything is built."""
+    """Parses with the subcommand parsers and stops before anything is seeded or built."""
 
-    def before_instantiate_classes(self) -> None:
-        pass
-
-    def instantiate_classes(self) -> None:
-        pass
-
-    def _run_subcommand(self, subcommand: str) -> None:
-        pass
-
-    def _set_seed(self) -> None:
-        pass  # a check seeds nothing (and prints no "Seed set to")
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        raise _Parsed(self.config)
 
 
-def check_args(argv: list[str]) -> None:
+def parse_config(argv: list[str]) -> Any:
     """Parse ``argv`` (e.g. ``["fit", "--config", ...]``) with the CLI's parser; instantiate nothing.
+
+    Returns:
+        the parsed config (a jsonargparse Namespace; ``config.fit`` holds a fit's options).
 
     Raises:
         ToolkitError: naming the bad key when the arguments do not parse.
@@ -555,7 +571,16 @@ def check_args(argv: list[str]) -> None:
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         # the check passes args while sys.argv holds the caller's command line: LightningCLI warns about that
         warnings.filterwarnings("ignore", message=_ARGS_WARNING)
-        _ParseOnlyCLI(args=argv)
+        try:
+            _ParseOnlyCLI(args=argv)
+        except _Parsed as parsed:
+            return parsed.config
+    raise AssertionError("unreachable: _ParseOnlyCLI always stops after parsing")
+
+
+def check_args(argv: list[str]) -> None:
+    """Parse ``argv`` with the CLI's parser and instantiate nothing; raises ToolkitError naming a bad key."""
+    parse_config(argv)
 
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")

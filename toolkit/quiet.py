@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import warnings
 
+from typing_extensions import override
+
 #: warnings.filterwarnings message regexes (matched at the start of the message)
 _WARNINGS = (
     # the linear probe and `batchnorm: frozen` keep modules in eval mode on purpose (the frozen contract)
@@ -33,6 +35,7 @@ class _DropPrefixes(logging.Filter):
         super().__init__()
         self.prefixes = prefixes
 
+    @override
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith(self.prefixes)
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR
-
-#: attribute the classifier sets on its optimizer: the run's total optimizer steps (known only once a trainer exists)
-TOTAL_STEPS_HINT = "toolkit_total_steps"
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 
 class WarmupSchedule(LambdaLR):
@@ -21,7 +21,8 @@ class WarmupSchedule(LambdaLR):
         optimizer: the wrapped optimizer.
         schedule: shape after warmup.
         warmup_steps: linear warmup length in optimizer steps; a value below 1 is a fraction of the total steps.
-        total_steps: optimizer steps of the whole run; None takes the trainer's estimate (set by the classifier).
+        total_steps: optimizer steps of the whole run; the classifier passes the trainer's estimate when it is None
+            (see :func:`build_lr_scheduler`).
         min_lr_ratio: the cosine's floor as a fraction of the initial lr.
         step_every: ``step`` schedule: steps between decays; a value below 1 is a fraction of the total steps.
         gamma: ``step`` schedule: decay factor.
@@ -38,9 +39,9 @@ class WarmupSchedule(LambdaLR):
         gamma: float = 0.1,
     ) -> None:
         self.schedule, self.min_lr_ratio, self.gamma = schedule, min_lr_ratio, gamma
-        total = total_steps or getattr(optimizer, TOTAL_STEPS_HINT, None)
+        total = total_steps
         if (schedule != "constant" or 0 < warmup_steps < 1) and not total:
-            raise ValueError("WarmupSchedule needs total_steps (or the trainer's estimate set by the model)")
+            raise ValueError("WarmupSchedule needs total_steps (the classifier passes the trainer's estimate)")
         self.total_steps = int(total) if total else 0
         self.warmup_steps = round(warmup_steps * self.total_steps) if 0 < warmup_steps < 1 else int(warmup_steps)
         self.step_every = max(1, round(step_every * self.total_steps) if step_every < 1 else int(step_every))
@@ -58,3 +59,26 @@ class WarmupSchedule(LambdaLR):
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, after / span)
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_lr_scheduler(
+    factory: Callable[..., LRScheduler], optimizer: Optimizer, total_steps: int
+) -> tuple[LRScheduler, bool]:
+    """``factory(optimizer)``, passing ``total_steps`` when the scheduler takes it and the config left it unset.
+
+    Schedules sized in optimizer steps (WarmupSchedule, torch's OneCycleLR) need the run's length, which only the
+    trainer knows (``estimated_stepping_batches``); it is passed as the plain ``total_steps`` argument. Returns the
+    scheduler and whether it was sized this way (then it is stepped every optimizer step).
+    """
+    target: Any = factory
+    given: dict[str, Any] = {}
+    if isinstance(factory, functools.partial):  # what jsonargparse builds from a class_path + init_args
+        given = factory.keywords
+        target = next((a for a in factory.args if inspect.isclass(a)), factory.func)
+    try:
+        takes = "total_steps" in inspect.signature(target).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature: nothing to pass
+        takes = False
+    if takes and given.get("total_steps") is None:
+        return factory(optimizer, total_steps=total_steps), True
+    return factory(optimizer), takes

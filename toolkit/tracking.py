@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from lightning.pytorch.utilities import rank_zero_info
+from typing_extensions import override
 
 from toolkit import keys
 
@@ -105,6 +106,7 @@ class WandbLogger(LightningWandbLogger):
 class RunIdCheckpoint(pl.Callback):
     """Stores the W&B run id in every checkpoint, so ``--ckpt_path last`` can continue the same run."""
 
+    @override
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, LightningWandbLogger) and logger.experiment is not None:

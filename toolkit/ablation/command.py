@@ -11,7 +11,6 @@ and everything else (numbers, booleans, null, lists, mappings) is written as JSO
 from __future__ import annotations
 
 import json
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -22,7 +21,6 @@ from toolkit.errors import ToolkitError
 
 #: the program every run starts: the ``toolkit`` entry point of this interpreter
 DEFAULT_LAUNCHER = [sys.executable, "-m", "toolkit"]
-_WANDB_RUN = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-(?P<id>[a-z0-9]+)$")
 
 
 def format_value(value: Any) -> str:
@@ -36,16 +34,6 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     """``<run dir>/checkpoints/last.ckpt`` when it exists: the run then resumes with ``--ckpt_path last``."""
     path = run_dir / "checkpoints" / "last.ckpt"
     return path if path.is_file() else None
-
-
-def wandb_runs(run_dir: Path) -> list[tuple[str, str]]:
-    """The W&B runs under ``<run dir>/wandb`` as ``(run id, folder)``, oldest first (one per attempt)."""
-    found = []
-    for folder in (run_dir / "wandb").glob("*run-*"):
-        match = _WANDB_RUN.match(folder.name)
-        if match and folder.is_dir():
-            found.append((folder.name.removeprefix("offline-"), match["id"], str(folder)))
-    return [(run_id, folder) for _, run_id, folder in sorted(found)]  # names start with the start time
 
 
 def resume_args(spec: AblationSpec, run: Run, root: str | Path, gpus: int = 0) -> list[str]:
@@ -136,17 +124,10 @@ def check_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
 
 def _resolve(spec: AblationSpec, run: Run, root: str | Path, gpus: int) -> Any:
     """The run's resolved ``fit`` config (a jsonargparse Namespace), raising with the variant's name."""
-    import contextlib
-    import io
-    import warnings
-
-    # the parse-only CLI behind `check_args`; here its resolved config is kept
-    from toolkit.lightning_cli import _ARGS_WARNING, _ParseOnlyCLI
+    from toolkit.lightning_cli import parse_config
 
     try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_ARGS_WARNING)
-            return _ParseOnlyCLI(args=fit_args(spec, run, root, gpus=gpus)).config.fit
+        return parse_config(fit_args(spec, run, root, gpus=gpus)).fit
     except ToolkitError as err:
         raise ToolkitError(f"variant '{run.variant}' of {spec.path or spec.name}: {err}") from None
 

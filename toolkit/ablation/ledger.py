@@ -8,7 +8,7 @@ stops two ``toolkit ablate run`` processes from running the same ablation at onc
 their holder dies.
 
 Run states: ``pending`` (not started, or interrupted and resumable), ``running``, ``done``, ``failed``. A failed
-record's ``reason`` is one line saying why (``toolkit.ablation.attempt.failure_reason``); the runner's summary and the
+record's ``reason`` is one line saying why (``toolkit.ablation.lifecycle.failure_reason``); the runner's summary and the
 report show it.
 """
 
@@ -26,7 +26,6 @@ from typing import Any
 from toolkit.errors import ToolkitError
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
-STATUSES = (PENDING, RUNNING, DONE, FAILED)
 VERSION = 1
 
 

@@ -12,23 +12,20 @@ one (``resumed_from``); the report keeps the latest. Nothing trains twice.
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
 
-from toolkit import keys
-from toolkit.ablation import attempt
+from toolkit.ablation import lifecycle
 from toolkit.ablation.command import (
     DEFAULT_LAUNCHER,
-    check_variants,
     resume_args,
     shell_command,
 )
 from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger, ledger_path, runner_lock
-from toolkit.ablation.local import Job, LocalExecutor, Slot, fork_unsafe_reason, kill_leftovers, make_slots
+from toolkit.ablation.local import Job, LocalExecutor, Slot, fork_unsafe_reason, make_slots
 from toolkit.ablation.progress import LiveView
 from toolkit.ablation.spec import AblationSpec, Run
 from toolkit.errors import ToolkitError
@@ -77,10 +74,10 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
     else:
         raise ToolkitError(f"--executor {options.executor!r}: use local or slurm")
     if options.validate:
-        check_variants(spec, root, gpus)  # before anything is created or started
+        lifecycle.check(spec, root, gpus)  # before anything is created or started
     with runner_lock(root / spec.name):
-        _check_stale(spec, runs, ledger, root)
-        todo, attach = _plan(runs, ledger, root, options)
+        lifecycle.check_stale(spec, runs, ledger, root)
+        todo, attach = lifecycle.plan(runs, ledger, root, options.retry_failed)
         if attach and options.executor == "local":
             names = ", ".join(f"{r.variant} seed {r.seed}" for r in attach)
             raise ToolkitError(f"{names} still queued or running on Slurm; wait for them (--executor slurm) or scancel")
@@ -89,7 +86,7 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
             return 0
         with ledger.edit() as records:
             for run in runs:
-                records.setdefault(run.id, {**attempt.describe(run, root), "status": PENDING, "attempts": 0})
+                records.setdefault(run.id, {**lifecycle.describe(run, root), "status": PENDING, "attempts": 0})
         try:
             with LiveView(spec, ledger, root, max(len(slots), options.array_parallelism or 1), console) as view:
                 if options.executor == "local":
@@ -103,54 +100,6 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
             console.print(f"interrupted: {where}run the same command again to resume", soft_wrap=True)
             return 130
     return _summarise(spec, runs, ledger, root, options, console)
-
-
-def _check_stale(spec: AblationSpec, runs: list[Run], ledger: Ledger, root: Path) -> None:
-    """A ledger entry for the same (variant, seed) under another id means the config changed under old outputs."""
-    ids = {(r.variant, r.seed): r.id for r in runs}
-    for record in ledger.read().values():
-        key = (record.get("variant"), record.get("seed"))
-        if key in ids and ids[key] != record["id"] and record.get("attempts"):
-            run_dir = record.get("run_dir")
-            raise ToolkitError(
-                f"{spec.name} variant '{key[0]}' seed {key[1]} in {run_dir} was trained from a different config "
-                f"(the spec or a base config changed since); use another --root, or move {root / spec.name} away"
-            )
-
-
-def _plan(runs: list[Run], ledger: Ledger, root: Path, options: Options) -> tuple[list[Run], list[Run]]:
-    """Split the runs into those to start now and (Slurm) those whose job is still alive."""
-    from toolkit.ablation.slurm import alive_jobs
-
-    records = ledger.read()
-    todo, attach = [], []
-    unfinished = (PENDING, RUNNING)
-    live = alive_jobs(
-        [r["slurm_job_id"] for r in records.values() if r.get("slurm_job_id") and r.get("status") in unfinished]
-    )
-    for run in runs:
-        record = records.get(run.id, {})
-        status = record.get("status", PENDING)
-        if status == DONE or (status == FAILED and not options.retry_failed):
-            continue
-        if record.get("slurm_job_id") in live and status in unfinished:
-            attach.append(run)
-            continue
-        if status == RUNNING and record.get("pgid") and record.get("host") == socket.gethostname():
-            kill_leftovers(record["pgid"], run.directory(root))  # a runner before us died without its children
-        if status in (RUNNING, PENDING) and _completed_since(run.directory(root), record.get("started_at")):
-            # the run finished (result.json is its last write) but the runner died, or stopped it during its
-            # teardown, before recording it
-            attempt.finish(ledger, run, root, 0, False, note="completed while the runner was down")
-            continue
-        todo.append(run)
-    return todo, attach
-
-
-def _completed_since(run_dir: Path, started_at: float | None) -> bool:
-    """Whether ``toolkit fit`` wrote its completion file during the attempt that started at ``started_at``."""
-    result = run_dir / keys.RESULT_FILE
-    return started_at is not None and result.is_file() and result.stat().st_mtime >= started_at
 
 
 def _command(spec: AblationSpec, run: Run, root: Path, options: Options, gpus: int) -> list[str]:
@@ -184,8 +133,8 @@ def _run_local(
     def prepare(job: Job, slot: Slot) -> None:
         run = by_id[job.key]
         command = shell_command(options.launcher, job.argv[len(options.launcher) :])
-        n = attempt.begin(ledger, run, root, env=slot.env(), command=command, executor="local")
-        job.header = attempt.header(run, root, n, command)  # written by the executor before the run's output
+        n = lifecycle.begin(ledger, run, root, env=slot.env(), command=command, executor="local")
+        job.header = lifecycle.header(run, root, n, command)  # written by the executor before the run's output
         env = ", ".join(f"{k}={v}" for k, v in slot.env().items())
         view.event(run, RUNNING, f"(attempt {n}, {env})")
 
@@ -193,7 +142,7 @@ def _run_local(
         ledger.update(job.key, pid=pid, pgid=pid)
 
     def on_exit(job: Job, code: int, interrupted: bool) -> None:
-        record = attempt.finish(ledger, by_id[job.key], root, code, interrupted)
+        record = lifecycle.finish(ledger, by_id[job.key], root, code, interrupted)
         view.event(by_id[job.key], record["status"], f"exit {code}")
 
     def note(line: str) -> None:
@@ -246,9 +195,9 @@ def _summarise(
 
 
 def _report(spec: AblationSpec, root: Path, console: Console) -> None:
-    from toolkit.report.cli import main as report_main  # lazily: the report is only needed at the end
+    from toolkit.report.build import print_report, report_spec  # lazily: the report is only needed at the end
 
     try:
-        report_main([spec.path, "--root", str(root)])
+        print_report(report_spec(spec, root))
     except ToolkitError as err:  # the runs are safe; say why there is no table
         console.print(f"no report: {err}", soft_wrap=True)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from toolkit.ablation import attempt
+from toolkit.ablation import lifecycle
 from toolkit.ablation.command import resume_args, shell_command
 from toolkit.ablation.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
 from toolkit.ablation.spec import AblationSpec, Run
@@ -67,7 +67,7 @@ class SlurmTask:
         job_id = _job_id()
         ledger = Ledger(ledger_path(self.root, self.spec.name))
         record_env = {k: env[k] for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in env}
-        n = attempt.begin(
+        n = lifecycle.begin(
             ledger, self.run, self.root, env=record_env, command=command, executor="slurm", slurm_job_id=job_id
         )
         # submitit ignores SIGTERM (it waits for its own signal to requeue); remember it: an attempt stopped by
@@ -76,7 +76,7 @@ class SlurmTask:
         log_path = run_dir / "run.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log:
-            log.write(attempt.header(self.run, self.root, n, command).encode())
+            log.write(lifecycle.header(self.run, self.root, n, command).encode())
             log.write(f"# slurm job {job_id} on {os.uname().nodename}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
@@ -85,7 +85,7 @@ class SlurmTask:
         ledger.update(self.run.id, pid=self._proc.pid)
         code = self._proc.wait()
         note = f"slurm job {job_id} was stopped; run again to resume" if self._stopped else ""
-        attempt.finish(ledger, self.run, self.root, code, self._stopped, note)
+        lifecycle.finish(ledger, self.run, self.root, code, self._stopped, note)
         return code
 
     def checkpoint(self) -> Any:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from typing_extensions import override
 
 from toolkit.errors import ToolkitError
 
@@ -137,6 +138,7 @@ def load_spec(path: str | Path) -> AblationSpec:
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one, which hides a typo)."""
 
+    @override
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
         for key_node, _ in node.value:

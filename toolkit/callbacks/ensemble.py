@@ -17,21 +17,16 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+from typing_extensions import override
 
 from toolkit import keys
 from toolkit.errors import ToolkitError
+from toolkit.metrics import classification_metrics
 
 
 def average_probs(logits: Sequence[torch.Tensor]) -> torch.Tensor:
     """The ensemble's prediction: the mean of the members' softmax probabilities (not of their logits or weights)."""
     return torch.stack([x.float().softmax(-1) for x in logits]).mean(0)
-
-
-def _classification_metrics(num_classes: int) -> MetricCollection:
-    return MetricCollection(
-        {"acc": MulticlassAccuracy(num_classes, average="micro"), "f1": MulticlassF1Score(num_classes, average="macro")}
-    )
 
 
 class EnsembleEvaluator(pl.Callback):
@@ -67,32 +62,40 @@ class EnsembleEvaluator(pl.Callback):
         raise NotImplementedError
 
     # -- hooks -------------------------------------------------------------------------------------------------
+    @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == TrainerFn.VALIDATING:
             self._start(trainer, pl_module, "val")
 
+    @override
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start(trainer, pl_module, "test")
 
+    @override
     def on_validation_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *args: Any
     ) -> None:
         self._update(trainer, batch)
 
+    @override
     def on_test_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *args: Any
     ) -> None:
         self._update(trainer, batch)
 
+    @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(pl_module)
 
+    @override
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._log(pl_module)
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release()
 
+    @override
     def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._release()
 
@@ -106,9 +109,9 @@ class EnsembleEvaluator(pl.Callback):
             members = []
             for index, path in paths:
                 member = self._build_member(pl_module, path)
-                members.append((index, member.to(device), _classification_metrics(num_classes).to(device)))
+                members.append((index, member.to(device), classification_metrics(num_classes).to(device)))
         self._members, self._stage = members, stage
-        self._ensemble_metrics = _classification_metrics(num_classes).to(device)
+        self._ensemble_metrics = classification_metrics(num_classes).to(device)
         used = [index for index, _, _ in self._ensemble_members()]
         rank_zero_info(f"{type(self).__name__}: {stage} on {len(members)} members, ensemble of members {used}")
 

@@ -13,13 +13,17 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import StochasticWeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities.types import LRSchedulerConfig
+from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
+from typing_extensions import override
 
 from toolkit import keys
-from toolkit.callbacks.ensemble import CheckpointEnsemble, EnsembleEvaluator
+from toolkit.callbacks.ensemble import EnsembleEvaluator
 from toolkit.errors import ToolkitError
 
-__all__ = ["CheckpointEnsemble", "SnapshotEnsemble", "cycle_length", "cyclic_cosine_lr", "snapshot_dir"]
+__all__ = ["SnapshotEnsemble", "cycle_length", "cyclic_cosine_lr", "snapshot_dir"]
 
 
 def cycle_length(total_steps: int, cycles: int) -> int:
@@ -35,7 +39,10 @@ def cycle_length(total_steps: int, cycles: int) -> int:
 
 
 def cyclic_cosine_lr(base_lr: float, step: int, cycle_steps: int) -> float:
-    """Huang et al.'s lr at optimizer step ``step``: ``lr0/2 * (cos(pi * mod(step, c) / c) + 1)``."""
+    """Huang et al.'s lr at optimizer step ``step``: ``lr0/2 * (cos(pi * mod(step, c) / c) + 1)``.
+
+    The training schedule itself is torch's CosineAnnealingWarmRestarts; this closed form serves the warnings.
+    """
     return base_lr / 2 * (math.cos(math.pi * (step % cycle_steps) / cycle_steps) + 1)
 
 
@@ -51,8 +58,10 @@ class SnapshotEnsemble(EnsembleEvaluator):
 
     Per optimizer step ``t`` of the run's ``T`` steps (``trainer.estimated_stepping_batches``) each param group's lr
     is ``lr0/2 * (cos(pi * mod(t, ceil(T/M)) / ceil(T/M)) + 1)``, ``lr0`` being the group's initial lr, so the ratio
-    between the head and backbone groups holds. It replaces the model's lr scheduler (``owns_lr_schedule``: the
-    classifier then returns its optimizer alone) and refuses to run beside any other scheduler.
+    between the head and backbone groups holds. That schedule is torch's
+    ``CosineAnnealingWarmRestarts(T_0=ceil(T/M))`` stepped every optimizer step; like Lightning's
+    StochasticWeightAveraging callback it takes the place of the model's scheduler in
+    ``trainer.strategy.lr_scheduler_configs``, so Lightning steps, checkpoints, resumes and monitors it.
 
     At the end of cycle ``i`` (0-based) the LightningModule's state_dict (weights and BN buffers) is copied to the
     CPU and saved as ``snapshot-<i>.pt`` beside the checkpoints, as ``{"run": <run token>, "state_dict": ...}``. The
@@ -68,7 +77,6 @@ class SnapshotEnsemble(EnsembleEvaluator):
         use_last: the ensemble averages the last ``use_last`` snapshots; None = all ``cycles``.
     """
 
-    owns_lr_schedule = True
     key = staticmethod(keys.snapshot_key)
 
     def __init__(self, cycles: int, use_last: int | None = None) -> None:
@@ -80,16 +88,16 @@ class SnapshotEnsemble(EnsembleEvaluator):
         self.cycles = cycles
         self.total_steps: int | None = None
         self.cycle_steps: int | None = None
-        self.base_lrs: list[list[float]] | None = None
         self.snapshots: list[str] = []
         self.run_token: str | None = None  # ties snapshot files to the fit that wrote them
         self._restored: dict[str, Any] | None = None  # state from a checkpoint, applied when training starts
 
     # -- training: the schedule and the snapshots --------------------------------------------------------------
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        owners = [cb for cb in trainer.callbacks if getattr(cb, "owns_lr_schedule", False)]
+        owners = [cb for cb in trainer.callbacks if isinstance(cb, (SnapshotEnsemble, StochasticWeightAveraging))]
         if len(owners) > 1:
             names = ", ".join(type(cb).__name__ for cb in owners)
             raise ToolkitError(f"several callbacks set the learning rate ({names}); keep one")
@@ -98,12 +106,22 @@ class SnapshotEnsemble(EnsembleEvaluator):
             raise ToolkitError("SnapshotEnsemble needs a known number of training steps; set max_epochs or max_steps")
         cycle_length(int(total), self.cycles)  # fail before anything trains
 
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # before Lightning restores a checkpoint's scheduler state (restore_training_state), so a resumed fit
+        # continues this scheduler where it stopped
+        if len(trainer.optimizers) != 1:
+            raise ToolkitError(f"SnapshotEnsemble works with one optimizer, the model has {len(trainer.optimizers)}")
+        total = int(trainer.estimated_stepping_batches)
+        optimizer = trainer.optimizers[0]
+        scheduler = CosineAnnealingWarmRestarts(optimizer, T_0=cycle_length(total, self.cycles))
+        replaced = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs]
+        if replaced:
+            rank_zero_info(f"SnapshotEnsemble: the cyclic cosine replaces the configured {', '.join(replaced)}")
+        trainer.strategy.lr_scheduler_configs = [LRSchedulerConfig(scheduler, interval="step")]
+
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.lr_scheduler_configs:
-            raise ToolkitError(
-                "SnapshotEnsemble sets the learning rate itself, but the model also returned an lr scheduler; "
-                "return only the optimizer from configure_optimizers (ImageClassifier does so on its own)"
-            )
         total = int(trainer.estimated_stepping_batches)
         if self._restored is not None:
             self._resume(self._restored, total)
@@ -113,7 +131,6 @@ class SnapshotEnsemble(EnsembleEvaluator):
                 rank_zero_warn(f"SnapshotEnsemble: saved snapshots are gone: {', '.join(missing)}")
         else:
             self.total_steps, self.cycle_steps = total, cycle_length(total, self.cycles)
-            self.base_lrs = [[g.get("initial_lr", g["lr"]) for g in opt.param_groups] for opt in trainer.optimizers]
             self.snapshots = []
             self.run_token = uuid.uuid4().hex  # os.urandom: draws nothing from the run's random generators
             if total % self.cycles:
@@ -128,12 +145,7 @@ class SnapshotEnsemble(EnsembleEvaluator):
             f"snapshots in {snapshot_dir(trainer)}"
         )
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, idx: int) -> None:
-        step = trainer.global_step  # optimizer steps taken so far: the step this batch contributes to
-        for optimizer, base_lrs in zip(trainer.optimizers, self.base_lrs, strict=True):
-            for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = cyclic_cosine_lr(base_lr, step, self.cycle_steps)
-
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
@@ -158,16 +170,17 @@ class SnapshotEnsemble(EnsembleEvaluator):
         rank_zero_info(f"SnapshotEnsemble: cycle {cycle} done at step {trainer.global_step}, saved {path}")
 
     # -- resume ------------------------------------------------------------------------------------------------
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {
             "cycles": self.cycles,
             "total_steps": self.total_steps,
             "cycle_steps": self.cycle_steps,
-            "base_lrs": self.base_lrs,
             "snapshots": list(self.snapshots),
             "run_token": self.run_token,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # also called by trainer.test(ckpt_path=...): only a fit applies it (on_train_start)
         self._restored = state_dict if state_dict.get("total_steps") is not None else None
@@ -181,7 +194,7 @@ class SnapshotEnsemble(EnsembleEvaluator):
                 "the cycles, max_epochs/max_steps, limit_train_batches and accumulate_grad_batches of the first run"
             )
         self.total_steps, self.cycle_steps = state["total_steps"], state["cycle_steps"]
-        self.base_lrs, self.snapshots = state["base_lrs"], list(state["snapshots"])
+        self.snapshots = list(state["snapshots"])
         self.run_token = state.get("run_token") or uuid.uuid4().hex
 
     # -- evaluation: which snapshots exist ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ from timm.layers import BatchNormAct2d, Conv2dSame, FrozenBatchNormAct2d, SyncBa
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops.misc import FrozenBatchNorm2d
+from typing_extensions import override
 
 from toolkit.errors import ToolkitError
 
@@ -34,6 +35,7 @@ class NormFreeAct(nn.Module):
         self.drop = drop
         self.act = act
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the kept dropout and activation."""
         return self.act(self.drop(x))

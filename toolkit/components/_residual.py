@@ -19,6 +19,7 @@ from timm.models.convnext import ConvNeXtBlock
 from timm.models.resnet import BasicBlock, Bottleneck
 from timm.models.vision_transformer import Block
 from torch import nn
+from typing_extensions import override
 
 from toolkit.errors import ToolkitError
 
@@ -47,6 +48,7 @@ class SwitchedBasicBlock(BasicBlock):
 
     switch: str
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """act2(branch(x)) for ``"branch"``, act2(shortcut(x)) for ``"shortcut"``."""
         if self.switch == "shortcut":
@@ -61,6 +63,7 @@ class SwitchedBottleneck(Bottleneck):
 
     switch: str
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """act3(branch(x)) for ``"branch"``, act3(shortcut(x)) for ``"shortcut"``."""
         if self.switch == "shortcut":
@@ -76,6 +79,7 @@ class SwitchedConvNeXtBlock(ConvNeXtBlock):
 
     switch: str
 
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """drop_path(branch(x)) for ``"branch"``, shortcut(x) for ``"shortcut"``."""
         if self.switch == "shortcut":
@@ -95,6 +99,7 @@ class SwitchedViTBlock(Block):
 
     switch: str
 
+    @override
     def forward(self, x: torch.Tensor, **attn_kwargs: Any) -> torch.Tensor:
         """mlp_branch(attn_branch(x)) for ``"branch"``, x for ``"shortcut"``."""
         if self.switch == "shortcut":

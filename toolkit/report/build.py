@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -16,6 +18,9 @@ from toolkit.report import plots, render
 from toolkit.report.sources import runs_from_api, runs_from_logs
 from toolkit.report.table import aggregate, mark_counted
 from toolkit.report.wandb_log import LogDamageWarning
+
+if TYPE_CHECKING:  # a peer in the same layer; only its type is needed here
+    from toolkit.ablation.spec import AblationSpec
 
 
 @dataclass
@@ -175,3 +180,34 @@ def build_report(
         skipped=skipped,
         markdown=files["md"].read_text(encoding="utf-8"),
     )
+
+
+def report_spec(
+    spec: AblationSpec,
+    root: Path,
+    out: Path | None = None,
+    wandb_path: str | None = None,
+    log_to_wandb: bool = False,
+) -> ReportResult:
+    """The report of an ablation spec: its metrics, baseline, variants and seeds; ``out`` defaults to
+    ``reports/<name>``. Used by ``toolkit report`` and at the end of ``toolkit ablate run``."""
+    return build_report(
+        spec.name,
+        spec.baseline,
+        list(spec.metrics),
+        root=Path(root),
+        out=Path(out) if out else Path("reports") / spec.name,
+        wandb_path=wandb_path,
+        log_to_wandb=log_to_wandb,
+        variants=list(spec.variants),
+        seeds=list(spec.seeds),
+        project=wandb_path or spec.project,
+    )
+
+
+def print_report(result: ReportResult) -> None:
+    """The Markdown table to stdout; to stderr the runs that do not count and where the report went."""
+    print(result.markdown)
+    for line in result.skipped:
+        print(f"not counted: {line}", file=sys.stderr)
+    print(f"report written to {result.out}/ (table.md, table.csv, runs.csv, plots)", file=sys.stderr)

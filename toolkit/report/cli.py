@@ -5,7 +5,6 @@ Imports neither torch nor Lightning (jsonargparse parses the arguments), so the 
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from jsonargparse import ActionYesNo, ArgumentParser
@@ -39,25 +38,10 @@ def main(argv: list[str]) -> int:
         ToolkitError: a bad spec, or no runs of the ablation.
     """
     args = build_parser().parse_args(argv)
-    from toolkit.ablation.spec import load_spec  # the runner's module; imported here to keep --help instant
-    from toolkit.report.build import build_report
+    from toolkit.ablation.spec import load_spec  # imported here to keep --help instant
+    from toolkit.report.build import print_report, report_spec
 
     spec = load_spec(Path(args.spec))
-    out = Path(args.out) if args.out else Path("reports") / spec.name
-    result = build_report(
-        spec.name,
-        spec.baseline,
-        list(spec.metrics),
-        root=Path(args.root),
-        out=out,
-        wandb_path=args.wandb,
-        log_to_wandb=args.log_to_wandb,
-        variants=list(spec.variants),
-        seeds=list(spec.seeds),
-        project=args.wandb or spec.project,
-    )
-    print(result.markdown)
-    for line in result.skipped:
-        print(f"not counted: {line}", file=sys.stderr)
-    print(f"report written to {result.out}/ (table.md, table.csv, runs.csv, plots)", file=sys.stderr)
+    out = Path(args.out) if args.out else None
+    print_report(report_spec(spec, Path(args.root), out, wandb_path=args.wandb, log_to_wandb=args.log_to_wandb))
     return 0

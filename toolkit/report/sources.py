@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +22,9 @@ from toolkit import keys
 from toolkit.errors import ToolkitError
 from toolkit.keys import RESULT_FILE
 from toolkit.report.wandb_log import RunLog, read_run
+
+#: a W&B run folder: ``[offline-]run-<YYYYmmdd_HHMMSS>-<id>``
+_WANDB_RUN = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-(?P<id>[a-z0-9]+)$")
 
 #: history keys the learning-curve plots use; the others are not decoded
 HISTORY_KEYS = (
@@ -55,6 +59,19 @@ class RunSet:
 
     runs: pd.DataFrame
     history: pd.DataFrame
+
+
+def wandb_runs(run_dir: Path) -> list[tuple[str, str]]:
+    """The W&B runs under ``<run dir>/wandb`` as ``(run id, folder)``, oldest first (one per attempt).
+
+    The ablation runner records them in its ledger; W&B's folder layout is known here only.
+    """
+    found = []
+    for folder in (run_dir / "wandb").glob("*run-*"):
+        match = _WANDB_RUN.match(folder.name)
+        if match and folder.is_dir():
+            found.append((folder.name.removeprefix("offline-"), match["id"], str(folder)))
+    return [(run_id, folder) for _, run_id, folder in sorted(found)]  # names start with the start time
 
 
 def find_logs(root: Path, name: str) -> list[Path]:

@@ -1,0 +1,183 @@
+"""An ablation run's lifecycle, in the order it happens: plan -> check -> start -> finish (each step records).
+
+- **plan**: which runs to start now (:func:`check_stale`, :func:`plan`): pending and interrupted ones, failed ones
+  only with ``--retry-failed``; a run whose ``result.json`` appeared while no runner watched is recorded done.
+- **check**: every variant parses and builds, and differs from the baseline, before anything starts (:func:`check`).
+- **start**: one attempt begins (:func:`begin`, :func:`header` for ``run.log``), whichever executor runs it.
+- **finish**: how the attempt ended (:func:`finish`). An attempt that ends because it was stopped (Ctrl-C, SIGTERM,
+  ``scancel``, preemption) is not a failure: the run goes back to ``pending`` and the next ``toolkit ablate run``
+  resumes it from its last checkpoint. Only a process that exits non-zero on its own is ``failed``.
+
+The ledger (:mod:`toolkit.ablation.ledger`) is the plain storage beneath it; the runner (:mod:`runner`) drives the
+steps and the executors (``local``, ``slurm``) run the processes.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from toolkit import keys
+from toolkit.ablation.ckpt_epochs import epochs_done
+from toolkit.ablation.command import check_variants, last_checkpoint
+from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
+from toolkit.ablation.local import kill_leftovers
+from toolkit.ablation.spec import AblationSpec, Run
+from toolkit.errors import ToolkitError
+
+ERROR_LINES = 20
+#: the last line of a Python traceback: ``ValueError: ...``, ``torch.OutOfMemoryError: ...``
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")
+
+
+# -- plan ----------------------------------------------------------------------------------------------------------
+def check_stale(spec: AblationSpec, runs: list[Run], ledger: Ledger, root: Path) -> None:
+    """A ledger entry for the same (variant, seed) under another id means the config changed under old outputs."""
+    ids = {(r.variant, r.seed): r.id for r in runs}
+    for record in ledger.read().values():
+        key = (record.get("variant"), record.get("seed"))
+        if key in ids and ids[key] != record["id"] and record.get("attempts"):
+            run_dir = record.get("run_dir")
+            raise ToolkitError(
+                f"{spec.name} variant '{key[0]}' seed {key[1]} in {run_dir} was trained from a different config "
+                f"(the spec or a base config changed since); use another --root, or move {root / spec.name} away"
+            )
+
+
+def plan(runs: list[Run], ledger: Ledger, root: Path, retry_failed: bool) -> tuple[list[Run], list[Run]]:
+    """Split the runs into those to start now and (Slurm) those whose job is still alive."""
+    from toolkit.ablation.slurm import alive_jobs
+
+    records = ledger.read()
+    todo, attach = [], []
+    unfinished = (PENDING, RUNNING)
+    live = alive_jobs(
+        [r["slurm_job_id"] for r in records.values() if r.get("slurm_job_id") and r.get("status") in unfinished]
+    )
+    for run in runs:
+        record = records.get(run.id, {})
+        status = record.get("status", PENDING)
+        if status == DONE or (status == FAILED and not retry_failed):
+            continue
+        if record.get("slurm_job_id") in live and status in unfinished:
+            attach.append(run)
+            continue
+        if status == RUNNING and record.get("pgid") and record.get("host") == socket.gethostname():
+            kill_leftovers(record["pgid"], run.directory(root))  # a runner before us died without its children
+        if status in (RUNNING, PENDING) and completed_since(run.directory(root), record.get("started_at")):
+            # the run finished (result.json is its last write) but the runner died, or stopped it during its
+            # teardown, before recording it
+            finish(ledger, run, root, 0, False, note="completed while the runner was down")
+            continue
+        todo.append(run)
+    return todo, attach
+
+
+def completed_since(run_dir: Path, started_at: float | None) -> bool:
+    """Whether ``toolkit fit`` wrote its completion file during the attempt that started at ``started_at``."""
+    result = run_dir / keys.RESULT_FILE
+    return started_at is not None and result.is_file() and result.stat().st_mtime >= started_at
+
+
+# -- check ---------------------------------------------------------------------------------------------------------
+def check(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
+    """Parse every variant's ``toolkit fit`` command and build each distinct model once; refuse a no-op variant."""
+    check_variants(spec, root, gpus)
+
+
+# -- start ---------------------------------------------------------------------------------------------------------
+def describe(run: Run, root: str | Path) -> dict[str, Any]:
+    """The fixed fields of a run's record: where its outputs are."""
+    run_dir = run.directory(root)
+    return {
+        "id": run.id,
+        "variant": run.variant,
+        "seed": run.seed,
+        "run_dir": str(run_dir),
+        "log": str(run_dir / "run.log"),
+        "ckpt_dir": str(run_dir / "checkpoints"),
+    }
+
+
+def header(run: Run, root: str | Path, attempt: int, command: str) -> str:
+    """The lines the runner writes into ``run.log`` before each attempt's own output."""
+    ckpt = last_checkpoint(run.directory(root))
+    how = f"resuming from {ckpt} ({epochs_done(ckpt)} epochs done)" if ckpt else "from scratch"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    return f"\n# toolkit ablate: attempt {attempt} of {run.variant} seed {run.seed}, {how}, {stamp}\n$ {command}\n"
+
+
+def begin(ledger: Ledger, run: Run, root: str | Path, **fields: Any) -> int:
+    """Mark a run running; returns its attempt number (1 for the first)."""
+    ckpt = last_checkpoint(run.directory(root))
+    with ledger.edit() as runs:
+        record = runs.setdefault(run.id, describe(run, root))
+        record["attempts"] = record.get("attempts", 0) + 1
+        record.update(
+            status=RUNNING,
+            started_at=time.time(),
+            finished_at=None,
+            host=socket.gethostname(),
+            resumed=ckpt is not None,
+            start_epoch=epochs_done(ckpt) if ckpt else 0,
+            exit_code=None,
+            error_tail=None,
+            reason=None,
+            note="",
+            **fields,
+        )
+        record["updated_at"] = time.time()
+        return record["attempts"]
+
+
+# -- finish --------------------------------------------------------------------------------------------------------
+def finish(ledger: Ledger, run: Run, root: str | Path, code: int, interrupted: bool, note: str = "") -> dict[str, Any]:
+    """Record how an attempt ended and return the new record."""
+    run_dir = run.directory(root)
+    fields: dict[str, Any] = {"exit_code": code, "finished_at": time.time(), "pid": None}
+    if interrupted:
+        fields.update(status=PENDING, note=note or "interrupted; run again to resume from the last checkpoint")
+    elif code == 0:
+        fields.update(status=DONE, note=note, error_tail=None, reason=None)
+    else:
+        tail = log_tail(run_dir / "run.log")
+        fields.update(status=FAILED, note=note, error_tail=tail, reason=failure_reason(tail))
+    from toolkit.report.sources import wandb_runs  # the one reader of W&B data; lazily: pandas, only here
+
+    wandb = wandb_runs(run_dir)
+    if wandb:
+        # the newest is this attempt's; a resumed offline run is a new W&B run whose config names the one before
+        fields.update(wandb_id=wandb[-1][0], wandb_dir=wandb[-1][1], wandb_ids=[run_id for run_id, _ in wandb])
+    started = ledger.get(run.id).get("started_at")
+    if started:
+        fields["duration_s"] = round(fields["finished_at"] - started, 2)
+    return ledger.update(run.id, **fields)
+
+
+def log_tail(log: Path, lines: int = ERROR_LINES) -> list[str]:
+    """The last lines of a run's log (where the traceback of a crash is)."""
+    try:
+        with open(log, encoding="utf-8", errors="replace") as fh:
+            return [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
+    except OSError:
+        return []
+
+
+def failure_reason(tail: list[str]) -> str:
+    """One line saying why a run failed: its ``error:`` line (toolkit's own errors), else the exception's last line.
+
+    The toolkit prints bad input as ``error: <what to do>``; anything else ends in a traceback whose last line is
+    ``SomeError: message``. Falls back to the last non-empty line of the log.
+    """
+    lines = [line.strip() for line in tail if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    if errors:
+        return errors[-1][len("error:") :].strip()
+    exceptions = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    if exceptions:
+        return exceptions[-1]
+    return lines[-1] if lines else "no output in the run's log"
