@@ -30,7 +30,8 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def weights_file(folder: Path, seed: int) -> str:
     torch.manual_seed(seed)
     path = folder / f"test_resnet-{seed}.pth"
-    torch.save(timm.create_model("test_resnet", num_classes=0).state_dict(), path)
+    # without timm's zero-init of the last BN gamma: like real pretrained weights, every block is alive
+    torch.save(timm.create_model("test_resnet", num_classes=0, zero_init_last=False).state_dict(), path)
     return str(path)
 
 
@@ -90,7 +91,7 @@ def test_cache_is_shared_across_seeds_and_rebuilt_when_weights_switches_or_trans
 
     assert entries_after("--seed_everything", "0") == 2
     assert entries_after("--seed_everything", "1") == 2  # another seed: same backbone, same features
-    assert entries_after("--model.batchnorm", "frozen") == 4  # a switch
+    assert entries_after("--model.residual", "false") == 4  # a switch
     assert entries_after("--data.image_size", "24") == 6  # the transform
     assert entries_after("--model.pretrained", weights_file(tmp_path, 1)) == 8  # the weights
 
