@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import fit
 
-from tests.conftest import fit
 from toolkit.callbacks.lesion import lesion_k_key, lesion_key, lesion_sets
 from toolkit.components import apply_switches, list_residual_blocks
 
