@@ -1,8 +1,8 @@
 """Each preset in ablations/ runs end to end at a tiny scale, and its report has the rows and plots it promises.
 
 One `toolkit ablate run` per preset (warm workers, 2 workers), the preset's own spec with a few tiny-scale overrides
-written next to it as a derived spec: 1 seed, a small stratified subset, 2 epochs of 2 batches. The backbone stays
-the presets' ImageNet EfficientNet-Lite0 (offline weights); a handful of images per run keeps it cheap.
+written next to it as a derived spec: 1 seed, a 64-image stratified subset, 3 epochs of 8 batches of 8. The backbone
+stays the presets' ImageNet EfficientNet-Lite0 (offline weights); a handful of images per run keeps it cheap.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from toolkit.datasets import DEBIAN_FASHION_MNIST
 
 pytestmark = pytest.mark.slow
 
-#: tiny scale: enough steps for LP->FT (probe epoch, then fine-tune) and a 3-cycle snapshot ensemble
+#: tiny scale: enough steps for LP->FT (probe epoch, then fine-tune), a 3-cycle snapshot ensemble and a loss that
+#: leaves its initial value (the run-health check), at a higher lr than the presets' 1e-3 for so few steps
 TINY = {
-    "data.train_subset": 48,
+    "data.train_subset": 64,
     "data.eval_subset": 30,
-    "data.batch_size": 16,
-    "trainer.max_epochs": 2,
-    "trainer.limit_train_batches": 2,
+    "data.batch_size": 8,
+    "model.optimizer.init_args.lr": 0.005,
+    "trainer.max_epochs": 3,
     "trainer.enable_progress_bar": False,
 }
 HEALTH = {"finished", "interrupted", "failed", "diverged", "degenerate", "not learning", "corrupt", "superseded"}
