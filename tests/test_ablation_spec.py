@@ -56,10 +56,19 @@ def test_every_shipped_spec_loads_and_quickstart_covers_each_component() -> None
     quick = specs["quickstart"]
     assert quick.baseline == "full" and len(quick.seeds) >= 3
     switched = {key for delta in quick.variants.values() for key in delta}
-    # no augmentation factor: no augmentation suits 8x8 digits, so the base has none (and `none` would be a no-op)
-    assert {"model.batchnorm", "model.drop_rate", "model.residual"} <= switched
-    assert all(len(delta) == 1 for delta in quick.variants.values() if delta)  # each variant changes one thing
+    assert {
+        "model.pretrained",
+        "model.unfreeze_at_epoch",
+        "model.batchnorm",
+        "data.augment",
+        "model.drop_rate",
+        "model.drop_path_rate",
+    } <= switched
+    # each variant changes one thing; `fine-tune` is one transfer mode spelled in two keys (no freeze, no unfreeze)
+    assert all(len(delta) == 1 for name, delta in quick.variants.items() if name != "fine-tune")
+    assert quick.variants["fine-tune"] == {"model.freeze_backbone": False, "model.unfreeze_at_epoch": None}
     assert any("SnapshotEnsemble" in json.dumps(delta) for delta in quick.variants.values())
+    assert "LesionSweep" in json.dumps(quick.variants["full"])  # the lesions of the fine-tuned model
 
 
 def test_issue_example_reads_into_the_fields(tmp_path: Path) -> None:

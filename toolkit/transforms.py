@@ -11,7 +11,7 @@ from torchvision import transforms as T
 
 from toolkit.backbone import check_backbone_name
 
-Augment = Literal["none", "basic", "randaugment", "trivialaugment"]
+Augment = Literal["none", "mild", "basic", "randaugment", "trivialaugment"]
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,18 @@ def create_eval_transform(config: DataConfig) -> T.Compose:
 def create_train_transform(config: DataConfig, augment: Augment) -> T.Compose:
     """The training transform for an ``augment`` level; ``none`` is the eval transform.
 
+    ``mild`` is a small random shift (up to 10 % of the side) and rotation (up to 10 degrees), no flip and no
+    crop: it keeps a digit or a letter the same symbol, which a flip or a crop from 8 % of an 8x8 image does not.
     ``basic`` is a random resized crop + horizontal flip; ``randaugment`` adds timm's RandAugment (rand-m9-mstd0.5);
     ``trivialaugment`` adds torchvision's TrivialAugmentWide (timm has no TrivialAugment) between the crop/flip
     and the normalisation.
     """
     if augment == "none":
         return create_eval_transform(config)
+    if augment == "mild":
+        # timm's factory has no affine-only level; torchvision's RandomAffine on the resized image, then normalise
+        resize, *final = create_eval_transform(config).transforms
+        return T.Compose([resize, T.RandomAffine(degrees=10, translate=(0.1, 0.1)), *final])
     common = dict(
         is_training=True,
         interpolation=config.interpolation,

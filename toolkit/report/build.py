@@ -170,6 +170,9 @@ def build_report(
         files[overlay.stem] = overlay
     for path in plots.learning_curves(history, order, out):
         files[path.stem] = path
+    lesion = plots.lesion_curve(runs, out, chance)
+    if lesion is not None:
+        files[lesion.stem] = lesion
     if log_to_wandb:
         log_table_to_wandb(table, name, project or wandb_path, out)
     return ReportResult(

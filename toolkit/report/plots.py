@@ -1,5 +1,5 @@
 """Draw the report's PNG figures with matplotlib: a bar chart per metric, val accuracy of all variants by epoch,
-and learning curves per variant."""
+learning curves per variant, and the lesion curve."""
 
 from __future__ import annotations
 
@@ -188,3 +188,56 @@ def learning_curves(history: pd.DataFrame, variants: Sequence[str], out: Path) -
         fig.suptitle(f"{variant}: learning curves")
         paths.append(_save(fig, out / f"curves_{_slug(variant)}.png"))
     return paths
+
+
+#: ``test/acc_lesion_k<k>`` of ``toolkit.callbacks.lesion.LesionSweep`` (matched here: the report imports no torch)
+_LESION_K = re.compile(r"^test/acc_lesion_k(\d+)$")
+
+
+def lesion_curve(runs: pd.DataFrame, out: Path, chance: float | None = None) -> Path | None:
+    """``lesion_curve.png`` (Veit et al. 2016): test accuracy against the number of blocks lesioned at test time.
+
+    One line per variant whose runs logged ``test/acc_lesion_k<k>`` (k = 0 is the intact ``test/acc``), the mean
+    over its counted seeds with a ±std band; a variant trained without shortcuts (``model.residual`` false) is drawn
+    as a horizontal reference line at its mean test accuracy.
+
+    Args:
+        runs: the runs table (``runs.csv``) with ``counted``; only counted runs are drawn.
+        out: folder for the PNG.
+        chance: chance accuracy of the test split, if known.
+
+    Returns:
+        the PNG, or None when no counted run has a lesion sweep.
+    """
+    counted = runs[runs["counted"]]
+    ks = sorted((int(m.group(1)), c) for c in counted.columns if (m := _LESION_K.match(c)))
+    swept = counted.dropna(subset=[c for _, c in ks], how="all") if ks else counted.iloc[0:0]
+    if swept.empty:
+        return None
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for variant, group in swept.groupby("variant", sort=False):
+        columns = [(0, keys.TEST_ACC), *ks]
+        values = pd.DataFrame({k: pd.to_numeric(group[c], errors="coerce") for k, c in columns}) * 100
+        mean, std = values.mean(), values.std().fillna(0.0)
+        (line,) = ax.plot(mean.index, mean, marker="o", label=f"{variant}: blocks lesioned (n={len(group)})")
+        ax.fill_between(
+            mean.index, (mean - std).clip(lower=0), (mean + std).clip(upper=100), alpha=0.2, color=line.get_color()
+        )
+    if "config.model.residual" in counted.columns:
+        removed = counted[counted["config.model.residual"].astype(str).str.lower() == "false"]
+        for variant, group in removed.groupby("variant", sort=False):
+            acc = 100 * pd.to_numeric(group[keys.TEST_ACC], errors="coerce").mean()
+            ax.axhline(acc, color="black", linestyle="-.", linewidth=1.2, label=f"{variant}: shortcuts removed")
+    if chance is not None:
+        ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("residual blocks lesioned at test time (k)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
+    ax.set_title("lesion study (Veit et al. 2016)")
+    ax.legend(fontsize=7)
+    out.mkdir(parents=True, exist_ok=True)
+    return _save(fig, out / "lesion_curve.png")
