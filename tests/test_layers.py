@@ -34,7 +34,8 @@ def layer(module: str) -> int:
     """The layer of a ``toolkit`` module (by name; a new module lands in its package's layer)."""
     if module in BASE_MODULES:
         return BASE
-    if module == "toolkit.cli" or module == "toolkit.__main__" or module.endswith(".cli"):
+    # entry points: the console command, `python -m toolkit`, the warm worker parent that forks runs of the command
+    if module in ("toolkit.cli", "toolkit.__main__", "toolkit.worker") or module.endswith(".cli"):
         return CLI
     if module.startswith(ORCHESTRATION_PACKAGES):
         return ORCHESTRATION

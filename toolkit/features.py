@@ -114,10 +114,17 @@ def weights_hash(module: torch.nn.Module) -> str:
 
 
 def data_fingerprint(samples: Any) -> str:
-    """A digest of a split's images and labels: pixels for in-memory images, path + size + mtime for files."""
+    """A digest of a split's images and labels: pixels for in-memory images, path + size + mtime for files, and
+    dataset + index for a torchvision dataset's samples."""
     hasher = hashlib.sha256(repr(list(samples.labels)).encode())
+    dataset = getattr(samples, "dataset", None)
+    if dataset is not None:  # a torchvision dataset: its images are indices into the dataset's own files
+        where = f"{type(dataset).__name__}:{getattr(dataset, 'root', '')}:{getattr(dataset, 'train', '')}"
+        hasher.update(f"{where}:{len(dataset)}".encode())
     for image in samples.images:
-        if isinstance(image, (str, Path)):
+        if isinstance(image, int):
+            hasher.update(f"{image},".encode())
+        elif isinstance(image, (str, Path)):
             stat = os.stat(image)
             hasher.update(f"{image}:{stat.st_size}:{stat.st_mtime_ns}".encode())
         else:

@@ -9,6 +9,7 @@ VAL_LOSS = "val/loss"
 VAL_ACC = "val/acc"
 VAL_F1 = "val/f1"
 TEST_ACC = "test/acc"
+TEST_F1 = "test/f1"
 
 #: best value of each validation metric goes into the W&B summary ("max" or "min")
 VAL_SUMMARY = {VAL_ACC: "max", VAL_F1: "max", VAL_LOSS: "min"}

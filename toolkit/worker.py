@@ -1,0 +1,131 @@
+"""The warm worker parent (``python -m toolkit.worker``): imports torch, Lightning, timm and wandb once, then forks
+one child per run that executes ``toolkit <args>`` exactly as ``python -m toolkit`` would.
+
+An entry point of its own process, like :mod:`toolkit.cli`: the ablation runner's side (``toolkit.ablation.warm``)
+starts it and talks to it over JSON lines; see that module for the design, the fork-safety rules and the protocol.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import select
+import signal
+import sys
+import traceback
+from typing import Any
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _emit(message: dict[str, Any]) -> None:
+    sys.__stdout__.write(json.dumps(message) + "\n")
+    sys.__stdout__.flush()
+
+
+def _exit_code(error: SystemExit) -> int:
+    code = error.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # what the interpreter does with sys.exit("message")
+    return 1
+
+
+def _child(request: dict[str, Any], parent: int) -> None:
+    """Become the run: own session, die with the parent, the run's streams, env and threads; never returns."""
+    code = 1
+    try:
+        os.setsid()
+        _die_with_parent()
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(137)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Lightning installs its own handler, as in a fresh process
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        os.close(null)
+        os.chdir(request["cwd"])
+        os.environ.update(request["env"])
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        sys.argv = ["toolkit", *request["args"]]
+        from toolkit.cli import main
+
+        try:
+            main(list(request["args"]))
+            code = 0
+        except SystemExit as error:
+            code = _exit_code(error)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> None:
+    """The parent: import the heavy modules, then fork a child per request until stdin closes.
+
+    The runner starts it with ``PR_SET_PDEATHSIG``: the runner's death ends this parent, whose death ends its children.
+    """
+    import lightning  # noqa: F401
+    import timm  # noqa: F401
+    import torch
+    import wandb  # noqa: F401
+
+    import toolkit.cli
+    import toolkit.lightning_cli  # noqa: F401
+
+    gc.freeze()  # the imported objects stay out of every collection, in the parent and in each child
+    parent = os.getpid()
+    _emit({"ready": parent})
+    stdin = sys.stdin.buffer
+    while True:
+        readable, _, _ = select.select([stdin], [], [], 0.05)
+        _reap()
+        if not readable:
+            continue
+        line = stdin.readline()
+        if not line:
+            return  # the runner is done (or gone): children it still had die with us
+        request = json.loads(line)
+        if torch.cuda.is_initialized():
+            _emit({"error": "CUDA was initialised in the warm parent; forking it is unsafe"})
+            continue
+        pid = os.fork()
+        if pid == 0:
+            _child(request, parent)
+        _emit({"pid": pid})
+
+
+def _reap() -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        _emit({"exit": pid, "code": os.waitstatus_to_exitcode(status)})
+
+
+if __name__ == "__main__":
+    serve()
