@@ -65,7 +65,9 @@ def test_ci_holm_and_direction_equal_scipy_and_statsmodels() -> None:
     assert math.isnan(table.loc["full", "p_adjusted"]) and table.loc["full", "direction"] == ""
     # the rendered row shows the same numbers; the legend names the adjustment
     wide = wide_table(table.reset_index(), ["test/acc"]).set_index("Variant")
-    assert wide.loc["worse", "p (Holm)"] == f"{holm['worse']:.3f}"
+    assert wide.loc["worse", "p (Holm)"] == f"{holm['worse']:.3f}" + ("" if holm["worse"] < 0.05 else " n.s.")
+    for variant in others:  # a non-significant difference says so in its cell
+        assert wide.loc[variant, "p (Holm)"].endswith("n.s.") == (holm[variant] >= 0.05)
     ci_low, ci_high, *_ = refs["worse"]
     assert wide.loc["worse", "95 % CI"] == f"[{ci_low:+.2f}, {ci_high:+.2f}]"
     text = to_markdown(table.reset_index(), ["test/acc"], "a", "full")

@@ -96,7 +96,7 @@ def wide_table(table: pd.DataFrame, metrics: Sequence[str], style: str = "md") -
         row[delta_title] = dash if baseline or math.isnan(first["delta"]) else f"{first['delta']:+.{decimals}f}"
         ci = (first["ci_low"], first["ci_high"])
         row["95 % CI"] = dash if baseline or math.isnan(ci[0]) else f"[{ci[0]:+.{decimals}f}, {ci[1]:+.{decimals}f}]"
-        row["p (Holm)"] = dash if math.isnan(first["p_adjusted"]) else f"{first['p_adjusted']:.3f}"
+        row["p (Holm)"] = dash if math.isnan(first["p_adjusted"]) else _p_text(first["p_adjusted"])
         row["Direction"] = first["direction"] or dash
         row["Seeds"] = str(int(first["n"]))
         notes = [note for text in group["note"] for note in text.split("; ") if note]
@@ -107,6 +107,15 @@ def wide_table(table: pd.DataFrame, metrics: Sequence[str], style: str = "md") -
     return pd.DataFrame(rows)
 
 
+#: the level below which an adjusted p-value is called significant in the table
+ALPHA = 0.05
+
+
+def _p_text(p: float) -> str:
+    """An adjusted p-value as the table prints it: ``0.012``, or ``0.128 n.s.`` when not significant at ALPHA."""
+    return f"{p:.3f}" if p < ALPHA else f"{p:.3f} n.s."
+
+
 def legend(baseline: str, metrics: Sequence[str], table: pd.DataFrame | None = None) -> str:
     """The lines under the table saying what the numbers are (and, given the table, why p-values are missing)."""
     unit = "in percent, " if any(is_fraction(m) for m in metrics) else ""
@@ -115,7 +124,8 @@ def legend(baseline: str, metrics: Sequence[str], table: pd.DataFrame | None = N
         f"Mean ± sample std over the healthy finished seeds ({unit}best in bold); Δ: difference of means against "
         f"`{baseline}` (percentage points for accuracy/F1) with the 95 % CI of the paired differences (t over matching "
         f"seeds); p: two-sided paired t-test, {ADJUST_METHOD.capitalize()}-adjusted for the "
-        f"{comparisons or 'k'} comparison(s) of each metric (statsmodels `multipletests`); direction: how many paired "
+        f"{comparisons or 'k'} comparison(s) of each metric (statsmodels `multipletests`), n.s.: not significant at "
+        f"{ALPHA} after adjustment; direction: how many paired "
         f"seeds moved which way. No p-value is printed with fewer than {MIN_SEEDS_FOR_P} paired seeds: a t-test on "
         "so few says next to nothing. ⚠: seeds excluded for their health (diverged, degenerate, not learning, "
         "interrupted, failed), listed below."
