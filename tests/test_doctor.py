@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 import yaml
+from conftest import DIGITS
 
-from tests.conftest import DIGITS
 from toolkit.doctor import checks
 from toolkit.doctor.cli import build, main
 from toolkit.errors import ToolkitError

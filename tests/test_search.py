@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import DIGITS, ROOT
 
-from tests.conftest import DIGITS, ROOT
 from toolkit.errors import ToolkitError
 from toolkit.search.spec import load_search
 
