@@ -10,9 +10,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import fit
 from torch.utils.data import DataLoader, TensorDataset
 
-from tests.conftest import fit
 from toolkit.callbacks.training_health import DEAD_KEY, RATIO_KEY, DeadUnitMonitor, UpdateRatioMonitor
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
