@@ -35,12 +35,13 @@ def build_parser() -> ArgumentParser:
 def main(argv: list[str]) -> int:
     """Run ``toolkit search``; 0 when every stage finished."""
     from toolkit.ablation.cli import parse_devices
+    from toolkit.ablation.runner import Options
     from toolkit.search.output import write_outputs
-    from toolkit.search.run import SearchOptions, run_search
+    from toolkit.search.run import run_search
 
     args = build_parser().parse_args(argv)
     spec = load_search(args.spec)
-    options = SearchOptions(
+    options = Options(  # the trials are ablation runs: the runner's own options
         root=Path(args.root),
         executor=args.executor,
         workers=args.workers,

@@ -8,8 +8,8 @@ seed<S>/`` (the runs, as an ablation's) and the outputs ``table.{md,csv}``, ``sc
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import pandas as pd
 from rich.console import Console
 
 from toolkit import keys
-from toolkit.ablation.command import DEFAULT_LAUNCHER, check_variants
+from toolkit.ablation.command import check_variants
 from toolkit.ablation.ledger import DONE, Ledger, ledger_path, runner_lock
 from toolkit.ablation.runner import Options, run_ablation
 from toolkit.ablation.spec import AblationSpec
@@ -28,22 +28,6 @@ from toolkit.search import study as studies
 from toolkit.search.spec import SearchSpec, Stage
 
 TEST_METRICS = (keys.TEST_ACC, keys.TEST_F1)
-
-
-@dataclass
-class SearchOptions:
-    """Where and how the trials run (the runner's options; see ``toolkit ablate run``)."""
-
-    root: Path = Path("runs")
-    executor: str = "local"
-    workers: int | None = None
-    devices: list[str] | None = None
-    gpus_per_run: int | None = None
-    cpus_per_run: int | None = None
-    partition: str | None = None
-    time_min: int = 60
-    #: the program each run starts (tests may inject one)
-    launcher: list[str] = field(default_factory=lambda: list(DEFAULT_LAUNCHER))
 
 
 def stage_ablation(spec: SearchSpec, stage: Stage, variants: dict[str, dict[str, Any]]) -> AblationSpec:
@@ -102,7 +86,7 @@ def stage_results(ablation: AblationSpec, folder: Path, metric: str) -> dict[str
     return out
 
 
-def run_search(spec: SearchSpec, options: SearchOptions, console: Console | None = None) -> tuple[int, list[dict]]:
+def run_search(spec: SearchSpec, options: Options, console: Console | None = None) -> tuple[int, list[dict]]:
     """Run or resume every stage; returns (exit status, one row per trial with its stage, parameters and scores)."""
     console = console or Console()
     folder = (Path(options.root) / spec.name).absolute()
@@ -134,17 +118,6 @@ def run_search(spec: SearchSpec, options: SearchOptions, console: Console | None
     return 0, rows
 
 
-def _runner_options(options: SearchOptions, folder: Path) -> Options:
-    return Options(
-        root=folder,
-        executor=options.executor,
-        workers=options.workers,
-        devices=options.devices,
-        gpus_per_run=options.gpus_per_run,
-        cpus_per_run=options.cpus_per_run,
-        partition=options.partition,
-        time_min=options.time_min,
-        launcher=list(options.launcher),
-        validate=False,  # validate() checked every stage before the first run
-        report=False,
-    )
+def _runner_options(options: Options, folder: Path) -> Options:
+    # every stage is validated before the first trial runs, and the search writes its own table
+    return dataclasses.replace(options, root=folder, validate=False, report=False, dry_run=False, retry_failed=False)
