@@ -36,14 +36,16 @@ class EpochLog(pl.Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        stream = self.stream or sys.stdout
-        if not trainer.is_global_zero or (self.only_without_tty and stream.isatty()):
-            return
+        # every rank reads the metrics: computing an epoch metric syncs it across ranks (a collective), so a
+        # rank-zero-only read would hang under DDP
         metrics = {
             key: float(value)
             for key, value in trainer.callback_metrics.items()
             if key.startswith(("train/", "val/")) and getattr(value, "numel", lambda: 1)() == 1
         }
+        stream = self.stream or sys.stdout
+        if not trainer.is_global_zero or (self.only_without_tty and stream.isatty()):
+            return
         line = format_epoch_line(
             trainer.current_epoch + 1, trainer.max_epochs, metrics, time.monotonic() - self._started
         )
