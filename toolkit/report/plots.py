@@ -88,12 +88,30 @@ def bar_charts(
     return paths
 
 
+def _percent_band(ax: object, x: object, mean: pd.Series, std: pd.Series, color: object, alpha: float) -> None:
+    """A ±std band around a curve in percent, clipped to the metric's 0-100 % range."""
+    ax.fill_between(x, (mean - std).clip(lower=0), (mean + std).clip(upper=100), alpha=alpha, color=color)
+
+
+def _percent_axes(ax: object, chance: float | None, xlabel: str, ylabel: str, title: str, ncol: int = 1) -> None:
+    """The shared frame of an accuracy-by-x figure: 0-100 % axis, chance line, integer x ticks, legend."""
+    from matplotlib.ticker import MaxNLocator
+
+    if chance is not None:
+        ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_ylim(0, 100)
+    ax.set_xlabel(xlabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=ncol)
+
+
 def val_overlay(
     history: pd.DataFrame, variants: Sequence[str], out: Path, baseline: str, chance: float | None = None
 ) -> Path | None:
     """``val_acc_by_epoch.png``: every variant's val accuracy per epoch (mean over seeds, ±std band) on one axis."""
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for variant in variants:
@@ -102,20 +120,12 @@ def val_overlay(
             continue
         width = 2.5 if variant == baseline else 1.2
         (line,) = ax.plot(curve.index, curve["mean"] * 100, marker="o", markersize=3, linewidth=width, label=variant)
-        low = (curve["mean"] - curve["std"]).clip(lower=0) * 100
-        high = (curve["mean"] + curve["std"]).clip(upper=1) * 100
-        ax.fill_between(curve.index, low, high, alpha=0.15, color=line.get_color())
+        _percent_band(ax, curve.index, curve["mean"] * 100, curve["std"] * 100, line.get_color(), 0.15)
     if not ax.lines:
         _pyplot().close(fig)
         return None
-    if chance is not None:
-        ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("val accuracy (%), mean ± std over seeds")
-    ax.set_title("validation accuracy by epoch, all variants")
-    ax.legend(fontsize=7, ncol=2)
+    ylabel = "val accuracy (%), mean ± std over seeds"
+    _percent_axes(ax, chance, "epoch", ylabel, "validation accuracy by epoch, all variants", ncol=2)
     out.mkdir(parents=True, exist_ok=True)
     return _save(fig, out / "val_acc_by_epoch.png")
 
@@ -215,7 +225,6 @@ def lesion_curve(runs: pd.DataFrame, out: Path, chance: float | None = None) -> 
     if swept.empty:
         return None
     plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, group in swept.groupby("variant", sort=False):
@@ -223,21 +232,13 @@ def lesion_curve(runs: pd.DataFrame, out: Path, chance: float | None = None) -> 
         values = pd.DataFrame({k: pd.to_numeric(group[c], errors="coerce") for k, c in columns}) * 100
         mean, std = values.mean(), values.std().fillna(0.0)
         (line,) = ax.plot(mean.index, mean, marker="o", label=f"{variant}: blocks lesioned (n={len(group)})")
-        ax.fill_between(
-            mean.index, (mean - std).clip(lower=0), (mean + std).clip(upper=100), alpha=0.2, color=line.get_color()
-        )
+        _percent_band(ax, mean.index, mean, std, line.get_color(), 0.2)
     if "config.model.residual" in counted.columns:
         removed = counted[counted["config.model.residual"].astype(str).str.lower() == "false"]
         for variant, group in removed.groupby("variant", sort=False):
             acc = 100 * pd.to_numeric(group[keys.TEST_ACC], errors="coerce").mean()
             ax.axhline(acc, color="black", linestyle="-.", linewidth=1.2, label=f"{variant}: shortcuts removed")
-    if chance is not None:
-        ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
-    ax.set_ylim(0, 100)
-    ax.set_xlabel("residual blocks lesioned at test time (k)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("test accuracy (%), mean ± std over seeds")
-    ax.set_title("lesion study (Veit et al. 2016)")
-    ax.legend(fontsize=7)
+    xlabel, ylabel = "residual blocks lesioned at test time (k)", "test accuracy (%), mean ± std over seeds"
+    _percent_axes(ax, chance, xlabel, ylabel, "lesion study (Veit et al. 2016)")
     out.mkdir(parents=True, exist_ok=True)
     return _save(fig, out / "lesion_curve.png")
