@@ -10,13 +10,16 @@ import contextlib
 import io
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from jsonargparse import ActionYesNo, ArgumentParser
 from rich.console import Console
 
 from toolkit.ablation.spec import load_spec
 from toolkit.errors import ToolkitError
+
+if TYPE_CHECKING:
+    from toolkit.ablation.runner import Options
 
 EXAMPLES = """options take dashes or underscores alike: --dry-run or --dry_run, --gpus-per-run or --gpus_per_run
 
@@ -118,6 +121,28 @@ def _parse(parser: ArgumentParser, argv: list[str]) -> Any:
 _HELP = " (see toolkit ablate <run|status> --help)"
 
 
+#: options of `ablate run` that other commands running ablation runs (search) may lack: they keep their defaults
+_OPTIONAL_RUN_OPTIONS = ("dry_run", "retry_failed", "array_parallelism", "warm")
+
+
+def runner_options(args: Any) -> Options:
+    """The runner's :class:`Options` from a parsed ``ablate run``-style command line (also ``toolkit search``)."""
+    from toolkit.ablation.runner import Options
+
+    given = vars(args)
+    return Options(
+        root=Path(args.root),
+        executor=args.executor,
+        workers=args.workers,
+        devices=parse_devices(args.devices),
+        gpus_per_run=args.gpus_per_run,
+        cpus_per_run=args.cpus_per_run,
+        partition=args.partition,
+        time_min=args.time_min,
+        **{key: given[key] for key in _OPTIONAL_RUN_OPTIONS if key in given},
+    )
+
+
 def main(argv: list[str]) -> int:
     """Run ``toolkit ablate <argv>``; returns the exit status (0: every run done)."""
     cfg = _parse(build_parser(), normalize_options(argv))
@@ -136,20 +161,7 @@ def main(argv: list[str]) -> int:
         from toolkit.ablation.local import prestart_warm_parent
 
         prestart_warm_parent()  # its imports run while this process validates the variants
-    from toolkit.ablation.runner import Options, run_ablation
+    from toolkit.ablation.runner import run_ablation
 
-    options = Options(
-        root=Path(args.root),
-        executor=args.executor,
-        workers=args.workers,
-        devices=parse_devices(args.devices),
-        gpus_per_run=args.gpus_per_run,
-        cpus_per_run=args.cpus_per_run,
-        dry_run=args.dry_run,
-        retry_failed=args.retry_failed,
-        partition=args.partition,
-        time_min=args.time_min,
-        array_parallelism=args.array_parallelism,
-        warm=args.warm,
-    )
+    options = runner_options(args)
     return run_ablation(spec, options, console)

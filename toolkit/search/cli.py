@@ -34,23 +34,13 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """Run ``toolkit search``; 0 when every stage finished."""
-    from toolkit.ablation.cli import parse_devices
-    from toolkit.ablation.runner import Options
+    from toolkit.ablation.cli import runner_options
     from toolkit.search.output import write_outputs
     from toolkit.search.run import run_search
 
     args = build_parser().parse_args(argv)
     spec = load_search(args.spec)
-    options = Options(  # the trials are ablation runs: the runner's own options
-        root=Path(args.root),
-        executor=args.executor,
-        workers=args.workers,
-        devices=parse_devices(args.devices),
-        gpus_per_run=args.gpus_per_run,
-        cpus_per_run=args.cpus_per_run,
-        partition=args.partition,
-        time_min=args.time_min,
-    )
+    options = runner_options(args)  # the trials are ablation runs: the runner's own options
     console = Console()
     code, rows = run_search(spec, options, console)
     folder = (Path(args.root) / spec.name).absolute()
