@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import DIGITS, QUICK, ROOT, fit
@@ -64,6 +65,14 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     (inputs / "empty").mkdir()
     (inputs / "list.txt").write_text("two_class/a/0.png\ntwo_class/a/gone.png\n")
     _truncated_jpeg(inputs / "predict_cut" / "cut.jpg")
+    _images(inputs / "empty_class", {"a": 10, "b": 10, "c": 0})
+    _images(inputs / "dup_link", {"a": 10, "b": 10})
+    (inputs / "dup_link" / "b" / "same.png").symlink_to(inputs / "dup_link" / "a" / "0.png")
+    _images(inputs / "float_tif", {"a": 10, "b": 10})
+    Image.fromarray(np.full((12, 12), 0.5, np.float32)).save(inputs / "float_tif" / "a" / "depth.tif")
+    (inputs / "afile").write_text("a file where a folder belongs\n")
+    (inputs / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    (inputs / "bomb.yaml").write_text(BOMB)
     base_cfg = f"base: [{DIGITS}]\nbaseline: v\n"
     yamls = {
         "syntax.yaml": "model:\n  drop_rate: [0.1\n",
@@ -75,12 +84,26 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         + "seeds: [0]\nvariants:\n  v: {model.backbon: test_resnet}\n",
         "spec_no_seeds.yaml": "name: s3\n" + base_cfg + "seeds: []\nvariants: {v: {}}\n",
         "spec_ok.yaml": "name: s4\n" + base_cfg + "seeds: [0]\nvariants: {v: {}}\n",
+        "spec_seed_big.yaml": "name: s5\n" + base_cfg + "seeds: [0, 4294967296]\nvariants: {v: {}}\n",
+        "spec_seed_neg.yaml": "name: s6\n" + base_cfg + "seeds: [-3]\nvariants: {v: {}}\n",
+        "spec_bomb.yaml": "name: s7\n" + base_cfg + "seeds: [0]\nvariants: {v: {}}\n" + BOMB.replace("a:", "x_a:"),
+        "spec_base_bomb.yaml": "name: s8\nbase: [bomb.yaml]\nbaseline: v\nseeds: [0]\nvariants: {v: {}}\n",
+        "spec_binary_base.yaml": "name: s9\nbase: [binary.yaml]\nbaseline: v\nseeds: [0]\nvariants: {v: {}}\n",
+        "os_system.yaml": "model:\n  optimizer:\n    class_path: os.system\n    init_args: {command: touch PWNED}\n",
+        "popen_scheduler.yaml": "model:\n  lr_scheduler:\n    class_path: os.system\n    init_args: {command: x}\n",
+        "negative_lr.yaml": "model:\n  optimizer:\n    class_path: torch.optim.SGD\n    init_args: {lr: -0.1}\n",
     }
     for name, text in yamls.items():
         (inputs / name).write_text(text)
     ns = SimpleNamespace(base=base, earlier=earlier, ckpt=str(good_ckpt), inputs=inputs, new=base / "new")
     ns.before = _snapshot(earlier, inputs)
     return ns
+
+
+#: a "billion laughs" document: nine levels of nine aliases expand to 9**9 strings
+BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+)
 
 
 def _snapshot(*roots: Path) -> dict[Path, bytes]:
@@ -211,6 +234,40 @@ CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
     ("report_spec_missing", _with_inputs("report", "@nope_spec.yaml"), "nope_spec.yaml"),
     ("report_unknown_option", lambda c: ["report", "x.yaml", "--colour"], "--colour"),
     ("weights_unknown_option", lambda c: ["weights", "--all"], "--all"),
+    # issue 19: silent wrong data, hangs and "unexpected" errors
+    ("empty_class_folder", _folder("empty_class"), "empty_class/c"),
+    ("image_linked_into_two_classes", _folder("dup_link"), "same.png"),
+    ("float_image", _folder("float_tif"), "depth.tif"),
+    ("seed_too_big", _fit("--seed_everything", "4294967296"), "--seed_everything 4294967296"),
+    ("seed_negative", _fit("--seed_everything", "-1"), "--seed_everything -1"),
+    ("negative_lr", _fit("--model.optimizer.init_args.lr", "-0.5"), "lr -0.5"),
+    ("negative_weight_decay", _fit("--model.optimizer.init_args.weight_decay", "-1"), "weight_decay -1"),
+    ("negative_lr_config", _with_inputs("fit", *QUICK, "--config", "@negative_lr.yaml"), "lr -0.1"),
+    ("optimizer_os_system", _with_inputs("fit", *QUICK, "--config", "@os_system.yaml"), "os.system"),
+    ("scheduler_os_system", _with_inputs("fit", *QUICK, "--config", "@popen_scheduler.yaml"), "os.system"),
+    ("root_dir_is_file", _with_inputs("fit", *QUICK, "--trainer.default_root_dir", "@afile"), "default_root_dir"),
+    ("root_dir_under_file", _with_inputs("fit", *QUICK, "--trainer.default_root_dir", "@afile/run"), "afile"),
+    ("test_root_dir_is_file", _eval("test", "--trainer.default_root_dir", "@afile"), "default_root_dir"),
+    ("config_binary", _with_inputs("fit", "--config", "@binary.yaml"), "binary.yaml"),
+    ("config_bomb", _with_inputs("fit", "--config", "@bomb.yaml"), "bomb.yaml"),
+    ("config_bomb_nested", _with_inputs("fit", *QUICK, "--model", "@bomb.yaml"), "billion laughs"),
+    ("validate_config_bomb", _with_inputs("validate", "--config", "@bomb.yaml"), "bomb.yaml"),
+    ("ablate_seed_too_big", _with_inputs("ablate", "run", "@spec_seed_big.yaml", "--dry-run"), "4294967296"),
+    ("ablate_seed_negative", _with_inputs("ablate", "run", "@spec_seed_neg.yaml", "--dry-run"), "-3"),
+    ("ablate_status_seed_too_big", _with_inputs("ablate", "status", "@spec_seed_big.yaml"), "4294967296"),
+    ("ablate_spec_bomb", _with_inputs("ablate", "run", "@spec_bomb.yaml", "--dry-run"), "spec_bomb.yaml"),
+    ("ablate_status_spec_bomb", _with_inputs("ablate", "status", "@spec_bomb.yaml"), "spec_bomb.yaml"),
+    ("ablate_base_bomb", _with_inputs("ablate", "run", "@spec_base_bomb.yaml", "--dry-run"), "bomb.yaml"),
+    ("ablate_status_base_bomb", _with_inputs("ablate", "status", "@spec_base_bomb.yaml"), "bomb.yaml"),
+    ("ablate_binary_base", _with_inputs("ablate", "status", "@spec_binary_base.yaml"), "binary.yaml"),
+    ("ablate_spec_binary", _with_inputs("ablate", "status", "@binary.yaml"), "binary.yaml"),
+    ("ablate_root_is_file", _with_inputs("ablate", "run", "@spec_ok.yaml", "--root", "@afile", "--dry-run"), "--root"),
+    ("ablate_status_root_file", _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@afile"), "--root"),
+    ("report_root_is_file", _with_inputs("report", "@spec_ok.yaml", "--root", "@afile"), "--root"),
+    ("report_out_is_file", _with_inputs("report", "@spec_ok.yaml", "--out", "@afile"), "--out"),
+    ("report_spec_bomb", _with_inputs("report", "@spec_bomb.yaml"), "spec_bomb.yaml"),
+    ("search_spec_bomb", _with_inputs("search", "@bomb.yaml"), "bomb.yaml"),
+    ("search_root_is_file", _with_inputs("search", "@spec_ok.yaml", "--root", "@afile"), "--root"),
 ]
 
 

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from toolkit import keys
+from toolkit import keys, safe_yaml
 from toolkit.backbone import weights_from_checkpoint
 from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.callbacks.health import DIVERGED, FINISHED, Diverged, DivergenceGuard, RunHealth, health_summary
@@ -30,6 +30,7 @@ from toolkit.callbacks.random_state import RandomStateCheckpoint
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
 from toolkit.errors import ToolkitError
+from toolkit.parsed_checks import check_parsed
 from toolkit.quiet import quiet_third_party
 from toolkit.tracking import CKPT_RUN_ID, RunIdCheckpoint
 
@@ -68,6 +69,7 @@ class ToolkitCLI(LightningCLI):
     """``toolkit fit|validate|test|predict`` for :class:`ImageClassifier` on :class:`ImageDataModule`."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        safe_yaml.bound_jsonargparse()  # every YAML file and value the parser reads: aliases bounded
         super().__init__(
             ImageClassifier,
             ImageDataModule,
@@ -91,6 +93,9 @@ class ToolkitCLI(LightningCLI):
             # before LightningCLI merges the checkpoint's hyperparameters over them
             self.model_args_given = _model_args_given(self.config, sys.argv[1:] if args is None else args)
             _check_given_checkpoint(self.config)  # LightningCLI reads it next, before any hook of ours
+            subcommand = self.config.get("subcommand")
+            if subcommand:  # before LightningCLI seeds or builds anything
+                check_parsed(subcommand, self.config[subcommand])
         except SystemExit as exit_:
             if exit_.code in (0, None):
                 raise
@@ -622,7 +627,9 @@ def check_config_files(argv: list[str]) -> None:
         if not file.is_file():
             raise ToolkitError(f"--config {path}: no such file; check the path")
         try:
-            yaml.safe_load(file.read_text())
+            safe_yaml.load(safe_yaml.read_config_text(file, f"--config {path}"))
+        except safe_yaml.AliasBombError as err:
+            raise ToolkitError(f"--config {path}: {err}") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

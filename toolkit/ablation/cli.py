@@ -17,6 +17,7 @@ from rich.console import Console
 
 from toolkit.ablation.spec import load_spec
 from toolkit.errors import ToolkitError
+from toolkit.parsed_checks import check_root_dir
 
 if TYPE_CHECKING:
     from toolkit.ablation.runner import Options
@@ -148,6 +149,7 @@ def main(argv: list[str]) -> int:
     cfg = _parse(build_parser(), normalize_options(argv))
     command = cfg.command
     args = cfg[command]
+    check_root_dir(args.root, "--root")
     spec = load_spec(args.spec)
     console = Console()
     if command == "status":

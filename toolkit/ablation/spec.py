@@ -25,6 +25,7 @@ import yaml
 from typing_extensions import override
 
 from toolkit.errors import ToolkitError
+from toolkit.safe_yaml import BoundedLoader, read_config_text
 
 DEFAULT_METRICS = ["test/acc", "test/f1"]
 DEFAULT_PROJECT = "toolkit"
@@ -135,8 +136,8 @@ def load_spec(path: str | Path) -> AblationSpec:
     return spec
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one, which hides a typo)."""
+class _UniqueKeyLoader(BoundedLoader):
+    """The bounded SafeLoader, rejecting duplicate keys too (PyYAML silently keeps the last one, which hides a typo)."""
 
     @override
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -151,19 +152,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _read_yaml(path: Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        loader = _UniqueKeyLoader(fh)
-        loader.name = str(path)
-        try:
-            return loader.get_single_data()
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise ToolkitError(
-                f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax"
-            ) from None
-        finally:
-            loader.dispose()
+    loader = _UniqueKeyLoader(read_config_text(path, str(path)))
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ToolkitError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    finally:
+        loader.dispose()
 
 
 def _run_id(name: str, variant: str, base_data: list[Any], overrides: dict[str, Any], seed: int) -> str:
@@ -211,8 +209,8 @@ def _seeds(value: Any, path: Path) -> list[int]:
     seeds = [value] if isinstance(value, int) else value
     if not isinstance(seeds, list) or not seeds:
         raise ToolkitError(f"{path}: 'seeds' needs at least one integer seed, e.g. seeds: [0, 1]")
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ToolkitError(f"{path}: 'seeds' must be non-negative integers, got {seeds}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= 2**32 - 1 for s in seeds):
+        raise ToolkitError(f"{path}: 'seeds' must be integers in [0, 2**32 - 1] (numpy's range), got {seeds}")
     if len(set(seeds)) != len(seeds):
         raise ToolkitError(f"{path}: 'seeds' lists a seed twice: {seeds}; list each once")
     return list(seeds)

@@ -39,8 +39,11 @@ def main(argv: list[str]) -> int:
     """
     args = build_parser().parse_args(argv)
     from toolkit.ablation.spec import load_spec  # imported here to keep --help instant
+    from toolkit.parsed_checks import check_root_dir
     from toolkit.report.build import print_report, report_spec
 
+    check_root_dir(args.root, "--root")
+    check_root_dir(args.out, "--out")
     spec = load_spec(Path(args.spec))
     out = Path(args.out) if args.out else None
     print_report(report_spec(spec, Path(args.root), out, wandb_path=args.wandb, log_to_wandb=args.log_to_wandb))

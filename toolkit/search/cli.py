@@ -8,6 +8,7 @@ from typing import Literal
 from jsonargparse import ArgumentParser
 from rich.console import Console
 
+from toolkit.parsed_checks import check_root_dir
 from toolkit.search.spec import load_search
 
 EXAMPLES = """examples:
@@ -39,6 +40,7 @@ def main(argv: list[str]) -> int:
     from toolkit.search.run import run_search
 
     args = build_parser().parse_args(argv)
+    check_root_dir(args.root, "--root")
     spec = load_search(args.spec)
     options = runner_options(args)  # the trials are ablation runs: the runner's own options
     console = Console()
