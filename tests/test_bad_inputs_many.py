@@ -91,6 +91,8 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         "spec_binary_base.yaml": "name: s9\nbase: [binary.yaml]\nbaseline: v\nseeds: [0]\nvariants: {v: {}}\n",
         "os_system.yaml": "model:\n  optimizer:\n    class_path: os.system\n    init_args: {command: touch PWNED}\n",
         "popen_scheduler.yaml": "model:\n  lr_scheduler:\n    class_path: os.system\n    init_args: {command: x}\n",
+        "vit.yaml": "model:\n  backbone: test_vit\n",
+        "drop_half.yaml": "model:\n  drop_rate: 0.5\n",
         "negative_lr.yaml": "model:\n  optimizer:\n    class_path: torch.optim.SGD\n    init_args: {lr: -0.1}\n",
     }
     for name, text in yamls.items():
@@ -267,6 +269,39 @@ CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
     ("report_out_is_file", _with_inputs("report", "@spec_ok.yaml", "--out", "@afile"), "--out"),
     ("report_spec_bomb", _with_inputs("report", "@spec_bomb.yaml"), "spec_bomb.yaml"),
     ("search_spec_bomb", _with_inputs("search", "@bomb.yaml"), "bomb.yaml"),
+    (
+        "fit_resume_model_conflict",
+        _with_inputs(
+            "fit",
+            *QUICK,
+            "--trainer.default_root_dir",
+            "%earlier",
+            "--ckpt_path",
+            "last",
+            "--model.backbone",
+            "test_vit",
+        ),
+        "backbone",
+    ),
+    (
+        "fit_resume_config_conflict",
+        _with_inputs(
+            "fit",
+            *QUICK,
+            "--config",
+            "@drop_half.yaml",
+            "--trainer.default_root_dir",
+            "%earlier",
+            "--ckpt_path",
+            "last",
+        ),
+        "drop_rate",
+    ),
+    ("fit_resume_other_run", lambda c: _fit("--ckpt_path", c.ckpt)(c), "belongs to the run"),
+    ("fit_other_run_backbone", lambda c: _fit("--ckpt_path", c.ckpt, "--model.backbone", "test_vit")(c), "backbone"),
+    ("test_config_conflict", _eval("test", "--config", "@vit.yaml"), "backbone"),
+    ("predict_config_conflict", _eval("predict", "--config", "@drop_half.yaml"), "drop_rate"),
+    ("validate_model_value_conflict", _eval("validate", "--model", "{drop_rate: 0.5}"), "drop_rate"),
     ("search_root_is_file", _with_inputs("search", "@spec_ok.yaml", "--root", "@afile"), "--root"),
 ]
 

@@ -27,6 +27,7 @@ from toolkit.backbone import weights_from_checkpoint
 from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.callbacks.health import DIVERGED, FINISHED, Diverged, DivergenceGuard, RunHealth, health_summary
 from toolkit.callbacks.random_state import RandomStateCheckpoint
+from toolkit.ckpt_model import check_against_checkpoint, check_resume_folder, model_args_given
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
 from toolkit.errors import ToolkitError
@@ -181,9 +182,10 @@ class ToolkitCLI(LightningCLI):
                 args.name = args.name or f"{ab.variant}-seed{ab.seed}"
         if config.get("ckpt_path"):
             config.ckpt_path = _resolve_ckpt(config.ckpt_path, config.checkpoint.dirpath)
-        if self.subcommand in _EVAL_COMMANDS and config.get("ckpt_path"):
+        if config.get("ckpt_path"):  # every subcommand: the checkpoint fixes the model
             _model_from_checkpoint(config.model, config.ckpt_path, getattr(self, "model_args_given", {}))
         if self.subcommand == "fit" and config.get("ckpt_path"):
+            check_resume_folder(config.ckpt_path, config.checkpoint.dirpath)
             run_id = _run_id_in(config.ckpt_path)
             if run_id and _is_toolkit_logger(logger):
                 if logger.init_args.mode in ("online",) or (logger.init_args.mode == "auto" and _online_auto()):
@@ -444,53 +446,28 @@ def check_checkpoint_classes(ckpt_path: str | None, num_classes: int, where: str
 
 
 _EVAL_COMMANDS = ("validate", "test", "predict")
-#: model options that may differ from the checkpoint's: test-time switches, and pretrained (ignored: the weights come
-#: from the checkpoint, which also sets the logged value)
-TEST_TIME_OPTIONS = ("lesion_blocks", "pretrained")
 
 
 def _model_args_given(config: Any, argv: list[str]) -> dict[str, Any]:
-    """The ``--model.<key>`` options on the command line, with their parsed values (first key level)."""
+    """The ``model`` options given explicitly (command line and config files), with their parsed values."""
     subcommand = config.get("subcommand")
-    model = config.get(subcommand, {}).get("model") if subcommand else None
-    if model is None:
-        return {}
-    keys = {a[len("--model.") :].split("=")[0].split(".")[0] for a in argv if str(a).startswith("--model.")}
-    return {key: model.get(key) for key in sorted(keys) if key in model}
+    return model_args_given(config.get(subcommand, {}).get("model") if subcommand else None, argv)
 
 
 def _model_from_checkpoint(model: Any, ckpt_path: str, given: dict[str, Any]) -> None:
-    """Set the model's arguments to the checkpoint's hyperparameters; refuse a ``--model.*`` value contradicting them.
+    """Set the model's arguments to the checkpoint's hyperparameters; refuse a given value contradicting them.
 
     LightningCLI merges them only for a checkpoint path given as a file, not for ``--ckpt_path last``.
     """
     if not Path(ckpt_path).is_file():
         return
     hparams = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters", {})
-    for key, value in given.items():
-        if key in TEST_TIME_OPTIONS or key not in hparams:
-            continue
-        saved = hparams[key]
-        if _plain(value) != _plain(saved):
-            raise ToolkitError(
-                f"--model.{key}={_plain(value)!r} conflicts with the checkpoint's {key}={_plain(saved)!r} "
-                f"({ckpt_path}); drop --model.{key}: the checkpoint fixes the model (only "
-                f"{', '.join(TEST_TIME_OPTIONS)} may change at test time)"
-            )
+    check_against_checkpoint(given, hparams, ckpt_path)
     for key, saved in hparams.items():
         # num_classes and class_names are linked from the data when the classes are built
         # pretrained too: the weights come from the checkpoint, and the logged config says how they were trained
         if key in model and key not in ("lesion_blocks", "num_classes", "class_names"):
             model[key] = saved
-
-
-def _plain(value: Any) -> Any:
-    """A namespace/tuple value as plain dicts and lists, for comparing a parsed option with a saved one."""
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if isinstance(value, tuple):
-        return list(value)
-    return value
 
 
 def _weights_from_checkpoints(subcommand: str | None, config: Any) -> bool:
