@@ -41,6 +41,10 @@ with open(os.path.join(root, f"received-{os.getpid()}.json"), "w") as fh:
     json.dump(got, fh)
 if opt("--ablation.variant") == "crash":
     sys.exit("RuntimeError: the stand-in crashed on purpose")
+if opt("--ablation.variant") == "killed" and not os.path.exists(os.path.join(root, "killed-once")):
+    open(os.path.join(root, "killed-once"), "w").close()
+    print("TPU available: False, using: 0 TPU cores", flush=True)  # Lightning's line, last in the log
+    os.kill(os.getpid(), 9)
 """
 
 
@@ -132,6 +136,29 @@ def test_a_crashing_run_is_failed_the_others_finish_and_retry_is_explicit(tmp_pa
     assert code == 1 and len(received(root)) == 6
     attempts = {(r["variant"], r["seed"]): r["attempts"] for r in Ledger(ledger_path(root, "standin")).read().values()}
     assert attempts == {("full", 0): 1, ("full", 1): 1, ("crash", 0): 2, ("crash", 1): 2}
+
+
+def test_a_run_killed_by_sigkill_is_recorded_as_killed_and_resumes_without_retry_failed(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, {"full": {}, "killed": {"model.drop_rate": 0.5}}, [0])
+    root = tmp_path / "runs"
+    code, out = run(spec, root, tmp_path, devices=[], workers=1)
+    records = {r["variant"]: r for r in Ledger(ledger_path(root, "standin")).read().values()}
+    killed = records["killed"]
+    assert code == 1 and killed["status"] == "pending" and killed["exit_code"] == -signal.SIGKILL
+    assert killed["reason"] == "killed by SIGKILL" and "TPU" not in out
+    assert "unfinished killed seed 0: killed by SIGKILL; run again to resume" in out
+    code, out = run(spec, root, tmp_path, devices=[], workers=1)  # no --retry-failed: a killed run resumes
+    records = {r["variant"]: r for r in Ledger(ledger_path(root, "standin")).read().values()}
+    assert code == 0 and records["killed"]["status"] == "done" and records["killed"]["attempts"] == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "name"), [(-9, "SIGKILL"), (137, "SIGKILL"), (143, "SIGTERM"), (-11, "SIGSEGV"), (1, None), (2, None)]
+)
+def test_the_signal_is_read_from_the_exit_status(code: int, name: str | None) -> None:
+    from toolkit.ablation.lifecycle import killed_by
+
+    assert killed_by(code) == name
 
 
 def test_slots_that_do_not_fit_are_refused() -> None:
