@@ -6,6 +6,7 @@ start fast: this module imports neither torch nor Lightning at import time; each
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -66,6 +67,11 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
     run_cli(argv)  # None: LightningCLI reads sys.argv itself
 
 
+#: write failures the user fixes (a full disk or quota, a file-size limit, a read-only or forbidden folder)
+_CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES}
+_NO_RIGHTS = {errno.EROFS, errno.EACCES}
+
+
 def _unexpected(err: BaseException) -> str:
     """Write the traceback of an unexpected error to a file; return the one line that points to it."""
     folder = os.path.join(tempfile.gettempdir(), "toolkit-errors")
@@ -88,6 +94,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except (KeyboardInterrupt, SystemExit):
         raise
+    except OSError as err:
+        if os.environ.get("TOOLKIT_TRACEBACK"):
+            raise
+        if err.errno in _CANNOT_WRITE:
+            fix = (
+                "pick a folder you can write to"
+                if err.errno in _NO_RIGHTS
+                else "free space there or pick another folder"
+            )
+            print(f"error: cannot write {err.filename or 'an output file'}: {err.strerror}; {fix}", file=sys.stderr)
+            sys.exit(2)
+        print(_unexpected(err), file=sys.stderr)
+        sys.exit(1)
     except Exception as err:  # never a bare traceback: one line and where the whole story is
         if os.environ.get("TOOLKIT_TRACEBACK"):
             raise

@@ -16,6 +16,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from toolkit.atomic import write_text
 from toolkit.doctor.checks import Curve, Step
 from toolkit.report.plots import _pyplot, _save
 
@@ -111,11 +112,11 @@ def write_outputs(
         "suggested_lr": lr,
         "curves": [asdict(c) for c in curves],
     }
-    written["json"].write_text(json.dumps(data, indent=1, default=str))
+    write_text(written["json"], json.dumps(data, indent=1, default=str))
     if lr is not None:
         written["ranges"] = out / "ranges.yaml"
         header = "# search ranges from toolkit doctor; a search spec takes them as `ranges: <this file>`\n"
-        written["ranges"].write_text(header + yaml.safe_dump(search_ranges(lr), sort_keys=False))
+        write_text(written["ranges"], header + yaml.safe_dump(search_ranges(lr), sort_keys=False))
     for i, path in enumerate(plot_curves(curves, out)):
         written[f"curve{i}"] = path
     return written

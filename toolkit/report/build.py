@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from toolkit.atomic import write_atomically
 from toolkit.errors import ToolkitError
 from toolkit.keys import ensemble_key
 from toolkit.report import plots, render
@@ -157,7 +158,7 @@ def build_report(
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"runs": out / "runs.csv"}
-    runs.to_csv(files["runs"], index=False)
+    write_atomically(files["runs"], lambda tmp: runs.to_csv(tmp, index=False))
     skipped = _skipped_lines(runs)
     files.update(render.write_tables(table, metrics, out, name, baseline, skipped))
     chance = _chance(runs)

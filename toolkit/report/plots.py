@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from toolkit import keys
+from toolkit.atomic import write_atomically
 from toolkit.report.render import display_name
 from toolkit.report.table import is_fraction
 
@@ -139,7 +140,7 @@ def smoothing_window(points: int) -> int:
 def _save(fig: object, path: Path) -> Path:
     """Lay out, write and close one figure."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png"))
     _pyplot().close(fig)
     return path
 

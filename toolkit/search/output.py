@@ -11,6 +11,7 @@ import pandas as pd
 import yaml
 
 from toolkit.ablation.spec import _read_yaml
+from toolkit.atomic import write_atomically, write_text
 from toolkit.report.plots import _pyplot, _save, _slug
 from toolkit.report.table import higher_is_better
 from toolkit.search.spec import SearchSpec
@@ -94,10 +95,10 @@ def write_outputs(spec: SearchSpec, rows: list[dict[str, Any]], folder: Path) ->
         return written
     folder.mkdir(parents=True, exist_ok=True)
     written["csv"] = folder / "table.csv"
-    table.to_csv(written["csv"], index=False)
+    write_atomically(written["csv"], lambda tmp: table.to_csv(tmp, index=False))
     shown = table.drop(columns=["run_dir"], errors="ignore")
     written["md"] = folder / "table.md"
-    written["md"].write_text(shown.to_markdown(index=False, floatfmt=".4g") + "\n")
+    write_text(written["md"], shown.to_markdown(index=False, floatfmt=".4g") + "\n")
     for i, path in enumerate(scatter_plots(spec, table, folder)):
         written[f"scatter{i}"] = path
     best = best_trial(spec, table)
@@ -108,7 +109,7 @@ def write_outputs(spec: SearchSpec, rows: list[dict[str, Any]], folder: Path) ->
         note = (
             f"# best trial of {spec.name}: {best['trial']} ({best['stage']}), {best['metric']} = {best['metric_value']}"
         )
-        written["best"].write_text(note + "\n" + yaml.safe_dump(config, sort_keys=False))
+        write_text(written["best"], note + "\n" + yaml.safe_dump(config, sort_keys=False))
     return written
 
 
