@@ -33,7 +33,7 @@ from toolkit.data import ImageDataModule
 from toolkit.errors import ToolkitError
 from toolkit.parsed_checks import check_parsed
 from toolkit.quiet import quiet_third_party
-from toolkit.tracking import CKPT_RUN_ID, RunIdCheckpoint
+from toolkit.tracking import CKPT_RUN_ID, RunIdCheckpoint, check_init_kwargs
 
 
 @dataclass
@@ -172,6 +172,7 @@ class ToolkitCLI(LightningCLI):
         logger = config.trainer.logger
         if _is_toolkit_logger(logger):
             args = logger.init_args
+            check_init_kwargs(args.get("init_kwargs"))  # jsonargparse would wrap the logger's own refusal
             if args.save_dir is None:
                 args.save_dir = str(root)
             if config.ablation is not None:
