@@ -73,7 +73,7 @@ def test_report_command_writes_the_report_without_torch(spec: dict) -> None:
 def test_console_command_default_out_and_errors(spec: dict) -> None:
     proc = toolkit_cmd("report", str(spec["path"]), "--root", str(spec["root"]), cwd=spec["dir"])
     assert proc.returncode == 0, proc.stderr
-    out = spec["dir"] / "reports" / "synth"
+    out = Path(spec["root"]) / "synth" / "report"  # beside the runs, whatever the working directory
     assert (out / "table.md").read_text() in proc.stdout + "\n"
     assert len(pd.read_csv(out / "runs.csv")) == len(SYNTH_FINISHED) + 5
 

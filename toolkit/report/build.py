@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from toolkit import keys
 from toolkit.atomic import write_atomically
 from toolkit.errors import ToolkitError
 from toolkit.keys import ensemble_key
@@ -192,6 +193,12 @@ def build_report(
     )
 
 
+def default_out(root: str | Path, name: str) -> Path:
+    """Where a report goes without ``--out``: ``<root>/<name>/report``, beside the runs it reports (two ``--root``s of
+    one spec never overwrite each other's report)."""
+    return Path(root) / name / keys.REPORT_DIR
+
+
 def report_spec(
     spec: AblationSpec,
     root: Path,
@@ -200,13 +207,13 @@ def report_spec(
     log_to_wandb: bool = False,
 ) -> ReportResult:
     """The report of an ablation spec: its metrics, baseline, variants and seeds; ``out`` defaults to
-    ``reports/<name>``. Used by ``toolkit report`` and at the end of ``toolkit ablate run``."""
+    `default_out` (beside the runs). Used by ``toolkit report`` and at the end of ``toolkit ablate run``."""
     return build_report(
         spec.name,
         spec.baseline,
         list(spec.metrics),
         root=Path(root),
-        out=Path(out) if out else Path("reports") / spec.name,
+        out=Path(out) if out else default_out(root, spec.name),
         wandb_path=wandb_path,
         log_to_wandb=log_to_wandb,
         variants=list(spec.variants),

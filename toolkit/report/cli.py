@@ -18,7 +18,7 @@ def build_parser() -> ArgumentParser:
     )
     parser.add_argument("spec", type=str, help="ablation spec (ablations/<name>.yaml)")
     parser.add_argument("--root", type=str, default="runs", help="runs root: logs are read from <root>/<name>/")
-    parser.add_argument("--out", type=str | None, default=None, help="report folder (default reports/<name>/)")
+    parser.add_argument("--out", type=str | None, default=None, help="report folder (default <root>/<name>/report/)")
     parser.add_argument(
         "--wandb", type=str | None, default=None, help="read the runs from this W&B project (entity/project)"
     )

@@ -81,7 +81,8 @@ def find_logs(root: Path, name: str) -> list[Path]:
         raise ToolkitError(f"no runs folder {folder}; run `toolkit ablate run` first or pass --root DIR")
     found: dict[Path, Path] = {}
     for path in sorted(folder.rglob("run-*.wandb")):
-        found.setdefault(path.resolve(), path)
+        if path.relative_to(folder).parts[0] != keys.REPORT_DIR:  # the report's own analysis run is no ablation run
+            found.setdefault(path.resolve(), path)
     return sorted(found.values())
 
 
