@@ -44,8 +44,14 @@ def best_trial(spec: SearchSpec, table: pd.DataFrame) -> pd.Series | None:
     return None
 
 
-def best_config(spec: SearchSpec, stage_overrides: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The base configs merged in order, then the common, stage and trial overrides, and the search's seed."""
+def best_config(
+    spec: SearchSpec, stage_overrides: dict[str, Any], params: dict[str, Any], run_dir: Path | None = None
+) -> dict[str, Any]:
+    """The base configs merged in order, then the common, stage and trial overrides, and the search's seed.
+
+    ``run_dir`` becomes ``trainer.default_root_dir``: the refit gets its own run folder (the base's would hold a run
+    already, and ``toolkit fit`` refuses to mix two runs in one folder).
+    """
     config: dict[str, Any] = {}
     for base in spec.base:
         config = _merge(config, _read_yaml(Path(base)) or {})
@@ -57,6 +63,8 @@ def best_config(spec: SearchSpec, stage_overrides: dict[str, Any], params: dict[
         node[last] = value
     config["seed_everything"] = spec.seed
     config["test_after_fit"] = True
+    if run_dir is not None:
+        config.setdefault("trainer", {})["default_root_dir"] = str(run_dir)
     return config
 
 
@@ -104,7 +112,7 @@ def write_outputs(spec: SearchSpec, rows: list[dict[str, Any]], folder: Path) ->
     best = best_trial(spec, table)
     if best is not None:
         stage = next(s for s in spec.stages if s.name == best["stage"])
-        config = best_config(spec, stage.overrides, {k: _plain(best[k]) for k in spec.ranges})
+        config = best_config(spec, stage.overrides, {k: _plain(best[k]) for k in spec.ranges}, folder / "best")
         written["best"] = folder / "best.yaml"
         note = (
             f"# best trial of {spec.name}: {best['trial']} ({best['stage']}), {best['metric']} = {best['metric_value']}"
