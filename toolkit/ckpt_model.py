@@ -89,6 +89,14 @@ def check_against_checkpoint(given: dict[str, Any], hparams: dict[str, Any], ckp
             )
 
 
+def evaluated_run(ckpt_path: str, wandb_id: str | None) -> str:
+    """What a test/validate/predict run evaluates, as its W&B group: the fit's W&B run id, else its run folder."""
+    if wandb_id:
+        return wandb_id
+    ckpt = Path(ckpt_path).resolve()
+    return (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent).name
+
+
 def check_resume_folder(ckpt_path: str, checkpoint_dir: str) -> None:
     """A fit resumes the run a checkpoint belongs to: a checkpoint in another run's ``checkpoints/`` is refused.
 

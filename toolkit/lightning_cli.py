@@ -27,7 +27,7 @@ from toolkit.backbone import weights_from_checkpoint
 from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.callbacks.health import DIVERGED, FINISHED, Diverged, DivergenceGuard, RunHealth, health_summary
 from toolkit.callbacks.random_state import RandomStateCheckpoint
-from toolkit.ckpt_model import check_against_checkpoint, check_resume_folder, model_args_given
+from toolkit.ckpt_model import check_against_checkpoint, check_resume_folder, evaluated_run, model_args_given
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
 from toolkit.errors import ToolkitError
@@ -185,6 +185,15 @@ class ToolkitCLI(LightningCLI):
             config.ckpt_path = _resolve_ckpt(config.ckpt_path, config.checkpoint.dirpath)
         if config.get("ckpt_path"):  # every subcommand: the checkpoint fixes the model
             _model_from_checkpoint(config.model, config.ckpt_path, getattr(self, "model_args_given", {}))
+        if self.subcommand in _EVAL_COMMANDS:
+            # its own files beside a fit's (config.yaml stays the fit's), and its own W&B job type and group
+            self.save_config_kwargs["config_filename"] = f"{self.subcommand}_config.yaml"
+            if _is_toolkit_logger(logger) and config.get("ckpt_path"):
+                args = logger.init_args
+                args.job_type = args.job_type or self.subcommand
+                args.group = args.group or evaluated_run(config.ckpt_path, _run_id_in(config.ckpt_path))
+        elif _is_toolkit_logger(logger):
+            logger.init_args.job_type = logger.init_args.job_type or "fit"
         if self.subcommand == "fit" and config.get("ckpt_path"):
             check_resume_folder(config.ckpt_path, config.checkpoint.dirpath)
             run_id = _run_id_in(config.ckpt_path)

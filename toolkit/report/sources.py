@@ -170,8 +170,8 @@ def _runset(pairs: list[tuple[RunLog, str]], name: str) -> RunSet:
         row = run_row(run, source)
         if row["ablation"] != name and not (row["ablation"] is None and run.damage):
             continue  # another ablation's run in the same folder
-        if run.job_type == "analysis":
-            continue  # the report's own W&B run (``--log_to_wandb``)
+        if run.job_type in ("analysis", "validate", "test", "predict"):
+            continue  # the report's own W&B run (``--log_to_wandb``), or a later evaluation of a checkpoint
         history.extend(_history_rows(run, row, len(rows)))
         rows.append(row)
     runs = pd.DataFrame(rows)
