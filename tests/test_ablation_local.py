@@ -161,6 +161,31 @@ def test_the_signal_is_read_from_the_exit_status(code: int, name: str | None) ->
     assert killed_by(code) == name
 
 
+def test_seeds_and_set_from_the_command_line_scale_the_study_and_are_recorded_in_the_ledger(tmp_path: Path) -> None:
+    from toolkit.ablation import cli_changes
+
+    spec = make_spec(tmp_path, {"full": {}, "no-drop": {"model.drop_rate": 0.0}}, [0])
+    scaled, changes = cli_changes.apply(spec, "1-2,5", ["trainer.max_epochs=4", "model.drop_rate=0.3"])
+    assert changes == {"seeds": [1, 2, 5], "set": {"trainer.max_epochs": 4, "model.drop_rate": 0.3}}
+    root = tmp_path / "runs"
+    code, _ = run(scaled, root, tmp_path, devices=[], workers=2, changes=changes)
+    assert code == 0
+    records = list(Ledger(ledger_path(root, "standin")).read().values())
+    assert sorted((r["variant"], r["seed"]) for r in records) == [
+        (v, s) for v in ("full", "no-drop") for s in (1, 2, 5)
+    ]
+    assert all(r["cli_changes"] == changes for r in records)
+    for got in received(root):
+        argv = got["argv"]
+        assert argv[argv.index("--trainer.max_epochs") + 1] == "4"
+        drop = argv[argv.index("--model.drop_rate") + 1]
+        assert drop == ("0.0" if "no-drop" in got["run_dir"] else "0.3")  # a variant's own change still wins
+    with pytest.raises(ToolkitError, match="--set 'max_epochs'"):
+        cli_changes.apply(spec, None, ["max_epochs"])
+    with pytest.raises(ToolkitError, match="--seeds"):
+        cli_changes.apply(spec, "0-4294967296", None)
+
+
 def test_slots_that_do_not_fit_are_refused() -> None:
     with pytest.raises(ToolkitError, match="--gpus-per-run 3 does not fit on GPUs 0,1"):
         make_slots(workers=None, devices=["0", "1"], gpus_per_run=3)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from jsonargparse import ActionYesNo, ArgumentParser
 from rich.console import Console
 
+from toolkit.ablation import cli_changes
 from toolkit.ablation.spec import load_spec
 from toolkit.errors import ToolkitError
 from toolkit.parsed_checks import check_root_dir
@@ -63,16 +64,30 @@ def build_parser() -> ArgumentParser:
     run.add_argument(
         "--retry-failed", action=ActionYesNo(no_prefix="no-"), default=False, help="run failed runs again (resuming)"
     )
+    _add_scaling(run)
     run.add_argument("--partition", type=str | None, default=None, help="slurm: partition (default: the cluster's)")
     run.add_argument("--time-min", type=int, default=60, help="slurm: time limit per task, minutes")
     run.add_argument("--array-parallelism", type=int | None, default=None, help="slurm: array tasks running at once")
     status = ArgumentParser(description="Print the ablation's runs from its ledger (imports no torch).")
     status.add_argument("spec", type=str, help="ablation spec")
     status.add_argument("--root", type=str, default="runs", help="runs folder")
+    _add_scaling(status)
     subcommands = parser.add_subcommands(dest="command")
     subcommands.add_subcommand("run", run, help="run an ablation")
     subcommands.add_subcommand("status", status, help="show an ablation's runs")
     return parser
+
+
+def _add_scaling(parser: ArgumentParser) -> None:
+    """``--seeds`` and ``--set``: scale a study without copying its spec (`toolkit.ablation.cli_changes`)."""
+    parser.add_argument("--seeds", type=str | None, default=None, help="replace the spec's seeds: 0,1,2 or 0-9")
+    parser.add_argument(
+        "--set",
+        type=str,
+        nargs="+",
+        default=None,
+        help="add common overrides key=value [key=value ...] (recorded in the ledger), e.g. --set trainer.max_epochs=5",
+    )
 
 
 def parse_devices(text: str | None) -> list[str] | None:
@@ -150,7 +165,7 @@ def main(argv: list[str]) -> int:
     command = cfg.command
     args = cfg[command]
     check_root_dir(args.root, "--root")
-    spec = load_spec(args.spec)
+    spec, changes = cli_changes.apply(load_spec(args.spec), args.seeds, args.set)
     console = Console()
     if command == "status":
         from toolkit.ablation.ledger import Ledger, ledger_path
@@ -166,4 +181,5 @@ def main(argv: list[str]) -> int:
     from toolkit.ablation.runner import run_ablation
 
     options = runner_options(args)
+    options.changes = changes
     return run_ablation(spec, options, console)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -53,6 +54,8 @@ class Options:
     report: bool = True
     #: local: fork runs from a parent that imported torch/Lightning/timm/wandb once (see toolkit.ablation.warm)
     warm: bool = True
+    #: ``--seeds``/``--set`` of the command line (`toolkit.ablation.cli_changes`), recorded in each run's ledger entry
+    changes: dict[str, Any] = field(default_factory=dict)
 
 
 def run_ablation(spec: AblationSpec, options: Options, console: Console | None = None) -> int:
@@ -86,7 +89,9 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
             return 0
         with ledger.edit() as records:
             for run in runs:
-                records.setdefault(run.id, {**lifecycle.describe(run, root), "status": PENDING, "attempts": 0})
+                record = records.setdefault(run.id, {**lifecycle.describe(run, root), "status": PENDING, "attempts": 0})
+                if options.changes:
+                    record["cli_changes"] = options.changes
         try:
             with LiveView(spec, ledger, root, max(len(slots), options.array_parallelism or 1), console) as view:
                 if options.executor == "local":
