@@ -93,6 +93,8 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         "popen_scheduler.yaml": "model:\n  lr_scheduler:\n    class_path: os.system\n    init_args: {command: x}\n",
         "vit.yaml": "model:\n  backbone: test_vit\n",
         "drop_half.yaml": "model:\n  drop_rate: 0.5\n",
+        "rmtree.yaml": "model:\n  optimizer:\n    class_path: shutil.rmtree\n    init_args: {path: nowhere}\n",
+        "callback_system.yaml": "trainer:\n  callbacks:\n    - class_path: subprocess.run\n      init_args: {args: x}\n",
         "negative_lr.yaml": "model:\n  optimizer:\n    class_path: torch.optim.SGD\n    init_args: {lr: -0.1}\n",
     }
     for name, text in yamls.items():
@@ -246,6 +248,8 @@ CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
     ("negative_weight_decay", _fit("--model.optimizer.init_args.weight_decay", "-1"), "weight_decay -1"),
     ("negative_lr_config", _with_inputs("fit", *QUICK, "--config", "@negative_lr.yaml"), "lr -0.1"),
     ("optimizer_os_system", _with_inputs("fit", *QUICK, "--config", "@os_system.yaml"), "os.system"),
+    ("optimizer_rmtree", _with_inputs("fit", *QUICK, "--config", "@rmtree.yaml"), "shutil.rmtree"),
+    ("callback_subprocess", _with_inputs("fit", *QUICK, "--config", "@callback_system.yaml"), "subprocess.run"),
     ("scheduler_os_system", _with_inputs("fit", *QUICK, "--config", "@popen_scheduler.yaml"), "os.system"),
     ("root_dir_is_file", _with_inputs("fit", *QUICK, "--trainer.default_root_dir", "@afile"), "default_root_dir"),
     ("root_dir_under_file", _with_inputs("fit", *QUICK, "--trainer.default_root_dir", "@afile/run"), "afile"),

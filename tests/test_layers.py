@@ -25,8 +25,18 @@ PLAIN_TORCH = (
     "toolkit.schedules",
     "toolkit.freezing",
     "toolkit.datasets",
+    "toolkit.image_files",
+    "toolkit.pixels",
 )
-BASE_MODULES = ("toolkit", "toolkit.errors", "toolkit.keys", "toolkit.quiet", "toolkit.epoch_line")
+BASE_MODULES = (
+    "toolkit",
+    "toolkit.errors",
+    "toolkit.keys",
+    "toolkit.quiet",
+    "toolkit.epoch_line",
+    "toolkit.safe_yaml",
+    "toolkit.atomic",
+)
 ORCHESTRATION_PACKAGES = ("toolkit.ablation", "toolkit.report", "toolkit.doctor", "toolkit.search")
 
 

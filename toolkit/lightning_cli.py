@@ -31,7 +31,7 @@ from toolkit.ckpt_model import check_against_checkpoint, check_resume_folder, ev
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
 from toolkit.errors import ToolkitError
-from toolkit.parsed_checks import check_parsed
+from toolkit.parsed_checks import check_parsed, enforce_import_denylist
 from toolkit.quiet import quiet_third_party
 from toolkit.tracking import CKPT_RUN_ID, RunIdCheckpoint, check_init_kwargs
 
@@ -71,6 +71,7 @@ class ToolkitCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         safe_yaml.bound_jsonargparse()  # every YAML file and value the parser reads: aliases bounded
+        enforce_import_denylist()  # a config naming os.system, subprocess, eval... is refused when parsed
         super().__init__(
             ImageClassifier,
             ImageDataModule,

@@ -85,6 +85,14 @@ def check_root_dir(path: str | None, option: str) -> None:
             return
 
 
+def enforce_import_denylist() -> None:
+    """Turn on jsonargparse's import-path denylist now (its default from v5): a config value naming ``os``,
+    ``subprocess``, ``builtins.eval`` and the like is refused when parsed, whatever option it is given to."""
+    from jsonargparse import set_parsing_settings
+
+    set_parsing_settings(import_path_denylist=[])  # the default entries, enforced
+
+
 def check_parsed(subcommand: str, config: Any) -> None:
     """Every check above on the parsed options of ``subcommand`` (``config[subcommand]``)."""
     check_seed(config.get("seed_everything"), "--seed_everything")
