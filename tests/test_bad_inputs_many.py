@@ -94,7 +94,7 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         "vit.yaml": "model:\n  backbone: test_vit\n",
         "drop_half.yaml": "model:\n  drop_rate: 0.5\n",
         "rmtree.yaml": "model:\n  optimizer:\n    class_path: shutil.rmtree\n    init_args: {path: nowhere}\n",
-        "callback_system.yaml": "trainer:\n  callbacks:\n    - class_path: subprocess.run\n      init_args: {args: x}\n",
+        "callback_system.yaml": "trainer:\n  callbacks:\n    - class_path: subprocess.run\n      init_args: {args: x}\n",  # noqa: E501
         "negative_lr.yaml": "model:\n  optimizer:\n    class_path: torch.optim.SGD\n    init_args: {lr: -0.1}\n",
     }
     for name, text in yamls.items():
