@@ -306,6 +306,27 @@ CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
     ("test_config_conflict", _eval("test", "--config", "@vit.yaml"), "backbone"),
     ("predict_config_conflict", _eval("predict", "--config", "@drop_half.yaml"), "drop_rate"),
     ("validate_model_value_conflict", _eval("validate", "--model", "{drop_rate: 0.5}"), "drop_rate"),
+    # doctor: its own options, and the toolkit fit parser's checks on its config
+    ("doctor_config_missing", _with_inputs("doctor", "--config", "@nope.yaml"), "nope.yaml"),
+    ("doctor_out_is_file", _with_inputs("doctor", "--config", DIGITS, "--out", "@afile"), "--out"),
+    ("doctor_steps_zero", _with_inputs("doctor", "--config", DIGITS, "--check-steps", "0"), "--check-steps 0"),
+    ("doctor_config_bomb", _with_inputs("doctor", "--config", "@bomb.yaml"), "bomb.yaml"),
+    ("doctor_config_binary", _with_inputs("doctor", "--config", "@binary.yaml"), "binary.yaml"),
+    ("doctor_seed_too_big", _with_inputs("doctor", "--config", DIGITS, "--seed_everything", "-5"), "-5"),
+    ("doctor_negative_lr", _with_inputs("doctor", "--config", DIGITS, "--config", "@negative_lr.yaml"), "lr -0.1"),
+    ("doctor_unknown_key", _with_inputs("doctor", "--config", DIGITS, "--model.backbon", "x"), "backbon"),
+    # search and weights
+    ("search_spec_missing", _with_inputs("search", "@nope_search.yaml"), "nope_search.yaml"),
+    ("search_spec_binary", _with_inputs("search", "@binary.yaml"), "binary.yaml"),
+    ("search_unknown_option", _with_inputs("search", "@spec_ok.yaml", "--trials", "3"), "--trials"),
+    ("weights_extra_argument", lambda c: ["weights", "resnet50"], "resnet50"),
+    # more fit/validate/test/predict
+    ("validate_seed_too_big", _eval("validate", "--seed_everything", "99999999999"), "99999999999"),
+    ("predict_negative_lr", _eval("predict", "--model.optimizer.init_args.lr", "-1"), "lr -1"),
+    ("predict_root_dir_is_file", _eval("predict", "--trainer.default_root_dir", "@afile"), "default_root_dir"),
+    ("test_config_binary", _eval("test", "--config", "@binary.yaml"), "binary.yaml"),
+    ("test_config_bomb", _eval("test", "--config", "@bomb.yaml"), "bomb.yaml"),
+    ("validate_config_conflict", _eval("validate", "--config", "@vit.yaml"), "backbone"),
     ("search_root_is_file", _with_inputs("search", "@spec_ok.yaml", "--root", "@afile"), "--root"),
 ]
 
@@ -324,7 +345,13 @@ def _one_error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
 
 
 def test_case_list_is_broad() -> None:
-    assert len({case_id for case_id, _, _ in CASES}) == len(CASES) >= 40
+    assert len({case_id for case_id, _, _ in CASES}) == len(CASES) >= 100
+    entry_points = {"fit", "validate", "test", "predict", "ablate", "report", "search", "doctor", "weights"}
+    reached = {
+        build(SimpleNamespace(base=Path("b"), inputs=Path("i"), earlier=Path("e"), new=Path("n"), ckpt="c"))[0]
+        for _, build, _ in CASES
+    }
+    assert reached == entry_points
 
 
 @pytest.mark.parametrize(("case_id", "build", "culprit"), CASES, ids=[c[0] for c in CASES])

@@ -95,9 +95,8 @@ class ToolkitCLI(LightningCLI):
             # before LightningCLI merges the checkpoint's hyperparameters over them
             self.model_args_given = _model_args_given(self.config, sys.argv[1:] if args is None else args)
             _check_given_checkpoint(self.config)  # LightningCLI reads it next, before any hook of ours
-            subcommand = self.config.get("subcommand")
-            if subcommand:  # before LightningCLI seeds or builds anything
-                check_parsed(subcommand, self.config[subcommand])
+            subcommand = self.config.get("subcommand")  # None: built without a subcommand (toolkit doctor)
+            check_parsed(subcommand or "fit", self.config[subcommand] if subcommand else self.config)
         except SystemExit as exit_:
             if exit_.code in (0, None):
                 raise

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from toolkit.doctor import checks
 from toolkit.doctor.report import render, write_outputs
 from toolkit.errors import ToolkitError
+from toolkit.parsed_checks import check_root_dir
 
 #: what "regularisation off" means for the classifier and the data
 REGULARISATION_OFF = [
@@ -139,6 +140,7 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str]) -> int:
     """Run ``toolkit doctor``; 0 when steps 1-3 pass, 1 otherwise."""
     args, overrides = parse(argv)
+    check_root_dir(args.out, "--out")
     for config in args.config:
         if not Path(config).is_file():
             raise ToolkitError(f"config '{config}' not found; pass a YAML file such as configs/digits.yaml")
