@@ -168,16 +168,17 @@ def build_report(
     skipped = _skipped_lines(runs)
     files.update(render.write_tables(table, metrics, out, name, baseline, skipped))
     chance = _chance(runs)
-    for path in plots.bar_charts(table, metrics, out, baseline, chance):
+    order = list(dict.fromkeys(table["variant"]))
+    colors = plots.variant_colors(order)  # one colour per variant in every figure
+    for path in plots.bar_charts(table, metrics, out, baseline, chance, colors):
         files[path.stem] = path
     history = runset.history[runset.history["run"].isin(runs.index[runs["counted"]])]
-    order = list(dict.fromkeys(table["variant"]))
-    overlay = plots.val_overlay(history, order, out, baseline, chance)
+    overlay = plots.val_overlay(history, order, out, baseline, chance, colors)
     if overlay is not None:
         files[overlay.stem] = overlay
-    for path in plots.learning_curves(history, order, out):
+    for path in plots.learning_curves(history, order, out, colors):
         files[path.stem] = path
-    lesion = plots.lesion_curve(runs, out, chance)
+    lesion = plots.lesion_curve(runs, out, chance, colors)
     if lesion is not None:
         files[lesion.stem] = lesion
     if log_to_wandb:
