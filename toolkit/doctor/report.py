@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit.atomic import write_text
-from toolkit.doctor.checks import Curve, Step
+from toolkit.doctor.checks import Curve, Step, loss_change
 from toolkit.report.plots import _pyplot, _save
 
 LR_KEY = "model.optimizer.init_args.lr"
@@ -74,7 +74,7 @@ def plot_curves(curves: list[Curve], out: Path) -> list[Path]:
 
 
 def render(steps: list[Step], curves: list[Curve], lr_find: float | None, console: Console) -> None:
-    """Print the verdict table and the per-lr table (loss fall, val accuracy, update/parameter ratio per group)."""
+    """Print the verdict table and the per-lr table (loss change, val accuracy, update/parameter ratio per group)."""
     table = Table(title="toolkit doctor")
     for column in ("step", "verdict", "measured", "advice"):
         table.add_column(column, overflow="fold")
@@ -86,13 +86,13 @@ def render(steps: list[Step], curves: list[Curve], lr_find: float | None, consol
         return
     groups = sorted({g for c in curves for g in c.ratios})
     lrs = Table(title=f"lr checks (lr_find suggests {lr_find:.2g})" if lr_find else "lr checks")
-    for column in ("lr", "loss fall", "val acc", *(f"update/param {g}" for g in groups)):
+    for column in ("lr", "loss change", "val acc", *(f"update/param {g}" for g in groups)):
         lrs.add_column(column)
     for curve in curves:
         drop = curve.drop()
         lrs.add_row(
             curve.name.removeprefix("lr="),
-            "diverged" if not math.isfinite(drop) else f"{drop:+.0%}",
+            loss_change(drop),
             "-" if curve.val_acc is None else f"{curve.val_acc:.3f}",
             *(f"{curve.ratios[g]:.1e}" if g in curve.ratios else "-" for g in groups),
         )
