@@ -79,6 +79,19 @@ def test_fit_into_a_folder_with_another_run_is_refused_and_changes_nothing(capsy
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+def test_fit_help_fits_a_screen_and_help_full_has_every_option(capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--help"])
+    short = capsys.readouterr().out
+    assert done.value.code == 0 and len(short.splitlines()) < 80
+    assert "model: A headless timm backbone" in short and "--model.backbone" in short and "--data.augment" in short
+    assert "toolkit fit --help full" in short and "(type:" not in short
+    with pytest.raises(SystemExit):
+        main(["fit", "--help", "full"])
+    full = capsys.readouterr().out
+    assert len(full.splitlines()) > 500 and "--model.backbone BACKBONE" in full
+
+
 def test_top_level_help_lists_every_subcommand(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])

@@ -6,9 +6,11 @@ start fast: this module imports neither torch nor Lightning at import time; each
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import importlib.util
+import io
 import itertools
 import os
 import sys
@@ -98,6 +100,9 @@ def check_extras(args: list[str]) -> None:
                 raise ToolkitError(missing_extra_message(command, module, extra))
 
 
+_LIGHTNING = ("fit", "validate", "test", "predict")
+
+
 def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print_help()
@@ -106,8 +111,17 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if args[0] in _COMMANDS:
         module = importlib.import_module(_COMMANDS[args[0]])  # lazily: `report` must not import torch
         sys.exit(module.main(args[1:]))
+    from toolkit import short_help
     from toolkit.lightning_cli import run_cli
 
+    if args[0] in _LIGHTNING and short_help.wants_short_help(args):
+        text = io.StringIO()
+        with contextlib.suppress(SystemExit), contextlib.redirect_stdout(text):
+            run_cli(args)
+        print(short_help.condense(text.getvalue(), args[0]))
+        sys.exit(0)
+    if args[0] in _LIGHTNING and "full" in args:
+        argv = short_help.full_help_args(args)
     run_cli(argv)  # None: LightningCLI reads sys.argv itself
 
 
