@@ -409,3 +409,21 @@ def test_ablate_options_take_dashes_or_underscores(argv: list[str]) -> None:
     )
     negated = build_parser().parse_args(normalize_options(["run", "s_x.yaml", "--no_dry_run"])).run
     assert negated.dry_run is False and negated.spec == "s_x.yaml"  # a value keeps its underscores
+
+
+@pytest.mark.slow
+def test_real_commands_refuse_an_alias_bomb_at_once(tmp_path) -> None:
+    """The real console command (3 processes): a "billion laughs" config or spec is one line in seconds, not a hang."""
+    from conftest import toolkit_cmd
+
+    (tmp_path / "bomb.yaml").write_text(BOMB)
+    (tmp_path / "spec.yaml").write_text("name: b\nbase: [bomb.yaml]\nbaseline: v\nseeds: [0]\nvariants: {v: {}}\n")
+    for argv in (
+        ["fit", "--config", "bomb.yaml"],
+        ["ablate", "run", "spec.yaml", "--dry-run"],
+        ["ablate", "status", "spec.yaml"],
+    ):
+        done = toolkit_cmd(*argv, cwd=tmp_path, timeout=60)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 2 and len(errors) == 1 and "bomb.yaml" in errors[0], done.stderr
+        assert "billion laughs" in errors[0] and "Traceback" not in done.stderr
