@@ -427,3 +427,24 @@ def test_real_commands_refuse_an_alias_bomb_at_once(tmp_path) -> None:
         errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
         assert done.returncode == 2 and len(errors) == 1 and "bomb.yaml" in errors[0], done.stderr
         assert "billion laughs" in errors[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_fit_on_a_full_disk_is_one_line_naming_its_folder_and_leaves_no_partial_checkpoint(tmp_path) -> None:
+    """A file-size limit (EFBIG, as a full disk's ENOSPC) when the first checkpoint is saved; one process."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "run"
+    argv = ["fit", *QUICK, "--trainer.default_root_dir", str(root), "--trainer.logger", "false"]
+    code = (
+        "import resource, signal\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000))  # config.yaml fits, a checkpoint does not\n"
+        f"from toolkit.cli import main\nmain({argv!r})"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert errors[0].startswith(f"error: cannot write a file under {root}: File too large"), errors
+    assert not list((root / "checkpoints").glob("*")) and not (root / "result.json").exists()

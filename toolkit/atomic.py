@@ -6,10 +6,16 @@ that reads as a result. ``os.replace`` within one folder is atomic on POSIX; no 
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+#: write failures a user fixes by freeing space: a full disk, a quota, a file-size limit
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: write failures a user fixes by picking another folder: read-only, forbidden
+NO_RIGHTS = frozenset({errno.EROFS, errno.EACCES})
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:

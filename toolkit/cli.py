@@ -7,7 +7,6 @@ start fast: this module imports neither torch nor Lightning at import time; each
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib
 import importlib.util
 import io
@@ -18,6 +17,7 @@ import tempfile
 import time
 import traceback
 
+from toolkit.atomic import NO_RIGHTS, NO_SPACE
 from toolkit.errors import ToolkitError
 
 #: every subcommand, in the order ``toolkit --help`` lists them
@@ -126,8 +126,7 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
 
 
 #: write failures the user fixes (a full disk or quota, a file-size limit, a read-only or forbidden folder)
-_CANNOT_WRITE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES}
-_NO_RIGHTS = {errno.EROFS, errno.EACCES}
+_CANNOT_WRITE = NO_SPACE | NO_RIGHTS
 
 
 def _unexpected(err: BaseException) -> str:
@@ -158,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
         if err.errno in _CANNOT_WRITE:
             fix = (
                 "pick a folder you can write to"
-                if err.errno in _NO_RIGHTS
+                if err.errno in NO_RIGHTS
                 else "free space there or pick another folder"
             )
             print(f"error: cannot write {err.filename or 'an output file'}: {err.strerror}; {fix}", file=sys.stderr)

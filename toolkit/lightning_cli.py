@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
 from toolkit import keys, safe_yaml
+from toolkit.atomic import NO_RIGHTS, NO_SPACE
 from toolkit.backbone import weights_from_checkpoint
 from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.callbacks.health import DIVERGED, FINISHED, Diverged, DivergenceGuard, RunHealth, health_summary
@@ -278,6 +279,11 @@ class ToolkitCLI(LightningCLI):
         except Diverged as err:
             if self.trainer.is_global_zero:
                 _write_result(self.trainer, DIVERGED, reason=str(err))
+            raise
+        except OSError as err:  # a checkpoint or log write failed: say where (Lightning's error names no file)
+            if err.errno in NO_SPACE | NO_RIGHTS and not err.filename:
+                where = f"a file under {self.trainer.default_root_dir}"
+                raise OSError(err.errno, err.strerror, where) from err
             raise
 
     def after_fit(self) -> None:
