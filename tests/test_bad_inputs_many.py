@@ -271,6 +271,18 @@ CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
     ("ablate_status_root_file", _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@afile"), "--root"),
     ("report_root_is_file", _with_inputs("report", "@spec_ok.yaml", "--root", "@afile"), "--root"),
     ("report_out_is_file", _with_inputs("report", "@spec_ok.yaml", "--out", "@afile"), "--out"),
+    ("report_seeds_bad", _with_inputs("report", "@spec_ok.yaml", "--seeds", "0-x"), "--seeds"),
+    ("ablate_seeds_bad", _with_inputs("ablate", "run", "@spec_ok.yaml", "--seeds", "1,1", "--dry-run"), "twice"),
+    (
+        "ablate_set_no_equals",
+        _with_inputs("ablate", "run", "@spec_ok.yaml", "--set", "max_epochs", "--dry-run"),
+        "--set",
+    ),
+    (
+        "ablate_set_unknown_key",
+        _with_inputs("ablate", "run", "@spec_ok.yaml", "--set", "model.backbon=x", "--dry-run"),
+        "backbon",
+    ),
     ("report_spec_bomb", _with_inputs("report", "@spec_bomb.yaml"), "spec_bomb.yaml"),
     ("search_spec_bomb", _with_inputs("search", "@bomb.yaml"), "bomb.yaml"),
     (
