@@ -1,4 +1,4 @@
-"""Outputs that never collide: a report beside its runs, a spec's base beside the spec. In-process, no training."""
+"""Outputs that never collide: a report beside its runs, never read back as a run. In-process, no training."""
 
 from __future__ import annotations
 
@@ -34,12 +34,3 @@ def test_a_variant_named_like_the_report_folder_is_refused(tmp_path: Path) -> No
     path = _spec(tmp_path, "name: s\nbase: [base.yaml]\nseeds: [0]\nbaseline: full\nvariants: {full: {}, report: {}}\n")
     with pytest.raises(ToolkitError, match="may not be named 'report'"):
         load_spec(path)
-
-
-def test_base_resolves_beside_the_spec_before_the_working_directory(tmp_path: Path, monkeypatch) -> None:
-    preset = tmp_path / "copied" / "preset"
-    path = _spec(preset, "name: s\nbase: [base.yaml]\nseeds: [0]\nbaseline: full\nvariants: {full: {}}\n")
-    (preset / "base.yaml").write_text("trainer: {max_epochs: 1}\n")
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "base.yaml").write_text("trainer: {max_epochs: 9}\n")  # a same-named config where the user stands
-    assert load_spec(path).base == [str((preset / "base.yaml").resolve())]
