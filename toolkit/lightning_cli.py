@@ -31,6 +31,8 @@ from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
 from toolkit.errors import ToolkitError
 from toolkit.quiet import quiet_third_party
+from toolkit.study.result import DONE as RESULT_DONE
+from toolkit.study.result import RunResult
 from toolkit.tracking import CKPT_RUN_ID, RunIdCheckpoint
 
 
@@ -321,8 +323,6 @@ def _write_result(trainer: Trainer, status: str = FINISHED, reason: str | None =
     run from a finished one. The health record (``RunHealth``) also goes into the W&B summary as ``health/*``, so a
     report read from the W&B API classifies runs the same way. Written last and atomically.
     """
-    import json
-    import os
     import time
 
     health_cb = next((c for c in trainer.callbacks if isinstance(c, RunHealth)), None)
@@ -332,18 +332,8 @@ def _write_result(trainer: Trainer, status: str = FINISHED, reason: str | None =
         logger.experiment.summary.update(health_summary(health))
     run_id = next((getattr(lg.experiment, "id", None) for lg in loggers), None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
-    result = {
-        "status": "done" if status == FINISHED else status,
-        "finished_at": time.time(),
-        "wandb_id": run_id,
-        "metrics": metrics,
-        "health": health,
-    }
-    path = Path(trainer.default_root_dir) / keys.RESULT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
+    done = RESULT_DONE if status == FINISHED else status
+    RunResult(done, time.time(), run_id, metrics, health).write(Path(trainer.default_root_dir) / keys.RESULT_FILE)
 
 
 def fit_summary(trainer: Trainer) -> str:

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from jsonargparse import ActionYesNo, ArgumentParser
 from rich.console import Console
 
-from toolkit.ablation.spec import load_spec
 from toolkit.errors import ToolkitError
+from toolkit.study.spec import load_spec
 
 if TYPE_CHECKING:
     from toolkit.ablation.runner import Options
@@ -151,8 +151,8 @@ def main(argv: list[str]) -> int:
     spec = load_spec(args.spec)
     console = Console()
     if command == "status":
-        from toolkit.ablation.ledger import Ledger, ledger_path
         from toolkit.ablation.progress import build_table
+        from toolkit.study.ledger import Ledger, ledger_path
 
         ledger = Ledger(ledger_path(args.root, spec.name))
         console.print(build_table(spec, ledger.read(), args.root, width=console.width))

@@ -24,11 +24,11 @@ from toolkit.ablation.command import (
     resume_args,
     shell_command,
 )
-from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger, ledger_path, runner_lock
 from toolkit.ablation.local import Job, LocalExecutor, Slot, fork_unsafe_reason, make_slots
 from toolkit.ablation.progress import LiveView
-from toolkit.ablation.spec import AblationSpec, Run
 from toolkit.errors import ToolkitError
+from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger, ledger_path, runner_lock
+from toolkit.study.spec import AblationSpec, Run
 
 
 @dataclass

@@ -21,9 +21,9 @@ from typing import Any
 
 from toolkit.ablation import lifecycle
 from toolkit.ablation.command import resume_args, shell_command
-from toolkit.ablation.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
-from toolkit.ablation.spec import AblationSpec, Run
 from toolkit.errors import ToolkitError
+from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
+from toolkit.study.spec import AblationSpec, Run
 
 #: squeue states of a job that is still going to run or running
 _ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"}

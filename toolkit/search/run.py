@@ -18,14 +18,14 @@ from rich.console import Console
 
 from toolkit import keys
 from toolkit.ablation.command import check_variants
-from toolkit.ablation.ledger import DONE, Ledger, ledger_path, runner_lock
 from toolkit.ablation.runner import Options, run_ablation
-from toolkit.ablation.spec import AblationSpec
 from toolkit.errors import ToolkitError
 from toolkit.report.sources import runs_from_logs
 from toolkit.report.table import higher_is_better, mark_counted
 from toolkit.search import study as studies
 from toolkit.search.spec import SearchSpec, Stage
+from toolkit.study.ledger import DONE, Ledger, ledger_path, runner_lock
+from toolkit.study.spec import AblationSpec
 
 TEST_METRICS = (keys.TEST_ACC, keys.TEST_F1)
 
