@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from toolkit.ablation.local import kill_leftovers, make_slots
+from toolkit.ablation.executor import kill_leftovers
+from toolkit.ablation.local import make_slots
 from toolkit.ablation.runner import Options, run_ablation
 from toolkit.errors import ToolkitError
 from toolkit.study.ledger import Ledger, ledger_path

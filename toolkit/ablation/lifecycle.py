@@ -23,7 +23,7 @@ from typing import Any
 
 from toolkit.ablation.ckpt_epochs import epochs_done
 from toolkit.ablation.command import check_variants, last_checkpoint
-from toolkit.ablation.local import kill_leftovers
+from toolkit.ablation.executor import Executor
 from toolkit.errors import ToolkitError
 from toolkit.study.layout import CHECKPOINTS, RESULT_FILE, RUN_LOG, wandb_runs
 from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
@@ -49,26 +49,23 @@ def check_stale(spec: AblationSpec, runs: list[Run], ledger: Ledger, root: Path)
             )
 
 
-def plan(runs: list[Run], ledger: Ledger, root: Path, retry_failed: bool) -> tuple[list[Run], list[Run]]:
+def plan(
+    runs: list[Run], ledger: Ledger, root: Path, retry_failed: bool, executor: Executor
+) -> tuple[list[Run], list[Run]]:
     """Split the runs into those to start now and (Slurm) those whose job is still alive."""
-    from toolkit.ablation.slurm import alive_jobs
-
     records = ledger.read()
     todo, attach = [], []
     unfinished = (PENDING, RUNNING)
-    live = alive_jobs(
-        [r["slurm_job_id"] for r in records.values() if r.get("slurm_job_id") and r.get("status") in unfinished]
-    )
+    live = executor.alive(records)
     for run in runs:
         record = records.get(run.id, {})
         status = record.get("status", PENDING)
         if status == DONE or (status == FAILED and not retry_failed):
             continue
-        if record.get("slurm_job_id") in live and status in unfinished:
+        if run.id in live and status in unfinished:
             attach.append(run)
             continue
-        if status == RUNNING and record.get("pgid") and record.get("host") == socket.gethostname():
-            kill_leftovers(record["pgid"], run.directory(root))  # a runner before us died without its children
+        executor.kill(record, run.directory(root))  # a runner before us died without its children
         if status in (RUNNING, PENDING) and completed_since(run.directory(root), record.get("started_at")):
             # the run finished (result.json is its last write) but the runner died, or stopped it during its
             # teardown, before recording it
