@@ -61,9 +61,12 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if args[0] in _COMMANDS:
         module = importlib.import_module(_COMMANDS[args[0]])  # lazily: `report` must not import torch
         sys.exit(module.main(args[1:]))
+    from toolkit.cli_options import snake
     from toolkit.lightning_cli import run_cli
 
-    run_cli(argv)  # None: LightningCLI reads sys.argv itself
+    # LightningCLI declares snake_case keys; --trainer.max-epochs works as well as --trainer.max_epochs
+    spelled = snake(args)
+    run_cli(None if argv is None and spelled == args else spelled)  # None: LightningCLI reads sys.argv itself
 
 
 def _unexpected(err: BaseException) -> str:

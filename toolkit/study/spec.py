@@ -26,7 +26,7 @@ from toolkit.study.layout import run_dir
 DEFAULT_METRICS = ["test/acc", "test/f1"]
 DEFAULT_PROJECT = "toolkit"
 DESIGNS = ("leave-one-out", "factorial")
-_KEYS = ("name", "base", "overrides", "seeds", "baseline", "variants", "factors", "metrics", "project")
+_KEYS = ("name", "base", "overrides", "seeds", "baseline", "variants", "factors", "metrics", "project", "slurm")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,8 @@ class AblationSpec:
     factors: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: ``"explicit"``, ``"leave-one-out"`` or ``"factorial"``
     design: str = "explicit"
+    #: the ``slurm:`` block (sbatch options for ``--executor slurm``; checked by the Slurm executor, not in run ids)
+    slurm: dict[str, Any] = field(default_factory=dict)
 
     def runs(self) -> list[Run]:
         """Every (variant, seed) in spec order: variants as listed (baseline first), then seeds."""
@@ -125,7 +127,12 @@ def load_spec(path: str | Path) -> AblationSpec:
     project = raw.get("project", DEFAULT_PROJECT)
     if not isinstance(project, str) or not project:
         raise ToolkitError(f"{path}: 'project' is the W&B project name, a non-empty string")
-    spec = AblationSpec(name, base, overrides, seeds, baseline, variants, metrics, project, str(path), factors, design)
+    slurm = raw.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise ToolkitError(f"{path}: 'slurm' maps sbatch options to values, e.g. slurm: {{account: proj, qos: normal}}")
+    spec = AblationSpec(
+        name, base, overrides, seeds, baseline, variants, metrics, project, str(path), factors, design, slurm
+    )
     _check_distinct(spec, path)
     return spec
 
