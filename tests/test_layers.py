@@ -28,7 +28,14 @@ PLAIN_TORCH = (
     "toolkit.freezing",
     "toolkit.datasets",
 )
-BASE_MODULES = ("toolkit", "toolkit.errors", "toolkit.keys", "toolkit.quiet", "toolkit.epoch_line")
+BASE_MODULES = (
+    "toolkit",
+    "toolkit.errors",
+    "toolkit.keys",
+    "toolkit.quiet",
+    "toolkit.epoch_line",
+    "toolkit.parse_errors",
+)
 #: the run contract beside the base: spec, ledger, run-folder layout, RunResult (torch-free)
 CONTRACT = "toolkit.study"
 #: packages on one floor: none imports another (they share through the contract or a lower floor)
