@@ -13,6 +13,7 @@ from typing import Any
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli.checkpoint import CheckpointReaders
 from toolkit.study.layout import CHECKPOINTS, LAST_CHECKPOINT, RESULT_FILE
+from toolkit.tracking import check_init_kwargs
 
 #: the subcommands that evaluate a checkpoint
 EVAL_COMMANDS = ("validate", "test", "predict")
@@ -85,6 +86,7 @@ def is_toolkit_logger(logger: Any) -> bool:
 def name_wandb_run(logger: Any, root: Path, ablation: Any) -> None:
     """The W&B run's folder (``<root>/wandb``) and, for an ablation run, its group, job type, tags and name."""
     args = logger.init_args
+    check_init_kwargs(args.get("init_kwargs"))  # jsonargparse would wrap the logger's own refusal
     if args.save_dir is None:
         args.save_dir = str(root)
     if ablation is not None:
