@@ -28,7 +28,14 @@ PLAIN_TORCH = (
     "toolkit.freezing",
     "toolkit.datasets",
 )
-BASE_MODULES = ("toolkit", "toolkit.errors", "toolkit.keys", "toolkit.quiet", "toolkit.epoch_line")
+BASE_MODULES = (
+    "toolkit",
+    "toolkit.errors",
+    "toolkit.keys",
+    "toolkit.quiet",
+    "toolkit.epoch_line",
+    "toolkit.parse_errors",
+)
 #: the run contract beside the base: spec, ledger, run-folder layout, RunResult (torch-free)
 CONTRACT = "toolkit.study"
 #: packages on one floor: none imports another (they share through the contract or a lower floor)
@@ -44,7 +51,9 @@ def layer(module: str) -> int:
     if module in BASE_MODULES or _in(module, CONTRACT):
         return BASE
     # entry points: the console command, `python -m toolkit`, the warm worker parent that forks runs of the command
-    if module in ("toolkit.cli", "toolkit.__main__", "toolkit.worker") or module.endswith(".cli"):
+    if module in ("toolkit.cli", "toolkit.cli_options", "toolkit.__main__", "toolkit.worker") or module.endswith(
+        ".cli"
+    ):
         return CLI
     if any(_in(module, p) for p in PEER_PACKAGES):
         return PEERS

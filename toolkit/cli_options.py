@@ -5,23 +5,21 @@
   :func:`dashed` and :func:`snake` rewrite an option's *name* to the declared style (values are never touched).
 - **The runner's options** (:func:`add_runner_options`, :func:`runner_options`): every command that starts runs
   (``ablate run``, ``search``) takes the same ones, Slurm's included.
-- **One error line** (:func:`parse`): jsonargparse's usage dump, tip and multi-line error become one ``ToolkitError``
-  line that points to the subcommand's ``--help``.
+- **One error line** (:func:`parse`, through :mod:`toolkit.parse_errors`): jsonargparse's usage dump, tip and
+  multi-line error become one ``ToolkitError`` line that points to the subcommand's ``--help``.
 
 Imports neither torch nor Lightning.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from jsonargparse import ActionYesNo, ArgumentParser
 
 from toolkit.errors import ToolkitError
+from toolkit.parse_errors import parse_quietly
 
 if TYPE_CHECKING:
     from toolkit.ablation.runner import Options
@@ -47,29 +45,10 @@ def snake(argv: list[str]) -> list[str]:
     return _rename(argv, "-", "_")
 
 
-def one_line_error(stderr: str, hint: str) -> str:
-    """jsonargparse's ``error:`` line and its indented details as one line, then ``hint`` (where --help is)."""
-    lines = stderr.splitlines()
-    start = max((i for i, line in enumerate(lines) if line.startswith("error:")), default=None)
-    if start is None:
-        return (lines[-1].strip() if lines else "invalid arguments") + hint
-    message = re.sub(r"\s+", " ", " ".join(line.strip() for line in lines[start:] if line.strip()))
-    return message[len("error:") :].strip() + hint
-
-
 def parse(parser: ArgumentParser, argv: list[str], command: str) -> Any:
-    """Parse ``argv`` (either spelling) with a dash-style parser; a bad option is one ToolkitError line.
-
-    ``--help`` still prints and exits 0.
-    """
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            return parser.parse_args(dashed(argv))
-    except SystemExit as exit_:
-        if exit_.code in (0, None):
-            raise
-        raise ToolkitError(one_line_error(err.getvalue(), f" (see toolkit {command} --help)")) from None
+    """Parse ``argv`` (either spelling) with a dash-style parser; a bad option is one ToolkitError line (the toolkit's
+    one rewriter, :mod:`toolkit.parse_errors`). ``--help`` still prints and exits 0."""
+    return parse_quietly(lambda: parser.parse_args(dashed(argv)), f" (see toolkit {command} --help)")
 
 
 SPELLING = "options take dashes or underscores alike: --dry-run or --dry_run, --gpus-per-run or --gpus_per_run"

@@ -30,7 +30,7 @@ def trials_table(spec: SearchSpec, rows: list[dict[str, Any]]) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame()
     table = pd.concat(parts, ignore_index=True)
-    first = ["stage", "trial", *spec.ranges, "metric", "metric_value", "test/acc", "test/f1", "status"]
+    first = ["stage", "trial", "from_trial", *spec.ranges, "metric", "metric_value", "test/acc", "test/f1", "status"]
     return table[[c for c in first if c in table] + [c for c in table if c not in first]]
 
 

@@ -112,26 +112,52 @@ def run_search(
     validate(spec, folder, runner.check)
     rows: list[dict[str, Any]] = []
     with runner_lock(folder):
-        study = studies.open_study(spec, folder)
-        previous: Stage | None = None
+        previous: tuple[Stage, Any] | None = None
         for stage in spec.stages:
-            if stage.trials:
-                trials = studies.sample_stage(study, spec, stage)
-            else:
-                trials = studies.promote(study, spec, stage, previous)
-            if not trials:
-                raise ToolkitError(f"stage '{stage.name}': no trial of stage '{previous.name}' finished to retrain")
-            ablation = stage_ablation(spec, stage, {studies.trial_name(t): studies.params_of(t) for t in trials})
-            console.print(f"[bold]{spec.name}[/] stage [bold]{stage.name}[/]: {len(trials)} trials")
-            code = runner.run(ablation, folder, console)
-            results = stage_results(ablation, folder, stage.metric)
-            for trial in trials:
-                result = results[studies.trial_name(trial)]
-                studies.record(study, trial, result.get(stage.metric), result["status"])
-                rows.append({"stage": stage.name, "trial": studies.trial_name(trial), **trial.params, **result})
-            if code == 130:
-                return 130, rows
-            if any(r["status"] not in ("done", "failed") for r in results.values()):
-                return 1, rows
-            previous = stage
+            study = studies.open_study(spec, folder, stage)
+            while True:  # a sampling stage runs batch after batch; a `top` stage runs once
+                if stage.trials:
+                    trials = studies.sample_stage(study, spec, stage)
+                else:
+                    trials = studies.promote(study, previous[1], spec, stage)
+                if not trials:
+                    raise ToolkitError(f"stage '{stage.name}': no trial of stage '{previous[0].name}' finished")
+                code, results = _run_trials(spec, stage, study, trials, runner, folder, console)
+                if code == 130 or any(r["status"] not in ("done", "failed") for r in results.values()):
+                    rows += _rows(stage, studies.stage_trials(study), results)
+                    return (130 if code == 130 else 1), rows
+                if len(trials) >= stage.trials:
+                    break
+            rows += _rows(stage, studies.stage_trials(study), results)
+            previous = (stage, study)
     return 0, rows
+
+
+def _run_trials(
+    spec: SearchSpec,
+    stage: Stage,
+    study: Any,
+    trials: list[Any],
+    runner: StageRunner,
+    folder: Path,
+    console: Console,
+) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Run the stage's trials as one ablation (the ledger skips the finished ones) and tell the study the results."""
+    ablation = stage_ablation(spec, stage, {studies.trial_name(t): studies.params_of(t) for t in trials})
+    console.print(f"[bold]{spec.name}[/] stage [bold]{stage.name}[/]: {len(trials)} trials")
+    code = runner.run(ablation, folder, console)
+    results = stage_results(ablation, folder, stage.metric)
+    for trial in trials:
+        result = results[studies.trial_name(trial)]
+        studies.record(study, trial, result.get(stage.metric), result["status"])
+    return code, results
+
+
+def _rows(stage: Stage, trials: list[Any], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for trial in trials:
+        name = studies.trial_name(trial)
+        source = trial.user_attrs.get("from_trial")  # a `top` stage's trial retrains this one of the stage before
+        origin = {"from_trial": f"trial-{source:03d}"} if source is not None else {}
+        rows.append({"stage": stage.name, "trial": name, **origin, **trial.params, **results[name]})
+    return rows
