@@ -10,8 +10,8 @@ function of the spec and seed alone. The trial's own intermediate values are wri
 storage's public API) so the study, its dashboard and later batches see them.
 
 A pruned run stops at the end of that epoch through ``trainer.should_stop`` (Lightning's public way to end a fit),
-is tested and recorded like any finished run, and says ``search/pruned_at_epoch`` in its W&B summary; the search then
-tells the study the trial was pruned.
+is tested and recorded like any finished run, and logs ``keys.PRUNED_AT`` (``search/pruned_at_epoch``) to W&B; the
+search then tells the study the trial was pruned.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-#: the W&B summary key of the epoch a pruned trial stopped at
-PRUNED_KEY = "search/pruned_at_epoch"
+from toolkit import keys
 
 
 @dataclass
@@ -100,5 +99,5 @@ class TrialPruning(pl.Callback):
                 f"search: trial {self.trial.trial} pruned after epoch {trainer.current_epoch + 1}: its "
                 f"{self.trial.monitor} is below the median of {len(self.trial.against)} earlier trials at that epoch"
             )
-            for logger in trainer.loggers:
-                logger.log_metrics({PRUNED_KEY: self.pruned_at}, step=trainer.global_step)
+            for logger in trainer.loggers:  # epochs counted from 1, as in the epoch lines
+                logger.log_metrics({keys.PRUNED_AT: self.pruned_at + 1}, step=trainer.global_step)

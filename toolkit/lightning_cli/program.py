@@ -30,6 +30,7 @@ from toolkit import keys
 from toolkit.backbone import weights_from_checkpoint
 from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.callbacks.health import DIVERGED, Diverged, DivergenceGuard, RunHealth
+from toolkit.callbacks.pruning import SearchTrial, TrialPruning
 from toolkit.callbacks.random_state import RandomStateCheckpoint
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
@@ -128,6 +129,12 @@ class ToolkitCLI(LightningCLI):
             "--ablation", type=AblationInfo | None, default=None, help="ablation run identity (set by toolkit ablate)"
         )
         parser.add_argument(
+            "--search_trial",
+            type=SearchTrial | None,
+            default=None,
+            help="the Optuna trial this fit is: report val metrics to it, stop when pruned (set by toolkit search)",
+        )
+        parser.add_argument(
             "--ensemble_ckpts",
             type=str,
             nargs="+",
@@ -209,6 +216,8 @@ class ToolkitCLI(LightningCLI):
             callbacks.append(EpochLog())
         callbacks.append(RandomStateCheckpoint())  # a resumed fit continues the same random stream
         callbacks.append(RunHealth())  # what result.json and the report's run-health classes need
+        if self.subcommand == "fit" and config.get("search_trial") is not None:
+            callbacks.append(TrialPruning(config.search_trial))
         if self.subcommand == "test" and config.get("ensemble_ckpts"):
             from toolkit.callbacks.ensemble import CheckpointEnsemble
 
