@@ -409,9 +409,10 @@ def test_a_last_training_batch_of_one_sample_is_dropped_not_crashed(tmp_path) ->
     ],
 )
 def test_ablate_options_take_dashes_or_underscores(argv: list[str]) -> None:
-    from toolkit.ablation.cli import build_parser, normalize_options
+    from toolkit.ablation.cli import build_parser
+    from toolkit.cli_options import parse
 
-    args = build_parser().parse_args(normalize_options(argv)).run
+    args = parse(build_parser(), argv, "ablate").run
     assert (args.spec, args.dry_run, args.gpus_per_run, args.retry_failed, args.time_min) == (
         "s.yaml",
         True,
@@ -419,7 +420,7 @@ def test_ablate_options_take_dashes_or_underscores(argv: list[str]) -> None:
         True,
         30,
     )
-    negated = build_parser().parse_args(normalize_options(["run", "s_x.yaml", "--no_dry_run"])).run
+    negated = parse(build_parser(), ["run", "s_x.yaml", "--no_dry_run"], "ablate").run
     assert negated.dry_run is False and negated.spec == "s_x.yaml"  # a value keeps its underscores
 
 

@@ -69,11 +69,12 @@ def test_bad_specs_fail_with_one_line(tmp_path, changes, message):
 
 def test_unknown_range_key_fails_in_the_cli_parser_before_anything_starts(tmp_path):
     from toolkit.ablation.runner import Options
+    from toolkit.search.cli import stage_runner
     from toolkit.search.run import run_search
 
     spec = load_search(_spec(tmp_path, ranges={"model.optimizer.init_args.lrr": {"low": 1e-3, "high": 1e-1}}))
     with pytest.raises(ToolkitError, match="lrr"):
-        run_search(spec, Options(root=tmp_path / "runs"))
+        run_search(spec, tmp_path / "runs", stage_runner(Options(root=tmp_path / "runs")))
     assert not (tmp_path / "runs").exists()
 
 

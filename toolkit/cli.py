@@ -112,6 +112,7 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
         module = importlib.import_module(_COMMANDS[args[0]])  # lazily: `report` must not import torch
         sys.exit(module.main(args[1:]))
     from toolkit import short_help
+    from toolkit.cli_options import snake
     from toolkit.lightning_cli import run_cli
 
     if args[0] in _LIGHTNING and short_help.wants_short_help(args):
@@ -121,8 +122,10 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
         print(short_help.condense(text.getvalue(), args[0]))
         sys.exit(0)
     if args[0] in _LIGHTNING and "full" in args:
-        argv = short_help.full_help_args(args)
-    run_cli(argv)  # None: LightningCLI reads sys.argv itself
+        args = argv = short_help.full_help_args(args)
+    # LightningCLI declares snake_case keys; --trainer.max-epochs works as well as --trainer.max_epochs
+    spelled = snake(args)
+    run_cli(None if argv is None and spelled == args else spelled)  # None: LightningCLI reads sys.argv itself
 
 
 #: write failures the user fixes (a full disk or quota, a file-size limit, a read-only or forbidden folder)

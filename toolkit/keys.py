@@ -37,3 +37,7 @@ def ensemble_key(stage: str, name: str) -> str:
 def member_key(stage: str, name: str, index: int) -> str:
     """Key of one independent checkpoint's metric in a checkpoint ensemble, e.g. ``test/acc_member_1``."""
     return f"{stage}/{name}_member_{index}"
+
+
+#: W&B summary key of the epoch (counted from 1) after which a search trial was pruned (``callbacks/pruning.py``)
+PRUNED_AT = "search/pruned_at_epoch"

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import safe_yaml
-from toolkit.ablation.spec import AblationSpec, _check_distinct, _overrides, _seeds
 from toolkit.errors import ToolkitError
+from toolkit.study.fields import parse_overrides
+from toolkit.study.spec import AblationSpec, _check_distinct, _seeds
 
 #: the most seeds one command line may ask for (a typo such as 0-99999999 would plan a hundred million runs)
 MAX_SEEDS = 10_000
@@ -45,7 +46,7 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
             changes[key.strip()] = safe_yaml.load(text) if text.strip() else None
         except Exception as err:  # YAML syntax or an alias bomb: name the option
             raise ToolkitError(f"--set {item!r}: the value is not valid YAML ({err})") from None
-    return _overrides(changes, "--set")
+    return parse_overrides(changes, "--set")
 
 
 def apply(spec: AblationSpec, seeds: str | None, sets: list[str] | None) -> tuple[AblationSpec, dict[str, Any]]:

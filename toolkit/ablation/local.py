@@ -17,15 +17,25 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from typing_extensions import override
+
+from toolkit.ablation import lifecycle
+from toolkit.ablation.command import DEFAULT_LAUNCHER, resume_args, shell_command
+from toolkit.ablation.executor import Executor
 from toolkit.ablation.warm import WarmPool, WarmProcess
 from toolkit.errors import ToolkitError
+from toolkit.study.layout import RUN_LOG
+from toolkit.study.ledger import RUNNING, Ledger
+from toolkit.study.spec import AblationSpec, Run
 
 _PR_SET_PDEATHSIG = 1
 
@@ -47,10 +57,50 @@ class Slot:
 def visible_gpus() -> list[str]:
     """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else every GPU torch sees."""
     if "CUDA_VISIBLE_DEVICES" in os.environ:
-        return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
+        return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
+    # count through NVML: a CUDA context in the runner is never needed (the runs own the GPUs)
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def physical_gpus(devices: Sequence[str]) -> list[str]:
+    """``--devices`` as the GPUs a run's ``CUDA_VISIBLE_DEVICES`` must name.
+
+    Under an inherited ``CUDA_VISIBLE_DEVICES`` (a Slurm allocation, a shared node: ``4,5``) CUDA numbers the visible
+    GPUs 0..n-1, so ``--devices 0,1`` means the first two of them, GPUs 4 and 5; writing ``0,1`` into a run's
+    environment would put it on GPUs the runner was never given. Without one, the ids are the machine's own.
+    """
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if inherited is None:
+        return list(devices)
+    visible = visible_gpus()
+    out = []
+    for device in devices:
+        if int(device) >= len(visible):
+            raise ToolkitError(
+                f"--devices {','.join(devices)}: GPU {device} is not among the {len(visible)} visible ones "
+                f"(CUDA_VISIBLE_DEVICES={inherited}); give indices 0..{len(visible) - 1}"
+            )
+        out.append(visible[int(device)])
+    return out
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it), for one DDP run's rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_env(slot: Slot) -> dict[str, str]:
+    """The environment a run gets on ``slot``: the slot's pinning, and its own ``MASTER_PORT`` when it trains DDP
+    on several GPUs, so concurrent runs (or one that inherited the runner's ``MASTER_PORT``) never share a port."""
+    env = slot.env()
+    if len(slot.gpus) > 1:
+        env["MASTER_PORT"] = str(free_port())
+    return env
 
 
 def make_slots(
@@ -73,7 +123,7 @@ def make_slots(
         cpu_count: CPUs available (default: this process's CPU affinity).
     """
     cpu_count = cpu_count or len(os.sched_getaffinity(0))
-    gpus = list(visible_gpus() if devices is None else devices)
+    gpus = visible_gpus() if devices is None else physical_gpus(devices)
     if workers is not None and workers < 1:
         raise ToolkitError(f"--workers {workers}: give at least 1")
     if gpus:
@@ -212,14 +262,15 @@ class LocalExecutor:
 
     def _start(self, job: Job, slot: Slot) -> Process:
         job.log.parent.mkdir(parents=True, exist_ok=True)
+        env = run_env(slot)
         with open(job.log, "ab") as log:
-            env_line = " ".join(f"{k}={v}" for k, v in slot.env().items())
+            env_line = " ".join(f"{k}={v}" for k, v in env.items())
             how = "forked from the warm parent" if self.pool is not None and job.args is not None else "fresh process"
             log.write(f"{job.header}# slot {slot.index}: {env_line} ({how})\n".encode())
             log.flush()
             if self.pool is not None and job.args is not None:
                 try:
-                    return self.pool.start(job.args, {**slot.env(), **job.env}, job.log)
+                    return self.pool.start(job.args, {**env, **job.env}, job.log)
                 except OSError as err:
                     self.on_note(f"warm workers off ({err}): runs start as fresh processes")
                     log.write(f"# {err}: starting a fresh process instead\n".encode())
@@ -231,7 +282,7 @@ class LocalExecutor:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **slot.env(), **job.env},
+                env={**os.environ, **env, **job.env},
                 start_new_session=True,
                 preexec_fn=_die_with_parent(os.getpid()),
             )
@@ -254,34 +305,55 @@ def _stop_all(procs: list[Process], grace_s: float = 20.0) -> None:
                 proc.wait(max(0.0, deadline - time.monotonic()))
 
 
-def kill_leftovers(pgid: int, run_dir: Path) -> int:
-    """SIGKILL the processes of an interrupted run that outlived their runner; returns how many were killed.
+class LocalRuns(Executor):
+    """The local executor: every run a ``toolkit fit`` process on a free slot of this machine (see the module doc).
 
-    Only processes in the run's process group whose command line names the run folder, or whose stdout is a file in
-    it (a run forked from a warm parent keeps that parent's command line), are touched, so a recycled process id
-    never hits an unrelated process.
+    Args:
+        slots: from :func:`make_slots`.
+        launcher: the program each run starts.
+        warm: fork runs from a warm parent when that is safe.
+        parallel: rows of the live table.
     """
-    killed = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and (str(run_dir) in cmdline or _writes_into(entry, run_dir)):
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
-    return killed
 
+    def __init__(self, slots: list[Slot], launcher: list[str], warm: bool, parallel: int) -> None:
+        self.slots, self.launcher, self.warm, self.parallel = slots, launcher, warm, parallel
+        self.gpus = len(slots[0].gpus)
 
-def _writes_into(proc: Path, run_dir: Path) -> bool:
-    try:
-        return Path(os.readlink(proc / "fd" / "1")).is_relative_to(run_dir)
-    except OSError:
-        return False
+    @override
+    def start(
+        self, spec: AblationSpec, todo: list[Run], attach: list[Run], root: Path, ledger: Ledger, view: Any
+    ) -> None:
+        """Run ``todo`` on the slots; ``attach`` is empty (the runner refuses alive Slurm jobs here)."""
+        by_id = {run.id: run for run in todo}
+        # a warm parent can only stand in for the real `toolkit` entry point (tests inject other launchers)
+        reason = None if self.launcher == DEFAULT_LAUNCHER else "a custom launcher"
+        reason = reason or fork_unsafe_reason(self.slots)
+        warm = self.warm and reason is None
+        if self.warm and reason and todo:
+            view.console.print(f"warm workers off ({reason}): runs start as fresh processes", soft_wrap=True)
+        jobs = []
+        for run in todo:
+            argv = [*self.launcher, *resume_args(spec, run, root, gpus=self.gpus)]
+            args = argv[len(self.launcher) :] if warm else None
+            # unbuffered: run.log is live and keeps the last lines even when the run is killed
+            jobs.append(Job(run.id, argv, run.directory(root) / RUN_LOG, env={"PYTHONUNBUFFERED": "1"}, args=args))
+
+        def prepare(job: Job, slot: Slot) -> None:
+            run = by_id[job.key]
+            command = shell_command(self.launcher, job.argv[len(self.launcher) :])
+            n = lifecycle.begin(ledger, run, root, env=slot.env(), command=command, executor="local")
+            job.header = lifecycle.header(run, root, n, command)  # written by the executor before the run's output
+            env = ", ".join(f"{k}={v}" for k, v in slot.env().items())
+            view.event(run, RUNNING, f"(attempt {n}, {env})")
+
+        def on_start(job: Job, slot: Slot, pid: int) -> None:
+            ledger.update(job.key, pid=pid, pgid=pid)
+
+        def on_exit(job: Job, code: int, interrupted: bool) -> None:
+            record = lifecycle.finish(ledger, by_id[job.key], root, code, interrupted)
+            view.event(by_id[job.key], record["status"], f"exit {code}")
+
+        def note(line: str) -> None:
+            view.console.print(line, soft_wrap=True)
+
+        LocalExecutor(self.slots, warm=warm, on_note=note).run(jobs, prepare, on_start, on_exit, view.tick)

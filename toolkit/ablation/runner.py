@@ -20,16 +20,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from toolkit.ablation import lifecycle
-from toolkit.ablation.command import (
-    DEFAULT_LAUNCHER,
-    resume_args,
-    shell_command,
-)
-from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger, ledger_path, runner_lock
-from toolkit.ablation.local import Job, LocalExecutor, Slot, fork_unsafe_reason, make_slots
+from toolkit.ablation.command import DEFAULT_LAUNCHER, resume_args, shell_command
+from toolkit.ablation.executor import Executor
+from toolkit.ablation.local import LocalRuns, make_slots
 from toolkit.ablation.progress import LiveView
-from toolkit.ablation.spec import AblationSpec, Run
 from toolkit.errors import ToolkitError
+from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path, runner_lock
+from toolkit.study.spec import AblationSpec, Run
 
 
 @dataclass
@@ -45,8 +42,8 @@ class Options:
     cpus_per_run: int | None = None
     dry_run: bool = False
     retry_failed: bool = False
-    partition: str | None = None
-    time_min: int = 60
+    #: Slurm options given on the command line (``SlurmSettings`` fields; None: not given), over the spec's block
+    slurm: dict[str, Any] = field(default_factory=dict)
     array_parallelism: int | None = None
     #: the program each run starts; tests inject a stand-in, users never change it
     launcher: list[str] = field(default_factory=lambda: list(DEFAULT_LAUNCHER))
@@ -64,28 +61,17 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
     root = Path(options.root).absolute()
     ledger = Ledger(ledger_path(root, spec.name))
     runs = spec.runs()
-    if options.executor == "local":
-        slots = make_slots(
-            workers=options.workers,
-            devices=options.devices,
-            gpus_per_run=options.gpus_per_run or 1,
-            cpus_per_run=options.cpus_per_run,
-        )
-        gpus = len(slots[0].gpus)
-    elif options.executor == "slurm":
-        slots, gpus = [], options.gpus_per_run or 0
-    else:
-        raise ToolkitError(f"--executor {options.executor!r}: use local or slurm")
+    executor = make_executor(options, spec)
     if options.validate:
-        lifecycle.check(spec, root, gpus)  # before anything is created or started
+        lifecycle.check(spec, root, executor.gpus)  # before anything is created or started
     with runner_lock(root / spec.name):
         lifecycle.check_stale(spec, runs, ledger, root)
-        todo, attach = lifecycle.plan(runs, ledger, root, options.retry_failed)
-        if attach and options.executor == "local":
+        todo, attach = lifecycle.plan(runs, ledger, root, options.retry_failed, executor)
+        if attach and not executor.attaches:
             names = ", ".join(f"{r.variant} seed {r.seed}" for r in attach)
             raise ToolkitError(f"{names} still queued or running on Slurm; wait for them (--executor slurm) or scancel")
         if options.dry_run:
-            _print_plan(spec, runs, todo, attach, root, options, gpus, console)
+            _print_plan(spec, runs, todo, attach, root, options, executor.gpus, console)
             return 0
         with ledger.edit() as records:
             for run in runs:
@@ -93,67 +79,36 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
                 if options.changes:
                     record["cli_changes"] = options.changes
         try:
-            with LiveView(spec, ledger, root, max(len(slots), options.array_parallelism or 1), console) as view:
-                if options.executor == "local":
-                    _run_local(spec, todo, root, options, slots, gpus, ledger, view)
-                else:
-                    from toolkit.ablation.slurm import run_slurm
-
-                    run_slurm(spec, todo, attach, root, options, gpus, ledger, view)
+            with LiveView(spec, ledger, root, executor.parallel, console) as view:
+                executor.start(spec, todo, attach, root, ledger, view)
         except KeyboardInterrupt:
-            where = "the Slurm jobs go on; " if options.executor == "slurm" else "the running runs were stopped; "
-            console.print(f"interrupted: {where}run the same command again to resume", soft_wrap=True)
+            console.print(f"interrupted: {executor.interrupted}run the same command again to resume", soft_wrap=True)
             return 130
     return _summarise(spec, runs, ledger, root, options, console)
 
 
-def _command(spec: AblationSpec, run: Run, root: Path, options: Options, gpus: int) -> list[str]:
-    return [*options.launcher, *resume_args(spec, run, root, gpus=gpus)]
+def make_executor(options: Options, spec: AblationSpec | None = None) -> Executor:
+    """The executor ``options`` name (the one place that knows the kinds); bad ``--workers``/``--devices`` fail here.
 
+    On Slurm the spec's ``slurm:`` block gives the job's settings and the command line's options go over it.
+    """
+    if options.executor == "local":
+        slots = make_slots(
+            workers=options.workers,
+            devices=options.devices,
+            gpus_per_run=options.gpus_per_run or 1,
+            cpus_per_run=options.cpus_per_run,
+        )
+        return LocalRuns(slots, options.launcher, options.warm, max(len(slots), options.array_parallelism or 1))
+    if options.executor == "slurm":
+        from toolkit.ablation.slurm import SlurmRuns  # lazily: only a Slurm run needs it
+        from toolkit.ablation.slurm_settings import settings_from_spec
 
-def _run_local(
-    spec: AblationSpec,
-    todo: list[Run],
-    root: Path,
-    options: Options,
-    slots: list[Slot],
-    gpus: int,
-    ledger: Ledger,
-    view: LiveView,
-) -> None:
-    by_id = {run.id: run for run in todo}
-    # a warm parent can only stand in for the real `toolkit` entry point (tests inject other launchers)
-    reason = None if options.launcher == DEFAULT_LAUNCHER else "a custom launcher"
-    reason = reason or fork_unsafe_reason(slots)
-    warm = options.warm and reason is None
-    if options.warm and reason and todo:
-        view.console.print(f"warm workers off ({reason}): runs start as fresh processes", soft_wrap=True)
-    jobs = []
-    for run in todo:
-        argv = _command(spec, run, root, options, gpus)
-        args = argv[len(options.launcher) :] if warm else None
-        # unbuffered: run.log is live and keeps the last lines even when the run is killed
-        jobs.append(Job(run.id, argv, run.directory(root) / "run.log", env={"PYTHONUNBUFFERED": "1"}, args=args))
-
-    def prepare(job: Job, slot: Slot) -> None:
-        run = by_id[job.key]
-        command = shell_command(options.launcher, job.argv[len(options.launcher) :])
-        n = lifecycle.begin(ledger, run, root, env=slot.env(), command=command, executor="local")
-        job.header = lifecycle.header(run, root, n, command)  # written by the executor before the run's output
-        env = ", ".join(f"{k}={v}" for k, v in slot.env().items())
-        view.event(run, RUNNING, f"(attempt {n}, {env})")
-
-    def on_start(job: Job, slot: Slot, pid: int) -> None:
-        ledger.update(job.key, pid=pid, pgid=pid)
-
-    def on_exit(job: Job, code: int, interrupted: bool) -> None:
-        record = lifecycle.finish(ledger, by_id[job.key], root, code, interrupted)
-        view.event(by_id[job.key], record["status"], f"exit {code}")
-
-    def note(line: str) -> None:
-        view.console.print(line, soft_wrap=True)
-
-    LocalExecutor(slots, warm=warm, on_note=note).run(jobs, prepare, on_start, on_exit, view.tick)
+        where = spec.path if spec is not None else "spec"
+        settings = settings_from_spec(spec.slurm if spec is not None else None, where)
+        settings = settings.merged({**options.slurm, "cpus_per_task": options.cpus_per_run})
+        return SlurmRuns(options.launcher, options.gpus_per_run or 0, settings, options.array_parallelism)
+    raise ToolkitError(f"--executor {options.executor!r}: use local or slurm")
 
 
 def _print_plan(
@@ -168,7 +123,7 @@ def _print_plan(
 ) -> None:
     console.print(f"[bold]{spec.name}[/]: {len(runs)} runs, {len(todo)} to start, {len(attach)} already queued")
     for run in todo:
-        command = shell_command(options.launcher, _command(spec, run, root, options, gpus)[len(options.launcher) :])
+        command = shell_command(options.launcher, resume_args(spec, run, root, gpus=gpus))
         console.print(command, soft_wrap=True, markup=False, highlight=False)  # one line: it pastes into a shell
 
 

@@ -12,22 +12,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from toolkit.ablation import lifecycle
 from toolkit.ablation.command import resume_args, shell_command
-from toolkit.ablation.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
-from toolkit.ablation.spec import AblationSpec, Run
+from toolkit.ablation.executor import Executor
+from toolkit.ablation.slurm_settings import SlurmSettings
+from toolkit.ablation.squeue import ALIVE, job_states
 from toolkit.errors import ToolkitError
-
-#: squeue states of a job that is still going to run or running
-_ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"}
-_ALIVE |= {"SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
+from toolkit.study.spec import AblationSpec, Run
 
 
 class SlurmTask:
@@ -38,11 +38,15 @@ class SlurmTask:
         run: the run.
         root: the runs folder (absolute, shared with the nodes).
         launcher: the program to start (``python -m toolkit``).
-        gpus: GPUs per run.
+        gpus: GPUs per run (per node).
+        settings: the job's Slurm settings (one task per DDP process when it spans tasks).
     """
 
-    def __init__(self, spec: AblationSpec, run: Run, root: str, launcher: list[str], gpus: int) -> None:
+    def __init__(
+        self, spec: AblationSpec, run: Run, root: str, launcher: list[str], gpus: int, settings: SlurmSettings
+    ) -> None:
         self.spec, self.run, self.root, self.launcher, self.gpus = spec, run, root, launcher, gpus
+        self.settings = settings
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopped = False
 
@@ -55,15 +59,24 @@ class SlurmTask:
     def __call__(self) -> int:
         """Train, test and log the run; returns its exit code (the ledger holds the outcome)."""
         run_dir = self.run.directory(self.root)
-        args = resume_args(self.spec, self.run, self.root, gpus=self.gpus)
+        per_process = self.settings.task_per_process(self.gpus)
+        ddp = (self.settings.nodes, self.settings.tasks(self.gpus)) if per_process else None
+        args = resume_args(self.spec, self.run, self.root, gpus=self.gpus, ddp=ddp)
         command = shell_command(self.launcher, args)
         threads = os.environ.get("SLURM_CPUS_PER_TASK", "1")
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
-        # One Slurm task per run, and submitit owns requeueing: without the srun task layout Lightning neither
-        # expects srun to start its DDP processes nor installs its own SLURM requeue handlers; the run behaves as
-        # it does on a workstation.
-        for key in ("SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_NPROCS"):
-            env.pop(key, None)
+        if per_process:
+            # every task is one DDP process: Lightning's SLURMEnvironment takes the ranks, world size and main
+            # address from Slurm's variables; task 0 alone records the run
+            rank = int(os.environ.get("SLURM_PROCID", "0"))
+            if rank:
+                return self._follow(run_dir, rank, args, env)
+        else:
+            # One Slurm task per run, and submitit owns requeueing: without the srun task layout Lightning neither
+            # expects srun to start its DDP processes nor installs its own SLURM requeue handlers; the run behaves
+            # as it does on a workstation.
+            for key in ("SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_NPROCS"):
+                env.pop(key, None)
         job_id = _job_id()
         ledger = Ledger(ledger_path(self.root, self.spec.name))
         record_env = {k: env[k] for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in env}
@@ -88,6 +101,16 @@ class SlurmTask:
         lifecycle.finish(ledger, self.run, self.root, code, self._stopped, note)
         return code
 
+    def _follow(self, run_dir: Path, rank: int, args: list[str], env: dict[str, str]) -> int:
+        """A DDP process of rank > 0: train beside task 0, logging to ``run.rank<k>.log``; the ledger is task 0's."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        with open(run_dir / f"run.rank{rank}.log", "ab") as log:
+            self._proc = subprocess.Popen(
+                [*self.launcher, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        return self._proc.wait()
+
     def checkpoint(self) -> Any:
         """Called by submitit on preemption or timeout: stop training, requeue this run (it resumes from last.ckpt)."""
         import submitit
@@ -95,10 +118,13 @@ class SlurmTask:
         self._stopped = True
         if self._proc is not None:
             _stop_child(self._proc.pid, grace_s=60)
+        again = SlurmTask(self.spec, self.run, self.root, self.launcher, self.gpus, self.settings)
+        if int(os.environ.get("SLURM_PROCID", "0")):
+            return submitit.helpers.DelayedSubmission(again)  # task 0 records the requeue
         ledger = Ledger(ledger_path(self.root, self.spec.name))
         note = f"slurm job {_job_id()} preempted or timed out; requeued, resumes from its last checkpoint"
         ledger.update(self.run.id, status=PENDING, note=note, pid=None)
-        return submitit.helpers.DelayedSubmission(SlurmTask(self.spec, self.run, self.root, self.launcher, self.gpus))
+        return submitit.helpers.DelayedSubmission(again)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self._stopped = True
@@ -133,76 +159,61 @@ def _job_id() -> str:
     return os.environ.get("SLURM_JOB_ID", "")
 
 
-def job_states(job_ids: list[str]) -> dict[str, str] | None:
-    """``squeue`` state of each listed job still known to Slurm; None when Slurm cannot be asked right now."""
-    if not job_ids:
-        return {}
-    if shutil.which("squeue") is None:
-        return None
-    bases = sorted({j.split("_")[0] for j in job_ids})
-    cmd = ["squeue", "-h", "-r", "--states=all", "-o", "%i %T", "-j", ",".join(bases)]
+class SlurmRuns(Executor):
+    """The Slurm executor: submits the runs as one submitit job array and waits; alive Slurm jobs are waited for.
+
+    Args:
+        launcher: the program each run starts.
+        gpus: GPUs per run (per node).
+        settings: the sbatch options of every run's job.
+        array_parallelism: how many tasks of the array run at once (None: Slurm's limit).
+    """
+
+    attaches = True
+    interrupted = "the Slurm jobs go on; "
+
+    def __init__(
+        self, launcher: list[str], gpus: int, settings: SlurmSettings, array_parallelism: int | None = None
+    ) -> None:
+        self.launcher, self.gpus, self.settings = launcher, gpus, settings
+        self.array_parallelism = array_parallelism
+        self.parallel = array_parallelism or 1
+
+    @override
+    def start(
+        self, spec: AblationSpec, todo: list[Run], attach: list[Run], root: Path, ledger: Ledger, view: Any
+    ) -> None:
+        """Submit ``todo`` as one job array, then wait for it and for the still-alive jobs of ``attach``."""
+        _submit(spec, todo, root, self, ledger, view)
+        _wait(todo + attach, ledger, view)
+
+
+def _submit(spec: AblationSpec, todo: list[Run], root: Path, options: SlurmRuns, ledger: Ledger, view: Any) -> None:
+    """Submit ``todo`` as one submitit job array and record each run's job id."""
+    if not todo:
+        return
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=root / spec.name / "slurm" / "%j", cluster="slurm")
+    params = options.settings.parameters(f"ablate-{spec.name}", options.gpus, options.array_parallelism)
+    executor.update_parameters(**{f"slurm_{key}": value for key, value in params.items()})
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if done.returncode != 0:
-        # every listed job was purged from the controller's memory: Slurm knows none of them any more
-        return {} if "Invalid job id" in done.stderr else None
-    states = dict(line.split(None, 1) for line in done.stdout.splitlines() if " " in line)
-    return {j: states[j].strip() for j in job_ids if j in states}
-
-
-def alive_jobs(job_ids: list[str]) -> set[str]:
-    """The listed jobs that are queued or running."""
-    states = job_states(job_ids)
-    if states is None:
+        with executor.batch():
+            tasks = [SlurmTask(spec, run, str(root), options.launcher, options.gpus, options.settings) for run in todo]
+            jobs = [executor.submit(task) for task in tasks]
+    except submitit.core.utils.FailedJobError as err:
+        reason = " ".join(str(err).split())
         raise ToolkitError(
-            f"cannot ask Slurm (squeue) whether jobs {', '.join(job_ids)} still run; retry when it answers, so that no "
-            "run is submitted twice"
-        )
-    return {j for j, state in states.items() if state in _ALIVE}
-
-
-def run_slurm(
-    spec: AblationSpec,
-    todo: list[Run],
-    attach: list[Run],
-    root: Path,
-    options: Any,
-    gpus: int,
-    ledger: Ledger,
-    view: Any,
-) -> None:
-    """Submit ``todo`` as one job array, then wait for it and for the still-alive jobs of ``attach``."""
-    if todo:
-        import submitit
-
-        executor = submitit.AutoExecutor(folder=root / spec.name / "slurm" / "%j", cluster="slurm")
-        params: dict[str, Any] = {"timeout_min": options.time_min, "name": f"ablate-{spec.name}", "nodes": 1}
-        params.update(tasks_per_node=1, cpus_per_task=options.cpus_per_run or 1)
-        if options.partition:
-            params["slurm_partition"] = options.partition
-        if gpus:
-            params["gpus_per_node"] = gpus
-        if options.array_parallelism:
-            params["slurm_array_parallelism"] = options.array_parallelism
-        executor.update_parameters(**params)
-        try:
-            with executor.batch():
-                jobs = [executor.submit(SlurmTask(spec, run, str(root), options.launcher, gpus)) for run in todo]
-        except submitit.core.utils.FailedJobError as err:
-            reason = " ".join(str(err).split())
-            raise ToolkitError(
-                f"Slurm refused the job array ({reason}); check --partition, --gpus-per-run and --time-min"
-            ) from None
-        for run, job in zip(todo, jobs, strict=True):
-            with ledger.edit() as records:
-                record = records[run.id]
-                record.update(slurm_job_id=job.job_id, executor="slurm")
-                if record.get("status") == PENDING:  # the task may have started already and written its own state
-                    record["note"] = f"submitted as slurm job {job.job_id}"
-            view.event(run, PENDING, f"submitted as slurm job {job.job_id}")
-    _wait(todo + attach, ledger, view)
+            f"Slurm refused the job array ({reason}); check --partition, --account, --qos, --mem, --constraint, "
+            "--gpus-per-run and --time-min"
+        ) from None
+    for run, job in zip(todo, jobs, strict=True):
+        with ledger.edit() as records:
+            record = records[run.id]
+            record.update(slurm_job_id=job.job_id, executor="slurm")
+            if record.get("status") == PENDING:  # the task may have started already and written its own state
+                record["note"] = f"submitted as slurm job {job.job_id}"
+        view.event(run, PENDING, f"submitted as slurm job {job.job_id}")
 
 
 def _wait(runs: list[Run], ledger: Ledger, view: Any, poll_s: float = 2.0) -> None:
@@ -221,7 +232,7 @@ def _wait(runs: list[Run], ledger: Ledger, view: Any, poll_s: float = 2.0) -> No
                     view.event(run, status, f"slurm job {job_id}")
             if status in (DONE, FAILED):
                 del waiting[run_id]
-            elif states is not None and states.get(job_id) not in _ALIVE:
+            elif states is not None and states.get(job_id) not in ALIVE:
                 if ledger.get(run_id).get("status") in (DONE, FAILED):
                     continue  # it ended between the two reads; the next round reports it
                 why = states.get(job_id, "gone from the queue")

@@ -22,7 +22,7 @@ from toolkit.report.table import aggregate, mark_counted
 from toolkit.report.wandb_log import LogDamageWarning
 
 if TYPE_CHECKING:  # a peer in the same layer; only its type is needed here
-    from toolkit.ablation.spec import AblationSpec
+    from toolkit.study.spec import AblationSpec
 
 
 @dataclass

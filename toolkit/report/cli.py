@@ -1,4 +1,4 @@
-"""``toolkit report SPEC [--root DIR] [--out DIR] [--wandb ENTITY/PROJECT] [--log_to_wandb]``: the command line.
+"""``toolkit report SPEC [--root DIR] [--out DIR] [--wandb ENTITY/PROJECT] [--log-to-wandb]``: the command line.
 
 Imports neither torch nor Lightning (jsonargparse parses the arguments), so the report starts in about a second.
 """
@@ -9,6 +9,8 @@ from pathlib import Path
 
 from jsonargparse import ActionYesNo, ArgumentParser
 
+from toolkit.cli_options import SPELLING, parse
+
 
 def build_parser() -> ArgumentParser:
     """The ``toolkit report`` argument parser."""
@@ -16,6 +18,7 @@ def build_parser() -> ArgumentParser:
         prog="toolkit report",
         description="Ablation table (mean ± std over seeds, Δ vs the baseline) and plots from the runs' W&B logs.",
     )
+    parser.epilog = SPELLING
     parser.add_argument("spec", type=str, help="ablation spec (ablations/<name>.yaml)")
     parser.add_argument("--root", type=str, default="runs", help="runs root: logs are read from <root>/<name>/")
     parser.add_argument("--out", type=str | None, default=None, help="report folder (default <root>/<name>/report/)")
@@ -26,7 +29,10 @@ def build_parser() -> ArgumentParser:
         "--wandb", type=str | None, default=None, help="read the runs from this W&B project (entity/project)"
     )
     parser.add_argument(
-        "--log_to_wandb", action=ActionYesNo, default=False, help="log the table to W&B as an analysis run"
+        "--log-to-wandb",
+        action=ActionYesNo(no_prefix="no-"),
+        default=False,
+        help="log the table and the plots to W&B as an analysis run",
     )
     return parser
 
@@ -40,10 +46,10 @@ def main(argv: list[str]) -> int:
     Raises:
         ToolkitError: a bad spec, or no runs of the ablation.
     """
-    args = build_parser().parse_args(argv)
-    from toolkit.ablation.spec import load_spec  # imported here to keep --help instant
+    args = parse(build_parser(), argv, "report")
     from toolkit.parsed_checks import check_root_dir
     from toolkit.report.build import print_report, report_spec
+    from toolkit.study.spec import load_spec  # imported here to keep --help instant
 
     check_root_dir(args.root, "--root")
     check_root_dir(args.out, "--out")

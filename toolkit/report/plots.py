@@ -10,24 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from toolkit import keys
-from toolkit.atomic import write_atomically
+from toolkit.report.figure import pyplot, save, slug
 from toolkit.report.render import display_name
 from toolkit.report.table import is_fraction
-
-
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (imported here: tables alone do not need matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _slug(text: str) -> str:
-    """A file-name-safe form of a metric or variant name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
 def clipped_error(mean: pd.Series, std: pd.Series, scale: float, bounded: bool) -> list[list[float]]:
@@ -69,7 +54,7 @@ def bar_charts(
         chance: chance accuracy (majority-class share) of the test split, if known.
         colors: each variant's colour (`variant_colors`), shared by every figure of the report.
     """
-    plt = _pyplot()
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for metric in metrics:
@@ -104,7 +89,7 @@ def bar_charts(
         title = f"{display_name(metric)} by variant (mean ± std over seeds)"
         ax.set_title(title + ("\n† snapshot/checkpoint ensemble" if ensemble.any() else ""), fontsize=10)
         ax.tick_params(axis="x", rotation=30)
-        paths.append(_save(fig, out / f"bar_{_slug(metric)}.png"))
+        paths.append(save(fig, out / f"bar_{slug(metric)}.png"))
     return paths
 
 
@@ -136,7 +121,7 @@ def val_overlay(
     colors: dict[str, str] | None = None,
 ) -> Path | None:
     """``val_acc_by_epoch.png``: every variant's val accuracy per epoch (mean over seeds, ±std band) on one axis."""
-    plt = _pyplot()
+    plt = pyplot()
 
     palette = colors or variant_colors(variants)
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -149,26 +134,18 @@ def val_overlay(
         (line,) = ax.plot(x, curve["mean"] * 100, marker="o", markersize=3, linewidth=width, label=variant, color=color)
         _percent_band(ax, x, curve["mean"] * 100, curve["std"] * 100, line.get_color(), 0.15)
     if not ax.lines:
-        _pyplot().close(fig)
+        pyplot().close(fig)
         return None
     ylabel = "val accuracy (%), mean ± std over seeds"
     _percent_axes(ax, chance, "epoch", ylabel, "validation accuracy by epoch, all variants", ncol=2)
     out.mkdir(parents=True, exist_ok=True)
-    return _save(fig, out / "val_acc_by_epoch.png")
+    return save(fig, out / "val_acc_by_epoch.png")
 
 
 def smoothing_window(points: int) -> int:
     """Moving-average window for a loss curve of ``points`` points: about a fifth of the curve, at least 3 points
     (a window of 1 or 2 would not smooth), never longer than the curve."""
     return max(1, min(points, max(3, points // 5)))
-
-
-def _save(fig: object, path: Path) -> Path:
-    """Lay out, write and close one figure."""
-    fig.tight_layout()
-    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png"))
-    _pyplot().close(fig)
-    return path
 
 
 def _by_epoch(history: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -190,7 +167,7 @@ def learning_curves(
         variants: the variants to draw, one file each (a variant without history gets none).
         out: folder for the PNGs.
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     out.mkdir(parents=True, exist_ok=True)
@@ -228,7 +205,7 @@ def learning_curves(
         acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         acc_ax.set_ylabel("accuracy (%) mean ± std over seeds")
         fig.suptitle(f"{variant}: learning curves")
-        paths.append(_save(fig, out / f"curves_{_slug(variant)}.png"))
+        paths.append(save(fig, out / f"curves_{slug(variant)}.png"))
     return paths
 
 
@@ -258,7 +235,7 @@ def lesion_curve(
     swept = counted.dropna(subset=[c for _, c in ks], how="all") if ks else counted.iloc[0:0]
     if swept.empty:
         return None
-    plt = _pyplot()
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, group in swept.groupby("variant", sort=False):
@@ -278,4 +255,4 @@ def lesion_curve(
     xlabel, ylabel = "residual blocks lesioned at test time (k)", "test accuracy (%), mean ± std over seeds"
     _percent_axes(ax, chance, xlabel, ylabel, "lesion study (Veit et al. 2016)")
     out.mkdir(parents=True, exist_ok=True)
-    return _save(fig, out / "lesion_curve.png")
+    return save(fig, out / "lesion_curve.png")

@@ -10,11 +10,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from toolkit.ablation.spec import _read_yaml
 from toolkit.atomic import write_atomically, write_text
-from toolkit.report.plots import _pyplot, _save, _slug
+from toolkit.report.figure import pyplot, save, slug
 from toolkit.report.table import higher_is_better
 from toolkit.search.spec import SearchSpec
+from toolkit.study.fields import read_yaml
 
 
 def trials_table(spec: SearchSpec, rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -54,7 +54,7 @@ def best_config(
     """
     config: dict[str, Any] = {}
     for base in spec.base:
-        config = _merge(config, _read_yaml(Path(base)) or {})
+        config = _merge(config, read_yaml(Path(base)) or {})
     for key, value in {**spec.overrides, **stage_overrides, **params}.items():
         node = config
         *parents, last = key.split(".")
@@ -77,7 +77,7 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
 
 def scatter_plots(spec: SearchSpec, table: pd.DataFrame, out: Path) -> list[Path]:
     """``scatter_<key>.png``: each scored trial's metric against one parameter, log x axis for log ranges."""
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     scored = table[table["metric_value"].notna()] if len(table) else table
     for key, r in spec.ranges.items():
@@ -91,7 +91,7 @@ def scatter_plots(spec: SearchSpec, table: pd.DataFrame, out: Path) -> list[Path
         ax.set_ylabel("metric")
         ax.legend()
         ax.set_title(f"{spec.name}: metric vs {key.rsplit('.', 1)[-1]}")
-        paths.append(_save(fig, out / f"scatter_{_slug(key)}.png"))
+        paths.append(save(fig, out / f"scatter_{slug(key)}.png"))
     return paths
 
 

@@ -2,14 +2,17 @@
 
 So every trial is an ordinary ``toolkit fit`` run with the runner's executors (local slots, Slurm), ledger
 (SIGKILL-safe, resumable, nothing trained twice), W&B grouping (group ``<search>.<stage>``, job type = trial) and
-run-health rules. Layout: ``<root>/<search>/study.journal`` (Optuna), ``<root>/<search>/<search>.<stage>/trial-NNN/
-seed<S>/`` (the runs, as an ablation's) and the outputs ``table.{md,csv}``, ``scatter_*.png``, ``best.yaml``.
+run-health rules. The search does not import the ablation runner (a peer package): the cli layer injects it as a
+:class:`StageRunner` (``toolkit.search.cli.stage_runner``). Layout: ``<root>/<search>/study.journal`` (Optuna),
+``<root>/<search>/<search>.<stage>/trial-NNN/seed<S>/`` (the runs, as an ablation's) and the outputs
+``table.{md,csv}``, ``scatter_*.png``, ``best.yaml``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +20,30 @@ import pandas as pd
 from rich.console import Console
 
 from toolkit import keys
-from toolkit.ablation.command import check_variants
-from toolkit.ablation.ledger import DONE, Ledger, ledger_path, runner_lock
-from toolkit.ablation.runner import Options, run_ablation
-from toolkit.ablation.spec import AblationSpec
 from toolkit.errors import ToolkitError
 from toolkit.report.sources import runs_from_logs
 from toolkit.report.table import higher_is_better, mark_counted
 from toolkit.search import study as studies
 from toolkit.search.spec import SearchSpec, Stage
+from toolkit.study.ledger import DONE, Ledger, ledger_path, runner_lock
+from toolkit.study.spec import AblationSpec
 
 TEST_METRICS = (keys.TEST_ACC, keys.TEST_F1)
+
+
+@dataclass(frozen=True)
+class StageRunner:
+    """How a stage's trials are checked and run: the ablation runner, bound to its options by the cli layer.
+
+    Attributes:
+        check: parse every variant of an ablation with the ``toolkit fit`` parser (runs folder given); raises
+            ToolkitError naming a bad key.
+        run: run (or resume) every run of an ablation under a runs folder, without its report; the exit status
+            (0 all done, 1 some not, 130 interrupted).
+    """
+
+    check: Callable[[AblationSpec, Path], None]
+    run: Callable[[AblationSpec, Path, Console], int]
 
 
 def stage_ablation(spec: SearchSpec, stage: Stage, variants: dict[str, dict[str, Any]]) -> AblationSpec:
@@ -45,7 +61,7 @@ def stage_ablation(spec: SearchSpec, stage: Stage, variants: dict[str, dict[str,
     )
 
 
-def validate(spec: SearchSpec, folder: Path, gpus: int = 0) -> None:
+def validate(spec: SearchSpec, folder: Path, check: Callable[[AblationSpec, Path], None]) -> None:
     """Parse one configuration of every stage with the ``toolkit fit`` parser (a bad key fails here, before anything
     is created); each range is probed at both of its ends."""
     for stage in spec.stages:
@@ -55,7 +71,7 @@ def validate(spec: SearchSpec, folder: Path, gpus: int = 0) -> None:
             }
             ablation = stage_ablation(spec, stage, {"probe": probe})
             try:
-                check_variants(ablation, folder, gpus)
+                check(ablation, folder)
             except ToolkitError as err:
                 message = str(err).split(": ", 1)[-1]
                 raise ToolkitError(f"{spec.path}: stage '{stage.name}' or a range does not parse: {message}") from None
@@ -75,8 +91,13 @@ def stage_results(ablation: AblationSpec, folder: Path, metric: str) -> dict[str
         return out
     best = max if higher_is_better(metric) else min
     for variant, rows in logs.groupby("variant"):
-        if variant not in out or out[variant]["status"] != DONE or not rows["counted"].any():
-            continue  # only a finished run has a score
+        if variant not in out or out[variant]["status"] != DONE:
+            continue
+        # a pruned trial stopped early on purpose: pruned, whatever the health of its shortened run
+        pruned = pd.to_numeric(rows.get(keys.PRUNED_AT, pd.Series(dtype=float)), errors="coerce").dropna()
+        out[variant]["pruned_at_epoch"] = int(pruned.iloc[-1]) if len(pruned) else None
+        if not rows["counted"].any():
+            continue  # only a healthy finished run has a score
         values = [v for v in rows.get(metric, pd.Series(dtype=float)) if isinstance(v, float) and math.isfinite(v)]
         out[variant][metric] = best(values) if values else None
         counted = rows[rows["counted"]].iloc[-1]
@@ -86,11 +107,14 @@ def stage_results(ablation: AblationSpec, folder: Path, metric: str) -> dict[str
     return out
 
 
-def run_search(spec: SearchSpec, options: Options, console: Console | None = None) -> tuple[int, list[dict]]:
-    """Run or resume every stage; returns (exit status, one row per trial with its stage, parameters and scores)."""
+def run_search(
+    spec: SearchSpec, root: Path, runner: StageRunner, console: Console | None = None
+) -> tuple[int, list[dict]]:
+    """Run or resume every stage under ``<root>/<search>/``; returns (exit status, one row per trial with its stage,
+    parameters and scores)."""
     console = console or Console()
-    folder = (Path(options.root) / spec.name).absolute()
-    validate(spec, folder, 1 if options.gpus_per_run else 0)
+    folder = (Path(root) / spec.name).absolute()
+    validate(spec, folder, runner.check)
     rows: list[dict[str, Any]] = []
     with runner_lock(folder):
         previous: tuple[Stage, Any] | None = None
@@ -103,7 +127,7 @@ def run_search(spec: SearchSpec, options: Options, console: Console | None = Non
                     trials = studies.promote(study, previous[1], spec, stage)
                 if not trials:
                     raise ToolkitError(f"stage '{stage.name}': no trial of stage '{previous[0].name}' finished")
-                code, results = _run_trials(spec, stage, study, trials, options, folder, console)
+                code, results = _run_trials(spec, stage, study, trials, runner, folder, console)
                 if code == 130 or any(r["status"] not in ("done", "failed") for r in results.values()):
                     rows += _rows(stage, studies.stage_trials(study), results)
                     return (130 if code == 130 else 1), rows
@@ -119,19 +143,38 @@ def _run_trials(
     stage: Stage,
     study: Any,
     trials: list[Any],
-    options: Options,
+    runner: StageRunner,
     folder: Path,
     console: Console,
 ) -> tuple[int, dict[str, dict[str, Any]]]:
     """Run the stage's trials as one ablation (the ledger skips the finished ones) and tell the study the results."""
-    ablation = stage_ablation(spec, stage, {studies.trial_name(t): studies.params_of(t) for t in trials})
+    variants = {
+        studies.trial_name(t): {**studies.params_of(t), **_pruning(spec, stage, t, trials, folder)} for t in trials
+    }
+    ablation = stage_ablation(spec, stage, variants)
     console.print(f"[bold]{spec.name}[/] stage [bold]{stage.name}[/]: {len(trials)} trials")
-    code = run_ablation(ablation, _runner_options(options, folder), console)
+    code = runner.run(ablation, folder, console)
     results = stage_results(ablation, folder, stage.metric)
     for trial in trials:
         result = results[studies.trial_name(trial)]
-        studies.record(study, trial, result.get(stage.metric), result["status"])
+        pruned = result.get("pruned_at_epoch") is not None
+        studies.record(study, trial, result.get(stage.metric), result["status"], pruned)
     return code, results
+
+
+def _pruning(spec: SearchSpec, stage: Stage, trial: Any, trials: list[Any], folder: Path) -> dict[str, Any]:
+    """The ``--search_trial`` override of a sampling stage's trial when the spec prunes (see callbacks/pruning.py)."""
+    if spec.pruning is None or not stage.trials:
+        return {}
+    info = {
+        "journal": str(folder / studies.STUDY_FILE),
+        "study": studies.study_name(spec, stage),
+        "trial": trial.number,
+        "monitor": stage.metric,
+        "against": studies.pruning_against(trials, trial, stage.batch),
+        **spec.pruning,
+    }
+    return {"search_trial": info}
 
 
 def _rows(stage: Stage, trials: list[Any], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -142,8 +185,3 @@ def _rows(stage: Stage, trials: list[Any], results: dict[str, dict[str, Any]]) -
         origin = {"from_trial": f"trial-{source:03d}"} if source is not None else {}
         rows.append({"stage": stage.name, "trial": name, **origin, **trial.params, **results[name]})
     return rows
-
-
-def _runner_options(options: Options, folder: Path) -> Options:
-    # every stage is validated before the first trial runs, and the search writes its own table
-    return dataclasses.replace(options, root=folder, validate=False, report=False, dry_run=False, retry_failed=False)

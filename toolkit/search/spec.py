@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import keys
-from toolkit.ablation.spec import DEFAULT_PROJECT, _did_you_mean, _name, _overrides, _read_yaml, _resolve_base
 from toolkit.errors import ToolkitError
+from toolkit.study.fields import check_name, did_you_mean, parse_overrides, read_yaml, resolve_base
+from toolkit.study.spec import DEFAULT_PROJECT
 
-_KEYS = ("name", "base", "overrides", "ranges", "sampler", "metric", "seed", "stages", "project")
+_KEYS = ("name", "base", "overrides", "ranges", "sampler", "metric", "seed", "stages", "project", "pruning")
+_PRUNING_KEYS = ("warmup_epochs", "min_trials")
 _STAGE_KEYS = ("name", "trials", "top", "overrides", "metric", "batch")
 _RANGE_KEYS = ("low", "high", "log", "int", "values", "n")
 SAMPLERS = ("tpe", "random", "grid")
@@ -82,12 +84,14 @@ class SearchSpec:
     stages: list[Stage]
     project: str = DEFAULT_PROJECT
     path: str = ""
+    #: ``{warmup_epochs, min_trials}`` of the median pruner for the sampling stage, or None (no pruning)
+    pruning: dict[str, int] | None = None
 
     def fingerprint(self) -> str:
         """A hash of what the search computes (the base configs' content, not their paths); a resume must match."""
         payload = asdict(self)
         payload.pop("path")
-        payload["base"] = [_read_yaml(Path(p)) for p in self.base]
+        payload["base"] = [read_yaml(Path(p)) for p in self.base]
         text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -97,18 +101,18 @@ def load_search(path: str | Path) -> SearchSpec:
     path = Path(path)
     if not path.is_file():
         raise ToolkitError(f"search spec '{path}' not found; pass a YAML file such as searches/digits.yaml")
-    raw = _read_yaml(path)
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ToolkitError(f"{path}: a search spec is a mapping with keys {', '.join(_KEYS)}")
     _known(raw, _KEYS, str(path))
     for key in ("name", "base", "ranges", "stages"):
         if key not in raw:
             raise ToolkitError(f"{path}: missing '{key}'; see searches/digits.yaml for a complete spec")
-    name = _name(raw["name"], f"{path}: name")
+    name = check_name(raw["name"], f"{path}: name")
     bases = [raw["base"]] if isinstance(raw["base"], str) else raw["base"]
     if not isinstance(bases, list) or not bases or not all(isinstance(b, str) for b in bases):
         raise ToolkitError(f"{path}: 'base' lists config files, e.g. base: [configs/digits.yaml]")
-    base = [_resolve_base(b, path) for b in bases]
+    base = [resolve_base(b, path) for b in bases]
     sampler = raw.get("sampler", "tpe")
     if sampler not in SAMPLERS:
         raise ToolkitError(f"{path}: sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
@@ -116,7 +120,7 @@ def load_search(path: str | Path) -> SearchSpec:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ToolkitError(f"{path}: 'seed' must be a non-negative integer, got {seed!r}")
     ranges = _ranges(raw["ranges"], path, sampler)
-    overrides = _overrides(raw.get("overrides"), f"{path}: overrides")
+    overrides = parse_overrides(raw.get("overrides"), f"{path}: overrides")
     clash = sorted(set(ranges) & set(overrides))
     if clash:
         raise ToolkitError(f"{path}: {', '.join(clash)} is both searched and fixed in overrides; keep one")
@@ -125,19 +129,36 @@ def load_search(path: str | Path) -> SearchSpec:
     project = raw.get("project", DEFAULT_PROJECT)
     if not isinstance(project, str) or not project:
         raise ToolkitError(f"{path}: 'project' is the W&B project name, a non-empty string")
-    return SearchSpec(name, base, overrides, ranges, sampler, seed, stages, project, str(path))
+    pruning = _pruning(raw.get("pruning"), f"{path}: pruning")
+    return SearchSpec(name, base, overrides, ranges, sampler, seed, stages, project, str(path), pruning)
+
+
+def _pruning(value: Any, where: str) -> dict[str, int] | None:
+    """``pruning: {warmup_epochs: 1, min_trials: 2}`` (``true``: those defaults; absent or ``false``: off)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise ToolkitError(f"{where} is true, or a mapping like {{warmup_epochs: 1, min_trials: 2}}")
+    _known(value, _PRUNING_KEYS, where)
+    out = {"warmup_epochs": value.get("warmup_epochs", 1), "min_trials": value.get("min_trials", 2)}
+    for key, number in out.items():
+        if not isinstance(number, int) or isinstance(number, bool) or number < (0 if key == "warmup_epochs" else 1):
+            raise ToolkitError(f"{where}: '{key}' is a whole number (warmup_epochs >= 0, min_trials >= 1)")
+    return out
 
 
 def _known(raw: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
     for key in raw:
         if key not in allowed:
-            hint = _did_you_mean(str(key), allowed)
+            hint = did_you_mean(str(key), allowed)
             raise ToolkitError(f"{where}: unknown key '{key}'{hint}; allowed: {', '.join(allowed)}")
 
 
 def _metric(value: Any, where: str) -> str:
     if value not in METRICS:
-        hint = _did_you_mean(str(value), METRICS)
+        hint = did_you_mean(str(value), METRICS)
         raise ToolkitError(
             f"{where} {value!r} is not a metric the runs log for selection{hint}; use one of {', '.join(METRICS)}"
         )
@@ -149,11 +170,11 @@ def _ranges(value: Any, path: Path, sampler: str) -> dict[str, Range]:
         file = next((p for p in (Path(value), path.parent / value) if p.is_file()), None)
         if file is None:
             raise ToolkitError(f"{path}: ranges file '{value}' not found; run toolkit doctor or list the ranges")
-        value = _read_yaml(file)
+        value = read_yaml(file)
     if not isinstance(value, dict) or not value:
         raise ToolkitError(f"{path}: 'ranges' maps config keys to {{low, high, log}} or {{values: [...]}}")
     ranges = {}
-    for key, entry in _overrides(value, f"{path}: ranges").items():
+    for key, entry in parse_overrides(value, f"{path}: ranges").items():
         where = f"{path}: range '{key}'"
         if not isinstance(entry, dict):
             raise ToolkitError(f"{where} must look like {{low: 1e-4, high: 1e-1, log: true}} or {{values: [a, b]}}")
@@ -200,7 +221,7 @@ def _stages(value: Any, path: Path, metric: str, sampler: str, ranges: dict[str,
             raise ToolkitError(f"{path}: stage {i + 1} needs a name, e.g. {{name: coarse, trials: 16}}")
         where = f"{path}: stage '{entry['name']}'"
         _known(entry, _STAGE_KEYS, where)
-        stage_name = _name(entry["name"], where)
+        stage_name = check_name(entry["name"], where)
         if any(s.name == stage_name for s in stages):
             raise ToolkitError(f"{where} is listed twice; name each stage once")
         trials, top = entry.get("trials", 0), entry.get("top", 0)
@@ -226,6 +247,6 @@ def _stages(value: Any, path: Path, metric: str, sampler: str, ranges: dict[str,
             raise ToolkitError(f"{where}: 'batch' (trials asked at a time) is a positive integer, got {batch!r}")
         if top and "batch" in entry:
             raise ToolkitError(f"{where}: 'batch' belongs to the sampling stage; a 'top' stage retrains all at once")
-        overrides = _overrides(entry.get("overrides"), where)
+        overrides = parse_overrides(entry.get("overrides"), where)
         stages.append(Stage(stage_name, trials, top, overrides, stage_metric, min(batch, trials) if trials else 0))
     return stages
