@@ -21,7 +21,7 @@ def test_fit_then_test_checkpoint_as_subprocesses(tmp_path: Path) -> None:
 
 
 def test_help_lists_model_and_data_arguments_with_types_and_defaults() -> None:
-    result = toolkit_cmd("fit", "--help")
+    result = toolkit_cmd("fit", "--help", "full")  # plain --help is the grouped one-screen summary
     assert result.returncode == 0
     for text in ("--model.backbone", "--model.freeze_backbone", "--data.source", "--data.augment", "--test_after_fit"):
         assert text in result.stdout
