@@ -27,6 +27,8 @@ PLAIN_TORCH = (
     "toolkit.schedules",
     "toolkit.freezing",
     "toolkit.datasets",
+    "toolkit.image_files",
+    "toolkit.pixels",
 )
 BASE_MODULES = (
     "toolkit",
@@ -35,6 +37,8 @@ BASE_MODULES = (
     "toolkit.quiet",
     "toolkit.epoch_line",
     "toolkit.parse_errors",
+    "toolkit.safe_yaml",
+    "toolkit.atomic",
 )
 #: the run contract beside the base: spec, ledger, run-folder layout, RunResult (torch-free)
 CONTRACT = "toolkit.study"

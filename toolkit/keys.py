@@ -16,6 +16,8 @@ VAL_SUMMARY = {VAL_ACC: "max", VAL_F1: "max", VAL_LOSS: "min"}
 
 #: written by ``toolkit fit`` into its ``default_root_dir`` as its last act; the ablation runner reads it on restart
 RESULT_FILE = "result.json"
+#: the folder of an ablation's report beside its runs: ``<root>/<ablation>/report`` (so no variant may be named so)
+REPORT_DIR = "report"
 
 #: the metric the checkpoint callback monitors, and its direction
 MONITOR = VAL_ACC

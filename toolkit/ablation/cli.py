@@ -9,7 +9,9 @@ from __future__ import annotations
 from jsonargparse import ArgumentParser
 from rich.console import Console
 
+from toolkit.ablation import cli_changes
 from toolkit.cli_options import SPELLING, add_runner_options, parse, runner_options
+from toolkit.parsed_checks import check_root_dir
 from toolkit.study.spec import load_spec
 
 EXAMPLES = f"""{SPELLING}
@@ -30,13 +32,27 @@ def build_parser() -> ArgumentParser:
     run = ArgumentParser(description="Run every variant x seed of a spec that is not done yet (resumable).")
     run.add_argument("spec", type=str, help="ablation spec, e.g. ablations/quickstart.yaml")
     add_runner_options(run)
+    _add_scaling(run)
     status = ArgumentParser(description="Print the ablation's runs from its ledger (imports no torch).")
     status.add_argument("spec", type=str, help="ablation spec")
     status.add_argument("--root", type=str, default="runs", help="runs folder")
+    _add_scaling(status)
     subcommands = parser.add_subcommands(dest="command")
     subcommands.add_subcommand("run", run, help="run an ablation")
     subcommands.add_subcommand("status", status, help="show an ablation's runs")
     return parser
+
+
+def _add_scaling(parser: ArgumentParser) -> None:
+    """``--seeds`` and ``--set``: scale a study without copying its spec (`toolkit.ablation.cli_changes`)."""
+    parser.add_argument("--seeds", type=str | None, default=None, help="replace the spec's seeds: 0,1,2 or 0-9")
+    parser.add_argument(
+        "--set",
+        type=str,
+        nargs="+",
+        default=None,
+        help="add common overrides key=value [key=value ...] (recorded in the ledger), e.g. --set trainer.max_epochs=5",
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -44,7 +60,8 @@ def main(argv: list[str]) -> int:
     cfg = parse(build_parser(), argv, "ablate <run|status>")
     command = cfg.command
     args = cfg[command]
-    spec = load_spec(args.spec)
+    check_root_dir(args.root, "--root")
+    spec, changes = cli_changes.apply(load_spec(args.spec), args.seeds, args.set)
     console = Console()
     if command == "status":
         from toolkit.ablation.progress import build_table
@@ -60,4 +77,5 @@ def main(argv: list[str]) -> int:
     from toolkit.ablation.runner import run_ablation
 
     options = runner_options(args)
+    options.changes = changes
     return run_ablation(spec, options, console)

@@ -51,6 +51,8 @@ class Options:
     report: bool = True
     #: local: fork runs from a parent that imported torch/Lightning/timm/wandb once (see toolkit.ablation.warm)
     warm: bool = True
+    #: ``--seeds``/``--set`` of the command line (`toolkit.ablation.cli_changes`), recorded in each run's ledger entry
+    changes: dict[str, Any] = field(default_factory=dict)
 
 
 def run_ablation(spec: AblationSpec, options: Options, console: Console | None = None) -> int:
@@ -73,7 +75,9 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
             return 0
         with ledger.edit() as records:
             for run in runs:
-                records.setdefault(run.id, {**lifecycle.describe(run, root), "status": PENDING, "attempts": 0})
+                record = records.setdefault(run.id, {**lifecycle.describe(run, root), "status": PENDING, "attempts": 0})
+                if options.changes:
+                    record["cli_changes"] = options.changes
         try:
             with LiveView(spec, ledger, root, executor.parallel, console) as view:
                 executor.start(spec, todo, attach, root, ledger, view)

@@ -22,6 +22,7 @@ from toolkit.cli_options import SPELLING, parse, snake
 from toolkit.doctor import checks
 from toolkit.doctor.report import render, write_outputs
 from toolkit.errors import ToolkitError
+from toolkit.parsed_checks import check_root_dir
 
 #: what "regularisation off" means for the classifier and the data
 REGULARISATION_OFF = [
@@ -92,24 +93,31 @@ def diagnose(
     overfit_step, overfit_curve = checks.overfit(model, sample, options.overfit_steps, accelerator)
     steps.append(overfit_step)
     lr_find = checks.lr_range_test(model, datamodule, options.lr_find_steps, accelerator)
-    curves = checks.check_lrs(
-        model, datamodule.train_dataloader(), datamodule.val_dataloader(), options.check_steps, accelerator=accelerator
-    )
+    train = datamodule.train_dataloader()
+    unfreeze = model.hparams.get("unfreeze_at_epoch") if model.hparams.get("freeze_backbone") else None
+    check_steps = checks.steps_before_unfreeze(options.check_steps, unfreeze, len(train))
+    curves = checks.check_lrs(model, train, datamodule.val_dataloader(), check_steps, accelerator=accelerator)
     lr_step, lr = checks.choose_lr(curves)
+    if check_steps < options.check_steps:
+        lr_step.measured += f" (over {check_steps} steps: the probe phase, before the unfreeze at epoch {unfreeze})"
     if lr_find is not None:
         lr_step.measured += f"; lr_find suggests {lr_find:.2g}"
     steps.append(lr_step)
-    steps.append(_ratio_step(curves, lr))
+    steps.append(_ratio_step(curves, lr, zero_head=model.hparams.get("head_init") == "zeros"))
     return Diagnosis(steps, [overfit_curve, *curves], lr_find, lr)
 
 
-def _ratio_step(curves: list[checks.Curve], lr: float | None) -> checks.Step:
-    """Step 6 (read the curves): the chosen lr's update/parameter ratios against ~1e-3, and its train/val gap."""
+def _ratio_step(curves: list[checks.Curve], lr: float | None, zero_head: bool = False) -> checks.Step:
+    """Step 6 (read the curves): the chosen lr's update/parameter ratios against ~1e-3, and its train/val gap.
+
+    A zero-initialised head starts with parameters of norm 0: its update/parameter ratio is huge by construction over
+    a short check, not a sign of a wrong lr, so it gets no advice.
+    """
     chosen = next((c for c in curves if lr is not None and c.name == f"lr={lr:g}"), None)
     if chosen is None:
         return checks.Step("6 curves", False, "no lr to read", "fix steps 1-3 first")
     ratios = ", ".join(f"{g} {r:.1e}" for g, r in chosen.ratios.items())
-    off = [g for g, r in chosen.ratios.items() if not 1e-4 <= r <= 1e-2]
+    off = [g for g, r in chosen.ratios.items() if not 1e-4 <= r <= 1e-2 and not (zero_head and g == "head")]
     text = f"update/param at lr {lr:g}: {ratios}"
     if chosen.val_acc is not None and chosen.acc:
         tail = chosen.acc[-5:]
@@ -169,6 +177,7 @@ def parse_args(argv: list[str]) -> tuple[Any, list[str]]:
 def main(argv: list[str]) -> int:
     """Run ``toolkit doctor``; 0 when steps 1-3 pass, 1 otherwise."""
     args, overrides = parse_args(argv)
+    check_root_dir(args.out, "--out")
     for config in args.config:
         if not Path(config).is_file():
             raise ToolkitError(f"config '{config}' not found; pass a YAML file such as configs/digits.yaml")

@@ -21,7 +21,10 @@ def build_parser() -> ArgumentParser:
     parser.epilog = SPELLING
     parser.add_argument("spec", type=str, help="ablation spec (ablations/<name>.yaml)")
     parser.add_argument("--root", type=str, default="runs", help="runs root: logs are read from <root>/<name>/")
-    parser.add_argument("--out", type=str | None, default=None, help="report folder (default reports/<name>/)")
+    parser.add_argument("--out", type=str | None, default=None, help="report folder (default <root>/<name>/report/)")
+    parser.add_argument(
+        "--seeds", type=str | None, default=None, help="the seeds of a study run with ablate run --seeds (0-9)"
+    )
     parser.add_argument(
         "--wandb", type=str | None, default=None, help="read the runs from this W&B project (entity/project)"
     )
@@ -44,10 +47,17 @@ def main(argv: list[str]) -> int:
         ToolkitError: a bad spec, or no runs of the ablation.
     """
     args = parse(build_parser(), argv, "report")
+    from toolkit.parsed_checks import check_root_dir
     from toolkit.report.build import print_report, report_spec
     from toolkit.study.spec import load_spec  # imported here to keep --help instant
 
+    check_root_dir(args.root, "--root")
+    check_root_dir(args.out, "--out")
     spec = load_spec(Path(args.spec))
+    if args.seeds:
+        from toolkit.ablation.cli_changes import apply
+
+        spec, _ = apply(spec, args.seeds, None)
     out = Path(args.out) if args.out else None
     print_report(report_spec(spec, Path(args.root), out, wandb_path=args.wandb, log_to_wandb=args.log_to_wandb))
     return 0

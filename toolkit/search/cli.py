@@ -10,6 +10,7 @@ from jsonargparse import ArgumentParser
 from rich.console import Console
 
 from toolkit.cli_options import SPELLING, add_runner_options, parse, runner_options
+from toolkit.parsed_checks import check_root_dir
 from toolkit.search.spec import load_search
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ def main(argv: list[str]) -> int:
     from toolkit.search.run import run_search, validate
 
     args = parse(build_parser(), argv, "search")
+    check_root_dir(args.root, "--root")
     spec = load_search(args.spec)
     options = runner_options(args)  # the trials are ablation runs: the runner's own options
     console = Console()
