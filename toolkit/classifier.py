@@ -237,6 +237,7 @@ class ImageClassifier(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._eval_step("test", batch)
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         return {"probs": self(images).softmax(-1)}
