@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.ablation.spec import load_spec
+from toolkit.study.spec import load_spec
 from toolkit.errors import ToolkitError
 from toolkit.report.build import default_out
 from toolkit.report.sources import find_logs
