@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.study.spec import load_spec
 from toolkit.errors import ToolkitError
 from toolkit.report.build import default_out
 from toolkit.report.sources import find_logs
+from toolkit.study.spec import load_spec
 
 
 def test_the_default_report_folder_is_beside_its_runs_and_its_own_w_and_b_run_is_not_read(tmp_path: Path) -> None:
