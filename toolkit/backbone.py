@@ -106,6 +106,8 @@ def _load_from_file(name: str, path: Path, **kwargs: object) -> nn.Module:
         except ToolkitError:
             raise
         except Exception as err:  # torch.load/safetensors raise pickle, EOF, zip and runtime errors for a bad file
+            # torch's load_state_dict reports shape mismatches only as RuntimeError text (no structured form, and
+            # strict=False still raises them); tests/test_bad_input.py checks this against a real mismatch
             keys = re.findall(r"size mismatch for ([\w.]+)", str(err))
             if keys or "Error(s) in loading state_dict" in str(err):
                 detail = f"shape mismatch for {_few(keys)}" if keys else str(err).splitlines()[0]

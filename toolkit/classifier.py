@@ -13,7 +13,8 @@ from typing_extensions import override
 
 from toolkit import features, keys
 from toolkit.backbone import create_backbone
-from toolkit.components import BatchNormLevel, apply_switches, check_liveness, init_adjustments
+from toolkit.components import apply_switches, check_liveness, init_adjustments
+from toolkit.components.registry import BATCHNORM_LEVELS
 from toolkit.errors import ToolkitError
 from toolkit.features import FeatureCacheMode
 from toolkit.freezing import BackboneFreezer
@@ -65,7 +66,8 @@ class ImageClassifier(pl.LightningModule):
         drop_rate: float = 0.0,
         head_init: HeadInit = "default",
         label_smoothing: float = 0.0,
-        batchnorm: BatchNormLevel = "on",
+        # the levels of the switch registry, read when LightningCLI builds its parser (a level added there is accepted)
+        batchnorm: Literal[tuple(BATCHNORM_LEVELS)] = "on",  # type: ignore[valid-type]
         residual: bool = True,
         residual_blocks: list[int] | None = None,
         lesion_blocks: list[int] | None = None,
@@ -235,6 +237,7 @@ class ImageClassifier(pl.LightningModule):
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._eval_step("test", batch)
 
+    @override
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         images = batch[0] if isinstance(batch, (list, tuple)) else batch
         return {"probs": self(images).softmax(-1)}

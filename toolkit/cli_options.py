@@ -48,6 +48,7 @@ def snake(argv: list[str]) -> list[str]:
 def parse(parser: ArgumentParser, argv: list[str], command: str) -> Any:
     """Parse ``argv`` (either spelling) with a dash-style parser; a bad option is one ToolkitError line (the toolkit's
     one rewriter, :mod:`toolkit.parse_errors`). ``--help`` still prints and exits 0."""
+    parser.exit_on_error = False  # argparse's public switch: jsonargparse then raises its typed ArgumentError
     return parse_quietly(lambda: parser.parse_args(dashed(argv)), f" (see toolkit {command} --help)")
 
 

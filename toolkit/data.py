@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from toolkit.datasets import (
     ImageSamples,
@@ -183,10 +184,12 @@ class ImageDataModule(pl.LightningDataModule):
         """Class names in label order."""
         return list(self.splits.class_names)
 
+    @override
     def prepare_data(self) -> None:
         if self.source == "torchvision" and self.download:
             load_torchvision_splits(self.name, self.root, True, self.val_fraction, self.split_seed)
 
+    @override
     def setup(self, stage: str) -> None:
         if self._ready:  # fit then test in one process: the images are checked and the statistics known
             return
@@ -222,12 +225,15 @@ class ImageDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers,
         )
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.feature_splits.get("train", self.splits.train), train=True)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.feature_splits.get("val", self.splits.val), train=False)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.splits.test, train=False)
 
@@ -245,11 +251,13 @@ class ImageDataModule(pl.LightningDataModule):
             self._predict = samples
         return self._predict
 
+    @override
     def predict_dataloader(self) -> DataLoader:
         samples = self.predict_samples
         samples.transform = create_eval_transform(self.data_config)
         return self._loader(samples, train=False)
 
+    @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self._mixup is not None and self.trainer is not None and self.trainer.training:
             images, targets = batch

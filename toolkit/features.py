@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from toolkit.components.registry import cache_switches
 from toolkit.errors import ToolkitError
 
 FeatureCacheMode = Literal["auto", "on", "off"]
@@ -35,7 +36,7 @@ _VERSION = 1
 class FeatureModel(Protocol):
     """What the cache needs of the classifier (``toolkit.classifier.ImageClassifier`` is one; it imports this module).
 
-    ``hparams`` has ``backbone``, ``batchnorm``, ``residual``, ``residual_blocks``; ``freezer`` has ``frozen`` and
+    ``hparams`` has ``backbone`` and the switches of `toolkit.components.registry`; ``freezer`` has ``frozen`` and
     ``unfreeze_at_epoch``; ``trainer`` is the Lightning trainer (precision and its plugin).
     """
 
@@ -164,7 +165,8 @@ def data_fingerprint(samples: Any) -> str:
 def cache_key(model: FeatureModel, samples: Any, precision: str, device: torch.device) -> str:
     """Everything the features depend on: backbone, weights, switches, transform, data, precision, device."""
     hp = model.hparams
-    switches = (hp.batchnorm, hp.residual, hp.residual_blocks, tuple(model.changes), model.channels_last)
+    # the registry's switches with cache_key=True (batchnorm, residual, residual_blocks), then what they changed
+    switches = (*cache_switches(hp), tuple(model.changes), model.channels_last)
     return _digest(
         _VERSION,
         hp.backbone,

@@ -1,8 +1,11 @@
 """jsonargparse's usage dump and multi-line ``error:`` as one line: the one rewriter every parser of the toolkit uses.
 
 jsonargparse (through argparse) prints the usage and an ``error:`` paragraph to stderr and exits 2; the toolkit's
-rule is one ``error: ...`` line that says what to do. :func:`parse_quietly` runs a parse with stderr captured and
-turns that exit into a ToolkitError; ``--help`` (exit 0) still prints. Torch-free: ``toolkit ablate`` uses it too.
+rule is one ``error: ...`` line that says what to do. :func:`parse_quietly` turns a parse error into a ToolkitError:
+from a parser built with ``exit_on_error=False`` (``ToolkitCLI``) jsonargparse raises its typed ``ArgumentError``
+(the message alone, nothing printed); from the others it prints and exits 2, and the stderr captured meanwhile is the
+only place the message exists (argparse offers no other), so that text is read. ``--help`` (exit 0) still prints.
+Torch-free: ``toolkit ablate`` uses it too.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import re
 import sys
 from collections.abc import Callable
 from typing import TypeVar
+
+from jsonargparse import ArgumentError
 
 from toolkit.errors import ToolkitError
 
@@ -25,12 +30,17 @@ def one_line(stderr: str, pointer: str) -> str:
     start = max((i for i, line in enumerate(lines) if line.startswith("error:")), default=None)
     if start is None:
         return (lines[-1].strip() if lines else "invalid arguments") + pointer
-    message = " ".join(line.strip() for line in lines[start:] if line.strip())[len("error:") :].strip()
-    message = re.sub(r"\s+", " ", message)
+    return rewrite(" ".join(line.strip() for line in lines[start:] if line.strip())[len("error:") :]) + pointer
+
+
+def rewrite(message: str) -> str:
+    """A jsonargparse error message on one line, with a hint for the commonest config mistake."""
+    message = re.sub(r"\s+", " ", message).strip()
+    # jsonargparse gives no structured form of a type error (value, expected type): its message is the only source
     if re.search(r"Literal\[.*'(off|on|no|yes)'.*Got value: (False|True)", message):
         # YAML 1.1 reads unquoted off/on/no/yes as booleans: the most common config mistake with Literal switches
         message += '; YAML reads an unquoted off/on/no/yes as false/true: write it in quotes, e.g. batchnorm: "off"'
-    return message + pointer
+    return message
 
 
 def parse_quietly(parse: Callable[[], T], pointer: str) -> T:
@@ -44,6 +54,8 @@ def parse_quietly(parse: Callable[[], T], pointer: str) -> T:
     try:
         with contextlib.redirect_stderr(err):
             return parse()
+    except ArgumentError as error:  # typed: a parser with exit_on_error=False
+        raise ToolkitError(rewrite(str(error)) + pointer) from None
     except SystemExit as exit_:
         if exit_.code in (0, None):
             raise

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from typing_extensions import override
 
 from toolkit.errors import ToolkitError
 
@@ -46,6 +47,7 @@ def expanded_size(node: yaml.Node, limit: int = MAX_EXPANDED_NODES) -> int:
 class BoundedLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses a document expanding past `MAX_EXPANDED_NODES` nodes before building it."""
 
+    @override
     def compose_document(self) -> yaml.Node:  # PyYAML's hook between parsing and constructing
         node = super().compose_document()
         if node is not None and expanded_size(node) > MAX_EXPANDED_NODES:

@@ -126,6 +126,7 @@ class WandbLogger(LightningWandbLogger):
         self._wandb_init.pop("anonymous", None)
 
     @property
+    @override
     def experiment(self) -> Any:
         fresh = self._experiment is None
         run = super().experiment

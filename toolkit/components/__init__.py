@@ -1,26 +1,16 @@
 """Apply the ablation switches (BatchNorm level, residual shortcuts, test-time lesion) to a headless timm backbone.
 
 Plain PyTorch and timm: no Lightning, no wandb. `ImageClassifier.__init__` calls `apply_switches` once, before the
-optimizer exists, and logs the lines it returns; it then refuses a dead network (`check_liveness`). The README's
-"Component switches" section says what each switch means.
+optimizer exists, and logs the lines it returns; it then refuses a dead network (`check_liveness`). Each switch is
+declared once in `registry` (levels, transform, init guard, cache key). The README's "Component switches" section says
+what each switch means.
 """
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 from torch import nn
 
-from toolkit.components._batchnorm import (
-    BN_FAMILIES,
-    NormFreeAct,
-    find_batchnorms,
-    freeze_batchnorms,
-    fuse_batchnorms,
-    plan_fusion,
-    remove_batchnorms,
-    require_batchnorms,
-)
+from toolkit.components._batchnorm import BN_FAMILIES, NormFreeAct, find_batchnorms, require_batchnorms
 from toolkit.components._dropout import active_dropout_modules
 from toolkit.components._init_guard import check_drop_path, check_zero_init, init_adjustments, zero_init_gammas
 from toolkit.components._liveness import check_liveness
@@ -31,12 +21,12 @@ from toolkit.components._residual import (
     require_blocks,
     switch_block,
 )
+from toolkit.components.registry import batchnorm_level
 from toolkit.errors import ToolkitError
 
 __all__ = [
     "BN_FAMILIES",
     "RESIDUAL_FAMILIES",
-    "BatchNormLevel",
     "NormFreeAct",
     "active_dropout_modules",
     "apply_switches",
@@ -46,8 +36,6 @@ __all__ = [
     "list_residual_blocks",
     "zero_init_gammas",
 ]
-
-BatchNormLevel = Literal["on", "frozen", "fused", "off"]
 
 
 def _plan_blocks(
@@ -79,7 +67,7 @@ def _plan_blocks(
 
 def apply_switches(
     backbone: nn.Module,
-    batchnorm: BatchNormLevel = "on",
+    batchnorm: str = "on",
     residual: bool = True,
     residual_blocks: list[int] | None = None,
     lesion_blocks: list[int] | None = None,
@@ -90,9 +78,10 @@ def apply_switches(
 
     Args:
         backbone: headless timm model (``num_classes=0``), before an optimizer holds its parameters.
-        batchnorm: ``on`` (unchanged); ``frozen`` (normalise with fixed running statistics, affine not trained, in
-            train and eval mode); ``fused`` (fold each BatchNorm into the conv before it: same eval-mode function,
-            then trains with no normalisation); ``off`` (remove BatchNorm; ``BatchNormAct2d`` keeps its activation).
+        batchnorm: a level of `registry.BATCHNORM_LEVELS`: ``on`` (unchanged); ``frozen`` (normalise with fixed
+            running statistics, affine not trained, in train and eval mode); ``fused`` (fold each BatchNorm into the
+            conv before it: same eval-mode function, then trains with no normalisation); ``off`` (remove BatchNorm;
+            ``BatchNormAct2d`` keeps its activation).
         residual: False removes the shortcut addition of the supported residual blocks (see `RESIDUAL_FAMILIES`).
         residual_blocks: with ``residual=False``, only these blocks (0-based, forward order, see
             `list_residual_blocks`) lose their shortcut; None means all.
@@ -109,23 +98,17 @@ def apply_switches(
             would meet timm's zero-initialised norm scales (see ``_init_guard``), or stochastic depth on blocks
             without shortcut.
     """
-    levels = get_args(BatchNormLevel)
-    if batchnorm not in levels:
-        raise ToolkitError(f"batchnorm={batchnorm!r} is not a level; choose one of {', '.join(levels)}")
-    bn_names = require_batchnorms(backbone, batchnorm) if batchnorm != "on" else []
-    fusion = plan_fusion(backbone, bn_names) if batchnorm == "fused" else {}
+    level = batchnorm_level(batchnorm)
+    bn_names = require_batchnorms(backbone, batchnorm) if level.transform is not None else []
+    bn_plan = level.plan(backbone, bn_names) if level.transform is not None else None
     block_names, no_shortcut, lesioned = _plan_blocks(backbone, residual, residual_blocks, lesion_blocks)
     # a switch must not change the initialisation or drop whole blocks (see _init_guard)
     check_zero_init(backbone, batchnorm, bn_names, {i: block_names[i] for i in no_shortcut})
     check_drop_path(backbone, {i: block_names[i] for i in no_shortcut})
 
     changes = []
-    if batchnorm == "frozen":
-        changes.append(freeze_batchnorms(backbone, bn_names))
-    elif batchnorm == "fused":
-        changes.append(fuse_batchnorms(backbone, fusion))
-    elif batchnorm == "off":
-        changes.append(remove_batchnorms(backbone, bn_names))
+    if level.transform is not None:
+        changes.append(level.transform(backbone, bn_plan))
     removed = sum(switch_block(backbone.get_submodule(block_names[i]), "branch") for i in no_shortcut)
     if no_shortcut:
         note = f" ({removed} unused shortcut projections removed)" if removed else ""

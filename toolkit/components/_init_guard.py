@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from toolkit.components.registry import BATCHNORM_LEVELS
 from toolkit.errors import ToolkitError
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
@@ -59,7 +60,7 @@ def check_zero_init(backbone: nn.Module, batchnorm: str, bn_names: list[str], no
 
     Args:
         backbone: the built backbone, before any switch is applied.
-        batchnorm: the BatchNorm level asked for.
+        batchnorm: the BatchNorm level asked for (a key of `registry.BATCHNORM_LEVELS`, already validated).
         bn_names: the backbone's BatchNorm layers.
         no_shortcut: ``{block index: block name}`` of the blocks that lose their shortcut.
     """
@@ -69,14 +70,10 @@ def check_zero_init(backbone: nn.Module, batchnorm: str, bn_names: list[str], no
             f"residual=False on blocks {dead_blocks} whose last norm scale is zero-initialised (timm's "
             f"zero_init_last) makes each of them output 0 for every input (a dead network); {STUDY_FIX}"
         )
-    if batchnorm in ("frozen", "fused", "off"):
+    effect = BATCHNORM_LEVELS[batchnorm].zero_init_effect  # the level's declaration in the switch registry
+    if effect is not None:
         zero = [n for n in zero_init_gammas(backbone) if n in set(bn_names)]
         if zero:
-            effect = {
-                "frozen": "freeze them at 0, so those residual branches stay dead for good",
-                "fused": "fold them into their convs as all-zero weights",
-                "off": "remove them, so the variant would also lose the baseline's zero-init",
-            }[batchnorm]
             raise ToolkitError(
                 f"batchnorm={batchnorm}: {len(zero)} BatchNorm layers have a zero-initialised scale (timm's "
                 f"zero_init_last: {_shown(zero)}) and {batchnorm} would {effect}; {STUDY_FIX}"

@@ -98,7 +98,12 @@ class ToolkitCLI(LightningCLI):
             ImageDataModule,
             save_config_callback=LoggedConfig,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": "toolkit", "description": "Transfer learning and ablations with timm backbones."},
+            # a parse error raises jsonargparse's typed ArgumentError (see toolkit.parse_errors), printing nothing
+            parser_kwargs={
+                "prog": "toolkit",
+                "description": "Transfer learning and ablations with timm backbones.",
+                "exit_on_error": False,
+            },
             args=args,
             run=run,
             auto_configure_optimizers=False,  # the model's optimizer/lr_scheduler arguments own this

@@ -211,6 +211,8 @@ def learning_curves(
 
 #: ``test/acc_lesion_k<k>`` of ``toolkit.callbacks.lesion.LesionSweep`` (matched here: the report imports no torch)
 _LESION_K = re.compile(r"^test/acc_lesion_k(\d+)$")
+#: the ``residual`` switch's column: its ``plot_key`` in ``toolkit.components.registry`` (a test keeps them equal)
+RESIDUAL_KEY = "config.model.residual"
 
 
 def lesion_curve(
@@ -247,8 +249,8 @@ def lesion_curve(
             mean.index, mean, marker="o", color=color, label=f"{variant}: blocks lesioned (n={len(group)})"
         )
         _percent_band(ax, mean.index, mean, std, line.get_color(), 0.2)
-    if "config.model.residual" in counted.columns:
-        removed = counted[counted["config.model.residual"].astype(str).str.lower() == "false"]
+    if RESIDUAL_KEY in counted.columns:
+        removed = counted[counted[RESIDUAL_KEY].astype(str).str.lower() == "false"]
         for variant, group in removed.groupby("variant", sort=False):
             acc = 100 * pd.to_numeric(group[keys.TEST_ACC], errors="coerce").mean()
             ax.axhline(acc, color="black", linestyle="-.", linewidth=1.2, label=f"{variant}: shortcuts removed")
