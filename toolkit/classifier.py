@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -124,6 +125,8 @@ class ImageClassifier(pl.LightningModule):
         self.head = create_head(self.backbone.num_features, num_classes, drop_rate, head_init)
         self.channels_last, self._use_feature_cache = channels_last, False
         self._probe_solved = False  # travels in checkpoints: a resumed run never solves again
+        #: train loss of the L-BFGS probe's zero head and of its solution (RunHealth's loss trajectory starts there)
+        self.probe_losses: tuple[float, float] | None = None
         #: ``(epoch, global_step)`` of the checkpoint last loaded for testing (see :meth:`tested_checkpoint`)
         self.loaded_checkpoint: tuple[int, int] | None = None
         if channels_last:
@@ -217,6 +220,7 @@ class ImageClassifier(pl.LightningModule):
             linear.weight.copy_(solution.weight)
             linear.bias.copy_(solution.bias)
         self._probe_solved = True
+        self.probe_losses = (math.log(self.hparams.num_classes), solution.train_loss)
         rank_zero_info(
             f"linear probe solved (L-BFGS): l2 {solution.l2:g} chosen on val (acc {solution.val_acc:.4f}), "
             f"train loss {solution.train_loss:.4f}"
@@ -231,7 +235,12 @@ class ImageClassifier(pl.LightningModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._probe_solved = bool(checkpoint.get("probe_solved", False))
-        self.loaded_checkpoint = (int(checkpoint.get("epoch", -1)), int(checkpoint.get("global_step", -1)))
+        try:
+            testing = self.trainer.testing
+        except RuntimeError:  # loaded outside a trainer (load_from_checkpoint)
+            testing = False
+        if testing:  # what `test` evaluates, not what a fit resumes from
+            self.loaded_checkpoint = (int(checkpoint.get("epoch", -1)), int(checkpoint.get("global_step", -1)))
 
     def phase_of(self, epoch: int) -> str:
         """``probe`` for an epoch the backbone spent frozen, else ``fine-tune``."""

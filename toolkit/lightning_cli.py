@@ -327,6 +327,9 @@ def _write_result(trainer: Trainer, status: str = FINISHED, reason: str | None =
 
     health_cb = next((c for c in trainer.callbacks if isinstance(c, RunHealth)), None)
     health = health_cb.summary(trainer, status, reason) if health_cb is not None else {"status": status}
+    tested = getattr(trainer.lightning_module, "tested_checkpoint", None)
+    if callable(tested):  # the epoch and phase of the checkpoint behind test/* (the report's "change never tested")
+        health.update(tested())
     loggers = [lg for lg in trainer.loggers if _is_wandb(lg)]
     for logger in loggers:
         logger.experiment.summary.update(health_summary(health))
