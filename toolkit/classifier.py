@@ -14,8 +14,15 @@ from typing_extensions import override
 
 from toolkit import features, keys
 from toolkit import probe as probe_solver
-from toolkit.backbone import create_backbone
-from toolkit.components import BatchNormLevel, apply_switches, check_liveness, init_adjustments
+from toolkit.backbone import building_from_checkpoint, create_backbone
+from toolkit.components import (
+    BatchNormLevel,
+    apply_switches,
+    check_liveness,
+    check_untrained_statistics,
+    init_adjustments,
+    untrained_batchnorms,
+)
 from toolkit.errors import ToolkitError
 from toolkit.features import FeatureCacheMode
 from toolkit.freezing import BackboneFreezer
@@ -113,6 +120,8 @@ class ImageClassifier(pl.LightningModule):
         self.backbone = create_backbone(backbone, pretrained, drop_path_rate, zero_init_last)
         self._setup_logged = False
         self.lesion_blocks = lesion_blocks
+        # a checkpoint brings its own (trained) statistics: the placeholders built for it are not checked
+        untrained = [] if building_from_checkpoint() else untrained_batchnorms(self.backbone)
         self.changes: list[str] = apply_switches(
             self.backbone,
             batchnorm=batchnorm,
@@ -120,6 +129,7 @@ class ImageClassifier(pl.LightningModule):
             residual_blocks=residual_blocks,
             lesion_blocks=lesion_blocks,
         )
+        check_untrained_statistics(untrained, batchnorm)  # after the zero-init guard, whose fix comes first
         check_liveness(self.backbone, self.changes)  # a dead network is refused before anything trains
         self.adjusted: list[str] = init_adjustments(zero_init_last)
         self.head = create_head(self.backbone.num_features, num_classes, drop_rate, head_init)
