@@ -24,8 +24,14 @@ STUDY = ["--model.zero_init_last", "false"]
 TRAINED_STATS = "<weights with trained BatchNorm statistics>"
 # variant -> (CLI overrides, the line apply_switches records; test_resnet has 15 BatchNorm layers and 4 blocks)
 SWITCHES = {
-    "frozen": (["--model.batchnorm", "frozen", *STUDY, "--model.pretrained", TRAINED_STATS], "batchnorm=frozen: 15 layers frozen"),
-    "fused": (["--model.batchnorm", "fused", *STUDY, "--model.pretrained", TRAINED_STATS], "batchnorm=fused: 15 layers folded into the preceding conv"),
+    "frozen": (
+        ["--model.batchnorm", "frozen", *STUDY, "--model.pretrained", TRAINED_STATS],
+        "batchnorm=frozen: 15 layers frozen",
+    ),
+    "fused": (
+        ["--model.batchnorm", "fused", *STUDY, "--model.pretrained", TRAINED_STATS],
+        "batchnorm=fused: 15 layers folded into the preceding conv",
+    ),
     "off": (["--model.batchnorm", "off", *STUDY], "batchnorm=off: 15 layers removed (activations kept)"),
     "no_shortcut": (
         ["--model.residual", "false", "--model.residual_blocks", "[1, 2]", *STUDY],

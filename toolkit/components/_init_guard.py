@@ -87,9 +87,10 @@ def untrained_batchnorms(backbone: nn.Module) -> list[str]:
     """Names of the BatchNorm layers whose running statistics are still the untrained defaults (mean 0, var 1)."""
     found = []
     for name, child in backbone.named_modules():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm) and child.running_mean is not None:
-            if not child.running_mean.any() and bool((child.running_var == 1).all()):
-                found.append(name)
+        stats = getattr(child, "running_mean", None), getattr(child, "running_var", None)
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and stats[0] is not None and stats[1] is not None:
+            untrained = not stats[0].any() and bool((stats[1] == 1).all())
+            found += [name] if untrained else []
     return found
 
 
