@@ -45,7 +45,8 @@ class ImageClassifier(pl.LightningModule):
             :mod:`toolkit.probe`). With ``lbfgs`` the probe epochs take no optimizer step: they log the solved
             head's train and val metrics, and their checkpoints hold it. LP->FT fine-tunes from the solved head.
             The solve uses features of the un-augmented train images, so augmentation and mixup act only once
-            the backbone trains.
+            the backbone trains. A full fine-tune (``freeze_backbone: false``) has no probe phase: ``probe`` is
+            then unused.
         probe_l2: the L2 strengths ``lbfgs`` chooses from on val (scikit-learn's ``C = 1 / (l2 * n_train)``).
         unfreeze_at_epoch: with ``freeze_backbone``, fine-tune the backbone from this epoch on (LP->FT).
         backbone_lr_scale: backbone lr = head lr x this scale.
@@ -103,8 +104,6 @@ class ImageClassifier(pl.LightningModule):
             raise ToolkitError("unfreeze_at_epoch needs freeze_backbone: true (probe first, then fine-tune)")
         if unfreeze_at_epoch is not None and unfreeze_at_epoch < 1:
             raise ToolkitError("unfreeze_at_epoch must be >= 1; for a full fine-tune set freeze_backbone: false")
-        if probe == "lbfgs" and not freeze_backbone:
-            raise ToolkitError("model.probe lbfgs solves the head of a frozen backbone; set freeze_backbone: true")
         if probe_l2 is not None and (not probe_l2 or any(v <= 0 for v in probe_l2)):
             raise ToolkitError(f"model.probe_l2 {probe_l2}: give one or more L2 strengths > 0, e.g. [1e-4, 1e-3]")
         if backbone_lr_scale < 0:
