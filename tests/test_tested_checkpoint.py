@@ -67,7 +67,10 @@ def test_when_a_change_acts() -> None:
     # fine-tuning switches act from the first fine-tuning epoch, never for a probe; head switches from epoch 0
     assert effect_epoch(["model.batchnorm"], 1, lbfgs_probe=False) == (1, "model.batchnorm")
     assert effect_epoch(["model.batchnorm"], None, lbfgs_probe=False) == (None, "model.batchnorm")
-    assert effect_epoch(["model.drop_rate"], 1, lbfgs_probe=True) == (0, "model.drop_rate")
+    assert effect_epoch(["model.drop_rate"], 1, lbfgs_probe=False) == (0, "model.drop_rate")
+    assert effect_epoch(["model.label_smoothing"], 1, lbfgs_probe=True) == (0, "model.label_smoothing")
+    # the L-BFGS solve starts from a zero head without dropout: head init and dropout act once fine-tuning starts
+    assert effect_epoch(["model.drop_rate"], 1, lbfgs_probe=True) == (1, "model.drop_rate")
     # the lr acts in an SGD probe, but only after an L-BFGS probe (no optimizer step in its epochs)
     assert effect_epoch(["model.optimizer.init_args.lr"], 1, lbfgs_probe=False)[0] == 0
     assert effect_epoch(["model.optimizer.init_args.lr"], 1, lbfgs_probe=True)[0] == 1

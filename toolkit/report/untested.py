@@ -12,8 +12,9 @@ How the report knows when a change takes effect, from the runs' own records only
   (``health/tested_epoch``, ``health/tested_phase``, ``health/finetune_from``, written by ``toolkit fit``);
 - a key in ``ACTS_WHEN_BACKBONE_TRAINS`` acts from ``finetune_from`` (never, for a linear probe); with the L-BFGS
   probe (``model.probe: lbfgs``) the keys of ``ACTS_AFTER_SOLVED_PROBE`` also act only from ``finetune_from`` (the
-  probe epochs take no optimizer step and the solve ignores augmentation); every other key acts from epoch 0, so
-  the probe epochs count for head-only switches (dropout, head init, label smoothing, the probe itself);
+  probe epochs take no optimizer step; the solve starts from a zero head and ignores augmentation and dropout);
+  every other key acts from epoch 0, so with an SGD probe the probe epochs count for head-only switches (dropout,
+  head init, label smoothing);
 - the change has taken effect once every one of its keys acts (a part that never acted is a part never tested);
   a run whose tested epoch is before that (or whose change never acts) is ``change never tested``: listed,
   flagged, never averaged as that variant.
@@ -28,8 +29,17 @@ import pandas as pd
 
 #: keys that act only while the backbone trains (a frozen backbone runs in eval mode with fixed weights)
 ACTS_WHEN_BACKBONE_TRAINS = ("model.batchnorm", "model.drop_path_rate", "model.backbone_lr_scale")
-#: key prefixes that act only after an L-BFGS probe (the probe epochs take no optimizer step, see toolkit.probe)
-ACTS_AFTER_SOLVED_PROBE = ("model.optimizer", "model.lr_scheduler", "data.augment", "data.mixup", "data.cutmix")
+#: key prefixes that act only after an L-BFGS probe: its epochs take no optimizer step, and the solve starts from a
+#: zero head on the un-augmented images without dropout (see toolkit.probe)
+ACTS_AFTER_SOLVED_PROBE = (
+    "model.optimizer",
+    "model.lr_scheduler",
+    "model.drop_rate",
+    "model.head_init",
+    "data.augment",
+    "data.mixup",
+    "data.cutmix",
+)
 TESTED_EPOCH, TESTED_PHASE, FINETUNE_FROM = "health/tested_epoch", "health/tested_phase", "health/finetune_from"
 _IGNORED = ("config.ablation.",)
 
