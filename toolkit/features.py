@@ -252,7 +252,7 @@ def attach(model: FeatureModel, datamodule: FeatureData, device: torch.device) -
 
 
 def probe_features(
-    model: ImageClassifier, datamodule: Any, device: torch.device
+    model: FeatureModel, datamodule: Any, device: torch.device
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``(features, labels)`` of the train and val splits for the L-BFGS probe (:mod:`toolkit.probe`), cached.
 
