@@ -21,7 +21,7 @@ from rich.console import Console
 
 from toolkit.ablation.command import check_variants
 from toolkit.ablation.runner import Options, run_ablation
-from toolkit.ablation.spec import load_spec
+from toolkit.study.spec import load_spec
 
 DIGITS = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 

@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from toolkit.ablation.ledger import Ledger, ledger_path
-from toolkit.ablation.local import kill_leftovers, make_slots
+from toolkit.ablation.executor import kill_leftovers
+from toolkit.ablation.local import make_slots
 from toolkit.ablation.runner import Options, run_ablation
-from toolkit.ablation.spec import AblationSpec, load_spec
 from toolkit.errors import ToolkitError
+from toolkit.study.ledger import Ledger, ledger_path
+from toolkit.study.result import RunResult
+from toolkit.study.spec import AblationSpec, load_spec
 
 DIGITS = Path(__file__).resolve().parents[1] / "configs" / "digits.yaml"
 STAND_IN = """
@@ -189,7 +191,7 @@ import sys
 from pathlib import Path
 from rich.console import Console
 from toolkit.ablation.runner import Options, run_ablation
-from toolkit.ablation.spec import load_spec
+from toolkit.study.spec import load_spec
 spec_path, root, script = sys.argv[1:]
 launcher = [sys.executable, script]
 options = Options(root=Path(root), launcher=launcher, validate=False, report=False, workers=2, devices=[])
@@ -235,7 +237,7 @@ def test_a_run_that_completed_while_the_runner_was_down_is_not_run_again(tmp_pat
         ledger.update(record_run.id, status="running", started_at=started, attempts=1, variant="full")
     # `first` wrote its completion file (toolkit fit's last act) before the runner died; `second` did not
     first.directory(root).mkdir(parents=True)
-    (first.directory(root) / "result.json").write_text('{"status": "done"}')
+    RunResult("done", time.time()).write(first.directory(root) / "result.json")
     code, _ = run(spec, root, tmp_path)
     assert code == 0
     records = ledger.read()

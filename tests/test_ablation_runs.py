@@ -22,12 +22,12 @@ from rich.console import Console
 
 from toolkit.ablation.ckpt_epochs import epochs_done
 from toolkit.ablation.command import check_variants
-from toolkit.ablation.ledger import Ledger, ledger_path
 from toolkit.ablation.runner import Options, run_ablation
-from toolkit.ablation.spec import load_spec
 from toolkit.errors import ToolkitError
-from toolkit.report.sources import wandb_runs
 from toolkit.report.wandb_log import read_run
+from toolkit.study.layout import wandb_runs
+from toolkit.study.ledger import Ledger, ledger_path
+from toolkit.study.spec import load_spec
 
 pytestmark = pytest.mark.slow
 

@@ -19,10 +19,10 @@ from jsonargparse import ArgumentParser
 from rich.console import Console
 
 from toolkit.ablation.command import fit_args, format_value
-from toolkit.ablation.ledger import Ledger, runner_lock
 from toolkit.ablation.progress import build_table
-from toolkit.ablation.spec import load_spec
 from toolkit.errors import ToolkitError
+from toolkit.study.ledger import Ledger, runner_lock
+from toolkit.study.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "configs" / "digits.yaml"
@@ -228,7 +228,7 @@ def test_ledger_serialises_writers_from_several_processes(tmp_path: Path) -> Non
 def test_ledger_survives_sigkill_at_any_moment(tmp_path: Path) -> None:
     path = tmp_path / "ledger.json"
     writer = (
-        "import sys; from toolkit.ablation.ledger import Ledger\n"
+        "import sys; from toolkit.study.ledger import Ledger\n"
         "ledger = Ledger(sys.argv[1])\n"
         "i = 0\n"
         "while True:\n"

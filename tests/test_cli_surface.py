@@ -17,11 +17,11 @@ from conftest import DIGITS, fit
 from rich.console import Console
 
 import toolkit.cli
-from toolkit.ablation.ledger import RUNNING, Ledger, ledger_path
 from toolkit.ablation.progress import build_table
-from toolkit.ablation.spec import load_spec
 from toolkit.cli import main
 from toolkit.epoch_line import format_epoch_line, last_epoch_line, parse_epoch_line
+from toolkit.study.ledger import RUNNING, Ledger, ledger_path
+from toolkit.study.spec import load_spec
 
 
 def _error(capsys: pytest.CaptureFixture, *args: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,9 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "toolkit"
 
-#: layer of each module, lowest first; a module may import its own layer and the layers below it
-CLI, ORCHESTRATION, SYSTEM, TORCH, BASE = 4, 3, 2, 1, 0
+#: floor of each module, lowest first; a module may import its own floor and the floors below it:
+#: cli > ablation | search | doctor > report > Lightning system > plain torch/timm > run contract (study) + base
+CLI, PEERS, REPORT, SYSTEM, TORCH, BASE = 5, 4, 3, 2, 1, 0
 #: the plain torch/timm layer: no Lightning, no W&B
 PLAIN_TORCH = (
     "toolkit.backbone",
@@ -25,23 +27,47 @@ PLAIN_TORCH = (
     "toolkit.schedules",
     "toolkit.freezing",
     "toolkit.datasets",
+    "toolkit.probe",
 )
-BASE_MODULES = ("toolkit", "toolkit.errors", "toolkit.keys", "toolkit.quiet", "toolkit.epoch_line")
-ORCHESTRATION_PACKAGES = ("toolkit.ablation", "toolkit.report", "toolkit.doctor", "toolkit.search")
+BASE_MODULES = (
+    "toolkit",
+    "toolkit.errors",
+    "toolkit.keys",
+    "toolkit.quiet",
+    "toolkit.epoch_line",
+    "toolkit.parse_errors",
+)
+#: the run contract beside the base: spec, ledger, run-folder layout, RunResult (torch-free)
+CONTRACT = "toolkit.study"
+#: packages on one floor: none imports another (they share through the contract or a lower floor)
+PEER_PACKAGES = ("toolkit.ablation", "toolkit.search", "toolkit.doctor")
+
+
+def _in(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
 
 
 def layer(module: str) -> int:
-    """The layer of a ``toolkit`` module (by name; a new module lands in its package's layer)."""
-    if module in BASE_MODULES:
+    """The floor of a ``toolkit`` module (by name; a new module lands in its package's floor)."""
+    if module in BASE_MODULES or _in(module, CONTRACT):
         return BASE
     # entry points: the console command, `python -m toolkit`, the warm worker parent that forks runs of the command
     if module in ("toolkit.cli", "toolkit.__main__", "toolkit.worker") or module.endswith(".cli"):
         return CLI
-    if module.startswith(ORCHESTRATION_PACKAGES):
-        return ORCHESTRATION
-    if module.startswith(PLAIN_TORCH):
+    if any(_in(module, p) for p in PEER_PACKAGES):
+        return PEERS
+    if _in(module, "toolkit.report"):
+        return REPORT
+    if any(_in(module, p) for p in PLAIN_TORCH):
         return TORCH
     return SYSTEM  # classifier, data, callbacks, tracking, lightning_cli, features: the Lightning system
+
+
+def peer_package(module: str) -> str | None:
+    """The peer package (``toolkit.ablation`` ...) a non-cli module belongs to, else None."""
+    if layer(module) != PEERS:
+        return None
+    return next(p for p in PEER_PACKAGES if _in(module, p))
 
 
 def module_name(path: Path) -> str:
@@ -49,46 +75,130 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imports_of(path: Path) -> set[str]:
-    """Every module a file imports, at the top or inside a function (lazy imports count too)."""
+FILES = sorted(PACKAGE.rglob("*.py"))
+MODULES = {module_name(p) for p in FILES}
+
+
+def _resolve(name: str) -> str:
+    """``toolkit.x.y`` -> the module that defines it (``toolkit.x`` when ``y`` is a name inside it)."""
+    while name not in MODULES and "." in name:
+        name = name.rsplit(".", 1)[0]
+    return name
+
+
+def _import_nodes(path: Path) -> Iterator[tuple[ast.AST, bool]]:
+    """Every import statement of a file (top level, inside functions, under ``if``), and whether it is typing-only."""
+    tree = ast.parse(path.read_text())
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING":
+            typing_only.update(id(inner) for child in node.body for inner in ast.walk(child))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node, id(node) in typing_only
+
+
+def imports_of(path: Path, typing: bool = True) -> set[str]:
+    """Every module a file imports, at the top or inside a function (lazy imports count too); ``from pkg import
+    sub`` counts as ``pkg.sub`` where that is a module. ``typing=False`` leaves out the ``TYPE_CHECKING`` ones."""
+    me = module_name(path)
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node, typing_only in _import_nodes(path):
+        if typing_only and not typing:
+            continue
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "toolkit":  # `from toolkit import keys`: the submodules
-                found.update(f"toolkit.{alias.name}" for alias in node.names)
-            else:
-                found.add(node.module)
+            continue
+        if node.level:  # relative: resolve against this module's package
+            base = me.split(".")[: len(me.split(".")) - node.level + (path.name == "__init__.py")]
+            source = ".".join([*base, *([node.module] if node.module else [])])
+        else:
+            source = node.module or ""
+        for alias in node.names:
+            sub = f"{source}.{alias.name}"
+            found.add(sub if sub in MODULES else source)
     return found
 
 
-def type_checking_only(path: Path) -> set[str]:
-    """Modules imported only under ``if TYPE_CHECKING:`` (no import at run time)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            for inner in node.body:
-                if isinstance(inner, ast.ImportFrom) and inner.module:
-                    found.add(inner.module)
-    return found
-
-
-FILES = sorted(PACKAGE.rglob("*.py"))
+def toolkit_imports(path: Path, typing: bool = True) -> set[str]:
+    """The ``toolkit`` modules a file imports (resolved to modules), itself left out."""
+    return {_resolve(m) for m in imports_of(path, typing) if _in(m, "toolkit")} - {module_name(path)}
 
 
 def test_the_layers_are_known() -> None:
-    assert layer("toolkit.ablation.cli") == CLI and layer("toolkit.report.sources") == ORCHESTRATION
+    assert layer("toolkit.ablation.cli") == CLI and layer("toolkit.ablation.runner") == PEERS
+    assert layer("toolkit.search.run") == PEERS and layer("toolkit.report.sources") == REPORT
     assert layer("toolkit.lightning_cli") == SYSTEM and layer("toolkit.components._residual") == TORCH
-    assert layer("toolkit.keys") == BASE and len(FILES) > 40
+    assert layer("toolkit.keys") == BASE and layer("toolkit.study.result") == BASE and len(FILES) > 40
+    assert peer_package("toolkit.search.run") == "toolkit.search" and peer_package("toolkit.search.cli") is None
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_upward_imports(path: Path) -> None:
+    """Run-time, lazy and ``TYPE_CHECKING`` imports alike: a type named from a higher floor is an arrow up too."""
     me = module_name(path)
-    runtime = imports_of(path) - type_checking_only(path)
-    upward = sorted(m for m in runtime if m.startswith("toolkit") and layer(m) > layer(me))
-    assert not upward, f"{me} (layer {layer(me)}) imports the higher layer(s): {upward}"
+    upward = sorted(m for m in toolkit_imports(path) if layer(m) > layer(me))
+    assert not upward, f"{me} (floor {layer(me)}) imports the higher floor(s): {upward}"
+
+
+@pytest.mark.parametrize("path", [p for p in FILES if peer_package(module_name(p))], ids=lambda p: p.stem)
+def test_peer_packages_do_not_import_each_other(path: Path) -> None:
+    mine = peer_package(module_name(path))
+    others = sorted(m for m in toolkit_imports(path) if layer(m) == PEERS and peer_package(m) != mine)
+    assert not others, f"{module_name(path)} imports its peer(s) {others}; share through toolkit.study or below"
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_cycle_finder_finds_cycles() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}, "f": {"g"}, "g": {"f", "d"}}
+    assert sorted(_cycles(graph)) == [["a", "b", "c"], ["f", "g"]]
+
+
+def test_no_import_cycles() -> None:
+    """Modules import each other in one direction only (lazy and ``TYPE_CHECKING`` imports count)."""
+    graph = {module_name(p): {m for m in toolkit_imports(p) if m in MODULES} for p in FILES}
+    assert not _cycles(graph), _cycles(graph)
 
 
 @pytest.mark.parametrize("path", [p for p in FILES if layer(module_name(p)) <= TORCH], ids=lambda p: p.stem)
@@ -98,8 +208,8 @@ def test_plain_torch_modules_import_no_lightning_or_wandb(path: Path) -> None:
 
 
 def test_the_ledger_logic_does_not_import_the_ui() -> None:
-    for name in ("ledger", "lifecycle", "command", "spec"):
-        assert "toolkit.ablation.progress" not in imports_of(PACKAGE / "ablation" / f"{name}.py"), name
+    for path in ("study/ledger.py", "ablation/lifecycle.py", "ablation/command.py", "study/spec.py"):
+        assert "toolkit.ablation.progress" not in imports_of(PACKAGE / path), path
 
 
 def _loaded(code: str) -> set[str]:

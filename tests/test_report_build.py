@@ -156,6 +156,16 @@ def test_table_logged_back_to_wandb_as_an_analysis_run(synth: dict, tmp_path: Pa
     saved = json.loads((log.parent / "files" / row["ablation_table.path"]).read_text())
     assert saved["columns"] == result.table.columns.tolist()
     assert [r[:5] for r in saved["data"]] == result.table.iloc[:, :5].values.tolist()
+    # every plot of the report, as an image of the same step
+    pngs = sorted(p.stem for p in result.files.values() if p.suffix == ".png")
+    assert (
+        pngs
+        and sorted(k[len("plots/") : -len("._type")] for k in row if k.endswith("._type") and "plots/" in k) == pngs
+    )
+    for stem in pngs:
+        assert row[f"plots/{stem}._type"] == "image-file"
+        logged = log.parent / "files" / row[f"plots/{stem}.path"]
+        assert logged.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_analysis_run_and_other_ablations_are_not_results(synth: dict, tmp_path: Path) -> None:

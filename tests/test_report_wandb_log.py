@@ -121,3 +121,20 @@ def test_failed_and_killed_runs(logs: dict) -> None:
     assert killed.state == "unfinished" and killed.exit_code is None and (killed.damage is None or killed.truncated)
     assert killed.config["ablation"] == {"name": "synth", "variant": "no-bn", "seed": 1}
     assert len(killed.history) > 10
+
+
+def test_unknown_log_format_is_one_line_not_damage(logs: dict, tmp_path: Path) -> None:
+    """A log of another W&B format version (a wandb outside the tested range) stops with one line, not 'corrupt'."""
+    from toolkit.errors import ToolkitError
+
+    data = bytearray(logs["big"].read_bytes())
+    data[6] = 1  # the header's format version byte
+    newer = tmp_path / "run-newer.wandb"
+    newer.write_bytes(bytes(data))
+    with pytest.raises(ToolkitError, match=r"version 1, which this toolkit cannot read .* wandb 0\.30-0\.31"):
+        read_run(newer)
+    # a header cut short stays what it was: a truncated log, read as far as it goes
+    short = tmp_path / "run-short.wandb"
+    short.write_bytes(bytes(data[:5]))
+    with pytest.warns(LogDamageWarning, match="truncated inside the file header"):
+        assert read_run(short).truncated

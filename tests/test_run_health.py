@@ -24,9 +24,9 @@ import torch
 from conftest import QUICK, ROOT, fit
 from report_fixtures import write_run
 
-from toolkit.ablation.ledger import Ledger, ledger_path
 from toolkit.cli import main as toolkit_main
 from toolkit.report.build import ReportResult, build_report
+from toolkit.study.ledger import Ledger, ledger_path
 
 NAME = "health"
 VARIANTS = ["full", "hot", "flat", "broken"]

@@ -1,4 +1,4 @@
-"""``toolkit search``: spec validation, resume safety, and a real random search killed mid-way and resumed."""
+"""``toolkit search``: spec validation, resume safety, and a real TPE search killed mid-way and resumed."""
 
 from __future__ import annotations
 
@@ -69,11 +69,12 @@ def test_bad_specs_fail_with_one_line(tmp_path, changes, message):
 
 def test_unknown_range_key_fails_in_the_cli_parser_before_anything_starts(tmp_path):
     from toolkit.ablation.runner import Options
+    from toolkit.search.cli import stage_runner
     from toolkit.search.run import run_search
 
     spec = load_search(_spec(tmp_path, ranges={"model.optimizer.init_args.lrr": {"low": 1e-3, "high": 1e-1}}))
     with pytest.raises(ToolkitError, match="lrr"):
-        run_search(spec, Options(root=tmp_path / "runs"))
+        run_search(spec, tmp_path / "runs", stage_runner(Options(root=tmp_path / "runs")))
     assert not (tmp_path / "runs").exists()
 
 
@@ -82,15 +83,58 @@ def test_a_search_resumed_with_a_changed_spec_is_refused_and_loses_nothing(tmp_p
 
     folder = tmp_path / "runs" / "s"
     first = load_search(_spec(tmp_path))
-    opened = study.open_study(first, folder)
-    study.sample_stage(opened, first, first.stages[0])
+    stage = first.stages[0]
+    opened = study.open_study(first, folder, stage)
+    assert len(study.sample_stage(opened, first, stage)) == stage.batch == 4  # TPE asks one batch at a time
     journal = (folder / study.STUDY_FILE).read_bytes()
-    again = study.sample_stage(study.open_study(first, folder), first, first.stages[0])
+    again = study.sample_stage(study.open_study(first, folder, stage), first, stage)
     assert [t.params for t in again] == [t.params for t in opened.trials]  # found again, not sampled anew
+    assert (folder / study.STUDY_FILE).read_bytes() == journal  # no batch asked while the first is unfinished
     changed = load_search(_spec(tmp_path, ranges={LR: {"low": 1e-4, "high": 1e-1, "log": True}}))
     with pytest.raises(ToolkitError, match="was started from a different spec"):
-        study.open_study(changed, folder)
+        study.open_study(changed, folder, changed.stages[0])
     assert (folder / study.STUDY_FILE).read_bytes() == journal
+
+
+def test_tpe_batches_learn_from_the_batches_before_and_stages_keep_their_own_study(tmp_path):
+    """Batch 2 is asked only once batch 1 is told; int and log-int ranges draw whole numbers; a `top` stage's study
+    holds only its retrained trials (its best is not compared with the cheaper stage's scores)."""
+    from optuna.distributions import IntDistribution
+    from optuna.trial import TrialState
+
+    from toolkit.search import study
+
+    ranges = {
+        LR: {"low": 1e-4, "high": 1e-1, "log": True},
+        "data.batch_size": {"low": 8, "high": 128, "log": True, "int": True},
+        "model.unfreeze_at_epoch": {"low": 1, "high": 4, "int": True},
+    }
+    stages = [{"name": "coarse", "trials": 6, "batch": 3}, {"name": "fine", "top": 2}]
+    spec = load_search(_spec(tmp_path, ranges=ranges, stages=stages))
+    assert spec.sampler == "tpe" and study.distributions(spec)["data.batch_size"] == IntDistribution(8, 128, log=True)
+    folder = tmp_path / "runs" / "s"
+    coarse, fine = spec.stages
+    opened = study.open_study(spec, folder, coarse)
+    first = study.sample_stage(opened, spec, coarse)
+    assert len(first) == 3
+    for trial in first:
+        assert isinstance(trial.params["data.batch_size"], int) and 8 <= trial.params["data.batch_size"] <= 128
+        assert trial.params["model.unfreeze_at_epoch"] in (1, 2, 3, 4)
+        study.record(opened, trial, trial.params[LR], "done")  # a score that TPE can learn: higher lr is better
+    second = study.sample_stage(opened, spec, coarse)
+    assert len(second) == 6 and [t.params for t in second[:3]] == [t.params for t in first]
+    # the same history and seed draw the same batch (what a killed and resumed search relies on)
+    other = study.open_study(spec, tmp_path / "other", coarse)
+    for trial in study.sample_stage(other, spec, coarse):
+        study.record(other, trial, trial.params[LR], "done")
+    assert [t.params for t in study.sample_stage(other, spec, coarse)] == [t.params for t in second]
+    for trial in second[3:]:
+        study.record(opened, trial, trial.params[LR], "done")
+    promoted = study.promote(study.open_study(spec, folder, fine), opened, spec, fine)
+    ranked = sorted(second, key=lambda t: t.params[LR], reverse=True)
+    assert [t.params for t in promoted] == [t.params for t in ranked[:2]]
+    assert all(t.state == TrialState.RUNNING for t in promoted)
+    assert study.study_name(spec, fine) == "s.fine" and len(study.stage_trials(opened)) == 6
 
 
 def test_grid_points_are_log_spaced():
@@ -105,7 +149,7 @@ def _toolkit(*args: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_random_search_killed_and_resumed_runs_no_trial_twice_and_its_best_config_reproduces(tmp_path):
+def test_tpe_search_killed_and_resumed_runs_no_trial_twice_and_its_best_config_reproduces(tmp_path):
     spec = _spec(tmp_path)
     root = tmp_path / "runs"
     folder = root / "s"
@@ -127,16 +171,18 @@ def test_random_search_killed_and_resumed_runs_no_trial_twice_and_its_best_confi
     proc.wait()
     from toolkit.search import study as studies
 
-    params_before = [t.params for t in studies.open_study(load_search(spec), folder).trials]
-    assert len(params_before) == 8
+    searched = load_search(spec)
+    stage = searched.stages[0]
+    params_before = [t.params for t in studies.open_study(searched, folder, stage).trials]
+    assert len(params_before) in (4, 8)  # TPE asks 4 at a time: the kill came in the first or the second batch
 
     resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     runs = json.loads(ledger.read_text())["runs"]
     assert len(runs) == 8 and all(r["status"] == "done" for r in runs.values())
     assert all(runs[k]["attempts"] == 1 for k in done_before)  # no finished trial ran twice
-    trials = studies.open_study(load_search(spec), folder).trials
-    assert [t.params for t in trials] == params_before  # no trial sampled again
+    trials = studies.open_study(searched, folder, stage).trials
+    assert len(trials) == 8 and [t.params for t in trials[: len(params_before)]] == params_before  # none sampled again
     assert all(t.state.name == "COMPLETE" for t in trials)
 
     with open(folder / "table.csv") as fh:

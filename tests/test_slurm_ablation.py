@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from toolkit.ablation.ckpt_epochs import epochs_done
-from toolkit.ablation.ledger import Ledger, ledger_path
 from toolkit.report.wandb_log import read_run
+from toolkit.study.ledger import Ledger, ledger_path
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLKIT = str(Path(sys.executable).with_name("toolkit"))

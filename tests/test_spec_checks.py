@@ -11,8 +11,8 @@ from conftest import DIGITS, toolkit_cmd
 from rich.console import Console
 
 from toolkit.ablation.runner import Options, run_ablation
-from toolkit.ablation.spec import load_spec
 from toolkit.errors import ToolkitError
+from toolkit.study.spec import load_spec
 
 
 def write_spec(folder: Path, variants: dict, baseline: str = "full", factors: dict | None = None) -> Path:

@@ -22,6 +22,7 @@ from toolkit.report.build import build_report
 from toolkit.report.health import UNTESTED
 from toolkit.report.untested import effect_epoch
 from toolkit.report.wandb_log import read_run
+from toolkit.study.result import RunResult
 
 NAME = "tested"
 VARIANTS = {"full": [], "wreck-ft": ["--model.backbone_lr_scale", "1000"]}
@@ -46,9 +47,9 @@ def test_a_probe_epoch_checkpoint_is_recorded_and_its_fine_tuning_change_never_t
         )  # fmt: skip
         if variant == "wreck-ft":
             assert cli.trainer.checkpoint_callback.best_model_path.endswith("epoch000.ckpt")  # the precondition
-            result = json.loads((run_dir / "result.json").read_text())
-            assert result["health"]["tested_epoch"] == 0 and result["health"]["tested_phase"] == "probe"
-            assert result["health"]["finetune_from"] == 1
+            result = RunResult.read(run_dir / "result.json")
+            assert (result.tested_epoch, result.tested_phase, result.finetune_from) == (0, "probe", 1)
+            assert json.loads((run_dir / "result.json").read_text())["tested_epoch"] == 0
             logs[variant] = next(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     wandb.teardown()
     summary = read_run(logs["wreck-ft"]).summary  # the W&B summary, as the log on disk holds it

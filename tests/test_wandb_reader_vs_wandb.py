@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +26,12 @@ WANDB = shutil.which("wandb") or str(Path(sys.executable).with_name("wandb"))
 
 
 def wandb_summary(log: Path) -> dict:
-    out = subprocess.run([WANDB, "leet", "inspect", "--summary", "--json", str(log)], capture_output=True, text=True)
+    # the environment's own wandb, even when PYTHONPATH puts another version first (how older versions' logs are
+    # checked: written by that version, read by this one's wandb-core)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [WANDB, "leet", "inspect", "--summary", "--json", str(log)], capture_output=True, text=True, env=env
+    )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

@@ -67,3 +67,35 @@ def test_resume_offline_starts_a_run_naming_the_one_it_resumes(tmp_path: Path) -
     assert second.run_id != first_id
     assert second.config["resumed_from"] == first_id
     assert any(row.get("epoch") == 1 for row in second.history)
+
+
+def test_logger_arguments_reach_wandb(tmp_path: Path) -> None:
+    """``log_model`` uploads the checkpoints as model artifacts; ``init_kwargs`` reach ``wandb.init``."""
+    from toolkit.report.wandb_log import iter_records
+
+    fit(
+        tmp_path,
+        "--trainer.logger.init_args.log_model",
+        "true",
+        "--trainer.logger.init_args.init_kwargs",
+        '{"notes": "lr sweep, first pass"}',
+    )
+    (log,) = _logs(tmp_path)
+    records = list(iter_records(log))
+    run_id = read_run(log).run_id
+    artifacts = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
+    # Lightning logs the top-k (best) and the last checkpoint at the end of the fit, each as model-<run id>
+    assert len(artifacts) == 2
+    assert {(a.name, a.type) for a in artifacts} == {(f"model-{run_id}", "model")}
+    assert all([m.path for m in a.manifest.contents] == ["model.ckpt"] for a in artifacts)
+    notes = [r.run.notes for r in records if r.WhichOneof("record_type") == "run"]
+    assert notes == ["lr sweep, first pass"]
+
+
+def test_logger_init_kwargs_cannot_shadow_typed_options(tmp_path: Path) -> None:
+    import pytest
+
+    from toolkit.errors import ToolkitError
+
+    with pytest.raises(ToolkitError, match=r"init_kwargs sets group: use the logger's own option"):
+        fit(tmp_path, "--trainer.logger.init_args.init_kwargs", '{"group": "x"}')

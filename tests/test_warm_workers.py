@@ -19,9 +19,9 @@ import pytest
 from rich.console import Console
 
 from toolkit import keys
-from toolkit.ablation.ledger import Ledger, ledger_path
 from toolkit.ablation.runner import Options, run_ablation
-from toolkit.ablation.spec import load_spec
+from toolkit.study.ledger import Ledger, ledger_path
+from toolkit.study.spec import load_spec
 
 pytestmark = pytest.mark.slow
 

@@ -7,6 +7,8 @@ start fast: this module imports neither torch nor Lightning at import time; each
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import itertools
 import os
 import sys
 import tempfile
@@ -54,10 +56,52 @@ _COMMANDS = {
 }
 
 
+#: the optional packages, by the pip extra that installs them (pyproject.toml's optional-dependencies)
+EXTRAS = {
+    "report": ("statsmodels", "matplotlib", "tabulate", "jinja2"),
+    "search": ("optuna",),
+    "slurm": ("submitit",),
+}
+#: the extras a command needs before it starts (a study must not train for an hour, then fail at its table)
+_NEEDS = {("report",): ("report",), ("ablate", "run"): ("report",), ("search",): ("search", "report")}
+
+
+def extra_of(module: str | None) -> str | None:
+    """The pip extra that installs ``module`` (a top-level package name), or None for a core dependency."""
+    top = (module or "").split(".")[0]
+    return next((extra for extra, packages in EXTRAS.items() if top in packages), None)
+
+
+def missing_extra_message(command: str, module: str, extra: str) -> str:
+    """The one line for a command whose optional dependency is not installed."""
+    return f"toolkit {command} needs {module}, from the '{extra}' extra: pip install 'toolkit[{extra}]'"
+
+
+def needed_extras(args: list[str]) -> tuple[str, list[str]]:
+    """The command's name and the extras it needs before it starts (``--executor slurm`` adds ``slurm``)."""
+    for prefix, extras in _NEEDS.items():
+        if tuple(args[: len(prefix)]) == prefix:
+            slurm = "--executor=slurm" in args or ("--executor", "slurm") in itertools.pairwise(args)
+            return " ".join(prefix), [*extras, *(["slurm"] if slurm else [])]
+    return (args[0] if args else ""), []
+
+
+def check_extras(args: list[str]) -> None:
+    """Refuse, with the pip line, a command whose extras are not installed (``find_spec`` imports nothing)."""
+    if "-h" in args or "--help" in args:
+        return
+    command, extras = needed_extras(args)
+    for extra in extras:
+        for module in EXTRAS[extra]:
+            if importlib.util.find_spec(module) is None:
+                raise ToolkitError(missing_extra_message(command, module, extra))
+
+
 def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print_help()
         sys.exit(0 if args else 2)
+    check_extras(args)
     if args[0] in _COMMANDS:
         module = importlib.import_module(_COMMANDS[args[0]])  # lazily: `report` must not import torch
         sys.exit(module.main(args[1:]))
@@ -91,6 +135,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:  # never a bare traceback: one line and where the whole story is
         if os.environ.get("TOOLKIT_TRACEBACK"):
             raise
+        extra = extra_of(err.name) if isinstance(err, ModuleNotFoundError) else None
+        if extra is not None:  # an optional package reached on a path check_extras does not cover (Slurm)
+            print(f"error: {missing_extra_message(args[0], str(err.name), extra)}", file=sys.stderr)
+            sys.exit(2)
         print(_unexpected(err), file=sys.stderr)
         sys.exit(1)
 

@@ -19,22 +19,50 @@ import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from toolkit.errors import ToolkitError
 
-if TYPE_CHECKING:
-    from toolkit.classifier import ImageClassifier
-    from toolkit.data import ImageDataModule
-
 FeatureCacheMode = Literal["auto", "on", "off"]
-#: where caches live unless ``TOOLKIT_FEATURE_CACHE`` says otherwise (the ablation runner sets it per study)
+#: where caches live unless ``TOOLKIT_FEATURE_CACHE`` says otherwise (set by the user; the runner leaves it alone)
 CACHE_ENV = "TOOLKIT_FEATURE_CACHE"
 #: bump when the file layout or the extraction changes: old entries are then never read
 _VERSION = 1
+
+
+class FeatureModel(Protocol):
+    """What the cache needs of the classifier (``toolkit.classifier.ImageClassifier`` is one; it imports this module).
+
+    ``hparams`` has ``backbone``, ``batchnorm``, ``residual``, ``residual_blocks``; ``freezer`` has ``frozen`` and
+    ``unfreeze_at_epoch``; ``trainer`` is the Lightning trainer (precision and its plugin).
+    """
+
+    hparams: Any
+    freezer: Any
+    changes: Any
+    channels_last: bool
+    backbone: torch.nn.Module
+    trainer: Any
+
+    def backbone_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's pooled features of a batch of images."""
+        ...
+
+
+class FeatureData(Protocol):
+    """What the cache needs of the data module (``toolkit.data.ImageDataModule`` is one).
+
+    ``splits`` has ``train`` and ``val`` datasets with ``labels`` and ``transform``; ``feature_splits`` receives the
+    :class:`CachedSplit` of each.
+    """
+
+    splits: Any
+    feature_splits: dict[str, Any]
+    batch_size: int
+    num_workers: int
 
 
 def cache_dir() -> Path:
@@ -42,7 +70,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "toolkit" / "features")
 
 
-def blockers(model: ImageClassifier, datamodule: Any, world_size: int) -> list[str]:
+def blockers(model: FeatureModel, datamodule: Any, world_size: int) -> list[str]:
     """Why features cannot stand in for images in this fit (empty: they can)."""
     reasons = []
     if not model.freezer.frozen:
@@ -134,7 +162,7 @@ def data_fingerprint(samples: Any) -> str:
     return hasher.hexdigest()
 
 
-def cache_key(model: ImageClassifier, samples: Any, precision: str, device: torch.device) -> str:
+def cache_key(model: FeatureModel, samples: Any, precision: str, device: torch.device) -> str:
     """Everything the features depend on: backbone, weights, switches, transform, data, precision, device."""
     hp = model.hparams
     switches = (hp.batchnorm, hp.residual, hp.residual_blocks, tuple(model.changes), model.channels_last)
@@ -152,7 +180,7 @@ def cache_key(model: ImageClassifier, samples: Any, precision: str, device: torc
 
 @torch.inference_mode()
 def extract(
-    model: ImageClassifier, samples: Dataset, batch_size: int, num_workers: int, device: torch.device
+    model: FeatureModel, samples: Dataset, batch_size: int, num_workers: int, device: torch.device
 ) -> torch.Tensor:
     """The backbone's features of ``samples`` in order (eval mode, batched, on ``device``, the run's precision)."""
     trainer = model.trainer
@@ -187,7 +215,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def load_or_extract(
-    model: ImageClassifier, samples: Any, batch_size: int, num_workers: int, device: torch.device
+    model: FeatureModel, samples: Any, batch_size: int, num_workers: int, device: torch.device
 ) -> tuple[torch.Tensor, bool]:
     """The split's features from the disk cache, computing and storing them (atomically) on a miss.
 
@@ -208,7 +236,7 @@ def load_or_extract(
     return features, False
 
 
-def attach(model: ImageClassifier, datamodule: ImageDataModule, device: torch.device) -> list[str]:
+def attach(model: FeatureModel, datamodule: FeatureData, device: torch.device) -> list[str]:
     """Serve cached train and val features through ``datamodule``; returns one note per split for the log.
 
     Called from the model's ``setup("fit")``: after the data module's setup, before any loader is built.
@@ -224,7 +252,7 @@ def attach(model: ImageClassifier, datamodule: ImageDataModule, device: torch.de
 
 
 def probe_features(
-    model: ImageClassifier, datamodule: Any, device: torch.device
+    model: FeatureModel, datamodule: Any, device: torch.device
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``(features, labels)`` of the train and val splits for the L-BFGS probe (:mod:`toolkit.probe`), cached.
 

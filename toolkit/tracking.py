@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from toolkit import keys
+from toolkit.errors import ToolkitError
 
 CKPT_RUN_ID = "wandb_run_id"
 
@@ -39,6 +40,21 @@ def resolve_mode(mode: str) -> str:
     return "online" if has_wandb_credentials() else "offline"
 
 
+#: the ``wandb.init`` arguments that `WandbLogger` sets from its own options (``dir`` is ``save_dir``)
+_TYPED_INIT_ARGS = ("project", "name", "dir", "group", "job_type", "tags", "mode", "id", "resume", "entity")
+
+
+def check_init_kwargs(init_kwargs: dict[str, Any] | None) -> None:
+    """Refuse ``init_kwargs`` that would shadow one of the logger's typed options (the CLI checks before building)."""
+    clash = [key for key in _TYPED_INIT_ARGS if key in (init_kwargs or {})]
+    if clash:
+        option = "save_dir" if clash[0] == "dir" else clash[0]
+        raise ToolkitError(
+            f"trainer.logger.init_args.init_kwargs sets {', '.join(clash)}: use the logger's own option "
+            f"(--trainer.logger.init_args.{option}) instead"
+        )
+
+
 class WandbLogger(LightningWandbLogger):
     """Lightning's WandbLogger with typed run fields, automatic offline mode and best-value val summaries.
 
@@ -54,6 +70,13 @@ class WandbLogger(LightningWandbLogger):
         id: W&B run id to create or continue.
         resume: W&B resume policy for ``id``.
         entity: W&B entity (user or team).
+        log_model: upload checkpoints as W&B model artifacts: ``true`` at the end of a fit (the top-k and last
+            checkpoints), ``all`` whenever one is saved (Lightning's ``WandbLogger.log_model``). Offline runs keep
+            the artifacts in their run folder until ``wandb sync``.
+        checkpoint_name: the artifact's name (default ``model-<run id>``).
+        prefix: a string put before every logged metric key.
+        init_kwargs: any other ``wandb.init`` argument (``notes``, ``config_exclude_keys``, ``settings``, ...); the
+            arguments above have their own options and are refused here.
     """
 
     def __init__(
@@ -68,7 +91,12 @@ class WandbLogger(LightningWandbLogger):
         id: str | None = None,
         resume: Literal["allow", "must", "never"] = "allow",
         entity: str | None = None,
+        log_model: bool | Literal["all"] = False,
+        checkpoint_name: str | None = None,
+        prefix: str = "",
+        init_kwargs: dict[str, Any] | None = None,
     ) -> None:
+        check_init_kwargs(init_kwargs)
         self.mode = resolve_mode(mode)
         if save_dir is not None:
             Path(save_dir).mkdir(parents=True, exist_ok=True)
@@ -88,6 +116,10 @@ class WandbLogger(LightningWandbLogger):
             mode=self.mode,
             resume=resume,
             entity=entity,
+            log_model=log_model,
+            checkpoint_name=checkpoint_name,
+            prefix=prefix,
+            **(init_kwargs or {}),
         )
         # Lightning always passes `anonymous` (None when unset); wandb 0.31 deprecated the setting and warns on
         # every run even for None, so leave it out

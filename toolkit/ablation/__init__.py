@@ -1,9 +1,10 @@
 """Ablation studies: a spec of variants x seeds, each run a ``toolkit fit`` process, locally or on Slurm, resumable.
 
-``spec`` (torch-free) reads specs and names the runs; ``runner`` plans them from the ledger and executes them with
-the ``local`` or ``slurm`` executor; ``cli`` is ``toolkit ablate``.
+The spec, the ledger and the run-folder layout are the run contract in :mod:`toolkit.study` (``AblationSpec``,
+``Run`` and ``load_spec`` are re-exported here for users); ``runner`` plans the runs from the ledger and executes
+them with an executor (``local`` or ``slurm``); ``cli`` is ``toolkit ablate``.
 """
 
-from toolkit.ablation.spec import AblationSpec, Run, load_spec
+from toolkit.study.spec import AblationSpec, Run, load_spec
 
 __all__ = ["AblationSpec", "Run", "load_spec"]

@@ -6,17 +6,15 @@ validate the variants.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from jsonargparse import ActionYesNo, ArgumentParser
 from rich.console import Console
 
-from toolkit.ablation.spec import load_spec
 from toolkit.errors import ToolkitError
+from toolkit.parse_errors import parse_quietly
+from toolkit.study.spec import load_spec
 
 if TYPE_CHECKING:
     from toolkit.ablation.runner import Options
@@ -103,19 +101,7 @@ def normalize_options(argv: list[str]) -> list[str]:
 
 def _parse(parser: ArgumentParser, argv: list[str]) -> Any:
     """Parse; jsonargparse's usage dump and multi-line error become one ToolkitError line (``--help`` still prints)."""
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            return parser.parse_args(argv)
-    except SystemExit as exit_:
-        if exit_.code in (0, None):
-            raise
-        lines = err.getvalue().splitlines()
-        start = next((i for i, line in enumerate(lines) if line.startswith("error:")), None)
-        if start is None:
-            raise ToolkitError((lines[-1].strip() if lines else "invalid arguments") + _HELP) from None
-        message = re.sub(r"\s+", " ", " ".join(line.strip() for line in lines[start:]))[len("error:") :].strip()
-        raise ToolkitError(message + _HELP) from None
+    return parse_quietly(lambda: parser.parse_args(argv), _HELP)
 
 
 _HELP = " (see toolkit ablate <run|status> --help)"
@@ -151,8 +137,8 @@ def main(argv: list[str]) -> int:
     spec = load_spec(args.spec)
     console = Console()
     if command == "status":
-        from toolkit.ablation.ledger import Ledger, ledger_path
         from toolkit.ablation.progress import build_table
+        from toolkit.study.ledger import Ledger, ledger_path
 
         ledger = Ledger(ledger_path(args.root, spec.name))
         console.print(build_table(spec, ledger.read(), args.root, width=console.width))

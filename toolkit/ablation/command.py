@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from toolkit.ablation.spec import AblationSpec, Run
 from toolkit.errors import ToolkitError
+from toolkit.study.spec import AblationSpec, Run
 
 #: the program every run starts: the ``toolkit`` entry point of this interpreter
 DEFAULT_LAUNCHER = [sys.executable, "-m", "toolkit"]

@@ -8,7 +8,7 @@
   ``scancel``, preemption) is not a failure: the run goes back to ``pending`` and the next ``toolkit ablate run``
   resumes it from its last checkpoint. Only a process that exits non-zero on its own is ``failed``.
 
-The ledger (:mod:`toolkit.ablation.ledger`) is the plain storage beneath it; the runner (:mod:`runner`) drives the
+The ledger (:mod:`toolkit.study.ledger`) is the plain storage beneath it; the runner (:mod:`runner`) drives the
 steps and the executors (``local``, ``slurm``) run the processes.
 """
 
@@ -21,13 +21,14 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from toolkit import keys
 from toolkit.ablation.ckpt_epochs import epochs_done
 from toolkit.ablation.command import check_variants, last_checkpoint
-from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
-from toolkit.ablation.local import kill_leftovers
-from toolkit.ablation.spec import AblationSpec, Run
+from toolkit.ablation.executor import Executor
 from toolkit.errors import ToolkitError
+from toolkit.study.layout import CHECKPOINTS, RESULT_FILE, RUN_LOG, wandb_runs
+from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
+from toolkit.study.result import RunResult
+from toolkit.study.spec import AblationSpec, Run
 
 ERROR_LINES = 20
 #: the last line of a Python traceback: ``ValueError: ...``, ``torch.OutOfMemoryError: ...``
@@ -48,26 +49,23 @@ def check_stale(spec: AblationSpec, runs: list[Run], ledger: Ledger, root: Path)
             )
 
 
-def plan(runs: list[Run], ledger: Ledger, root: Path, retry_failed: bool) -> tuple[list[Run], list[Run]]:
+def plan(
+    runs: list[Run], ledger: Ledger, root: Path, retry_failed: bool, executor: Executor
+) -> tuple[list[Run], list[Run]]:
     """Split the runs into those to start now and (Slurm) those whose job is still alive."""
-    from toolkit.ablation.slurm import alive_jobs
-
     records = ledger.read()
     todo, attach = [], []
     unfinished = (PENDING, RUNNING)
-    live = alive_jobs(
-        [r["slurm_job_id"] for r in records.values() if r.get("slurm_job_id") and r.get("status") in unfinished]
-    )
+    live = executor.alive(records)
     for run in runs:
         record = records.get(run.id, {})
         status = record.get("status", PENDING)
         if status == DONE or (status == FAILED and not retry_failed):
             continue
-        if record.get("slurm_job_id") in live and status in unfinished:
+        if run.id in live and status in unfinished:
             attach.append(run)
             continue
-        if status == RUNNING and record.get("pgid") and record.get("host") == socket.gethostname():
-            kill_leftovers(record["pgid"], run.directory(root))  # a runner before us died without its children
+        executor.kill(record, run.directory(root))  # a runner before us died without its children
         if status in (RUNNING, PENDING) and completed_since(run.directory(root), record.get("started_at")):
             # the run finished (result.json is its last write) but the runner died, or stopped it during its
             # teardown, before recording it
@@ -79,8 +77,9 @@ def plan(runs: list[Run], ledger: Ledger, root: Path, retry_failed: bool) -> tup
 
 def completed_since(run_dir: Path, started_at: float | None) -> bool:
     """Whether ``toolkit fit`` wrote its completion file during the attempt that started at ``started_at``."""
-    result = run_dir / keys.RESULT_FILE
-    return started_at is not None and result.is_file() and result.stat().st_mtime >= started_at
+    result = RunResult.read(run_dir / RESULT_FILE)
+    finished_at = result.finished_at if result is not None else None
+    return started_at is not None and finished_at is not None and finished_at >= started_at
 
 
 # -- check ---------------------------------------------------------------------------------------------------------
@@ -98,8 +97,8 @@ def describe(run: Run, root: str | Path) -> dict[str, Any]:
         "variant": run.variant,
         "seed": run.seed,
         "run_dir": str(run_dir),
-        "log": str(run_dir / "run.log"),
-        "ckpt_dir": str(run_dir / "checkpoints"),
+        "log": str(run_dir / RUN_LOG),
+        "ckpt_dir": str(run_dir / CHECKPOINTS),
     }
 
 
@@ -144,10 +143,8 @@ def finish(ledger: Ledger, run: Run, root: str | Path, code: int, interrupted: b
     elif code == 0:
         fields.update(status=DONE, note=note, error_tail=None, reason=None)
     else:
-        tail = log_tail(run_dir / "run.log")
+        tail = log_tail(run_dir / RUN_LOG)
         fields.update(status=FAILED, note=note, error_tail=tail, reason=failure_reason(tail))
-    from toolkit.report.sources import wandb_runs  # the one reader of W&B data; lazily: pandas, only here
-
     wandb = wandb_runs(run_dir)
     if wandb:
         # the newest is this attempt's; a resumed offline run is a new W&B run whose config names the one before

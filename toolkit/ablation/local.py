@@ -23,9 +23,18 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from typing_extensions import override
+
+from toolkit.ablation import lifecycle
+from toolkit.ablation.command import DEFAULT_LAUNCHER, resume_args, shell_command
+from toolkit.ablation.executor import Executor
 from toolkit.ablation.warm import WarmPool, WarmProcess
 from toolkit.errors import ToolkitError
+from toolkit.study.layout import RUN_LOG
+from toolkit.study.ledger import RUNNING, Ledger
+from toolkit.study.spec import AblationSpec, Run
 
 _PR_SET_PDEATHSIG = 1
 
@@ -254,34 +263,55 @@ def _stop_all(procs: list[Process], grace_s: float = 20.0) -> None:
                 proc.wait(max(0.0, deadline - time.monotonic()))
 
 
-def kill_leftovers(pgid: int, run_dir: Path) -> int:
-    """SIGKILL the processes of an interrupted run that outlived their runner; returns how many were killed.
+class LocalRuns(Executor):
+    """The local executor: every run a ``toolkit fit`` process on a free slot of this machine (see the module doc).
 
-    Only processes in the run's process group whose command line names the run folder, or whose stdout is a file in
-    it (a run forked from a warm parent keeps that parent's command line), are touched, so a recycled process id
-    never hits an unrelated process.
+    Args:
+        slots: from :func:`make_slots`.
+        launcher: the program each run starts.
+        warm: fork runs from a warm parent when that is safe.
+        parallel: rows of the live table.
     """
-    killed = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and (str(run_dir) in cmdline or _writes_into(entry, run_dir)):
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
-            except ProcessLookupError:
-                pass
-    return killed
 
+    def __init__(self, slots: list[Slot], launcher: list[str], warm: bool, parallel: int) -> None:
+        self.slots, self.launcher, self.warm, self.parallel = slots, launcher, warm, parallel
+        self.gpus = len(slots[0].gpus)
 
-def _writes_into(proc: Path, run_dir: Path) -> bool:
-    try:
-        return Path(os.readlink(proc / "fd" / "1")).is_relative_to(run_dir)
-    except OSError:
-        return False
+    @override
+    def start(
+        self, spec: AblationSpec, todo: list[Run], attach: list[Run], root: Path, ledger: Ledger, view: Any
+    ) -> None:
+        """Run ``todo`` on the slots; ``attach`` is empty (the runner refuses alive Slurm jobs here)."""
+        by_id = {run.id: run for run in todo}
+        # a warm parent can only stand in for the real `toolkit` entry point (tests inject other launchers)
+        reason = None if self.launcher == DEFAULT_LAUNCHER else "a custom launcher"
+        reason = reason or fork_unsafe_reason(self.slots)
+        warm = self.warm and reason is None
+        if self.warm and reason and todo:
+            view.console.print(f"warm workers off ({reason}): runs start as fresh processes", soft_wrap=True)
+        jobs = []
+        for run in todo:
+            argv = [*self.launcher, *resume_args(spec, run, root, gpus=self.gpus)]
+            args = argv[len(self.launcher) :] if warm else None
+            # unbuffered: run.log is live and keeps the last lines even when the run is killed
+            jobs.append(Job(run.id, argv, run.directory(root) / RUN_LOG, env={"PYTHONUNBUFFERED": "1"}, args=args))
+
+        def prepare(job: Job, slot: Slot) -> None:
+            run = by_id[job.key]
+            command = shell_command(self.launcher, job.argv[len(self.launcher) :])
+            n = lifecycle.begin(ledger, run, root, env=slot.env(), command=command, executor="local")
+            job.header = lifecycle.header(run, root, n, command)  # written by the executor before the run's output
+            env = ", ".join(f"{k}={v}" for k, v in slot.env().items())
+            view.event(run, RUNNING, f"(attempt {n}, {env})")
+
+        def on_start(job: Job, slot: Slot, pid: int) -> None:
+            ledger.update(job.key, pid=pid, pgid=pid)
+
+        def on_exit(job: Job, code: int, interrupted: bool) -> None:
+            record = lifecycle.finish(ledger, by_id[job.key], root, code, interrupted)
+            view.event(by_id[job.key], record["status"], f"exit {code}")
+
+        def note(line: str) -> None:
+            view.console.print(line, soft_wrap=True)
+
+        LocalExecutor(self.slots, warm=warm, on_note=note).run(jobs, prepare, on_start, on_exit, view.tick)

@@ -21,9 +21,9 @@ from rich.live import Live
 from rich.table import Table
 
 from toolkit.ablation.ckpt_epochs import epochs_done
-from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
-from toolkit.ablation.spec import AblationSpec, Run
 from toolkit.epoch_line import last_epoch_line
+from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
+from toolkit.study.spec import AblationSpec, Run
 
 #: shown for a ``running`` record whose process is gone (never written to the ledger: the next runner resumes it)
 INTERRUPTED = "interrupted"

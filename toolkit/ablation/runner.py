@@ -19,16 +19,13 @@ from rich.console import Console
 from rich.markup import escape
 
 from toolkit.ablation import lifecycle
-from toolkit.ablation.command import (
-    DEFAULT_LAUNCHER,
-    resume_args,
-    shell_command,
-)
-from toolkit.ablation.ledger import DONE, FAILED, PENDING, RUNNING, Ledger, ledger_path, runner_lock
-from toolkit.ablation.local import Job, LocalExecutor, Slot, fork_unsafe_reason, make_slots
+from toolkit.ablation.command import DEFAULT_LAUNCHER, resume_args, shell_command
+from toolkit.ablation.executor import Executor
+from toolkit.ablation.local import LocalRuns, make_slots
 from toolkit.ablation.progress import LiveView
-from toolkit.ablation.spec import AblationSpec, Run
 from toolkit.errors import ToolkitError
+from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path, runner_lock
+from toolkit.study.spec import AblationSpec, Run
 
 
 @dataclass
@@ -61,6 +58,32 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
     root = Path(options.root).absolute()
     ledger = Ledger(ledger_path(root, spec.name))
     runs = spec.runs()
+    executor = make_executor(options)
+    if options.validate:
+        lifecycle.check(spec, root, executor.gpus)  # before anything is created or started
+    with runner_lock(root / spec.name):
+        lifecycle.check_stale(spec, runs, ledger, root)
+        todo, attach = lifecycle.plan(runs, ledger, root, options.retry_failed, executor)
+        if attach and not executor.attaches:
+            names = ", ".join(f"{r.variant} seed {r.seed}" for r in attach)
+            raise ToolkitError(f"{names} still queued or running on Slurm; wait for them (--executor slurm) or scancel")
+        if options.dry_run:
+            _print_plan(spec, runs, todo, attach, root, options, executor.gpus, console)
+            return 0
+        with ledger.edit() as records:
+            for run in runs:
+                records.setdefault(run.id, {**lifecycle.describe(run, root), "status": PENDING, "attempts": 0})
+        try:
+            with LiveView(spec, ledger, root, executor.parallel, console) as view:
+                executor.start(spec, todo, attach, root, ledger, view)
+        except KeyboardInterrupt:
+            console.print(f"interrupted: {executor.interrupted}run the same command again to resume", soft_wrap=True)
+            return 130
+    return _summarise(spec, runs, ledger, root, options, console)
+
+
+def make_executor(options: Options) -> Executor:
+    """The executor ``options`` name (the one place that knows the kinds); bad ``--workers``/``--devices`` fail here."""
     if options.executor == "local":
         slots = make_slots(
             workers=options.workers,
@@ -68,87 +91,15 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
             gpus_per_run=options.gpus_per_run or 1,
             cpus_per_run=options.cpus_per_run,
         )
-        gpus = len(slots[0].gpus)
-    elif options.executor == "slurm":
-        slots, gpus = [], options.gpus_per_run or 0
-    else:
-        raise ToolkitError(f"--executor {options.executor!r}: use local or slurm")
-    if options.validate:
-        lifecycle.check(spec, root, gpus)  # before anything is created or started
-    with runner_lock(root / spec.name):
-        lifecycle.check_stale(spec, runs, ledger, root)
-        todo, attach = lifecycle.plan(runs, ledger, root, options.retry_failed)
-        if attach and options.executor == "local":
-            names = ", ".join(f"{r.variant} seed {r.seed}" for r in attach)
-            raise ToolkitError(f"{names} still queued or running on Slurm; wait for them (--executor slurm) or scancel")
-        if options.dry_run:
-            _print_plan(spec, runs, todo, attach, root, options, gpus, console)
-            return 0
-        with ledger.edit() as records:
-            for run in runs:
-                records.setdefault(run.id, {**lifecycle.describe(run, root), "status": PENDING, "attempts": 0})
-        try:
-            with LiveView(spec, ledger, root, max(len(slots), options.array_parallelism or 1), console) as view:
-                if options.executor == "local":
-                    _run_local(spec, todo, root, options, slots, gpus, ledger, view)
-                else:
-                    from toolkit.ablation.slurm import run_slurm
+        return LocalRuns(slots, options.launcher, options.warm, max(len(slots), options.array_parallelism or 1))
+    if options.executor == "slurm":
+        from toolkit.ablation.slurm import SlurmRuns  # lazily: only a Slurm run needs it
 
-                    run_slurm(spec, todo, attach, root, options, gpus, ledger, view)
-        except KeyboardInterrupt:
-            where = "the Slurm jobs go on; " if options.executor == "slurm" else "the running runs were stopped; "
-            console.print(f"interrupted: {where}run the same command again to resume", soft_wrap=True)
-            return 130
-    return _summarise(spec, runs, ledger, root, options, console)
-
-
-def _command(spec: AblationSpec, run: Run, root: Path, options: Options, gpus: int) -> list[str]:
-    return [*options.launcher, *resume_args(spec, run, root, gpus=gpus)]
-
-
-def _run_local(
-    spec: AblationSpec,
-    todo: list[Run],
-    root: Path,
-    options: Options,
-    slots: list[Slot],
-    gpus: int,
-    ledger: Ledger,
-    view: LiveView,
-) -> None:
-    by_id = {run.id: run for run in todo}
-    # a warm parent can only stand in for the real `toolkit` entry point (tests inject other launchers)
-    reason = None if options.launcher == DEFAULT_LAUNCHER else "a custom launcher"
-    reason = reason or fork_unsafe_reason(slots)
-    warm = options.warm and reason is None
-    if options.warm and reason and todo:
-        view.console.print(f"warm workers off ({reason}): runs start as fresh processes", soft_wrap=True)
-    jobs = []
-    for run in todo:
-        argv = _command(spec, run, root, options, gpus)
-        args = argv[len(options.launcher) :] if warm else None
-        # unbuffered: run.log is live and keeps the last lines even when the run is killed
-        jobs.append(Job(run.id, argv, run.directory(root) / "run.log", env={"PYTHONUNBUFFERED": "1"}, args=args))
-
-    def prepare(job: Job, slot: Slot) -> None:
-        run = by_id[job.key]
-        command = shell_command(options.launcher, job.argv[len(options.launcher) :])
-        n = lifecycle.begin(ledger, run, root, env=slot.env(), command=command, executor="local")
-        job.header = lifecycle.header(run, root, n, command)  # written by the executor before the run's output
-        env = ", ".join(f"{k}={v}" for k, v in slot.env().items())
-        view.event(run, RUNNING, f"(attempt {n}, {env})")
-
-    def on_start(job: Job, slot: Slot, pid: int) -> None:
-        ledger.update(job.key, pid=pid, pgid=pid)
-
-    def on_exit(job: Job, code: int, interrupted: bool) -> None:
-        record = lifecycle.finish(ledger, by_id[job.key], root, code, interrupted)
-        view.event(by_id[job.key], record["status"], f"exit {code}")
-
-    def note(line: str) -> None:
-        view.console.print(line, soft_wrap=True)
-
-    LocalExecutor(slots, warm=warm, on_note=note).run(jobs, prepare, on_start, on_exit, view.tick)
+        gpus = options.gpus_per_run or 0
+        return SlurmRuns(
+            options.launcher, gpus, options.cpus_per_run, options.partition, options.time_min, options.array_parallelism
+        )
+    raise ToolkitError(f"--executor {options.executor!r}: use local or slurm")
 
 
 def _print_plan(
@@ -163,7 +114,7 @@ def _print_plan(
 ) -> None:
     console.print(f"[bold]{spec.name}[/]: {len(runs)} runs, {len(todo)} to start, {len(attach)} already queued")
     for run in todo:
-        command = shell_command(options.launcher, _command(spec, run, root, options, gpus)[len(options.launcher) :])
+        command = shell_command(options.launcher, resume_args(spec, run, root, gpus=gpus))
         console.print(command, soft_wrap=True, markup=False, highlight=False)  # one line: it pastes into a shell
 
 

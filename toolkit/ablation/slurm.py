@@ -12,22 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import override
+
 from toolkit.ablation import lifecycle
 from toolkit.ablation.command import resume_args, shell_command
-from toolkit.ablation.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
-from toolkit.ablation.spec import AblationSpec, Run
+from toolkit.ablation.executor import Executor
+from toolkit.ablation.squeue import ALIVE, job_states
 from toolkit.errors import ToolkitError
-
-#: squeue states of a job that is still going to run or running
-_ALIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING"}
-_ALIVE |= {"SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
+from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
+from toolkit.study.spec import AblationSpec, Run
 
 
 class SlurmTask:
@@ -133,76 +132,75 @@ def _job_id() -> str:
     return os.environ.get("SLURM_JOB_ID", "")
 
 
-def job_states(job_ids: list[str]) -> dict[str, str] | None:
-    """``squeue`` state of each listed job still known to Slurm; None when Slurm cannot be asked right now."""
-    if not job_ids:
-        return {}
-    if shutil.which("squeue") is None:
-        return None
-    bases = sorted({j.split("_")[0] for j in job_ids})
-    cmd = ["squeue", "-h", "-r", "--states=all", "-o", "%i %T", "-j", ",".join(bases)]
+class SlurmRuns(Executor):
+    """The Slurm executor: submits the runs as one submitit job array and waits; alive Slurm jobs are waited for.
+
+    Args:
+        launcher: the program each run starts.
+        gpus: GPUs per run.
+        cpus_per_run: CPUs per task.
+        partition: the Slurm partition (None: the cluster's default).
+        time_min: the time limit per run, minutes.
+        array_parallelism: how many tasks of the array run at once (None: Slurm's limit).
+    """
+
+    attaches = True
+    interrupted = "the Slurm jobs go on; "
+
+    def __init__(
+        self,
+        launcher: list[str],
+        gpus: int,
+        cpus_per_run: int | None,
+        partition: str | None,
+        time_min: int,
+        array_parallelism: int | None,
+    ) -> None:
+        self.launcher, self.gpus, self.cpus_per_run = launcher, gpus, cpus_per_run
+        self.partition, self.time_min, self.array_parallelism = partition, time_min, array_parallelism
+        self.parallel = array_parallelism or 1
+
+    @override
+    def start(
+        self, spec: AblationSpec, todo: list[Run], attach: list[Run], root: Path, ledger: Ledger, view: Any
+    ) -> None:
+        """Submit ``todo`` as one job array, then wait for it and for the still-alive jobs of ``attach``."""
+        _submit(spec, todo, root, self, ledger, view)
+        _wait(todo + attach, ledger, view)
+
+
+def _submit(spec: AblationSpec, todo: list[Run], root: Path, options: SlurmRuns, ledger: Ledger, view: Any) -> None:
+    """Submit ``todo`` as one submitit job array and record each run's job id."""
+    if not todo:
+        return
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=root / spec.name / "slurm" / "%j", cluster="slurm")
+    params: dict[str, Any] = {"timeout_min": options.time_min, "name": f"ablate-{spec.name}", "nodes": 1}
+    params.update(tasks_per_node=1, cpus_per_task=options.cpus_per_run or 1)
+    if options.partition:
+        params["slurm_partition"] = options.partition
+    if options.gpus:
+        params["gpus_per_node"] = options.gpus
+    if options.array_parallelism:
+        params["slurm_array_parallelism"] = options.array_parallelism
+    executor.update_parameters(**params)
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    if done.returncode != 0:
-        # every listed job was purged from the controller's memory: Slurm knows none of them any more
-        return {} if "Invalid job id" in done.stderr else None
-    states = dict(line.split(None, 1) for line in done.stdout.splitlines() if " " in line)
-    return {j: states[j].strip() for j in job_ids if j in states}
-
-
-def alive_jobs(job_ids: list[str]) -> set[str]:
-    """The listed jobs that are queued or running."""
-    states = job_states(job_ids)
-    if states is None:
+        with executor.batch():
+            tasks = [SlurmTask(spec, run, str(root), options.launcher, options.gpus) for run in todo]
+            jobs = [executor.submit(task) for task in tasks]
+    except submitit.core.utils.FailedJobError as err:
+        reason = " ".join(str(err).split())
         raise ToolkitError(
-            f"cannot ask Slurm (squeue) whether jobs {', '.join(job_ids)} still run; retry when it answers, so that no "
-            "run is submitted twice"
-        )
-    return {j for j, state in states.items() if state in _ALIVE}
-
-
-def run_slurm(
-    spec: AblationSpec,
-    todo: list[Run],
-    attach: list[Run],
-    root: Path,
-    options: Any,
-    gpus: int,
-    ledger: Ledger,
-    view: Any,
-) -> None:
-    """Submit ``todo`` as one job array, then wait for it and for the still-alive jobs of ``attach``."""
-    if todo:
-        import submitit
-
-        executor = submitit.AutoExecutor(folder=root / spec.name / "slurm" / "%j", cluster="slurm")
-        params: dict[str, Any] = {"timeout_min": options.time_min, "name": f"ablate-{spec.name}", "nodes": 1}
-        params.update(tasks_per_node=1, cpus_per_task=options.cpus_per_run or 1)
-        if options.partition:
-            params["slurm_partition"] = options.partition
-        if gpus:
-            params["gpus_per_node"] = gpus
-        if options.array_parallelism:
-            params["slurm_array_parallelism"] = options.array_parallelism
-        executor.update_parameters(**params)
-        try:
-            with executor.batch():
-                jobs = [executor.submit(SlurmTask(spec, run, str(root), options.launcher, gpus)) for run in todo]
-        except submitit.core.utils.FailedJobError as err:
-            reason = " ".join(str(err).split())
-            raise ToolkitError(
-                f"Slurm refused the job array ({reason}); check --partition, --gpus-per-run and --time-min"
-            ) from None
-        for run, job in zip(todo, jobs, strict=True):
-            with ledger.edit() as records:
-                record = records[run.id]
-                record.update(slurm_job_id=job.job_id, executor="slurm")
-                if record.get("status") == PENDING:  # the task may have started already and written its own state
-                    record["note"] = f"submitted as slurm job {job.job_id}"
-            view.event(run, PENDING, f"submitted as slurm job {job.job_id}")
-    _wait(todo + attach, ledger, view)
+            f"Slurm refused the job array ({reason}); check --partition, --gpus-per-run and --time-min"
+        ) from None
+    for run, job in zip(todo, jobs, strict=True):
+        with ledger.edit() as records:
+            record = records[run.id]
+            record.update(slurm_job_id=job.job_id, executor="slurm")
+            if record.get("status") == PENDING:  # the task may have started already and written its own state
+                record["note"] = f"submitted as slurm job {job.job_id}"
+        view.event(run, PENDING, f"submitted as slurm job {job.job_id}")
 
 
 def _wait(runs: list[Run], ledger: Ledger, view: Any, poll_s: float = 2.0) -> None:
@@ -221,7 +219,7 @@ def _wait(runs: list[Run], ledger: Ledger, view: Any, poll_s: float = 2.0) -> No
                     view.event(run, status, f"slurm job {job_id}")
             if status in (DONE, FAILED):
                 del waiting[run_id]
-            elif states is not None and states.get(job_id) not in _ALIVE:
+            elif states is not None and states.get(job_id) not in ALIVE:
                 if ledger.get(run_id).get("status") in (DONE, FAILED):
                     continue  # it ended between the two reads; the next round reports it
                 why = states.get(job_id, "gone from the queue")

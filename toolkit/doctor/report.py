@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit.doctor.checks import Curve, Step
-from toolkit.report.plots import _pyplot, _save
+from toolkit.report.figure import pyplot, save
 
 LR_KEY = "model.optimizer.init_args.lr"
 WD_KEY = "model.optimizer.init_args.weight_decay"
@@ -47,7 +47,7 @@ def moving_average(values: list[float], window: int = 10) -> list[float]:
 def plot_curves(curves: list[Curve], out: Path) -> list[Path]:
     """Step 6: one PNG per short run: loss as points with a moving average, and the train accuracy (moving average)
     with the val accuracy measured after the run."""
-    plt = _pyplot()
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for curve in curves:
@@ -68,7 +68,7 @@ def plot_curves(curves: list[Curve], out: Path) -> list[Path]:
         right.legend()
         fig.suptitle(curve.name)
         slug = curve.name.replace("=", "_")
-        paths.append(_save(fig, out / f"curve_{slug}.png"))
+        paths.append(save(fig, out / f"curve_{slug}.png"))
     return paths
 
 

@@ -20,7 +20,7 @@ from toolkit.report.table import aggregate, mark_counted
 from toolkit.report.wandb_log import LogDamageWarning
 
 if TYPE_CHECKING:  # a peer in the same layer; only its type is needed here
-    from toolkit.ablation.spec import AblationSpec
+    from toolkit.study.spec import AblationSpec
 
 
 @dataclass
@@ -72,8 +72,12 @@ def _check_metrics(runs: pd.DataFrame, metrics: Sequence[str]) -> None:
             )
 
 
-def log_table_to_wandb(table: pd.DataFrame, name: str, project: str | None, out: Path) -> str:
-    """Log the tidy table as a ``wandb.Table`` in an analysis run (job_type ``analysis``, group ``name``).
+def log_table_to_wandb(
+    table: pd.DataFrame, name: str, project: str | None, out: Path, plots: Sequence[Path] = ()
+) -> str:
+    """Log the tidy table as a ``wandb.Table`` and the plots as ``wandb.Image`` in one analysis run.
+
+    The run has job_type ``analysis`` and group ``name``; each plot is logged under ``plots/<file stem>``.
 
     The run is offline unless W&B credentials are configured; its files go under ``<out>/wandb``.
 
@@ -93,7 +97,8 @@ def log_table_to_wandb(table: pd.DataFrame, name: str, project: str | None, out:
         config={"report_of": name},
     )
     try:
-        run.log({"ablation_table": wandb.Table(dataframe=table.astype({"best": str}))})
+        images = {f"plots/{path.stem}": wandb.Image(str(path)) for path in plots}
+        run.log({"ablation_table": wandb.Table(dataframe=table.astype({"best": str})), **images})
     finally:
         run.finish()
         # finish() may return before wandb-core has written the run (seen on a loaded machine); teardown waits
@@ -174,7 +179,8 @@ def build_report(
     if lesion is not None:
         files[lesion.stem] = lesion
     if log_to_wandb:
-        log_table_to_wandb(table, name, project or wandb_path, out)
+        pngs = [path for path in files.values() if path.suffix == ".png"]
+        log_table_to_wandb(table, name, project or wandb_path, out, pngs)
     return ReportResult(
         out=out,
         runs=runs,

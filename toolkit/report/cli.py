@@ -38,8 +38,8 @@ def main(argv: list[str]) -> int:
         ToolkitError: a bad spec, or no runs of the ablation.
     """
     args = build_parser().parse_args(argv)
-    from toolkit.ablation.spec import load_spec  # imported here to keep --help instant
     from toolkit.report.build import print_report, report_spec
+    from toolkit.study.spec import load_spec  # imported here to keep --help instant
 
     spec = load_spec(Path(args.spec))
     out = Path(args.out) if args.out else None

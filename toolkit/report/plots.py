@@ -10,23 +10,9 @@ from pathlib import Path
 import pandas as pd
 
 from toolkit import keys
+from toolkit.report.figure import pyplot, save, slug
 from toolkit.report.render import display_name
 from toolkit.report.table import is_fraction
-
-
-def _pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (imported here: tables alone do not need matplotlib)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _slug(text: str) -> str:
-    """A file-name-safe form of a metric or variant name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
 
 
 def clipped_error(mean: pd.Series, std: pd.Series, scale: float, bounded: bool) -> list[list[float]]:
@@ -53,7 +39,7 @@ def bar_charts(
         baseline: the baseline variant, drawn in another colour.
         chance: chance accuracy (majority-class share) of the test split, if known.
     """
-    plt = _pyplot()
+    plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for metric in metrics:
@@ -84,7 +70,7 @@ def bar_charts(
         title = f"{display_name(metric)} by variant (mean ± std over seeds)"
         ax.set_title(title + ("\n† snapshot/checkpoint ensemble" if ensemble.any() else ""), fontsize=10)
         ax.tick_params(axis="x", rotation=30)
-        paths.append(_save(fig, out / f"bar_{_slug(metric)}.png"))
+        paths.append(save(fig, out / f"bar_{slug(metric)}.png"))
     return paths
 
 
@@ -111,7 +97,7 @@ def val_overlay(
     history: pd.DataFrame, variants: Sequence[str], out: Path, baseline: str, chance: float | None = None
 ) -> Path | None:
     """``val_acc_by_epoch.png``: every variant's val accuracy per epoch (mean over seeds, ±std band) on one axis."""
-    plt = _pyplot()
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for variant in variants:
@@ -122,26 +108,18 @@ def val_overlay(
         (line,) = ax.plot(curve.index, curve["mean"] * 100, marker="o", markersize=3, linewidth=width, label=variant)
         _percent_band(ax, curve.index, curve["mean"] * 100, curve["std"] * 100, line.get_color(), 0.15)
     if not ax.lines:
-        _pyplot().close(fig)
+        pyplot().close(fig)
         return None
     ylabel = "val accuracy (%), mean ± std over seeds"
     _percent_axes(ax, chance, "epoch", ylabel, "validation accuracy by epoch, all variants", ncol=2)
     out.mkdir(parents=True, exist_ok=True)
-    return _save(fig, out / "val_acc_by_epoch.png")
+    return save(fig, out / "val_acc_by_epoch.png")
 
 
 def smoothing_window(points: int) -> int:
     """Moving-average window for a loss curve of ``points`` points: about a fifth of the curve, at least 3 points
     (a window of 1 or 2 would not smooth), never longer than the curve."""
     return max(1, min(points, max(3, points // 5)))
-
-
-def _save(fig: object, path: Path) -> Path:
-    """Lay out, write and close one figure."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
-    return path
 
 
 def _by_epoch(history: pd.DataFrame, key: str) -> pd.DataFrame:
@@ -161,7 +139,7 @@ def learning_curves(history: pd.DataFrame, variants: Sequence[str], out: Path) -
         variants: the variants to draw, one file each (a variant without history gets none).
         out: folder for the PNGs.
     """
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     out.mkdir(parents=True, exist_ok=True)
@@ -196,7 +174,7 @@ def learning_curves(history: pd.DataFrame, variants: Sequence[str], out: Path) -
         acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         acc_ax.set_ylabel("accuracy (%) mean ± std over seeds")
         fig.suptitle(f"{variant}: learning curves")
-        paths.append(_save(fig, out / f"curves_{_slug(variant)}.png"))
+        paths.append(save(fig, out / f"curves_{slug(variant)}.png"))
     return paths
 
 
@@ -224,7 +202,7 @@ def lesion_curve(runs: pd.DataFrame, out: Path, chance: float | None = None) -> 
     swept = counted.dropna(subset=[c for _, c in ks], how="all") if ks else counted.iloc[0:0]
     if swept.empty:
         return None
-    plt = _pyplot()
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, group in swept.groupby("variant", sort=False):
@@ -241,4 +219,4 @@ def lesion_curve(runs: pd.DataFrame, out: Path, chance: float | None = None) -> 
     xlabel, ylabel = "residual blocks lesioned at test time (k)", "test accuracy (%), mean ± std over seeds"
     _percent_axes(ax, chance, xlabel, ylabel, "lesion study (Veit et al. 2016)")
     out.mkdir(parents=True, exist_ok=True)
-    return _save(fig, out / "lesion_curve.png")
+    return save(fig, out / "lesion_curve.png")

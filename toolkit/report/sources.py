@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,11 +19,10 @@ import pandas as pd
 
 from toolkit import keys
 from toolkit.errors import ToolkitError
-from toolkit.keys import RESULT_FILE
 from toolkit.report.wandb_log import RunLog, read_run
-
-#: a W&B run folder: ``[offline-]run-<YYYYmmdd_HHMMSS>-<id>``
-_WANDB_RUN = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-(?P<id>[a-z0-9]+)$")
+from toolkit.study.layout import RESULT_FILE
+from toolkit.study.ledger import FAILED, ledger_path
+from toolkit.study.result import RunResult
 
 #: history keys the learning-curve plots use; the others are not decoded
 HISTORY_KEYS = (
@@ -59,19 +57,6 @@ class RunSet:
 
     runs: pd.DataFrame
     history: pd.DataFrame
-
-
-def wandb_runs(run_dir: Path) -> list[tuple[str, str]]:
-    """The W&B runs under ``<run dir>/wandb`` as ``(run id, folder)``, oldest first (one per attempt).
-
-    The ablation runner records them in its ledger; W&B's folder layout is known here only.
-    """
-    found = []
-    for folder in (run_dir / "wandb").glob("*run-*"):
-        match = _WANDB_RUN.match(folder.name)
-        if match and folder.is_dir():
-            found.append((folder.name.removeprefix("offline-"), match["id"], str(folder)))
-    return [(run_id, folder) for _, run_id, folder in sorted(found)]  # names start with the start time
 
 
 def find_logs(root: Path, name: str) -> list[Path]:
@@ -193,16 +178,8 @@ def runs_from_logs(root: Path, name: str) -> RunSet:
     pairs = [(read_run(path, HISTORY_KEYS), os.fspath(path)) for path in find_logs(root, name)]
     runset = _runset(pairs, name)
     runs = _with_results(runset.runs)
-    runset.runs = _with_ledger(runs, Path(root) / name / "ledger.json", name)
+    runset.runs = _with_ledger(runs, ledger_path(root, name), name)
     return runset
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _with_results(runs: pd.DataFrame) -> pd.DataFrame:
@@ -212,24 +189,35 @@ def _with_results(runs: pd.DataFrame) -> pd.DataFrame:
         log = Path(str(row["source"]))
         if len(log.parents) < 3 or not row["run_id"]:
             continue
-        result = _read_json(log.parents[2] / RESULT_FILE)
-        if result.get("wandb_id") != row["run_id"] or not isinstance(result.get("health"), dict):
+        result = RunResult.read(log.parents[2] / RESULT_FILE)
+        if result is None or result.wandb_id != row["run_id"]:
             continue  # another attempt's record (a resumed run writes a new W&B run)
-        for key, value in result["health"].items():
+        tested = {key: getattr(result, key) for key in RunResult.TESTED_FIELDS}
+        for key, value in {**result.health, **tested}.items():
             column = HEALTH_PREFIX + key
             if column not in runs or pd.isna(runs.at[index, column]):
                 runs.loc[index, column] = value if value is not None else math.nan
     return runs
 
 
+def _read_ledger(path: Path) -> dict[str, Any]:
+    """The ledger's run records, read without its lock (a reader sees a whole file); {} when absent or damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    runs = data.get("runs") if isinstance(data, dict) else None
+    return runs if isinstance(runs, dict) else {}
+
+
 def _with_ledger(runs: pd.DataFrame, ledger: Path, name: str) -> pd.DataFrame:
     """Add ``ledger_reason`` to the runs of failed ledger records, and a row per failed run without a W&B run."""
-    records = _read_json(ledger).get("runs", {})
+    records = _read_ledger(ledger)
     runs = runs.copy()
     runs["ledger_reason"] = pd.Series(None, index=runs.index, dtype=object)
     extra = []
     for record in records.values() if isinstance(records, dict) else []:
-        if record.get("status") != "failed":
+        if record.get("status") != FAILED:
             continue
         reason = record.get("reason") or f"exit code {record.get('exit_code')}"
         ids = set(record.get("wandb_ids") or []) | ({record["wandb_id"]} if record.get("wandb_id") else set())

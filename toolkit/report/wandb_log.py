@@ -28,7 +28,11 @@ from typing import Any
 
 from wandb.proto import wandb_internal_pb2 as pb
 
+from toolkit.errors import ToolkitError
+
 FILE_HEADER = struct.pack("<4sHB", b":W&B", 0xBEE1, 0)
+#: the wandb versions whose logs this reader is tested on (pyproject pins wandb to them)
+TESTED_WANDB = "0.30-0.31"
 BLOCK_SIZE = 32 * 1024
 CHUNK_HEADER = struct.Struct("<IHB")
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -123,6 +127,21 @@ def _chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
         pos = start + length
 
 
+def check_format(path: Path, header: bytes) -> None:
+    """Refuse a W&B log written in a format version this reader does not know (a wandb outside the tested range).
+
+    A whole header that starts like a W&B log but carries another magic or version is a format change, not damage:
+    reading on would misparse it, so the report stops with one line instead of warning about "corrupt" logs.
+    """
+    if len(header) == len(FILE_HEADER) and header[:4] == FILE_HEADER[:4] and header != FILE_HEADER:
+        magic, version = struct.unpack("<HB", header[4:])
+        raise ToolkitError(
+            f"{path} is a W&B run log of format {magic:#06x} version {version}, which this toolkit cannot read (it "
+            f"reads the logs of wandb {TESTED_WANDB}); install a wandb in that range, or sync the runs (wandb sync) "
+            "and report from the W&B API with --wandb ENTITY/PROJECT"
+        )
+
+
 def iter_records(path: Path, damage: list[Exception] | None = None) -> Iterator[pb.Record]:
     """Yield the protobuf records of a run log in order, stopping quietly at the first damage.
 
@@ -132,6 +151,7 @@ def iter_records(path: Path, damage: list[Exception] | None = None) -> Iterator[
             attribute tells a log that just ends early, as a killed writer leaves it, from a corrupt one).
     """
     data = Path(path).read_bytes()
+    check_format(path, data[: len(FILE_HEADER)])
     try:
         if data[: len(FILE_HEADER)] != FILE_HEADER:
             if FILE_HEADER.startswith(data):

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from jsonargparse import ArgumentParser
 from rich.console import Console
 
 from toolkit.search.spec import load_search
+
+if TYPE_CHECKING:
+    from toolkit.ablation.runner import Options
+    from toolkit.search.run import StageRunner
+    from toolkit.study.spec import AblationSpec
 
 EXAMPLES = """examples:
   toolkit search searches/digits.yaml --workers 2
@@ -32,6 +38,27 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+def stage_runner(options: Options) -> StageRunner:
+    """The ablation runner, bound to ``options``, as the search's :class:`~toolkit.search.run.StageRunner`.
+
+    Wired here, in the cli layer, so that ``toolkit.search`` and ``toolkit.ablation`` (peers) never import each other.
+    """
+    from toolkit.ablation.command import check_variants
+    from toolkit.ablation.runner import run_ablation
+    from toolkit.search.run import StageRunner
+
+    gpus = 1 if options.gpus_per_run else 0
+
+    def run(ablation: AblationSpec, folder: Path, console: Console) -> int:
+        # every stage is validated before the first trial runs, and the search writes its own table
+        stage = dataclasses.replace(
+            options, root=folder, validate=False, report=False, dry_run=False, retry_failed=False
+        )
+        return run_ablation(ablation, stage, console)
+
+    return StageRunner(check=lambda ablation, folder: check_variants(ablation, folder, gpus), run=run)
+
+
 def main(argv: list[str]) -> int:
     """Run ``toolkit search``; 0 when every stage finished."""
     from toolkit.ablation.cli import runner_options
@@ -42,7 +69,7 @@ def main(argv: list[str]) -> int:
     spec = load_search(args.spec)
     options = runner_options(args)  # the trials are ablation runs: the runner's own options
     console = Console()
-    code, rows = run_search(spec, options, console)
+    code, rows = run_search(spec, Path(args.root), stage_runner(options), console)
     folder = (Path(args.root) / spec.name).absolute()
     written = write_outputs(spec, rows, folder)
     if "md" in written:

@@ -10,10 +10,10 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from toolkit.ablation.spec import _read_yaml
-from toolkit.report.plots import _pyplot, _save, _slug
+from toolkit.report.figure import pyplot, save, slug
 from toolkit.report.table import higher_is_better
 from toolkit.search.spec import SearchSpec
+from toolkit.study.fields import read_yaml
 
 
 def trials_table(spec: SearchSpec, rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -30,7 +30,7 @@ def trials_table(spec: SearchSpec, rows: list[dict[str, Any]]) -> pd.DataFrame:
     if not parts:
         return pd.DataFrame()
     table = pd.concat(parts, ignore_index=True)
-    first = ["stage", "trial", *spec.ranges, "metric", "metric_value", "test/acc", "test/f1", "status"]
+    first = ["stage", "trial", "from_trial", *spec.ranges, "metric", "metric_value", "test/acc", "test/f1", "status"]
     return table[[c for c in first if c in table] + [c for c in table if c not in first]]
 
 
@@ -47,7 +47,7 @@ def best_config(spec: SearchSpec, stage_overrides: dict[str, Any], params: dict[
     """The base configs merged in order, then the common, stage and trial overrides, and the search's seed."""
     config: dict[str, Any] = {}
     for base in spec.base:
-        config = _merge(config, _read_yaml(Path(base)) or {})
+        config = _merge(config, read_yaml(Path(base)) or {})
     for key, value in {**spec.overrides, **stage_overrides, **params}.items():
         node = config
         *parents, last = key.split(".")
@@ -68,7 +68,7 @@ def _merge(into: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
 
 def scatter_plots(spec: SearchSpec, table: pd.DataFrame, out: Path) -> list[Path]:
     """``scatter_<key>.png``: each scored trial's metric against one parameter, log x axis for log ranges."""
-    plt = _pyplot()
+    plt = pyplot()
     paths = []
     scored = table[table["metric_value"].notna()] if len(table) else table
     for key, r in spec.ranges.items():
@@ -82,7 +82,7 @@ def scatter_plots(spec: SearchSpec, table: pd.DataFrame, out: Path) -> list[Path
         ax.set_ylabel("metric")
         ax.legend()
         ax.set_title(f"{spec.name}: metric vs {key.rsplit('.', 1)[-1]}")
-        paths.append(_save(fig, out / f"scatter_{_slug(key)}.png"))
+        paths.append(save(fig, out / f"scatter_{slug(key)}.png"))
     return paths
 
 

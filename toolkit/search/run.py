@@ -2,14 +2,17 @@
 
 So every trial is an ordinary ``toolkit fit`` run with the runner's executors (local slots, Slurm), ledger
 (SIGKILL-safe, resumable, nothing trained twice), W&B grouping (group ``<search>.<stage>``, job type = trial) and
-run-health rules. Layout: ``<root>/<search>/study.journal`` (Optuna), ``<root>/<search>/<search>.<stage>/trial-NNN/
-seed<S>/`` (the runs, as an ablation's) and the outputs ``table.{md,csv}``, ``scatter_*.png``, ``best.yaml``.
+run-health rules. The search does not import the ablation runner (a peer package): the cli layer injects it as a
+:class:`StageRunner` (``toolkit.search.cli.stage_runner``). Layout: ``<root>/<search>/study.journal`` (Optuna),
+``<root>/<search>/<search>.<stage>/trial-NNN/seed<S>/`` (the runs, as an ablation's) and the outputs
+``table.{md,csv}``, ``scatter_*.png``, ``best.yaml``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +20,30 @@ import pandas as pd
 from rich.console import Console
 
 from toolkit import keys
-from toolkit.ablation.command import check_variants
-from toolkit.ablation.ledger import DONE, Ledger, ledger_path, runner_lock
-from toolkit.ablation.runner import Options, run_ablation
-from toolkit.ablation.spec import AblationSpec
 from toolkit.errors import ToolkitError
 from toolkit.report.sources import runs_from_logs
 from toolkit.report.table import higher_is_better, mark_counted
 from toolkit.search import study as studies
 from toolkit.search.spec import SearchSpec, Stage
+from toolkit.study.ledger import DONE, Ledger, ledger_path, runner_lock
+from toolkit.study.spec import AblationSpec
 
 TEST_METRICS = (keys.TEST_ACC, keys.TEST_F1)
+
+
+@dataclass(frozen=True)
+class StageRunner:
+    """How a stage's trials are checked and run: the ablation runner, bound to its options by the cli layer.
+
+    Attributes:
+        check: parse every variant of an ablation with the ``toolkit fit`` parser (runs folder given); raises
+            ToolkitError naming a bad key.
+        run: run (or resume) every run of an ablation under a runs folder, without its report; the exit status
+            (0 all done, 1 some not, 130 interrupted).
+    """
+
+    check: Callable[[AblationSpec, Path], None]
+    run: Callable[[AblationSpec, Path, Console], int]
 
 
 def stage_ablation(spec: SearchSpec, stage: Stage, variants: dict[str, dict[str, Any]]) -> AblationSpec:
@@ -45,7 +61,7 @@ def stage_ablation(spec: SearchSpec, stage: Stage, variants: dict[str, dict[str,
     )
 
 
-def validate(spec: SearchSpec, folder: Path, gpus: int = 0) -> None:
+def validate(spec: SearchSpec, folder: Path, check: Callable[[AblationSpec, Path], None]) -> None:
     """Parse one configuration of every stage with the ``toolkit fit`` parser (a bad key fails here, before anything
     is created); each range is probed at both of its ends."""
     for stage in spec.stages:
@@ -55,7 +71,7 @@ def validate(spec: SearchSpec, folder: Path, gpus: int = 0) -> None:
             }
             ablation = stage_ablation(spec, stage, {"probe": probe})
             try:
-                check_variants(ablation, folder, gpus)
+                check(ablation, folder)
             except ToolkitError as err:
                 message = str(err).split(": ", 1)[-1]
                 raise ToolkitError(f"{spec.path}: stage '{stage.name}' or a range does not parse: {message}") from None
@@ -86,38 +102,62 @@ def stage_results(ablation: AblationSpec, folder: Path, metric: str) -> dict[str
     return out
 
 
-def run_search(spec: SearchSpec, options: Options, console: Console | None = None) -> tuple[int, list[dict]]:
-    """Run or resume every stage; returns (exit status, one row per trial with its stage, parameters and scores)."""
+def run_search(
+    spec: SearchSpec, root: Path, runner: StageRunner, console: Console | None = None
+) -> tuple[int, list[dict]]:
+    """Run or resume every stage under ``<root>/<search>/``; returns (exit status, one row per trial with its stage,
+    parameters and scores)."""
     console = console or Console()
-    folder = (Path(options.root) / spec.name).absolute()
-    validate(spec, folder, 1 if options.gpus_per_run else 0)
+    folder = (Path(root) / spec.name).absolute()
+    validate(spec, folder, runner.check)
     rows: list[dict[str, Any]] = []
     with runner_lock(folder):
-        study = studies.open_study(spec, folder)
-        previous: Stage | None = None
+        previous: tuple[Stage, Any] | None = None
         for stage in spec.stages:
-            if stage.trials:
-                trials = studies.sample_stage(study, spec, stage)
-            else:
-                trials = studies.promote(study, spec, stage, previous)
-            if not trials:
-                raise ToolkitError(f"stage '{stage.name}': no trial of stage '{previous.name}' finished to retrain")
-            ablation = stage_ablation(spec, stage, {studies.trial_name(t): studies.params_of(t) for t in trials})
-            console.print(f"[bold]{spec.name}[/] stage [bold]{stage.name}[/]: {len(trials)} trials")
-            code = run_ablation(ablation, _runner_options(options, folder), console)
-            results = stage_results(ablation, folder, stage.metric)
-            for trial in trials:
-                result = results[studies.trial_name(trial)]
-                studies.record(study, trial, result.get(stage.metric), result["status"])
-                rows.append({"stage": stage.name, "trial": studies.trial_name(trial), **trial.params, **result})
-            if code == 130:
-                return 130, rows
-            if any(r["status"] not in ("done", "failed") for r in results.values()):
-                return 1, rows
-            previous = stage
+            study = studies.open_study(spec, folder, stage)
+            while True:  # a sampling stage runs batch after batch; a `top` stage runs once
+                if stage.trials:
+                    trials = studies.sample_stage(study, spec, stage)
+                else:
+                    trials = studies.promote(study, previous[1], spec, stage)
+                if not trials:
+                    raise ToolkitError(f"stage '{stage.name}': no trial of stage '{previous[0].name}' finished")
+                code, results = _run_trials(spec, stage, study, trials, runner, folder, console)
+                if code == 130 or any(r["status"] not in ("done", "failed") for r in results.values()):
+                    rows += _rows(stage, studies.stage_trials(study), results)
+                    return (130 if code == 130 else 1), rows
+                if len(trials) >= stage.trials:
+                    break
+            rows += _rows(stage, studies.stage_trials(study), results)
+            previous = (stage, study)
     return 0, rows
 
 
-def _runner_options(options: Options, folder: Path) -> Options:
-    # every stage is validated before the first trial runs, and the search writes its own table
-    return dataclasses.replace(options, root=folder, validate=False, report=False, dry_run=False, retry_failed=False)
+def _run_trials(
+    spec: SearchSpec,
+    stage: Stage,
+    study: Any,
+    trials: list[Any],
+    runner: StageRunner,
+    folder: Path,
+    console: Console,
+) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Run the stage's trials as one ablation (the ledger skips the finished ones) and tell the study the results."""
+    ablation = stage_ablation(spec, stage, {studies.trial_name(t): studies.params_of(t) for t in trials})
+    console.print(f"[bold]{spec.name}[/] stage [bold]{stage.name}[/]: {len(trials)} trials")
+    code = runner.run(ablation, folder, console)
+    results = stage_results(ablation, folder, stage.metric)
+    for trial in trials:
+        result = results[studies.trial_name(trial)]
+        studies.record(study, trial, result.get(stage.metric), result["status"])
+    return code, results
+
+
+def _rows(stage: Stage, trials: list[Any], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for trial in trials:
+        name = studies.trial_name(trial)
+        source = trial.user_attrs.get("from_trial")  # a `top` stage's trial retrains this one of the stage before
+        origin = {"from_trial": f"trial-{source:03d}"} if source is not None else {}
+        rows.append({"stage": stage.name, "trial": name, **origin, **trial.params, **results[name]})
+    return rows

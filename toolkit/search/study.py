@@ -1,8 +1,13 @@
-"""The search's Optuna study: a journal file under the search's folder, so a killed search resumes where it was.
+"""The search's Optuna studies: one per stage, in one journal file under the search's folder (resumable).
 
-Trials are created before any of their runs start and are found again on resume (by their ``stage`` user
-attribute), so resuming never samples a configuration twice; the runs themselves keep the ablation ledger's
-semantics (a done run is never trained again).
+One study per stage keeps budgets apart: a stage retrains with more epochs, so its scores are not comparable with the
+stage before, and each study's best trial compares like with like. A sampling stage asks its trials a batch at a
+time (TPE learns from the batches before; the first batch is TPE's random start-up); a batch's trials are created
+before any of their runs start and found again on resume, and no new batch is asked while a trial of the stage is
+unfinished, so resuming never samples a configuration twice. Every batch is drawn by a sampler seeded from the
+search's seed and the number of trials before it, so a killed and resumed search draws what an uninterrupted one
+would. The runs themselves keep the ablation ledger's semantics (a done run is never trained again).
+Open a study in the browser with ``optuna-dashboard <root>/<search>/study.journal``.
 """
 
 from __future__ import annotations
@@ -12,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
+from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from toolkit.errors import ToolkitError
@@ -22,16 +28,19 @@ from toolkit.report.table import higher_is_better
 from toolkit.search.spec import SearchSpec, Stage
 
 STUDY_FILE = "study.journal"
-STAGE_ATTR, RUN_ATTR, SPEC_ATTR = "stage", "run_id", "spec_fingerprint"
+RUN_ATTR, SPEC_ATTR = "run_id", "spec_fingerprint"
 
 
 def distributions(spec: SearchSpec) -> dict[str, BaseDistribution]:
     """Each range as an Optuna distribution (log-uniform where ``log: true``)."""
     out: dict[str, BaseDistribution] = {}
     for key, r in spec.ranges.items():
-        out[key] = (
-            CategoricalDistribution(r.values) if r.values is not None else FloatDistribution(r.low, r.high, log=r.log)
-        )
+        if r.values is not None:
+            out[key] = CategoricalDistribution(r.values)
+        elif r.integer:
+            out[key] = IntDistribution(int(r.low), int(r.high), log=r.log)
+        else:
+            out[key] = FloatDistribution(r.low, r.high, log=r.log)
     return out
 
 
@@ -40,18 +49,22 @@ def trial_name(trial: FrozenTrial) -> str:
     return f"trial-{trial.number:03d}"
 
 
-def open_study(spec: SearchSpec, folder: Path) -> optuna.Study:
-    """Create or load the study in ``folder``; a study started from a different spec is refused."""
+def study_name(spec: SearchSpec, stage: Stage) -> str:
+    """The Optuna study of one stage: ``<search>.<stage>`` (also the stage's ablation name and W&B group)."""
+    return f"{spec.name}.{stage.name}"
+
+
+def open_study(spec: SearchSpec, folder: Path, stage: Stage) -> optuna.Study:
+    """Create or load ``stage``'s study in ``folder``; a study started from a different spec is refused."""
     folder.mkdir(parents=True, exist_ok=True)
     storage = JournalStorage(JournalFileBackend(str(folder / STUDY_FILE)))
-    direction = "maximize" if higher_is_better(spec.stages[0].metric) else "minimize"
+    direction = "maximize" if higher_is_better(stage.metric) else "minimize"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    name = study_name(spec, stage)
     try:  # load first: a refused resume must not write to the journal
-        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=_sampler(spec, 0))
+        study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(spec, stage, 0))
     except KeyError:
-        study = optuna.create_study(
-            storage=storage, study_name=spec.name, direction=direction, sampler=_sampler(spec, 0)
-        )
+        study = optuna.create_study(storage=storage, study_name=name, direction=direction)
     fingerprint = spec.fingerprint()
     previous = study.user_attrs.get(SPEC_ATTR)
     if previous is None:
@@ -64,42 +77,51 @@ def open_study(spec: SearchSpec, folder: Path) -> optuna.Study:
     return study
 
 
-def _sampler(spec: SearchSpec, offset: int) -> optuna.samplers.BaseSampler:
+def _sampler(spec: SearchSpec, stage: Stage, offset: int) -> optuna.samplers.BaseSampler:
+    """The sampler of the batch after ``offset`` trials: seeded from both, so a resumed search draws the same batch."""
+    seed = spec.seed + offset
     if spec.sampler == "grid":
-        return optuna.samplers.GridSampler({k: r.grid() for k, r in spec.ranges.items()}, seed=spec.seed)
-    # offset: a resumed search that must top up its trials draws a fresh stream instead of repeating the first draws
-    return optuna.samplers.RandomSampler(seed=spec.seed + offset)
+        return optuna.samplers.GridSampler({k: r.grid() for k, r in spec.ranges.items()}, seed=seed)
+    if spec.sampler == "tpe":
+        # the first batch is TPE's random start-up; each later batch is drawn from the trials told before it
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=stage.batch, multivariate=True)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
-def stage_trials(study: optuna.Study, stage: Stage) -> list[FrozenTrial]:
-    """The trials of ``stage`` already in the study, in creation order."""
-    return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(STAGE_ATTR) == stage.name]
+def stage_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The stage's trials already in its study, in creation order."""
+    return study.get_trials(deepcopy=False)
 
 
 def sample_stage(study: optuna.Study, spec: SearchSpec, stage: Stage) -> list[FrozenTrial]:
-    """Make sure the sampling stage has its ``trials`` trials (creating only the missing ones); return them."""
-    existing = stage_trials(study, stage)
-    missing = stage.trials - len(existing)
-    if missing > 0:
-        study.sampler = _sampler(spec, len(study.get_trials(deepcopy=False)))
+    """The sampling stage's trials, with one more batch asked when every trial so far has its result.
+
+    While a trial is unfinished (a resumed search) nothing new is asked: its run finishes first, so the next batch
+    is drawn from the same history as in a search that was never stopped.
+    """
+    existing = stage_trials(study)
+    unfinished = any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in existing)
+    missing = min(stage.batch, stage.trials - len(existing))
+    if missing > 0 and not unfinished:
+        study.sampler = _sampler(spec, stage, len(existing))
         space = distributions(spec)
         for _ in range(missing):
-            study.ask(space).set_user_attr(STAGE_ATTR, stage.name)
-    return stage_trials(study, stage)
+            study.ask(space)
+    return stage_trials(study)
 
 
-def promote(study: optuna.Study, spec: SearchSpec, stage: Stage, previous: Stage) -> list[FrozenTrial]:
-    """Create the ``top`` stage's trials: the best ``top`` completed trials of ``previous``, same parameters."""
+def promote(study: optuna.Study, previous: optuna.Study, spec: SearchSpec, stage: Stage) -> list[FrozenTrial]:
+    """Create the ``top`` stage's trials: the best ``top`` completed trials of the ``previous`` stage's study."""
     space = distributions(spec)
-    if not stage_trials(study, stage):
-        done = [t for t in stage_trials(study, previous) if t.state == TrialState.COMPLETE]
-        best = sorted(done, key=lambda t: t.value, reverse=higher_is_better(previous.metric))
+    if not stage_trials(study):
+        done = [t for t in stage_trials(previous) if t.state == TrialState.COMPLETE]
+        best = sorted(done, key=lambda t: t.value, reverse=previous.direction == StudyDirection.MAXIMIZE)
         for source in best[: stage.top]:
-            study.enqueue_trial(source.params, user_attrs={STAGE_ATTR: stage.name, "from_trial": source.number})
-    for trial in stage_trials(study, stage):
+            study.enqueue_trial(source.params, user_attrs={"from_trial": source.number})
+    for trial in stage_trials(study):
         if trial.state == TrialState.WAITING:  # enqueued (maybe by a search that was killed right after)
             study.ask(space)  # takes the enqueued trial with its fixed parameters
-    return stage_trials(study, stage)
+    return stage_trials(study)
 
 
 def record(study: optuna.Study, trial: FrozenTrial, value: float | None, status: str) -> None:

@@ -1,0 +1,360 @@
+"""LightningCLI wiring of ``toolkit fit|validate|test|predict``: arguments, links, callbacks, logger, the subcommands.
+
+The other jobs of the command live beside it: :mod:`.parsing` (the command line before LightningCLI; the parse
+error becomes one line in :mod:`toolkit.parse_errors`), :mod:`.run_home` (the run folder, ``--ckpt_path last``,
+the W&B run), :mod:`.checkpoint` (a checkpoint read once per command) and :mod:`.teardown` (``result.json``, the
+summary, closing W&B).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import signal
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
+
+from toolkit import keys
+from toolkit.backbone import weights_from_checkpoint
+from toolkit.callbacks.epoch_log import EpochLog
+from toolkit.callbacks.health import DIVERGED, Diverged, DivergenceGuard, RunHealth
+from toolkit.callbacks.random_state import RandomStateCheckpoint
+from toolkit.classifier import ImageClassifier
+from toolkit.data import ImageDataModule
+from toolkit.lightning_cli.checkpoint import CheckpointReaders
+from toolkit.lightning_cli.parsing import check_config_files, help_pointer, model_args_given
+from toolkit.lightning_cli.run_home import (
+    EVAL_COMMANDS,
+    check_run_home,
+    check_subcommand_inputs,
+    is_toolkit_logger,
+    name_wandb_run,
+    resolve_ckpt,
+    resume_wandb_run,
+    set_checkpoint_dirs,
+)
+from toolkit.lightning_cli.teardown import finish_wandb, fit_summary, write_result
+from toolkit.parse_errors import parse_quietly
+from toolkit.quiet import quiet_third_party
+from toolkit.study.layout import RESULT_FILE
+from toolkit.tracking import RunIdCheckpoint
+
+
+@dataclass
+class AblationInfo:
+    """Which ablation run this is; sets the W&B group, job type, tags and the ``ablation`` config block."""
+
+    name: str
+    variant: str
+    seed: int
+
+
+class LoggedConfig(SaveConfigCallback):
+    """Writes config.yaml (overwriting) and sends the full resolved config, nested, to the logger.
+
+    Args:
+        resumed_from: the W&B id of the run an offline resume continues (logged as ``resumed_from``).
+    """
+
+    def __init__(self, *args: Any, resumed_from: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.resumed_from = resumed_from
+
+    @override
+    def save_config(self, trainer: Trainer, pl_module: Any, stage: str) -> None:
+        config = yaml.safe_load(self.parser.dump(self.config, skip_none=False, skip_check=True))
+        config["cpu_threads"] = torch.get_num_threads()  # float reduction order depends on it: part of the result
+        if self.resumed_from:
+            config["resumed_from"] = self.resumed_from
+        for logger in trainer.loggers:
+            logger.log_hyperparams(config)
+
+
+class ToolkitCLI(LightningCLI):
+    """``toolkit fit|validate|test|predict`` for :class:`ImageClassifier` on :class:`ImageDataModule`."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        self.checkpoints = CheckpointReaders()  # every checkpoint file this command reads, each opened once
+        super().__init__(
+            ImageClassifier,
+            ImageDataModule,
+            save_config_callback=LoggedConfig,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": "toolkit", "description": "Transfer learning and ablations with timm backbones."},
+            args=args,
+            run=run,
+            auto_configure_optimizers=False,  # the model's optimizer/lr_scheduler arguments own this
+        )
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, turning jsonargparse's usage dump + error into one ToolkitError line (``--help`` still prints)."""
+        argv = list(sys.argv[1:] if args is None else args)
+        check_config_files(argv)
+
+        def parse() -> None:
+            super(ToolkitCLI, self).parse_arguments(parser, args)
+            # before LightningCLI merges the checkpoint's hyperparameters over them
+            self.model_args_given = model_args_given(self.config, argv)
+            subcommand = self.config.get("subcommand")
+            ckpt_path = self.config.get(subcommand, {}).get("ckpt_path") if subcommand else None
+            reader = self.checkpoints.get(ckpt_path)
+            if reader is not None:
+                reader.check()  # LightningCLI reads it next, before any hook of ours
+
+        parse_quietly(parse, help_pointer(argv))
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="fit: test the best checkpoint after training, same process and W&B run",
+        )
+        parser.add_argument(
+            "--ablation", type=AblationInfo | None, default=None, help="ablation run identity (set by toolkit ablate)"
+        )
+        parser.add_argument(
+            "--ensemble_ckpts",
+            type=str,
+            nargs="+",
+            default=None,
+            help="test: ensemble these checkpoints (softmax averaging)",
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": keys.MONITOR,
+                "checkpoint.mode": keys.MONITOR_MODE,
+                "checkpoint.filename": "best-epoch{epoch:03d}",
+                "checkpoint.auto_insert_metric_name": False,
+                "trainer.logger": {"class_path": "toolkit.tracking.WandbLogger"},
+            }
+        )
+        # last.ckpt, rewritten at the end of every epoch (``--last_checkpoint.save_top_k 0`` turns it off). Not the
+        # top-k callback's save_last: Lightning 2.6 rewrites that one only in an epoch with a new top-k checkpoint,
+        # so after an epoch without a new best ``--ckpt_path last`` would resume from an older epoch.
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(
+            {
+                "last_checkpoint.filename": ModelCheckpoint.CHECKPOINT_NAME_LAST,
+                "last_checkpoint.monitor": None,
+                "last_checkpoint.save_top_k": 1,
+                "last_checkpoint.enable_version_counter": False,
+            }
+        )
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        # on in every fit: a NaN loss stops the run with a diagnosis (``--divergence_guard.enabled false`` turns it off)
+        parser.add_lightning_class_args(DivergenceGuard, "divergence_guard")
+        parser.link_arguments("model.backbone", "data.backbone")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        root = Path(config.trainer.default_root_dir or ".")
+        set_checkpoint_dirs(config, root)
+        check_subcommand_inputs(
+            self.subcommand, config.get("ckpt_path"), config.get("ensemble_ckpts"), self.checkpoints
+        )
+        if self.subcommand == "fit" and not config.get("ckpt_path"):
+            check_run_home(root, Path(config.checkpoint.dirpath))
+        logger = config.trainer.logger
+        if is_toolkit_logger(logger):
+            name_wandb_run(logger, root, config.ablation)
+        if config.get("ckpt_path"):
+            config.ckpt_path = resolve_ckpt(config.ckpt_path, config.checkpoint.dirpath, self.checkpoints)
+        reader = self.checkpoints.get(config.get("ckpt_path"))
+        if self.subcommand in EVAL_COMMANDS and reader is not None:
+            reader.apply_to(config.model, getattr(self, "model_args_given", {}))
+        if self.subcommand == "fit" and reader is not None and reader.run_id and is_toolkit_logger(logger):
+            resume_wandb_run(logger, reader.run_id, self.save_config_kwargs)
+
+    @override
+    def instantiate_classes(self) -> None:
+        """Build the model; with a checkpoint to evaluate, without pretrained weights (the checkpoint has them all)."""
+        if _weights_from_checkpoints(self.subcommand, self.config):
+            with weights_from_checkpoint():
+                super().instantiate_classes()
+        else:
+            super().instantiate_classes()
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer, with the callbacks every toolkit run has beside the configured ones."""
+        config = self.config_init.get(str(self.subcommand), self.config_init)
+        given = config.trainer.get("callbacks") or []
+        listed = list(given) if isinstance(given, list) else [given]
+        callbacks = [*listed]
+        if config.trainer.get("enable_progress_bar", True) is not False and not any(
+            isinstance(c, ProgressBar) for c in listed
+        ):
+            callbacks.append(RichProgressBar())
+        callbacks.append(RunIdCheckpoint())
+        if not any(isinstance(c, EpochLog) for c in listed):
+            callbacks.append(EpochLog())
+        callbacks.append(RandomStateCheckpoint())  # a resumed fit continues the same random stream
+        callbacks.append(RunHealth())  # what result.json and the report's run-health classes need
+        if self.subcommand == "test" and config.get("ensemble_ckpts"):
+            from toolkit.callbacks.ensemble import CheckpointEnsemble
+
+            callbacks.append(CheckpointEnsemble(config.ensemble_ckpts))
+        trainer = super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+        if trainer.logger is None:  # no logger: nothing to monitor the lr into (LearningRateMonitor would raise)
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        return trainer
+
+    # the subcommand methods below are LightningCLI's documented extension: ``<subcommand>``/``after_<subcommand>``
+    def predict(self, **kwargs: Any) -> None:
+        """``toolkit predict``: ``<default_root_dir>/predictions.csv``, one row per image (``--data.predict_root``).
+
+        The rows are written by a ``BasePredictionWriter`` on every rank and merged in dataset order by rank 0, so
+        under DDP every image appears exactly once, with its path and (where known) its label.
+        """
+        from toolkit.callbacks.predictions import PredictionWriter
+
+        samples = self.datamodule.predict_samples
+        names = self.model.hparams.get("class_names") or self.datamodule.class_names
+        writer = PredictionWriter(self.trainer.default_root_dir, samples.ids or [], samples.labels, names)
+        self.trainer.callbacks.append(writer)
+        self.trainer.predict(**{**kwargs, "return_predictions": False})  # the writer holds the rows
+        if self.trainer.is_global_zero and writer.path is not None:
+            print(f"predictions: {writer.path} ({len(samples)} rows)")
+
+    def before_fit(self) -> None:
+        """Refuse a fit whose options contradict each other (LightningCLI calls this before ``trainer.fit``)."""
+        from toolkit.freezing import check_unfreeze_epoch
+
+        check_unfreeze_epoch(self.model.hparams.get("unfreeze_at_epoch"), self.trainer.max_epochs)
+        self._check_classes("fit")
+
+    def before_validate(self) -> None:
+        """Refuse a checkpoint trained on other classes."""
+        self._check_classes("validate")
+
+    def before_test(self) -> None:
+        """Refuse a checkpoint trained on other classes."""
+        self._check_classes("test")
+
+    def before_predict(self) -> None:
+        """Refuse a checkpoint trained on other classes."""
+        self._check_classes("predict")
+
+    def _check_classes(self, subcommand: str) -> None:
+        reader = self.checkpoints.get(self.config[subcommand].get("ckpt_path"))
+        if reader is not None:
+            reader.check_classes(self.datamodule.num_classes, "the data")
+
+    def fit(self, **kwargs: Any) -> None:
+        """``toolkit fit``; a run stopped by the divergence guard is recorded as diverged before the error exits."""
+        reader = self.checkpoints.get(kwargs.get("ckpt_path"))
+        self._resumed_step = reader.global_step if reader is not None else None
+        try:
+            self.trainer.fit(**kwargs)
+        except Diverged as err:
+            if self.trainer.is_global_zero:
+                write_result(self.trainer, DIVERGED, reason=str(err))
+            raise
+
+    def after_fit(self) -> None:
+        if self.config.fit.test_after_fit:
+            self._test_best()
+        if self.trainer.is_global_zero:
+            result = Path(self.trainer.default_root_dir) / RESULT_FILE
+            idle = self._resumed_step is not None and self.trainer.global_step == self._resumed_step
+            if idle and result.is_file() and not self.config.fit.test_after_fit:
+                # resuming a finished run trains nothing: its result stays as it was, not replaced by an empty one
+                print(f"nothing left to train (max_epochs reached); {result} kept as it was", flush=True)
+            else:
+                write_result(self.trainer)
+            print(fit_summary(self.trainer), flush=True)
+
+    def _test_best(self) -> None:
+        callback = self.trainer.checkpoint_callback
+        best = getattr(callback, "best_model_path", "") if callback is not None else ""
+        if not best:
+            rank_zero_warn(f"no best {keys.MONITOR} checkpoint (no validation?): testing the final weights instead")
+            for logger in self.trainer.loggers:
+                logger.log_hyperparams({"tested_checkpoint": "final weights"})
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def _weights_from_checkpoints(subcommand: str | None, config: Any) -> bool:
+    """Whether every weight of the model to build comes from a checkpoint (evaluating one or an ensemble)."""
+    if subcommand not in EVAL_COMMANDS:
+        return False
+    args = config[subcommand]
+    return bool(args.get("ckpt_path") or args.get("ensemble_ckpts"))
+
+
+_ARGS_WARNING = ".*args parameter is intended to run from within Python"
+
+
+def run_cli(args: list[str] | None = None) -> ToolkitCLI:
+    """Run ``toolkit <subcommand> ...`` in this process (the console script calls this)."""
+    quiet_third_party()
+    try:
+        with warnings.catch_warnings():
+            if args is not None:  # called from Python (tests, the runner's checks): sys.argv is the caller's
+                warnings.filterwarnings("ignore", message=_ARGS_WARNING)
+            return ToolkitCLI(args=args)
+    except SIGTERMException:
+        # Lightning stops cleanly on SIGTERM but its exception exits with status 0; a stopped run is no success
+        sys.exit(128 + signal.SIGTERM)
+    finally:
+        finish_wandb()
+
+
+class _Parsed(Exception):
+    """Stops the parse-only CLI right after parsing: nothing is seeded, built or run."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+
+class _ParseOnlyCLI(ToolkitCLI):
+    """Parses with the subcommand parsers and stops before anything is seeded or built."""
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        raise _Parsed(self.config)
+
+
+def parse_config(argv: list[str]) -> Any:
+    """Parse ``argv`` (e.g. ``["fit", "--config", ...]``) with the CLI's parser; instantiate nothing.
+
+    Returns:
+        the parsed config (a jsonargparse Namespace; ``config.fit`` holds a fit's options).
+
+    Raises:
+        ToolkitError: naming the bad key when the arguments do not parse.
+    """
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        # the check passes args while sys.argv holds the caller's command line: LightningCLI warns about that
+        warnings.filterwarnings("ignore", message=_ARGS_WARNING)
+        try:
+            _ParseOnlyCLI(args=argv)
+        except _Parsed as parsed:
+            return parsed.config
+    raise AssertionError("unreachable: _ParseOnlyCLI always stops after parsing")
+
+
+def check_args(argv: list[str]) -> None:
+    """Parse ``argv`` with the CLI's parser and instantiate nothing; raises ToolkitError naming a bad key."""
+    parse_config(argv)

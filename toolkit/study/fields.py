@@ -1,0 +1,97 @@
+"""Checked reading of the study files (ablation and search specs): YAML without duplicate keys, names, overrides.
+
+Torch-free and public: ``toolkit.study.spec`` and ``toolkit.search.spec`` validate their files with these, so both
+kinds of spec give the same one-line errors for the same mistakes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from typing_extensions import override
+
+from toolkit.errors import ToolkitError
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one, which hides a typo)."""
+
+    @override
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise ToolkitError(f"{self.name}:{line}: duplicate key '{key}'; each name may appear once")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; a syntax error or a duplicate key is a ToolkitError naming the file and line."""
+    with open(path, encoding="utf-8") as fh:
+        loader = UniqueKeyLoader(fh)
+        loader.name = str(path)
+        try:
+            return loader.get_single_data()
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise ToolkitError(
+                f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax"
+            ) from None
+        finally:
+            loader.dispose()
+
+
+def resolve_base(entry: str, spec_path: Path) -> str:
+    """A base config path, absolute: looked up in the current directory first, then beside the spec."""
+    for candidate in (Path(entry), spec_path.parent / entry):
+        if candidate.is_file():
+            return str(candidate.resolve())
+    raise ToolkitError(
+        f"{spec_path}: base config '{entry}' not found (looked in the current directory and in {spec_path.parent}); "
+        "fix the path"
+    )
+
+
+def check_name(value: Any, what: str) -> str:
+    """``value`` if it can name a folder (letters, digits and ``. _ + = -``), else a ToolkitError about ``what``."""
+    if not isinstance(value, str) or not NAME.match(value):
+        raise ToolkitError(f"{what} {value!r} must be a word of letters, digits and . _ + = - (it names folders)")
+    return value
+
+
+def str_list(value: Any, what: str) -> list[str]:
+    """A string or a list of non-empty strings as a list, else a ToolkitError about ``what``."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+        raise ToolkitError(f"{what} must be a string or a list of strings")
+    return list(items)
+
+
+def parse_overrides(value: Any, what: str) -> dict[str, Any]:
+    """``{dotted.key: value}`` overrides (None: none), else a ToolkitError naming the bad key of ``what``."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ToolkitError(f"{what} must map dotted keys to values, e.g. {{trainer.max_epochs: 5}}")
+    for key in value:
+        if not isinstance(key, str) or not DOTTED.match(key):
+            fix = f"write '{key.lstrip('-')}'" if isinstance(key, str) and key.startswith("-") else "use a dotted key"
+            raise ToolkitError(f"{what}: bad key {key!r}; {fix} such as model.drop_rate")
+    return dict(value)
+
+
+def did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean a, b?)`` for the closest choices, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=2)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
