@@ -19,6 +19,10 @@ import traceback
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+# Before torch is imported: `torch.cuda.is_available()`/`device_count()` then ask NVML instead of initialising the CUDA
+# driver, which would make every fork of this parent unusable for CUDA ("Cannot re-initialize CUDA in forked
+# subprocess"). Lightning sets it on import too; this parent must not depend on import order.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 
 def _die_with_parent() -> None:
