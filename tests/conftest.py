@@ -51,6 +51,22 @@ def toolkit_cmd(*args: str, cwd: Path | None = None, timeout: float = 600) -> su
     )
 
 
+def weights_with_trained_statistics(path: Path, backbone: str = "test_resnet", seed: int = 0) -> str:
+    """A weights file of a random-init ``backbone`` (no zero-init gammas) whose BatchNorm statistics have been trained
+    on a few random batches: like pretrained weights, frozen or fused BatchNorm then normalises (toolkit refuses
+    frozen/fused BatchNorm on untrained statistics)."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    model = timm.create_model(backbone, num_classes=0, zero_init_last=False).train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 32, 32))
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
 @pytest.fixture
 def run_root(tmp_path: Path) -> Path:
     return tmp_path / "run"

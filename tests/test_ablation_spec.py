@@ -64,9 +64,19 @@ def test_every_shipped_spec_loads_and_quickstart_covers_each_component() -> None
         "model.drop_rate",
         "model.drop_path_rate",
     } <= switched
-    # each variant changes one thing; `fine-tune` is one transfer mode spelled in two keys (no freeze, no unfreeze)
-    assert all(len(delta) == 1 for name, delta in quick.variants.items() if name != "fine-tune")
+    # each variant changes one thing; `fine-tune` is one transfer mode spelled in two keys (no freeze, no unfreeze);
+    # `random-init` is the from-scratch recipe: no weights, everything trained from step 0, BatchNorm trained (frozen
+    # untrained statistics are refused), its own lr chosen on val
+    assert all(len(delta) == 1 for name, delta in quick.variants.items() if name not in ("fine-tune", "random-init"))
     assert quick.variants["fine-tune"] == {"model.freeze_backbone": False, "model.unfreeze_at_epoch": None}
+    scratch = dict(quick.variants["random-init"])
+    assert scratch.pop("model.optimizer.init_args.lr") > 0
+    assert scratch == {
+        "model.pretrained": False,
+        "model.batchnorm": "on",
+        "model.freeze_backbone": False,
+        "model.unfreeze_at_epoch": None,
+    }
     assert any("SnapshotEnsemble" in json.dumps(delta) for delta in quick.variants.values())
     assert "LesionSweep" in json.dumps(quick.variants["full"])  # the lesions of the fine-tuned model
 

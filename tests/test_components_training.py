@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK, fit
+from conftest import QUICK, fit, weights_with_trained_statistics
 from torch.nn import functional as F
 
 from toolkit.classifier import ImageClassifier
@@ -20,10 +20,18 @@ from toolkit.report.wandb_log import read_run
 
 # what a study sets for all its variants: timm's zero-init of the last BN gamma would make these switches refused
 STUDY = ["--model.zero_init_last", "false"]
+# frozen/fused BatchNorm needs trained statistics (refused on random init): replaced by such a weights file
+TRAINED_STATS = "<weights with trained BatchNorm statistics>"
 # variant -> (CLI overrides, the line apply_switches records; test_resnet has 15 BatchNorm layers and 4 blocks)
 SWITCHES = {
-    "frozen": (["--model.batchnorm", "frozen", *STUDY], "batchnorm=frozen: 15 layers frozen"),
-    "fused": (["--model.batchnorm", "fused", *STUDY], "batchnorm=fused: 15 layers folded into the preceding conv"),
+    "frozen": (
+        ["--model.batchnorm", "frozen", *STUDY, "--model.pretrained", TRAINED_STATS],
+        "batchnorm=frozen: 15 layers frozen",
+    ),
+    "fused": (
+        ["--model.batchnorm", "fused", *STUDY, "--model.pretrained", TRAINED_STATS],
+        "batchnorm=fused: 15 layers folded into the preceding conv",
+    ),
     "off": (["--model.batchnorm", "off", *STUDY], "batchnorm=off: 15 layers removed (activations kept)"),
     "no_shortcut": (
         ["--model.residual", "false", "--model.residual_blocks", "[1, 2]", *STUDY],
@@ -51,6 +59,8 @@ test_args.__test__ = False  # a helper, not a test
 @pytest.mark.parametrize("variant", list(SWITCHES))
 def test_switch_trains_logs_and_its_checkpoint_tests_back(tmp_path: Path, variant: str) -> None:
     overrides, change = SWITCHES[variant]
+    weights = weights_with_trained_statistics(tmp_path / "w.pth")
+    overrides = [weights if arg == TRAINED_STATS else arg for arg in overrides]
     cli = fit(tmp_path / "fit", *overrides, "--test_after_fit", "true", "--trainer.log_every_n_steps", "1")
     metrics = cli.trainer.callback_metrics  # after the in-process test: the best checkpoint's test metrics
     assert any(line.startswith(change) for line in cli.model.changes), cli.model.changes

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from conftest import fit
+from conftest import fit, weights_with_trained_statistics
 from safetensors.torch import save_file
 
 from toolkit.classifier import ImageClassifier
@@ -38,10 +38,27 @@ def test_no_shortcut_on_zero_init_blocks_is_refused_on_a_real_digits_run(tmp_pat
 
 
 @pytest.mark.parametrize("level", ["frozen", "fused", "off"])
-def test_batchnorm_levels_that_would_change_the_init_are_refused(level: str) -> None:
+def test_batchnorm_levels_that_would_change_the_init_are_refused(level: str, tmp_path: Path) -> None:
     with pytest.raises(ToolkitError, match=f"batchnorm={level}: 4 BatchNorm layers have a zero-initialised scale"):
         ImageClassifier("test_resnet", batchnorm=level)
-    assert ImageClassifier("test_resnet", batchnorm=level, zero_init_last=False).changes[0].startswith(level, 10)
+    weights = weights_with_trained_statistics(tmp_path / "w.pth")  # frozen/fused need trained statistics
+    model = ImageClassifier("test_resnet", pretrained=weights, batchnorm=level, zero_init_last=False)
+    assert model.changes[0].startswith(level, 10)
+
+
+@pytest.mark.parametrize("level", ["frozen", "fused"])
+def test_frozen_or_fused_batchnorm_on_untrained_statistics_is_refused(level: str, tmp_path: Path) -> None:
+    # random init: running mean 0, var 1 everywhere, so frozen/fused BatchNorm would be no normalisation at all
+    with pytest.raises(ToolkitError) as err:
+        ImageClassifier("test_resnet", batchnorm=level, zero_init_last=False)
+    message = str(err.value)
+    assert "\n" not in message and f"batchnorm={level} with untrained BatchNorm statistics (15 layers" in message
+    assert "model.batchnorm: on" in message
+    # the same weights with statistics trained on data (as pretrained ones are) are accepted; on/off never refused
+    weights = weights_with_trained_statistics(tmp_path / "w.pth")
+    ImageClassifier("test_resnet", pretrained=weights, batchnorm=level, zero_init_last=False)
+    for ok in ("on", "off"):
+        ImageClassifier("test_resnet", batchnorm=ok, zero_init_last=False)
 
 
 def test_drop_path_on_blocks_without_shortcut_is_an_error() -> None:

@@ -27,6 +27,7 @@ PLAIN_TORCH = (
     "toolkit.schedules",
     "toolkit.freezing",
     "toolkit.datasets",
+    "toolkit.probe",
     "toolkit.image_files",
     "toolkit.pixels",
 )

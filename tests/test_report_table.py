@@ -187,3 +187,20 @@ def test_seeds_outside_the_spec_and_half_ensembled_variants_do_not_count() -> No
     # two paired seeds: a CI, but no p-value, and the note says why
     assert math.isnan(row.loc["half", "p_value"]) and "no p-value: 2 paired seeds" in row.loc["half", "note"]
     assert row.loc["half", "direction"] == "2/2 lower"
+
+
+def test_snapshot_row_shows_the_last_snapshot_alone_beside_the_ensemble() -> None:
+    snaps = {s: (0.5 + s / 100, 0.88 + s / 100, 0.91 + s / 50) for s in range(3)}  # snapshot 0, 1, 2 per seed
+    ensemble = [0.95, 0.96, 0.94]
+    rows = [("full", s, f"f{s}", "finished", 1.0) for s in range(3)]
+    rows += [("snapshot", s, f"s{s}", "finished", 1.0) for s in range(3)]
+    runs = runs_table(rows, test__acc=[0.9, 0.91, 0.92, 0.5, 0.6, 0.7])
+    runs["test/acc_ensemble"] = [math.nan] * 3 + ensemble
+    for index in range(3):
+        runs[f"test/acc_snapshot_{index}"] = [math.nan] * 3 + [snaps[s][index] for s in range(3)]
+    table = aggregate(mark_counted(runs), ["test/acc"], "full").set_index("variant")
+    last = [snaps[s][2] for s in range(3)]  # reference: the last snapshot's values, by hand
+    assert table.loc["snapshot", "mean"] == pytest.approx(statistics.mean(ensemble))
+    expected = f"last snapshot alone {100 * statistics.mean(last):.1f} ± {100 * statistics.stdev(last):.1f} (n=3)"
+    assert expected in table.loc["snapshot", "note"]
+    assert "last snapshot" not in table.loc["full", "note"]

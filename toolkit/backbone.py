@@ -36,6 +36,11 @@ def weights_from_checkpoint() -> Iterator[None]:
         _FROM_CHECKPOINT.reset(token)
 
 
+def building_from_checkpoint() -> bool:
+    """True inside :func:`weights_from_checkpoint` (the weights built now are placeholders for a checkpoint's)."""
+    return _FROM_CHECKPOINT.get()
+
+
 def check_backbone_name(name: str) -> None:
     """Raise a one-line error with close timm names when ``name`` is not a timm model."""
     if timm.is_model(name):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -12,8 +13,15 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from toolkit import features, keys
-from toolkit.backbone import create_backbone
-from toolkit.components import apply_switches, check_liveness, init_adjustments
+from toolkit import probe as probe_solver
+from toolkit.backbone import building_from_checkpoint, create_backbone
+from toolkit.components import (
+    apply_switches,
+    check_liveness,
+    check_untrained_statistics,
+    init_adjustments,
+    untrained_batchnorms,
+)
 from toolkit.components.registry import BATCHNORM_LEVELS
 from toolkit.errors import ToolkitError
 from toolkit.features import FeatureCacheMode
@@ -31,6 +39,15 @@ class ImageClassifier(pl.LightningModule):
         num_classes: number of classes (linked from ``data.num_classes`` by the CLI).
         pretrained: ``true`` loads timm hub weights, a path loads a local weights file, ``false`` is random init.
         freeze_backbone: linear probe: backbone frozen (no grads, eval mode, bit-identical after fit).
+        probe: how the head is trained while the backbone is frozen: ``sgd`` (the optimizer's steps, like the rest
+            of the run) or ``lbfgs`` (solved to convergence at the start of the first probe epoch by full-batch
+            L-BFGS on the frozen features, its L2 strength chosen on val from ``probe_l2``; see
+            :mod:`toolkit.probe`). With ``lbfgs`` the probe epochs take no optimizer step: they log the solved
+            head's train and val metrics, and their checkpoints hold it. LP->FT fine-tunes from the solved head.
+            The solve uses features of the un-augmented train images, so augmentation and mixup act only once
+            the backbone trains. A full fine-tune (``freeze_backbone: false``) has no probe phase: ``probe`` is
+            then unused.
+        probe_l2: the L2 strengths ``lbfgs`` chooses from on val (scikit-learn's ``C = 1 / (l2 * n_train)``).
         unfreeze_at_epoch: with ``freeze_backbone``, fine-tune the backbone from this epoch on (LP->FT).
         backbone_lr_scale: backbone lr = head lr x this scale.
         drop_rate: dropout before the head's linear layer.
@@ -61,6 +78,8 @@ class ImageClassifier(pl.LightningModule):
         num_classes: int = 10,
         pretrained: bool | str = False,
         freeze_backbone: bool = False,
+        probe: Literal["sgd", "lbfgs"] = "sgd",
+        probe_l2: list[float] | None = None,
         unfreeze_at_epoch: int | None = None,
         backbone_lr_scale: float = 1.0,
         drop_rate: float = 0.0,
@@ -86,6 +105,8 @@ class ImageClassifier(pl.LightningModule):
             raise ToolkitError("unfreeze_at_epoch needs freeze_backbone: true (probe first, then fine-tune)")
         if unfreeze_at_epoch is not None and unfreeze_at_epoch < 1:
             raise ToolkitError("unfreeze_at_epoch must be >= 1; for a full fine-tune set freeze_backbone: false")
+        if probe_l2 is not None and (not probe_l2 or any(v <= 0 for v in probe_l2)):
+            raise ToolkitError(f"model.probe_l2 {probe_l2}: give one or more L2 strengths > 0, e.g. [1e-4, 1e-3]")
         if backbone_lr_scale < 0:
             raise ToolkitError("backbone_lr_scale must be >= 0")
         for option, rate in (("drop_rate", drop_rate), ("drop_path_rate", drop_path_rate)):
@@ -99,6 +120,8 @@ class ImageClassifier(pl.LightningModule):
         self.backbone = create_backbone(backbone, pretrained, drop_path_rate, zero_init_last)
         self._setup_logged = False
         self.lesion_blocks = lesion_blocks
+        # a checkpoint brings its own (trained) statistics: the placeholders built for it are not checked
+        untrained = [] if building_from_checkpoint() else untrained_batchnorms(self.backbone)
         self.changes: list[str] = apply_switches(
             self.backbone,
             batchnorm=batchnorm,
@@ -106,10 +129,16 @@ class ImageClassifier(pl.LightningModule):
             residual_blocks=residual_blocks,
             lesion_blocks=lesion_blocks,
         )
+        check_untrained_statistics(untrained, batchnorm)  # after the zero-init guard, whose fix comes first
         check_liveness(self.backbone, self.changes)  # a dead network is refused before anything trains
         self.adjusted: list[str] = init_adjustments(zero_init_last)
         self.head = create_head(self.backbone.num_features, num_classes, drop_rate, head_init)
         self.channels_last, self._use_feature_cache = channels_last, False
+        self._probe_solved = False  # travels in checkpoints: a resumed run never solves again
+        #: train loss of the L-BFGS probe's zero head and of its solution (RunHealth's loss trajectory starts there)
+        self.probe_losses: tuple[float, float] | None = None
+        #: ``(epoch, global_step)`` of the checkpoint last loaded for testing (see :meth:`tested_checkpoint`)
+        self.loaded_checkpoint: tuple[int, int] | None = None
         if channels_last:
             self.backbone.to(memory_format=torch.channels_last)
         if compile:
@@ -150,6 +179,8 @@ class ImageClassifier(pl.LightningModule):
     def on_train_epoch_start(self) -> None:
         if self.freezer.maybe_unfreeze(self.current_epoch):
             rank_zero_info(f"epoch {self.current_epoch}: backbone unfrozen, fine-tuning (LP->FT)")
+        if self.hparams.probe == "lbfgs" and self.freezer.frozen and not self._probe_solved:
+            self._solve_probe()
         if self._use_feature_cache:  # cached features are valid only while the backbone stays frozen
             features.set_active(self.trainer.datamodule, self.freezer.frozen)
 
@@ -187,6 +218,62 @@ class ImageClassifier(pl.LightningModule):
                 }
             )
 
+    def _solve_probe(self) -> None:
+        if self.trainer.world_size > 1:
+            raise ToolkitError("model.probe lbfgs solves on one process; use probe: sgd for distributed training")
+        datamodule = self.trainer.datamodule
+        train, val = features.probe_features(self, datamodule, self.device)
+        grid = self.hparams.probe_l2 or probe_solver.DEFAULT_L2_GRID
+        solution = probe_solver.solve_probe(train, val, self.hparams.num_classes, grid, self.hparams.label_smoothing)
+        linear = self.head[-1]
+        with torch.no_grad():
+            linear.weight.copy_(solution.weight)
+            linear.bias.copy_(solution.bias)
+        self._probe_solved = True
+        self.probe_losses = (math.log(self.hparams.num_classes), solution.train_loss)
+        rank_zero_info(
+            f"linear probe solved (L-BFGS): l2 {solution.l2:g} chosen on val (acc {solution.val_acc:.4f}), "
+            f"train loss {solution.train_loss:.4f}"
+        )
+        if self.logger is not None:
+            self.logger.log_hyperparams({"probe_solution": {"l2": solution.l2, "val_acc": solution.val_acc}})
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["probe_solved"] = self._probe_solved
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._probe_solved = bool(checkpoint.get("probe_solved", False))
+        try:
+            testing = self.trainer.testing
+        except RuntimeError:  # loaded outside a trainer (load_from_checkpoint)
+            testing = False
+        if testing:  # what `test` evaluates, not what a fit resumes from
+            self.loaded_checkpoint = (int(checkpoint.get("epoch", -1)), int(checkpoint.get("global_step", -1)))
+
+    def phase_of(self, epoch: int) -> str:
+        """``probe`` for an epoch the backbone spent frozen, else ``fine-tune``."""
+        ft = self.finetune_from
+        return "probe" if ft is None or epoch < ft else "fine-tune"
+
+    @property
+    def finetune_from(self) -> int | None:
+        """The first epoch the backbone trains: 0 (full fine-tune), ``unfreeze_at_epoch`` (LP->FT), None (probe)."""
+        if not self.hparams.freeze_backbone:
+            return 0
+        return self.hparams.unfreeze_at_epoch
+
+    def tested_checkpoint(self) -> dict[str, Any]:
+        """Epoch and phase of the checkpoint the last test loaded (``tested_epoch`` None: the in-memory weights),
+        and the first fine-tuning epoch, for the run's health record."""
+        epoch = self.loaded_checkpoint[0] if self.loaded_checkpoint is not None else None
+        return {
+            "tested_epoch": epoch,
+            "tested_phase": self.phase_of(epoch) if epoch is not None and epoch >= 0 else None,
+            "finetune_from": self.finetune_from,
+        }
+
     # -- steps -------------------------------------------------------------------------------------------------
     @override
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -207,7 +294,7 @@ class ImageClassifier(pl.LightningModule):
         return F.cross_entropy(logits, targets, label_smoothing=self.hparams.label_smoothing)
 
     @override
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
         images, targets = batch
         logits = self._logits(images)
         loss = self._loss(logits, targets)
@@ -215,6 +302,8 @@ class ImageClassifier(pl.LightningModule):
         self.train_acc(logits, hard)
         self.log(keys.TRAIN_LOSS, loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(images))
         self.log(keys.TRAIN_ACC, self.train_acc, on_step=False, on_epoch=True, batch_size=len(images))
+        if self.hparams.probe == "lbfgs" and self.freezer.frozen:
+            return None  # the head is solved already: log its metrics, take no optimizer step (Lightning skips it)
         return loss
 
     def _eval_step(self, stage: str, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

@@ -13,6 +13,7 @@ checkpoint holds the whole model. LP->FT switches the loaders back to images at 
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import hashlib
 import os
@@ -250,6 +251,28 @@ def attach(model: FeatureModel, datamodule: FeatureData, device: torch.device) -
         datamodule.feature_splits[name] = CachedSplit(samples, features, labels)
         notes.append(f"{name} {tuple(features.shape)} {'from the cache' if hit else 'computed'}")
     return notes
+
+
+def probe_features(
+    model: FeatureModel, datamodule: Any, device: torch.device
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``(features, labels)`` of the train and val splits for the L-BFGS probe (:mod:`toolkit.probe`), cached.
+
+    The train images go through the eval transform when the train transform is random (``data.augment``): the
+    probe is solved once, on the images themselves, and augmentation acts from the first fine-tuning epoch.
+    """
+    if not hasattr(datamodule, "splits"):
+        raise ToolkitError("model.probe lbfgs needs an ImageDataModule (it solves on the train and val features)")
+    splits = datamodule.splits
+    train = splits.train
+    if datamodule.augment != "none":
+        train = copy.copy(train)
+        train.transform = splits.val.transform
+    out = []
+    for samples in (train, splits.val):
+        feats, _ = load_or_extract(model, samples, datamodule.batch_size, datamodule.num_workers, device)
+        out.append((feats, torch.as_tensor(samples.labels)))
+    return out[0], out[1]
 
 
 def set_active(datamodule: Any, active: bool) -> None:

@@ -15,6 +15,8 @@ from typing_extensions import override
 _WARNINGS = (
     # the linear probe and `batchnorm: frozen` keep modules in eval mode on purpose (the frozen contract)
     r"Found \d+ module\(s\) in eval mode at the start of training",
+    # `model.probe: lbfgs` solves the head before the probe epochs, whose training steps then return None on purpose
+    r"`training_step` returned `None`. If this was on purpose",
     # the ablation runner starts runs inside a Slurm task without srun on purpose (one process per task)
     r"The `srun` command is available on your system but is not used",
     # Lightning 2.6 calls a torch pytree API that torch deprecates; not ours to fix

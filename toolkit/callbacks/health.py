@@ -124,6 +124,13 @@ class RunHealth(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # an L-BFGS probe (model.probe lbfgs) trains its head without optimizer steps: its loss went from the zero
+        # head's to the solution's, which is where this run's trajectory starts (and ends, for a probe alone)
+        probe = getattr(pl_module, "probe_losses", None)
+        if probe is not None and self.initial_loss is None:
+            self.initial_loss = probe[0]
+        if probe is not None and not self._epoch_count:
+            self.final_loss = probe[1]
         if self._epoch_count:
             self.final_loss = self._epoch_sum / self._epoch_count  # the last epoch's mean: less noisy than a step
         self._epoch_sum, self._epoch_count = 0.0, 0

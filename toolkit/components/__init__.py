@@ -12,7 +12,14 @@ from torch import nn
 
 from toolkit.components._batchnorm import BN_FAMILIES, NormFreeAct, find_batchnorms, require_batchnorms
 from toolkit.components._dropout import active_dropout_modules
-from toolkit.components._init_guard import check_drop_path, check_zero_init, init_adjustments, zero_init_gammas
+from toolkit.components._init_guard import (
+    check_drop_path,
+    check_untrained_statistics,
+    check_zero_init,
+    init_adjustments,
+    untrained_batchnorms,
+    zero_init_gammas,
+)
 from toolkit.components._liveness import check_liveness
 from toolkit.components._residual import (
     RESIDUAL_FAMILIES,
@@ -31,9 +38,11 @@ __all__ = [
     "active_dropout_modules",
     "apply_switches",
     "check_liveness",
+    "check_untrained_statistics",
     "find_batchnorms",
     "init_adjustments",
     "list_residual_blocks",
+    "untrained_batchnorms",
     "zero_init_gammas",
 ]
 

@@ -80,6 +80,36 @@ def check_zero_init(backbone: nn.Module, batchnorm: str, bn_names: list[str], no
             )
 
 
+def untrained_batchnorms(backbone: nn.Module) -> list[str]:
+    """Names of the BatchNorm layers whose running statistics are still the untrained defaults (mean 0, var 1)."""
+    found = []
+    for name, child in backbone.named_modules():
+        stats = getattr(child, "running_mean", None), getattr(child, "running_var", None)
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and stats[0] is not None and stats[1] is not None:
+            untrained = not stats[0].any() and bool((stats[1] == 1).all())
+            found += [name] if untrained else []
+    return found
+
+
+def check_untrained_statistics(untrained: list[str], batchnorm: str) -> None:
+    """Refuse frozen or fused BatchNorm whose running statistics were never trained (a randomly initialised net).
+
+    Frozen BatchNorm normalises with its running statistics; untrained ones (mean 0, var 1, gamma 1, beta 0) make
+    it the identity, so ``frozen``/``fused`` on random init means *no normalisation*, not "BatchNorm frozen": the
+    variant would differ from a pretrained baseline in two things (its init and, silently, its normalisation).
+
+    Args:
+        untrained: :func:`untrained_batchnorms` of the backbone before any switch.
+        batchnorm: the BatchNorm level asked for.
+    """
+    if BATCHNORM_LEVELS[batchnorm].needs_trained_statistics and untrained:
+        raise ToolkitError(
+            f"batchnorm={batchnorm} with untrained BatchNorm statistics ({len(untrained)} layers at mean 0, var 1: "
+            f"random init, e.g. {_shown(untrained)}) normalises nothing; train them (model.batchnorm: on), remove "
+            "them (off), or load pretrained weights"
+        )
+
+
 def check_drop_path(backbone: nn.Module, no_shortcut: dict[int, str]) -> None:
     """Raise when stochastic depth would drop a block that has no shortcut (the whole block output becomes 0)."""
     from toolkit.components._dropout import active_dropout_modules

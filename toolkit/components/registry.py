@@ -34,11 +34,14 @@ class Level:
             its result is what ``transform`` gets. The default passes the BatchNorm names through.
         zero_init_effect: what the level would do to zero-initialised BatchNorm scales, completing "``<level>`` would
             ..."; the level is then refused on such a backbone (see ``_init_guard``). None: the level is harmless.
+        needs_trained_statistics: the level normalises with the running statistics as they are (frozen, folded);
+            on untrained ones (random init: mean 0, var 1) it normalises nothing and is refused (``_init_guard``).
     """
 
     transform: Callable[[nn.Module, Any], str] | None = None
     plan: Callable[[nn.Module, list[str]], Any] = _names
     zero_init_effect: str | None = None
+    needs_trained_statistics: bool = False
 
 
 #: the ``batchnorm`` switch, default first; `ImageClassifier`'s ``BatchNormLevel`` Literal is these keys
@@ -47,9 +50,13 @@ BATCHNORM_LEVELS: dict[str, Level] = {
     "frozen": Level(
         transform=freeze_batchnorms,
         zero_init_effect="freeze them at 0, so those residual branches stay dead for good",
+        needs_trained_statistics=True,
     ),
     "fused": Level(
-        transform=fuse_batchnorms, plan=plan_fusion, zero_init_effect="fold them into their convs as all-zero weights"
+        transform=fuse_batchnorms,
+        plan=plan_fusion,
+        zero_init_effect="fold them into their convs as all-zero weights",
+        needs_trained_statistics=True,
     ),
     "off": Level(
         transform=remove_batchnorms,

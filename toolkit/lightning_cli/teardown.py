@@ -28,13 +28,17 @@ def write_result(trainer: Trainer, status: str = FINISHED, reason: str | None = 
     """
     health_cb = next((c for c in trainer.callbacks if isinstance(c, RunHealth)), None)
     health = health_cb.summary(trainer, status, reason) if health_cb is not None else {"status": status}
+    # the epoch and phase of the checkpoint behind test/* (the report's "change never tested")
+    describe = getattr(trainer.lightning_module, "tested_checkpoint", None)
+    tested = describe() if callable(describe) else {}
     loggers = [lg for lg in trainer.loggers if is_wandb(lg)]
     for logger in loggers:
-        logger.experiment.summary.update(health_summary(health))
+        logger.experiment.summary.update(health_summary({**health, **tested}))
     run_id = next((getattr(lg.experiment, "id", None) for lg in loggers), None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     done = DONE if status == FINISHED else status
-    RunResult(done, time.time(), run_id, metrics, health).write(Path(trainer.default_root_dir) / RESULT_FILE)
+    record = RunResult(done, time.time(), run_id, metrics, health, **tested)
+    record.write(Path(trainer.default_root_dir) / RESULT_FILE)
 
 
 def fit_summary(trainer: Trainer) -> str:

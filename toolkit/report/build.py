@@ -156,7 +156,7 @@ def build_report(
     if runset.runs.empty:
         where = f"W&B project {wandb_path}" if wandb_path else f"{Path(root) / name}"
         raise ToolkitError(f"no W&B runs of ablation {name!r} in {where}; run `toolkit ablate run` first")
-    runs = mark_counted(runset.runs)
+    runs = mark_counted(runset.runs, baseline)
     _check_metrics(runs, metrics)
     first = ["ablation", "variant", "seed", "run_id", "state", "health", "reason", "counted", "note"]
     runs = runs[first + [c for c in runs.columns if c not in first]]

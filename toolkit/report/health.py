@@ -14,6 +14,9 @@ Classes (column ``health``, with a one-line ``reason``):
   (the majority-class share of the test split).
 - ``not learning``: completed, but its last epoch's mean train loss is within ``NOT_LEARNING_DROP`` of the loss of
   its first step.
+- ``change never tested``: finished and healthy, but the checkpoint it tested predates the point where its
+  variant's change takes effect (e.g. a probe-epoch checkpoint of a fine-tuning switch); decided across runs by
+  :mod:`toolkit.report.untested` (it needs the baseline's config), applied by :func:`classify` given a baseline.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import pandas as pd
 from toolkit import keys
 
 FINISHED, FAILED, DIVERGED, INTERRUPTED, CORRUPT = "finished", "failed", "diverged", "interrupted", "corrupt"
-DEGENERATE, NOT_LEARNING = "degenerate", "not learning"
+DEGENERATE, NOT_LEARNING, UNTESTED = "degenerate", "not learning", "change never tested"
 #: classes of runs that ran to their end (their own result, good or bad); the latest of these per seed decides it
-COMPLETED = (FINISHED, DIVERGED, DEGENERATE, NOT_LEARNING)
+COMPLETED = (FINISHED, DIVERGED, DEGENERATE, NOT_LEARNING, UNTESTED)
 #: relative drop of the train loss below which a run counts as not learning (1 %)
 NOT_LEARNING_DROP = 0.01
 #: the health columns a runs table may carry (from the W&B summary / result.json) and what sources add
@@ -93,12 +96,20 @@ def classify_run(row: pd.Series) -> tuple[str, str]:
     return FINISHED, ""
 
 
-def classify(runs: pd.DataFrame) -> pd.DataFrame:
-    """Add ``health`` and ``reason`` columns (see the module) to a runs table."""
+def classify(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
+    """Add ``health`` and ``reason`` columns (see the module) to a runs table; with ``baseline``, finished runs
+    whose tested checkpoint predates their variant's change become ``change never tested``."""
     runs = runs.copy()
     pairs: list[tuple[str, str]] = [classify_run(row) for _, row in runs.iterrows()]
     runs["health"] = pd.Series([p[0] for p in pairs], index=runs.index, dtype=object)
     runs["reason"] = pd.Series([p[1] for p in pairs], index=runs.index, dtype=object)
+    if baseline is not None:
+        from toolkit.report.untested import find_untested
+
+        reasons = find_untested(runs, baseline)
+        untested = reasons.notna() & (runs["health"] == FINISHED)
+        runs.loc[untested, "reason"] = reasons[untested]
+        runs.loc[untested, "health"] = UNTESTED
     return runs
 
 

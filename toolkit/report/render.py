@@ -129,7 +129,8 @@ def legend(baseline: str, metrics: Sequence[str], table: pd.DataFrame | None = N
         f"{ALPHA} after adjustment; direction: how many paired "
         f"seeds moved which way. No p-value is printed with fewer than {MIN_SEEDS_FOR_P} paired seeds: a t-test on "
         "so few says next to nothing. ⚠: seeds excluded for their health (diverged, degenerate, not learning, "
-        "interrupted, failed), listed below."
+        "change never tested, interrupted, failed), listed below. Hyperparameters: every row shares the "
+        "baseline's, except the settings its variant changes (no per-row tuning)."
     )
     if table is not None and not table["p_adjusted"].notna().any():
         text += f" This table has no p-values: no comparison has {MIN_SEEDS_FOR_P} paired seeds."

@@ -193,7 +193,8 @@ def _with_results(runs: pd.DataFrame) -> pd.DataFrame:
         result = RunResult.read(log.parents[2] / RESULT_FILE)
         if result is None or result.wandb_id != row["run_id"]:
             continue  # another attempt's record (a resumed run writes a new W&B run)
-        for key, value in result.health.items():
+        tested = {key: getattr(result, key) for key in RunResult.TESTED_FIELDS}
+        for key, value in {**result.health, **tested}.items():
             column = HEALTH_PREFIX + key
             if column not in runs or pd.isna(runs.at[index, column]):
                 runs.loc[index, column] = value if value is not None else math.nan

@@ -27,6 +27,12 @@ class RunResult:
         wandb_id: the W&B run this attempt logged to (None without W&B).
         metrics: the ``test/*`` values of the tested checkpoint.
         health: the run-health record (``callbacks.health.RunHealth.summary``).
+        tested_epoch: the epoch of the checkpoint behind ``metrics`` (None: no checkpoint was tested, or the
+            in-memory weights were).
+        tested_phase: that checkpoint's phase: ``probe`` (backbone frozen) or ``fine-tune``.
+        finetune_from: the first epoch the backbone trains (0: full fine-tune, None: a linear probe). With the
+            tested epoch it tells the report whether the variant's change acted before the tested checkpoint
+            (``toolkit.report.untested``); both also go into the W&B summary as ``health/<field>``.
     """
 
     status: str
@@ -34,6 +40,12 @@ class RunResult:
     wandb_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     health: dict[str, Any] = field(default_factory=dict)
+    tested_epoch: int | None = None
+    tested_phase: str | None = None
+    finetune_from: int | None = None
+
+    #: the fields that say which checkpoint was tested (also ``health/<field>`` in the W&B summary and runs.csv)
+    TESTED_FIELDS = ("tested_epoch", "tested_phase", "finetune_from")
 
     def write(self, path: str | Path) -> None:
         """Write atomically (a temporary file, then ``os.replace``): a reader sees the old file or the whole new one."""
