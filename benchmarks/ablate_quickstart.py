@@ -54,8 +54,8 @@ def sliced(spec: str, variants: list[str] | None, seeds: list[int] | None, folde
     data["base"] = [str((ROOT / b).resolve()) for b in base]
     if variants:
         data["variants"] = {name: data["variants"][name] for name in variants}
-        if data.get("baseline") not in variants:
-            data.pop("baseline", None)
+        if data.get("baseline", "full") not in variants:
+            data["baseline"] = variants[0]
     if seeds:
         data["seeds"] = seeds
     path = folder / Path(spec).name

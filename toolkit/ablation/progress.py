@@ -8,6 +8,7 @@ in place; elsewhere (CI logs, pipes) each start and finish prints one line.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import statistics
@@ -37,10 +38,16 @@ def max_epochs(spec: AblationSpec, run: Run) -> int | None:
         return run.overrides["trainer.max_epochs"]
     value = None
     for base in spec.base:
-        with open(base, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
-        value = (data.get("trainer") or {}).get("max_epochs", value) if isinstance(data, dict) else value
+        value = _base_max_epochs(str(base), os.stat(base).st_mtime_ns, value)
     return value
+
+
+@functools.lru_cache(maxsize=64)
+def _base_max_epochs(path: str, mtime_ns: int, default: int | None) -> int | None:
+    """``trainer.max_epochs`` of one base config (parsed once per file version, not once per run of the table)."""
+    with open(path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh) or {}
+    return (data.get("trainer") or {}).get("max_epochs", default) if isinstance(data, dict) else default
 
 
 def _duration(seconds: float | None) -> str:
