@@ -43,6 +43,10 @@ with open(os.path.join(root, f"received-{os.getpid()}.json"), "w") as fh:
     json.dump(got, fh)
 if opt("--ablation.variant") == "crash":
     sys.exit("RuntimeError: the stand-in crashed on purpose")
+if opt("--ablation.variant") == "killed" and not os.path.exists(os.path.join(root, "killed-once")):
+    open(os.path.join(root, "killed-once"), "w").close()
+    print("TPU available: False, using: 0 TPU cores", flush=True)  # Lightning's line, last in the log
+    os.kill(os.getpid(), 9)
 """
 
 
@@ -134,6 +138,54 @@ def test_a_crashing_run_is_failed_the_others_finish_and_retry_is_explicit(tmp_pa
     assert code == 1 and len(received(root)) == 6
     attempts = {(r["variant"], r["seed"]): r["attempts"] for r in Ledger(ledger_path(root, "standin")).read().values()}
     assert attempts == {("full", 0): 1, ("full", 1): 1, ("crash", 0): 2, ("crash", 1): 2}
+
+
+def test_a_run_killed_by_sigkill_is_recorded_as_killed_and_resumes_without_retry_failed(tmp_path: Path) -> None:
+    spec = make_spec(tmp_path, {"full": {}, "killed": {"model.drop_rate": 0.5}}, [0])
+    root = tmp_path / "runs"
+    code, out = run(spec, root, tmp_path, devices=[], workers=1)
+    records = {r["variant"]: r for r in Ledger(ledger_path(root, "standin")).read().values()}
+    killed = records["killed"]
+    assert code == 1 and killed["status"] == "pending" and killed["exit_code"] == -signal.SIGKILL
+    assert killed["reason"] == "killed by SIGKILL" and "TPU" not in out
+    assert "unfinished killed seed 0: killed by SIGKILL; run again to resume" in out
+    code, out = run(spec, root, tmp_path, devices=[], workers=1)  # no --retry-failed: a killed run resumes
+    records = {r["variant"]: r for r in Ledger(ledger_path(root, "standin")).read().values()}
+    assert code == 0 and records["killed"]["status"] == "done" and records["killed"]["attempts"] == 2
+
+
+@pytest.mark.parametrize(
+    ("code", "name"), [(-9, "SIGKILL"), (137, "SIGKILL"), (143, "SIGTERM"), (-11, "SIGSEGV"), (1, None), (2, None)]
+)
+def test_the_signal_is_read_from_the_exit_status(code: int, name: str | None) -> None:
+    from toolkit.ablation.lifecycle import killed_by
+
+    assert killed_by(code) == name
+
+
+def test_seeds_and_set_from_the_command_line_scale_the_study_and_are_recorded_in_the_ledger(tmp_path: Path) -> None:
+    from toolkit.ablation import cli_changes
+
+    spec = make_spec(tmp_path, {"full": {}, "no-drop": {"model.drop_rate": 0.0}}, [0])
+    scaled, changes = cli_changes.apply(spec, "1-2,5", ["trainer.max_epochs=4", "model.drop_rate=0.3"])
+    assert changes == {"seeds": [1, 2, 5], "set": {"trainer.max_epochs": 4, "model.drop_rate": 0.3}}
+    root = tmp_path / "runs"
+    code, _ = run(scaled, root, tmp_path, devices=[], workers=2, changes=changes)
+    assert code == 0
+    records = list(Ledger(ledger_path(root, "standin")).read().values())
+    assert sorted((r["variant"], r["seed"]) for r in records) == [
+        (v, s) for v in ("full", "no-drop") for s in (1, 2, 5)
+    ]
+    assert all(r["cli_changes"] == changes for r in records)
+    for got in received(root):
+        argv = got["argv"]
+        assert argv[argv.index("--trainer.max_epochs") + 1] == "4"
+        drop = argv[argv.index("--model.drop_rate") + 1]
+        assert drop == ("0.0" if "no-drop" in got["run_dir"] else "0.3")  # a variant's own change still wins
+    with pytest.raises(ToolkitError, match="--set 'max_epochs'"):
+        cli_changes.apply(spec, None, ["max_epochs"])
+    with pytest.raises(ToolkitError, match="--seeds"):
+        cli_changes.apply(spec, "0-4294967296", None)
 
 
 def test_slots_that_do_not_fit_are_refused() -> None:

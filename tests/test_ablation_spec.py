@@ -130,15 +130,18 @@ def test_missing_spec_file_says_what_to_pass(tmp_path: Path) -> None:
         load_spec(tmp_path / "none.yaml")
 
 
-def test_base_paths_resolve_against_cwd_first_then_the_spec_folder(tmp_path: Path, monkeypatch: Any) -> None:
+def test_base_paths_resolve_against_the_spec_folder_first_then_cwd(tmp_path: Path, monkeypatch: Any) -> None:
+    """A copied preset finds its own configs wherever it is run from; a same-named file where the user stands loses."""
     spec_dir, cwd = tmp_path / "specs", tmp_path / "cwd"
     spec_dir.mkdir(), cwd.mkdir()
+    (cwd / "only_here.yaml").write_text("trainer: {max_epochs: 3}\n")
+    path = write_spec(spec_dir, "name: a\nbase: [local.yaml, only_here.yaml]\nseeds: [0]\nvariants: {full: {}}\n")
     (spec_dir / "local.yaml").write_text("trainer: {max_epochs: 1}\n")
-    path = write_spec(spec_dir, "name: a\nbase: [local.yaml]\nseeds: [0]\nvariants: {full: {}}\n")
     monkeypatch.chdir(cwd)
-    assert load_spec(path).base == [str((spec_dir / "local.yaml").resolve())]
+    expected = [str((spec_dir / "local.yaml").resolve()), str((cwd / "only_here.yaml").resolve())]
+    assert load_spec(path).base == expected
     (cwd / "local.yaml").write_text("trainer: {max_epochs: 2}\n")
-    assert load_spec(path).base == [str((cwd / "local.yaml").resolve())]
+    assert load_spec(path).base == expected
 
 
 def test_factors_expand_to_leave_one_out_and_full_factorial(tmp_path: Path) -> None:

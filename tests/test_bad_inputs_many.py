@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import DIGITS, QUICK, ROOT, fit
@@ -64,6 +65,14 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     (inputs / "empty").mkdir()
     (inputs / "list.txt").write_text("two_class/a/0.png\ntwo_class/a/gone.png\n")
     _truncated_jpeg(inputs / "predict_cut" / "cut.jpg")
+    _images(inputs / "empty_class", {"a": 10, "b": 10, "c": 0})
+    _images(inputs / "dup_link", {"a": 10, "b": 10})
+    (inputs / "dup_link" / "b" / "same.png").symlink_to(inputs / "dup_link" / "a" / "0.png")
+    _images(inputs / "float_tif", {"a": 10, "b": 10})
+    Image.fromarray(np.full((12, 12), 0.5, np.float32)).save(inputs / "float_tif" / "a" / "depth.tif")
+    (inputs / "afile").write_text("a file where a folder belongs\n")
+    (inputs / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    (inputs / "bomb.yaml").write_text(BOMB)
     base_cfg = f"base: [{DIGITS}]\nbaseline: v\n"
     yamls = {
         "syntax.yaml": "model:\n  drop_rate: [0.1\n",
@@ -75,12 +84,30 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         + "seeds: [0]\nvariants:\n  v: {model.backbon: test_resnet}\n",
         "spec_no_seeds.yaml": "name: s3\n" + base_cfg + "seeds: []\nvariants: {v: {}}\n",
         "spec_ok.yaml": "name: s4\n" + base_cfg + "seeds: [0]\nvariants: {v: {}}\n",
+        "spec_seed_big.yaml": "name: s5\n" + base_cfg + "seeds: [0, 4294967296]\nvariants: {v: {}}\n",
+        "spec_seed_neg.yaml": "name: s6\n" + base_cfg + "seeds: [-3]\nvariants: {v: {}}\n",
+        "spec_bomb.yaml": "name: s7\n" + base_cfg + "seeds: [0]\nvariants: {v: {}}\n" + BOMB.replace("a:", "x_a:"),
+        "spec_base_bomb.yaml": "name: s8\nbase: [bomb.yaml]\nbaseline: v\nseeds: [0]\nvariants: {v: {}}\n",
+        "spec_binary_base.yaml": "name: s9\nbase: [binary.yaml]\nbaseline: v\nseeds: [0]\nvariants: {v: {}}\n",
+        "os_system.yaml": "model:\n  optimizer:\n    class_path: os.system\n    init_args: {command: touch PWNED}\n",
+        "popen_scheduler.yaml": "model:\n  lr_scheduler:\n    class_path: os.system\n    init_args: {command: x}\n",
+        "vit.yaml": "model:\n  backbone: test_vit\n",
+        "drop_half.yaml": "model:\n  drop_rate: 0.5\n",
+        "rmtree.yaml": "model:\n  optimizer:\n    class_path: shutil.rmtree\n    init_args: {path: nowhere}\n",
+        "callback_system.yaml": "trainer:\n  callbacks:\n    - class_path: subprocess.run\n      init_args: {args: x}\n",  # noqa: E501
+        "negative_lr.yaml": "model:\n  optimizer:\n    class_path: torch.optim.SGD\n    init_args: {lr: -0.1}\n",
     }
     for name, text in yamls.items():
         (inputs / name).write_text(text)
     ns = SimpleNamespace(base=base, earlier=earlier, ckpt=str(good_ckpt), inputs=inputs, new=base / "new")
     ns.before = _snapshot(earlier, inputs)
     return ns
+
+
+#: a "billion laughs" document: nine levels of nine aliases expand to 9**9 strings
+BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi", strict=True)
+)
 
 
 def _snapshot(*roots: Path) -> dict[Path, bytes]:
@@ -211,6 +238,108 @@ CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
     ("report_spec_missing", _with_inputs("report", "@nope_spec.yaml"), "nope_spec.yaml"),
     ("report_unknown_option", lambda c: ["report", "x.yaml", "--colour"], "--colour"),
     ("weights_unknown_option", lambda c: ["weights", "--all"], "--all"),
+    # issue 19: silent wrong data, hangs and "unexpected" errors
+    ("empty_class_folder", _folder("empty_class"), "empty_class/c"),
+    ("image_linked_into_two_classes", _folder("dup_link"), "same.png"),
+    ("float_image", _folder("float_tif"), "depth.tif"),
+    ("seed_too_big", _fit("--seed_everything", "4294967296"), "--seed_everything 4294967296"),
+    ("seed_negative", _fit("--seed_everything", "-1"), "--seed_everything -1"),
+    ("negative_lr", _fit("--model.optimizer.init_args.lr", "-0.5"), "lr -0.5"),
+    ("negative_weight_decay", _fit("--model.optimizer.init_args.weight_decay", "-1"), "weight_decay -1"),
+    ("negative_lr_config", _with_inputs("fit", *QUICK, "--config", "@negative_lr.yaml"), "lr -0.1"),
+    ("optimizer_os_system", _with_inputs("fit", *QUICK, "--config", "@os_system.yaml"), "os.system"),
+    ("optimizer_rmtree", _with_inputs("fit", *QUICK, "--config", "@rmtree.yaml"), "shutil.rmtree"),
+    ("callback_subprocess", _with_inputs("fit", *QUICK, "--config", "@callback_system.yaml"), "subprocess.run"),
+    ("scheduler_os_system", _with_inputs("fit", *QUICK, "--config", "@popen_scheduler.yaml"), "os.system"),
+    ("root_dir_is_file", _with_inputs("fit", *QUICK, "--trainer.default_root_dir", "@afile"), "default_root_dir"),
+    ("root_dir_under_file", _with_inputs("fit", *QUICK, "--trainer.default_root_dir", "@afile/run"), "afile"),
+    ("test_root_dir_is_file", _eval("test", "--trainer.default_root_dir", "@afile"), "default_root_dir"),
+    ("config_binary", _with_inputs("fit", "--config", "@binary.yaml"), "binary.yaml"),
+    ("config_bomb", _with_inputs("fit", "--config", "@bomb.yaml"), "bomb.yaml"),
+    ("config_bomb_nested", _with_inputs("fit", *QUICK, "--model", "@bomb.yaml"), "billion laughs"),
+    ("validate_config_bomb", _with_inputs("validate", "--config", "@bomb.yaml"), "bomb.yaml"),
+    ("ablate_seed_too_big", _with_inputs("ablate", "run", "@spec_seed_big.yaml", "--dry-run"), "4294967296"),
+    ("ablate_seed_negative", _with_inputs("ablate", "run", "@spec_seed_neg.yaml", "--dry-run"), "-3"),
+    ("ablate_status_seed_too_big", _with_inputs("ablate", "status", "@spec_seed_big.yaml"), "4294967296"),
+    ("ablate_spec_bomb", _with_inputs("ablate", "run", "@spec_bomb.yaml", "--dry-run"), "spec_bomb.yaml"),
+    ("ablate_status_spec_bomb", _with_inputs("ablate", "status", "@spec_bomb.yaml"), "spec_bomb.yaml"),
+    ("ablate_base_bomb", _with_inputs("ablate", "run", "@spec_base_bomb.yaml", "--dry-run"), "bomb.yaml"),
+    ("ablate_status_base_bomb", _with_inputs("ablate", "status", "@spec_base_bomb.yaml"), "bomb.yaml"),
+    ("ablate_binary_base", _with_inputs("ablate", "status", "@spec_binary_base.yaml"), "binary.yaml"),
+    ("ablate_spec_binary", _with_inputs("ablate", "status", "@binary.yaml"), "binary.yaml"),
+    ("ablate_root_is_file", _with_inputs("ablate", "run", "@spec_ok.yaml", "--root", "@afile", "--dry-run"), "--root"),
+    ("ablate_status_root_file", _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@afile"), "--root"),
+    ("report_root_is_file", _with_inputs("report", "@spec_ok.yaml", "--root", "@afile"), "--root"),
+    ("report_out_is_file", _with_inputs("report", "@spec_ok.yaml", "--out", "@afile"), "--out"),
+    ("report_seeds_bad", _with_inputs("report", "@spec_ok.yaml", "--seeds", "0-x"), "--seeds"),
+    ("ablate_seeds_bad", _with_inputs("ablate", "run", "@spec_ok.yaml", "--seeds", "1,1", "--dry-run"), "twice"),
+    (
+        "ablate_set_no_equals",
+        _with_inputs("ablate", "run", "@spec_ok.yaml", "--set", "max_epochs", "--dry-run"),
+        "--set",
+    ),
+    (
+        "ablate_set_unknown_key",
+        _with_inputs("ablate", "run", "@spec_ok.yaml", "--set", "model.backbon=x", "--dry-run"),
+        "backbon",
+    ),
+    ("report_spec_bomb", _with_inputs("report", "@spec_bomb.yaml"), "spec_bomb.yaml"),
+    ("search_spec_bomb", _with_inputs("search", "@bomb.yaml"), "bomb.yaml"),
+    (
+        "fit_resume_model_conflict",
+        _with_inputs(
+            "fit",
+            *QUICK,
+            "--trainer.default_root_dir",
+            "%earlier",
+            "--ckpt_path",
+            "last",
+            "--model.backbone",
+            "test_vit",
+        ),
+        "backbone",
+    ),
+    (
+        "fit_resume_config_conflict",
+        _with_inputs(
+            "fit",
+            *QUICK,
+            "--config",
+            "@drop_half.yaml",
+            "--trainer.default_root_dir",
+            "%earlier",
+            "--ckpt_path",
+            "last",
+        ),
+        "drop_rate",
+    ),
+    ("fit_resume_other_run", lambda c: _fit("--ckpt_path", c.ckpt)(c), "belongs to the run"),
+    ("fit_other_run_backbone", lambda c: _fit("--ckpt_path", c.ckpt, "--model.backbone", "test_vit")(c), "backbone"),
+    ("test_config_conflict", _eval("test", "--config", "@vit.yaml"), "backbone"),
+    ("predict_config_conflict", _eval("predict", "--config", "@drop_half.yaml"), "drop_rate"),
+    ("validate_model_value_conflict", _eval("validate", "--model", "{drop_rate: 0.5}"), "drop_rate"),
+    # doctor: its own options, and the toolkit fit parser's checks on its config
+    ("doctor_config_missing", _with_inputs("doctor", "--config", "@nope.yaml"), "nope.yaml"),
+    ("doctor_out_is_file", _with_inputs("doctor", "--config", DIGITS, "--out", "@afile"), "--out"),
+    ("doctor_steps_zero", _with_inputs("doctor", "--config", DIGITS, "--check-steps", "0"), "--check-steps 0"),
+    ("doctor_config_bomb", _with_inputs("doctor", "--config", "@bomb.yaml"), "bomb.yaml"),
+    ("doctor_config_binary", _with_inputs("doctor", "--config", "@binary.yaml"), "binary.yaml"),
+    ("doctor_seed_too_big", _with_inputs("doctor", "--config", DIGITS, "--seed_everything", "-5"), "-5"),
+    ("doctor_negative_lr", _with_inputs("doctor", "--config", DIGITS, "--config", "@negative_lr.yaml"), "lr -0.1"),
+    ("doctor_unknown_key", _with_inputs("doctor", "--config", DIGITS, "--model.backbon", "x"), "backbon"),
+    # search and weights
+    ("search_spec_missing", _with_inputs("search", "@nope_search.yaml"), "nope_search.yaml"),
+    ("search_spec_binary", _with_inputs("search", "@binary.yaml"), "binary.yaml"),
+    ("search_unknown_option", _with_inputs("search", "@spec_ok.yaml", "--trials", "3"), "--trials"),
+    ("weights_extra_argument", lambda c: ["weights", "resnet50"], "resnet50"),
+    # more fit/validate/test/predict
+    ("validate_seed_too_big", _eval("validate", "--seed_everything", "99999999999"), "99999999999"),
+    ("predict_negative_lr", _eval("predict", "--model.optimizer.init_args.lr", "-1"), "lr -1"),
+    ("predict_root_dir_is_file", _eval("predict", "--trainer.default_root_dir", "@afile"), "default_root_dir"),
+    ("test_config_binary", _eval("test", "--config", "@binary.yaml"), "binary.yaml"),
+    ("test_config_bomb", _eval("test", "--config", "@bomb.yaml"), "bomb.yaml"),
+    ("validate_config_conflict", _eval("validate", "--config", "@vit.yaml"), "backbone"),
+    ("search_root_is_file", _with_inputs("search", "@spec_ok.yaml", "--root", "@afile"), "--root"),
 ]
 
 
@@ -228,7 +357,13 @@ def _one_error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
 
 
 def test_case_list_is_broad() -> None:
-    assert len({case_id for case_id, _, _ in CASES}) == len(CASES) >= 40
+    assert len({case_id for case_id, _, _ in CASES}) == len(CASES) >= 100
+    entry_points = {"fit", "validate", "test", "predict", "ablate", "report", "search", "doctor", "weights"}
+    reached = {
+        build(SimpleNamespace(base=Path("b"), inputs=Path("i"), earlier=Path("e"), new=Path("n"), ckpt="c"))[0]
+        for _, build, _ in CASES
+    }
+    assert reached == entry_points
 
 
 @pytest.mark.parametrize(("case_id", "build", "culprit"), CASES, ids=[c[0] for c in CASES])
@@ -274,9 +409,10 @@ def test_a_last_training_batch_of_one_sample_is_dropped_not_crashed(tmp_path) ->
     ],
 )
 def test_ablate_options_take_dashes_or_underscores(argv: list[str]) -> None:
-    from toolkit.ablation.cli import build_parser, normalize_options
+    from toolkit.ablation.cli import build_parser
+    from toolkit.cli_options import parse
 
-    args = build_parser().parse_args(normalize_options(argv)).run
+    args = parse(build_parser(), argv, "ablate").run
     assert (args.spec, args.dry_run, args.gpus_per_run, args.retry_failed, args.time_min) == (
         "s.yaml",
         True,
@@ -284,5 +420,44 @@ def test_ablate_options_take_dashes_or_underscores(argv: list[str]) -> None:
         True,
         30,
     )
-    negated = build_parser().parse_args(normalize_options(["run", "s_x.yaml", "--no_dry_run"])).run
+    negated = parse(build_parser(), ["run", "s_x.yaml", "--no_dry_run"], "ablate").run
     assert negated.dry_run is False and negated.spec == "s_x.yaml"  # a value keeps its underscores
+
+
+@pytest.mark.slow
+def test_real_commands_refuse_an_alias_bomb_at_once(tmp_path) -> None:
+    """The real console command (3 processes): a "billion laughs" config or spec is one line in seconds, not a hang."""
+    from conftest import toolkit_cmd
+
+    (tmp_path / "bomb.yaml").write_text(BOMB)
+    (tmp_path / "spec.yaml").write_text("name: b\nbase: [bomb.yaml]\nbaseline: v\nseeds: [0]\nvariants: {v: {}}\n")
+    for argv in (
+        ["fit", "--config", "bomb.yaml"],
+        ["ablate", "run", "spec.yaml", "--dry-run"],
+        ["ablate", "status", "spec.yaml"],
+    ):
+        done = toolkit_cmd(*argv, cwd=tmp_path, timeout=60)
+        errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 2 and len(errors) == 1 and "bomb.yaml" in errors[0], done.stderr
+        assert "billion laughs" in errors[0] and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_a_fit_on_a_full_disk_is_one_line_naming_its_folder_and_leaves_no_partial_checkpoint(tmp_path) -> None:
+    """A file-size limit (EFBIG, as a full disk's ENOSPC) when the first checkpoint is saved; one process."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "run"
+    argv = ["fit", *QUICK, "--trainer.default_root_dir", str(root), "--trainer.logger", "false"]
+    code = (
+        "import resource, signal\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (60000, 60000))  # config.yaml fits, a checkpoint does not\n"
+        f"from toolkit.cli import main\nmain({argv!r})"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert errors[0].startswith(f"error: cannot write a file under {root}: File too large"), errors
+    assert not list((root / "checkpoints").glob("*")) and not (root / "result.json").exists()

@@ -36,11 +36,14 @@ def test_checkpoint_tests_after_its_weights_file_is_deleted(tmp_path: Path) -> N
         tmp_path / "fit", "--model.backbone", "test_efficientnet", "--model.pretrained", str(weights)
     )
     weights.unlink()
-    cli = _test(ckpt, tmp_path / "test")
+    # QUICK's config says test_resnet: a model option contradicting the checkpoint is refused, from a file too
+    with pytest.raises(ToolkitError, match=r"--model.backbone='test_resnet' conflicts with the checkpoint's"):
+        _test(ckpt, tmp_path / "test")
+    cli = _test(ckpt, tmp_path / "test", "--model.backbone", "test_efficientnet")
     assert cli.model.hparams.pretrained == str(weights)  # the config still says where the run's weights came from
     assert float(cli.trainer.callback_metrics["test/acc"]) == acc  # same checkpoint, same test split, same number
     # `last` resolves to <root>/checkpoints/last.ckpt; its hyperparameters (backbone) apply too
-    cli = _test(Path("last"), tmp_path / "fit")
+    cli = _test(Path("last"), tmp_path / "fit", "--model.backbone", "test_efficientnet")
     assert cli.model.hparams.backbone == "test_efficientnet"
 
 
@@ -66,7 +69,10 @@ def test_pretrained_checkpoint_tests_without_hub_or_offline_weights(
     lite0_run: tuple[Path, float], tmp_path: Path, no_weights: None
 ) -> None:
     ckpt, acc = lite0_run
-    cli = _test(ckpt, tmp_path / "test", "--model.pretrained", "false")  # accepted: weights come from the checkpoint
+    lite0 = ["--model.backbone", "tf_efficientnet_lite0"]
+    cli = _test(
+        ckpt, tmp_path / "test", *lite0, "--model.pretrained", "false"
+    )  # accepted: weights come from the checkpoint
     assert cli.model.hparams.backbone == "tf_efficientnet_lite0"
     assert cli.model.hparams.pretrained is True  # the logged config says how the tested weights were trained
     assert float(cli.trainer.callback_metrics["test/acc"]) == acc
@@ -80,7 +86,7 @@ def test_conflicting_backbone_at_test_is_refused(
     with pytest.raises(ToolkitError, match=r"--model.backbone='test_resnet' conflicts with the checkpoint's backbone"):
         _test(ckpt, tmp_path / "test", "--model.backbone", "test_resnet")
     with pytest.raises(ToolkitError, match=r"--model.batchnorm='off' conflicts with the checkpoint's batchnorm='on'"):
-        _test(ckpt, tmp_path / "test", "--model.batchnorm=off")
+        _test(ckpt, tmp_path / "test", "--model.backbone", "tf_efficientnet_lite0", "--model.batchnorm=off")
 
 
 def test_lesion_applies_at_test(lite0_run: tuple[Path, float], tmp_path: Path, no_weights: None) -> None:

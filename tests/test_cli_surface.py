@@ -79,6 +79,19 @@ def test_fit_into_a_folder_with_another_run_is_refused_and_changes_nothing(capsy
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+def test_fit_help_fits_a_screen_and_help_full_has_every_option(capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--help"])
+    short = capsys.readouterr().out
+    assert done.value.code == 0 and len(short.splitlines()) < 80
+    assert "model: A headless timm backbone" in short and "--model.backbone" in short and "--data.augment" in short
+    assert "toolkit fit --help full" in short and "(type:" not in short
+    with pytest.raises(SystemExit):
+        main(["fit", "--help", "full"])
+    full = capsys.readouterr().out
+    assert len(full.splitlines()) > 500 and "--model.backbone BACKBONE" in full
+
+
 def test_top_level_help_lists_every_subcommand(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
@@ -111,11 +124,19 @@ def test_epoch_line_round_trip() -> None:
 
 
 def test_fit_prints_epoch_lines_and_where_its_outputs_are_without_noise(capfd, tmp_path) -> None:
-    fit(tmp_path, "--trainer.max_epochs", "2", "--model.freeze_backbone", "true")
+    fit(tmp_path, "--trainer.max_epochs", "2", "--model.freeze_backbone", "true", "--trainer.log_every_n_steps", "1")
     out, err = capfd.readouterr()
     lines = [parse_epoch_line(line) for line in out.splitlines() if parse_epoch_line(line)]
     assert [epoch for epoch, _ in lines] == [1, 2]
     assert {"train/loss", "val/acc", "val/f1"} <= set(lines[-1][1])
+    # train/loss is the epoch's mean, like train/acc beside it: the mean of the steps logged to W&B (3 equal batches)
+    from toolkit.report.wandb_log import read_run
+
+    (log,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    steps = [row["train/loss"] for row in read_run(log).history if "train/loss" in row]
+    assert len(steps) == 6  # 2 epochs x 3 batches, each logged
+    for (_, metrics), epoch_steps in zip(lines, (steps[:3], steps[3:]), strict=True):
+        assert metrics["train/loss"] == pytest.approx(sum(epoch_steps) / 3, abs=1e-4)  # the line shows 4 decimals
     assert f"result: {tmp_path / 'result.json'}" in out and "best checkpoint: " in out and "W&B run: " in out
     for noise in ("litlogger", "anonymous setting", "in eval mode at the start of training", "LeafSpec"):
         assert noise not in out + err

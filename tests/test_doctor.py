@@ -88,3 +88,33 @@ def test_doctor_refuses_a_missing_config(tmp_path):
     with pytest.raises(ToolkitError, match=r"config 'nope\.yaml' not found"):
         main(["--config", "nope.yaml", "--out", str(tmp_path)])
     assert not tmp_path.joinpath("doctor.json").exists()
+
+
+def test_a_loss_that_grows_reads_as_a_factor_not_minus_thousands_of_percent():
+    from toolkit.doctor.checks import Curve, choose_lr, loss_change
+
+    assert loss_change(0.38) == "-38%" and loss_change(-0.2) == "+20%" and loss_change(-159.0) == "x160"
+    assert loss_change(float("nan")) == "diverged"
+    falls = Curve("a", loss=[2.0] * 5 + [1.0] * 5)  # halves: -50 %
+    grows = Curve("b", loss=[0.01] * 5 + [1.6] * 5)  # 160-fold
+    step, best = choose_lr([falls, grows], (0.01, 1.0))
+    assert best == 0.01 and "0.01: -50%" in step.measured and "1: x160" in step.measured
+    assert "%" not in step.measured.split("1: ")[-1]
+
+
+def test_step_3_stays_in_the_probe_phase_of_lp_ft():
+    from toolkit.doctor.checks import steps_before_unfreeze
+
+    assert steps_before_unfreeze(30, None, 10) == 30
+    assert steps_before_unfreeze(30, 2, 10) == 20  # unfreezes at step 20: the check stops there
+    assert steps_before_unfreeze(30, 1, 50) == 30
+
+
+def test_a_zero_initialised_head_gets_no_lr_advice_from_its_update_ratio():
+    from toolkit.doctor.checks import Curve
+    from toolkit.doctor.cli import _ratio_step
+
+    curve = Curve("lr=0.01", loss=[1.0, 0.5], ratios={"head": 3.0, "backbone": 1e-3})  # head: norm 0 at step 0
+    assert "head" in _ratio_step([curve], 0.01).advice
+    step = _ratio_step([curve], 0.01, zero_head=True)
+    assert step.passed and not step.advice

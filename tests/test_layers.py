@@ -27,6 +27,8 @@ PLAIN_TORCH = (
     "toolkit.schedules",
     "toolkit.freezing",
     "toolkit.datasets",
+    "toolkit.image_files",
+    "toolkit.pixels",
 )
 BASE_MODULES = (
     "toolkit",
@@ -35,6 +37,8 @@ BASE_MODULES = (
     "toolkit.quiet",
     "toolkit.epoch_line",
     "toolkit.parse_errors",
+    "toolkit.safe_yaml",
+    "toolkit.atomic",
 )
 #: the run contract beside the base: spec, ledger, run-folder layout, RunResult (torch-free)
 CONTRACT = "toolkit.study"
@@ -51,7 +55,9 @@ def layer(module: str) -> int:
     if module in BASE_MODULES or _in(module, CONTRACT):
         return BASE
     # entry points: the console command, `python -m toolkit`, the warm worker parent that forks runs of the command
-    if module in ("toolkit.cli", "toolkit.__main__", "toolkit.worker") or module.endswith(".cli"):
+    if module in ("toolkit.cli", "toolkit.cli_options", "toolkit.__main__", "toolkit.worker") or module.endswith(
+        ".cli"
+    ):
         return CLI
     if any(_in(module, p) for p in PEER_PACKAGES):
         return PEERS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -83,8 +84,9 @@ def test_sample_photos_get_sensible_imagenet_classes(lite0_file: str, image: str
 def test_pretrained_true_offline_loads_the_package_weights(cache: Path, capfd: pytest.CaptureFixture) -> None:
     assert not hub_reachable()  # conftest sets HF_HUB_OFFLINE=1
     backbone = create_backbone(LITE0, pretrained=True)
+    create_backbone(LITE0, pretrained=True)  # a second model in the process (the runner builds every variant's)
     err = capfd.readouterr().err
-    assert f"from the package {ENTRY.package} (Apache-2.0)" in err and err.count("\n") == 1
+    assert f"from the package {ENTRY.package} (Apache-2.0)" in err and err.count("\n") == 1  # said once
     converted = torch.load(ENTRY.cached_file(), map_location="cpu", weights_only=True)
     assert ENTRY.cached_file().parent == cache / "weights"
     for key, value in backbone.state_dict().items():
@@ -144,3 +146,27 @@ def test_imagenet_probe_beats_random_init_probe(tmp_path: Path, cache: Path) -> 
     random = _probe_acc(tmp_path / "random", "false")  # same seed, data order and head init
     print(f"linear probe test/acc: ImageNet {imagenet:.3f}, random init {random:.3f}")
     assert imagenet > random + 0.15, (imagenet, random)
+
+
+@needs_weights
+def test_a_damaged_converted_cache_is_converted_again(cache: Path, capfd: pytest.CaptureFixture) -> None:
+    """The converted file's sha256 is recorded beside it; a flipped bit or a missing record rebuilds it."""
+    path = Path(offline_weights_file(LITE0))
+    good = path.read_bytes()
+    record = path.with_name(path.name + ".sha256")
+
+    def intact() -> bool:  # independent: hashlib on the bytes, and the tensors themselves
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        same = all(torch.equal(loaded[k], reference[k]) for k in reference) and loaded.keys() == reference.keys()
+        return same and record.read_text().strip() == hashlib.sha256(path.read_bytes()).hexdigest()
+
+    reference = torch.load(path, map_location="cpu", weights_only=True)
+    assert intact()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0x01  # one bit inside a tensor: torch.load would read it without complaint
+    path.write_bytes(bytes(damaged))
+    capfd.readouterr()
+    assert offline_weights_file(LITE0) == str(path) and intact()
+    assert "fail their sha256 check" in capfd.readouterr().err
+    record.unlink()  # a cache written before the record existed
+    assert offline_weights_file(LITE0) == str(path) and intact()

@@ -44,7 +44,7 @@ def _run_tiny(
     path.write_text(yaml.safe_dump(derived))
     done = toolkit_cmd("ablate", "run", str(path), "--root", str(tmp_path / "runs"), "--workers", "2", cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = tmp_path / "reports" / spec["name"]
+    out = tmp_path / "runs" / spec["name"] / "report"  # beside its runs
     return spec, pd.read_csv(out / "runs.csv"), pd.read_csv(out / "table.csv"), out
 
 

@@ -14,7 +14,7 @@ from report_fixtures import SYNTH_FINISHED, synthetic_ablation
 
 from toolkit.errors import ToolkitError
 from toolkit.report.build import ReportResult, build_report
-from toolkit.report.plots import clipped_error, smoothing_window
+from toolkit.report.plots import clipped_error, smoothing_window, variant_colors
 from toolkit.report.wandb_log import read_run
 
 METRICS = ["test/acc", "test/f1"]
@@ -126,6 +126,21 @@ def test_plots_are_non_empty_png_images(report: ReportResult) -> None:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         image = imread(path)
         assert image.shape[0] > 100 and image.shape[1] > 100 and image.std() > 0.01, path.name
+
+
+def test_each_variant_has_one_colour_in_every_figure(report: ReportResult) -> None:
+    """The variant's colour (and no other variant's) is drawn in the bars, the overlay and its own curves."""
+    colors = variant_colors(VARIANTS)
+    assert len(set(colors.values())) == len(VARIANTS)
+
+    def drawn(name: str) -> set[str]:
+        pixels = (imread(report.out / name)[..., :3] * 255).round().astype(int).reshape(-1, 3)
+        present = {"#{:02x}{:02x}{:02x}".format(*p) for p in {tuple(p) for p in pixels.tolist()}}
+        return {v for v, c in colors.items() if c in present}
+
+    assert drawn("bar_test_acc.png") == drawn("val_acc_by_epoch.png") == set(VARIANTS)
+    for variant in VARIANTS:
+        assert drawn(f"curves_{variant}.png") == {variant}
 
 
 def test_error_bars_stop_at_the_metric_range() -> None:

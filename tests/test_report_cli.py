@@ -73,7 +73,7 @@ def test_report_command_writes_the_report_without_torch(spec: dict) -> None:
 def test_console_command_default_out_and_errors(spec: dict) -> None:
     proc = toolkit_cmd("report", str(spec["path"]), "--root", str(spec["root"]), cwd=spec["dir"])
     assert proc.returncode == 0, proc.stderr
-    out = spec["dir"] / "reports" / "synth"
+    out = Path(spec["root"]) / "synth" / "report"  # beside the runs, whatever the working directory
     assert (out / "table.md").read_text() in proc.stdout + "\n"
     assert len(pd.read_csv(out / "runs.csv")) == len(SYNTH_FINISHED) + 5
 
@@ -81,3 +81,23 @@ def test_console_command_default_out_and_errors(spec: dict) -> None:
     assert missing.returncode == 2 and missing.stderr.startswith("error: ablation spec 'no-such-spec.yaml' not found")
     empty = toolkit_cmd("report", str(spec["path"]), "--root", str(spec["dir"] / "elsewhere"), cwd=spec["dir"])
     assert empty.returncode == 2 and "error: no runs folder" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_earlier_report_stays_whole(spec: dict) -> None:
+    """A file-size limit (EFBIG, as a full disk's ENOSPC) mid-report: exit 2 naming the file; no 0-byte runs.csv."""
+    out = spec["dir"] / "out-full"
+    argv = ["report", str(spec["path"]), "--root", str(spec["root"]), "--out", str(out)]
+    first = run_python(f"from toolkit.cli import main\nmain({argv!r})", spec["dir"])
+    assert first.returncode == 0, first.stderr
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    full = run_python(
+        "import resource, signal\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))\n"
+        f"from toolkit.cli import main\nmain({argv!r})",
+        spec["dir"],
+    )
+    errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
+    assert full.returncode == 2 and len(errors) == 1 and "Traceback" not in full.stderr, full.stderr
+    assert errors[0].startswith(f"error: cannot write {out / 'runs.csv'}: File too large"), errors
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # whole, and no temporary file left

@@ -144,6 +144,20 @@ def test_grid_points_are_log_spaced():
     assert Range(0.0, 1.0, n=3).grid() == [0.0, 0.5, 1.0]
 
 
+def test_best_config_names_its_own_run_folder_and_parses_as_a_fit(tmp_path, monkeypatch):
+    from toolkit.lightning_cli import parse_config
+    from toolkit.search.output import best_config
+
+    spec = load_search(ROOT / "searches" / "digits.yaml")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "digits").mkdir(parents=True)  # the base config's run folder holds a run already
+    (tmp_path / "runs" / "digits" / "result.json").write_text("{}")
+    best = tmp_path / "best.yaml"
+    best.write_text(yaml.safe_dump(best_config(spec, {}, {}, tmp_path / "search" / "best")))
+    config = parse_config(["fit", "--config", str(best)])
+    assert config.fit.trainer.default_root_dir == str(tmp_path / "search" / "best")
+
+
 def _toolkit(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("toolkit")), *args]
 
@@ -193,9 +207,9 @@ def test_tpe_search_killed_and_resumed_runs_no_trial_twice_and_its_best_config_r
     assert sorted(p.name for p in folder.glob("scatter_*.png")) == sorted([f"scatter_{LR}.png", f"scatter_{WD}.png"])
     best = table[0]
     # the best config trains with `toolkit fit` to the reported score (same threads as a trial: one per worker)
-    out = tmp_path / "refit"
+    out = folder / "best"  # best.yaml names its own run folder: the command it suggests works as printed
     refit = subprocess.run(
-        _toolkit("fit", "--config", str(folder / "best.yaml"), "--trainer.default_root_dir", str(out)),
+        _toolkit("fit", "--config", str(folder / "best.yaml")),
         cwd=ROOT,
         env={**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
         capture_output=True,

@@ -112,3 +112,47 @@ def test_cancelled_and_preempted_tasks_resume_from_their_checkpoints(tmp_path: P
         assert {"full", f"seed={seed}"} <= set(current.tags) and "test/acc" in current.summary
         assert current.config["ablation"] == {"name": "onslurm", "variant": "full", "seed": seed}
     assert "## Ablation: onslurm" in out
+
+
+def test_job_carries_cluster_settings_and_one_run_trains_ddp_over_two_tasks(tmp_path: Path) -> None:
+    """account/qos/mem/setup/pass-through options reach the job (read back from Slurm), and ``--tasks-per-node 2``
+    makes one run a 2-process DDP fit, one Slurm task per process (what multi-node DDP is, on one node)."""
+    overrides = {
+        "trainer.max_epochs": 1,
+        "trainer.limit_train_batches": 4,
+        "trainer.limit_val_batches": 1,
+        "trainer.limit_test_batches": 1,
+        "trainer.enable_progress_bar": False,
+    }
+    marker = tmp_path / "setup-ran"
+    raw = {
+        "name": "cluster",
+        "base": [str(ROOT / "configs" / "digits.yaml")],
+        "overrides": overrides,
+        "seeds": [0],
+        "variants": {"full": {}},
+        "slurm": {"account": "proj42", "setup": [f"echo $SLURM_JOB_ID > {marker}"]},
+    }
+    spec = tmp_path / "cluster.yaml"
+    spec.write_text(json.dumps(raw))
+    root = tmp_path / "runs"
+    args = ["ablate", "run", str(spec), "--root", str(root), "--executor", "slurm", "--partition", "debug"]
+    args += ["--time-min", "15", "--qos", "normal", "--mem", "2G", "--slurm-param", "comment=toolkit-ddp"]
+    args += ["--tasks-per-node", "2", "--no-warm"]
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    done = subprocess.run([TOOLKIT, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (record,) = Ledger(ledger_path(root, "cluster")).read().values()
+    assert record["status"] == "done" and record["attempts"] == 1
+    job = subprocess.run(["scontrol", "show", "job", record["slurm_job_id"]], capture_output=True, text=True)
+    shown = job.stdout
+    assert "Account=proj42" in shown and "Comment=toolkit-ddp" in shown, shown
+    assert "MinMemoryNode=2G" in shown and "NumTasks=2" in shown, shown
+    # without an accounting database Slurm does not keep a QOS on the job: read it from the submitted script
+    (script,) = (root / "cluster" / "slurm").rglob("*_submission.sh")
+    assert "#SBATCH --qos=normal" in script.read_text()
+    assert marker.read_text().strip() == record["slurm_job_id"].split("_")[0]  # the setup line ran in the job
+    run_dir = Path(record["run_dir"])
+    assert "MEMBER: 1/2" in (run_dir / "run.log").read_text()  # rank 0, recorded by task 0
+    assert "MEMBER: 2/2" in (run_dir / "run.rank1.log").read_text()  # rank 1, the second Slurm task
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "done"

@@ -99,3 +99,21 @@ def test_logger_init_kwargs_cannot_shadow_typed_options(tmp_path: Path) -> None:
 
     with pytest.raises(ToolkitError, match=r"init_kwargs sets group: use the logger's own option"):
         fit(tmp_path, "--trainer.logger.init_args.init_kwargs", '{"group": "x"}')
+
+
+def test_test_and_predict_keep_the_fits_config_and_join_w_and_b_as_their_own_job_in_its_group(tmp_path: Path) -> None:
+    from conftest import QUICK
+
+    from toolkit.lightning_cli import run_cli
+
+    fit(tmp_path)
+    (fit_log,) = _logs(tmp_path)
+    fit_run = read_run(fit_log)
+    fit_config = (tmp_path / "config.yaml").read_bytes()
+    for sub in ("test", "predict"):
+        run_cli([sub, *QUICK, "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", "last"])
+        assert (tmp_path / f"{sub}_config.yaml").is_file()
+    assert (tmp_path / "config.yaml").read_bytes() == fit_config  # the fit's config is the fit's
+    runs = {run.job_type: run for run in map(read_run, _logs(tmp_path))}
+    assert fit_run.job_type == "fit" and set(runs) == {"fit", "test", "predict"}
+    assert runs["test"].group == runs["predict"].group == fit_run.run_id  # grouped with the run they evaluate

@@ -183,9 +183,15 @@ def _load_pretrained(name: str, **kwargs: object) -> nn.Module:
     )
 
 
+_SAID: set[str] = set()
+
+
 def _say(line: str) -> None:
-    # one line on stderr, like Lightning's own notices; this layer has no Lightning logger to use
-    print(line, file=sys.stderr)
+    # one line on stderr, like Lightning's own notices; this layer has no Lightning logger to use. Once per process:
+    # the ablation runner builds every variant's model to check it, and the notice is the same for each
+    if line not in _SAID:
+        _SAID.add(line)
+        print(line, file=sys.stderr)
 
 
 def _hub_cache_file(name: str) -> Path | None:

@@ -6,8 +6,10 @@ start fast: this module imports neither torch nor Lightning at import time; each
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import itertools
 import os
 import sys
@@ -15,6 +17,7 @@ import tempfile
 import time
 import traceback
 
+from toolkit.atomic import NO_RIGHTS, NO_SPACE
 from toolkit.errors import ToolkitError
 
 #: every subcommand, in the order ``toolkit --help`` lists them
@@ -97,6 +100,9 @@ def check_extras(args: list[str]) -> None:
                 raise ToolkitError(missing_extra_message(command, module, extra))
 
 
+_LIGHTNING = ("fit", "validate", "test", "predict")
+
+
 def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print_help()
@@ -105,9 +111,25 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if args[0] in _COMMANDS:
         module = importlib.import_module(_COMMANDS[args[0]])  # lazily: `report` must not import torch
         sys.exit(module.main(args[1:]))
+    from toolkit import short_help
+    from toolkit.cli_options import snake
     from toolkit.lightning_cli import run_cli
 
-    run_cli(argv)  # None: LightningCLI reads sys.argv itself
+    if args[0] in _LIGHTNING and short_help.wants_short_help(args):
+        text = io.StringIO()
+        with contextlib.suppress(SystemExit), contextlib.redirect_stdout(text):
+            run_cli(args)
+        print(short_help.condense(text.getvalue(), args[0]))
+        sys.exit(0)
+    if args[0] in _LIGHTNING and "full" in args:
+        args = argv = short_help.full_help_args(args)
+    # LightningCLI declares snake_case keys; --trainer.max-epochs works as well as --trainer.max_epochs
+    spelled = snake(args)
+    run_cli(None if argv is None and spelled == args else spelled)  # None: LightningCLI reads sys.argv itself
+
+
+#: write failures the user fixes (a full disk or quota, a file-size limit, a read-only or forbidden folder)
+_CANNOT_WRITE = NO_SPACE | NO_RIGHTS
 
 
 def _unexpected(err: BaseException) -> str:
@@ -132,6 +154,19 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except (KeyboardInterrupt, SystemExit):
         raise
+    except OSError as err:
+        if os.environ.get("TOOLKIT_TRACEBACK"):
+            raise
+        if err.errno in _CANNOT_WRITE:
+            fix = (
+                "pick a folder you can write to"
+                if err.errno in NO_RIGHTS
+                else "free space there or pick another folder"
+            )
+            print(f"error: cannot write {err.filename or 'an output file'}: {err.strerror}; {fix}", file=sys.stderr)
+            sys.exit(2)
+        print(_unexpected(err), file=sys.stderr)
+        sys.exit(1)
     except Exception as err:  # never a bare traceback: one line and where the whole story is
         if os.environ.get("TOOLKIT_TRACEBACK"):
             raise

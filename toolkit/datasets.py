@@ -17,9 +17,11 @@ from filelock import FileLock
 from PIL import Image
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from toolkit.errors import ToolkitError
+from toolkit.image_files import FolderWalk, class_samples
+from toolkit.pixels import check_mode, to_rgb
 
 
 class ImageSamples(Dataset):
@@ -36,7 +38,7 @@ class ImageSamples(Dataset):
         image = self.images[index]
         if isinstance(image, (str, Path)):
             with Image.open(image) as handle:
-                image = handle.convert("RGB")
+                image = to_rgb(handle)
         return (self.transform(image) if self.transform else image), self.labels[index]
 
     def subset(self, indices: Sequence[int]) -> ImageSamples:
@@ -107,23 +109,13 @@ def load_digits_samples() -> tuple[ImageSamples, list[str]]:
     return ImageSamples(images, digits.target.tolist()), [str(c) for c in digits.target_names]
 
 
-def _folder_samples(root: Path, class_to_idx: dict[str, int] | None = None) -> tuple[ImageSamples, list[str]]:
-    if class_to_idx is None:
-        try:
-            classes, class_to_idx = find_classes(str(root))
-        except FileNotFoundError as err:
-            raise ToolkitError(
-                f"folder {root} has no class subfolders; put each class's images in root/<class>/"
-            ) from err
-    else:
-        classes = sorted(class_to_idx, key=class_to_idx.get)
-    try:
-        pairs = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    except FileNotFoundError as err:
-        raise ToolkitError(f"folder {root}: {err}") from err
-    if not pairs:
+def _folder_samples(
+    root: Path, walk: FolderWalk, class_to_idx: dict[str, int] | None = None
+) -> tuple[ImageSamples, list[str]]:
+    paths, labels, classes = class_samples(root, walk, class_to_idx)
+    if not paths:
         raise ToolkitError(f"folder {root} holds no images ({', '.join(IMG_EXTENSIONS[:4])}, ...) in class subfolders")
-    return ImageSamples([p for p, _ in pairs], [y for _, y in pairs]), list(classes)
+    return ImageSamples(paths, labels), classes
 
 
 def _two_classes(root: Path, classes: list[str]) -> None:
@@ -153,18 +145,26 @@ def load_folder_splits(root: str | None, val_fraction: float, test_fraction: flo
     path = Path(root).expanduser()
     if not path.is_dir():
         raise ToolkitError(f"folder root {path} does not exist; pass --data.root pointing at an image folder")
+    walk = FolderWalk(path)  # one walk for all splits: an image linked into two of them is refused
+    try:
+        return _folder_splits(path, walk, val_fraction, test_fraction, seed)
+    finally:
+        walk.warn_skipped()
+
+
+def _folder_splits(path: Path, walk: FolderWalk, val_fraction: float, test_fraction: float, seed: int) -> Splits:
     if not (path / "train").is_dir():
-        samples, classes = _folder_samples(path)
+        samples, classes = _folder_samples(path, walk)
         _two_classes(path, classes)
         train, val, test = three_way(samples, val_fraction, test_fraction, seed)
         return Splits(train, val, test, classes)
-    train, classes = _folder_samples(path / "train")
+    train, classes = _folder_samples(path / "train", walk)
     _two_classes(path / "train", classes)
     mapping = {c: i for i, c in enumerate(classes)}
     for name in ("val", "test"):
         if (path / name).is_dir():
             _check_known_classes(path / name, mapping)
-    given = {name: _folder_samples(path / name, mapping)[0] for name in ("val", "test") if (path / name).is_dir()}
+    given = {name: _folder_samples(path / name, walk, mapping)[0] for name in ("val", "test") if (path / name).is_dir()}
     carve = (0.0 if "val" in given else val_fraction, 0.0 if "test" in given else test_fraction)
     train, val, test = three_way(train, carve[0], carve[1], seed)
     return Splits(train, given.get("val", val), given.get("test", test), classes)
@@ -174,15 +174,17 @@ def verify_images(samples: ImageSamples) -> None:
     """Decode every file-backed image once, so a broken or truncated file fails before training and is named.
 
     ``Image.verify`` checks headers and PNG checksums only; a truncated JPEG passes it, so each image is decoded in
-    full (``load``), which is what the data loader will do.
+    full (``load``), which is what the data loader will do. An image with pixels no 8-bit scaling fits is refused.
     """
     for image in samples.images:
         if isinstance(image, (str, Path)):
             try:
                 with Image.open(image) as handle:
                     handle.load()
+                    mode = handle.mode
             except Exception as err:  # PIL raises many types for undecodable files
                 raise ToolkitError(f"cannot decode image {image} ({err}); remove or replace the file") from err
+            check_mode(mode, str(image))
 
 
 #: the label of an image whose class is unknown (predicting a folder without class subfolders)
@@ -202,7 +204,9 @@ def load_predict_samples(source: str, class_names: Sequence[str]) -> tuple[Image
     """
     path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
+        walk = FolderWalk(path)
+        files = [Path(f) for f in walk.images(path)]
+        walk.warn_skipped()
         where = f"folder {path}"
     elif path.is_file():
         try:
@@ -297,7 +301,7 @@ class _TorchvisionSamples(ImageSamples):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image, label = self.dataset[self.indices[index]]
-        image = image.convert("RGB") if isinstance(image, Image.Image) else image
+        image = to_rgb(image) if isinstance(image, Image.Image) else image
         return (self.transform(image) if self.transform else image), label
 
     def subset(self, indices: Sequence[int]) -> ImageSamples:

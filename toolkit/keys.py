@@ -16,6 +16,8 @@ VAL_SUMMARY = {VAL_ACC: "max", VAL_F1: "max", VAL_LOSS: "min"}
 
 #: written by ``toolkit fit`` into its ``default_root_dir`` as its last act; the ablation runner reads it on restart
 RESULT_FILE = "result.json"
+#: the folder of an ablation's report beside its runs: ``<root>/<ablation>/report`` (so no variant may be named so)
+REPORT_DIR = "report"
 
 #: the metric the checkpoint callback monitors, and its direction
 MONITOR = VAL_ACC
@@ -35,3 +37,7 @@ def ensemble_key(stage: str, name: str) -> str:
 def member_key(stage: str, name: str, index: int) -> str:
     """Key of one independent checkpoint's metric in a checkpoint ensemble, e.g. ``test/acc_member_1``."""
     return f"{stage}/{name}_member_{index}"
+
+
+#: W&B summary key of the epoch (counted from 1) after which a search trial was pruned (``callbacks/pruning.py``)
+PRUNED_AT = "search/pruned_at_epoch"

@@ -20,6 +20,10 @@ import traceback
 from typing import Any
 
 _PR_SET_PDEATHSIG = 1
+# Before torch is imported: `torch.cuda.is_available()`/`device_count()` then ask NVML instead of initialising the CUDA
+# driver, which would make every fork of this parent unusable for CUDA ("Cannot re-initialize CUDA in forked
+# subprocess"). Lightning sets it on import too; this parent must not depend on import order.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 #: What the first ``wandb.init`` of a process imports, beyond ``import wandb``: ``wandb.sdk.launch`` (its pydantic
 #: models read their own docstrings through ``inspect``, which scans every loaded module: 2.7-5 CPU-s per run once
 #: torch is loaded) and the launch-input helpers ``Run._detect_and_apply_job_inputs`` loads. Imported once in the

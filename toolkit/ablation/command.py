@@ -36,9 +36,11 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def resume_args(spec: AblationSpec, run: Run, root: str | Path, gpus: int = 0) -> list[str]:
+def resume_args(
+    spec: AblationSpec, run: Run, root: str | Path, gpus: int = 0, ddp: tuple[int, int] | None = None
+) -> list[str]:
     """The run's ``toolkit fit`` arguments, resuming from ``checkpoints/last.ckpt`` when the run has one."""
-    return fit_args(spec, run, root, resume=last_checkpoint(run.directory(root)) is not None, gpus=gpus)
+    return fit_args(spec, run, root, resume=last_checkpoint(run.directory(root)) is not None, gpus=gpus, ddp=ddp)
 
 
 def fit_args(
@@ -48,6 +50,7 @@ def fit_args(
     *,
     resume: bool = False,
     gpus: int = 0,
+    ddp: tuple[int, int] | None = None,
 ) -> list[str]:
     """The arguments after ``toolkit`` that train, test and log one run.
 
@@ -58,6 +61,8 @@ def fit_args(
         resume: add ``--ckpt_path last`` (the run dir holds ``checkpoints/last.ckpt``); ``toolkit fit`` then
             continues the W&B run stored in the checkpoint (online) or starts one with ``resumed_from`` (offline).
         gpus: GPUs given to the run; more than one trains with DDP inside the run.
+        ddp: (nodes, processes per node) when the run is one process per Slurm task, each a DDP rank that
+            Lightning's ``SLURMEnvironment`` places (on GPUs, one per process; on CPUs, gloo).
     """
     args = ["fit"]
     for base in spec.base:
@@ -80,7 +85,11 @@ def fit_args(
         "--trainer.logger.init_args.project",
         spec.project,
     ]
-    if gpus:
+    if ddp is not None:
+        nodes, processes = ddp
+        args += ["--trainer.accelerator", "gpu" if gpus else "cpu", "--trainer.devices", str(processes)]
+        args += ["--trainer.num_nodes", str(nodes), "--trainer.strategy", "ddp"]
+    elif gpus:
         args += ["--trainer.accelerator", "gpu", "--trainer.devices", str(gpus)]
         if gpus > 1:
             args += ["--trainer.strategy", "ddp"]

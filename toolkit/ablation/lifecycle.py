@@ -15,6 +15,7 @@ steps and the executors (``local``, ``slurm``) run the processes.
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import time
 from collections import deque
@@ -138,13 +139,20 @@ def finish(ledger: Ledger, run: Run, root: str | Path, code: int, interrupted: b
     """Record how an attempt ended and return the new record."""
     run_dir = run.directory(root)
     fields: dict[str, Any] = {"exit_code": code, "finished_at": time.time(), "pid": None}
-    if interrupted:
+    killed = killed_by(code)
+    if killed and not interrupted:
+        fields["reason"] = f"killed by {killed}"
+    if not interrupted and killed in STOP_SIGNALS:
+        # stopped from outside (kill -9, the OOM killer, SIGTERM to the run): no failure of its own; resumes like an
+        # interrupted run, and the record says which signal, not the log's last line
+        fields.update(status=PENDING, note=f"killed by {killed}; run again to resume from the last checkpoint")
+    elif interrupted:
         fields.update(status=PENDING, note=note or "interrupted; run again to resume from the last checkpoint")
     elif code == 0:
         fields.update(status=DONE, note=note, error_tail=None, reason=None)
     else:
         tail = log_tail(run_dir / RUN_LOG)
-        fields.update(status=FAILED, note=note, error_tail=tail, reason=failure_reason(tail))
+        fields.update(status=FAILED, note=note, error_tail=tail, reason=fields.get("reason") or failure_reason(tail))
     wandb = wandb_runs(run_dir)
     if wandb:
         # the newest is this attempt's; a resumed offline run is a new W&B run whose config names the one before
@@ -153,6 +161,27 @@ def finish(ledger: Ledger, run: Run, root: str | Path, code: int, interrupted: b
     if started:
         fields["duration_s"] = round(fields["finished_at"] - started, 2)
     return ledger.update(run.id, **fields)
+
+
+#: signals that stop a run from outside (a user, the OOM killer, a scheduler): the run resumes, it did not fail
+STOP_SIGNALS = ("SIGKILL", "SIGTERM", "SIGINT", "SIGHUP")
+
+
+def killed_by(code: int | None) -> str | None:
+    """The signal that ended a process (``SIGKILL``) from its exit status, else None.
+
+    Popen reports a process killed by signal N as ``-N``; ``toolkit fit`` itself exits ``128 + 15`` after a SIGTERM
+    (Lightning stops cleanly but would exit 0), and a shell reports ``128 + N`` for a killed child.
+    """
+    if code is None or code == 0:
+        return None
+    number = -code if code < 0 else code - 128 if 128 < code < 128 + 65 else None
+    if number is None:
+        return None
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def log_tail(log: Path, lines: int = ERROR_LINES) -> list[str]:

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,10 +57,50 @@ class Slot:
 def visible_gpus() -> list[str]:
     """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else every GPU torch sees."""
     if "CUDA_VISIBLE_DEVICES" in os.environ:
-        return [d for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
+        return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
+    # count through NVML: a CUDA context in the runner is never needed (the runs own the GPUs)
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def physical_gpus(devices: Sequence[str]) -> list[str]:
+    """``--devices`` as the GPUs a run's ``CUDA_VISIBLE_DEVICES`` must name.
+
+    Under an inherited ``CUDA_VISIBLE_DEVICES`` (a Slurm allocation, a shared node: ``4,5``) CUDA numbers the visible
+    GPUs 0..n-1, so ``--devices 0,1`` means the first two of them, GPUs 4 and 5; writing ``0,1`` into a run's
+    environment would put it on GPUs the runner was never given. Without one, the ids are the machine's own.
+    """
+    inherited = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if inherited is None:
+        return list(devices)
+    visible = visible_gpus()
+    out = []
+    for device in devices:
+        if int(device) >= len(visible):
+            raise ToolkitError(
+                f"--devices {','.join(devices)}: GPU {device} is not among the {len(visible)} visible ones "
+                f"(CUDA_VISIBLE_DEVICES={inherited}); give indices 0..{len(visible) - 1}"
+            )
+        out.append(visible[int(device)])
+    return out
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the OS picks it), for one DDP run's rendezvous."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_env(slot: Slot) -> dict[str, str]:
+    """The environment a run gets on ``slot``: the slot's pinning, and its own ``MASTER_PORT`` when it trains DDP
+    on several GPUs, so concurrent runs (or one that inherited the runner's ``MASTER_PORT``) never share a port."""
+    env = slot.env()
+    if len(slot.gpus) > 1:
+        env["MASTER_PORT"] = str(free_port())
+    return env
 
 
 def make_slots(
@@ -82,7 +123,7 @@ def make_slots(
         cpu_count: CPUs available (default: this process's CPU affinity).
     """
     cpu_count = cpu_count or len(os.sched_getaffinity(0))
-    gpus = list(visible_gpus() if devices is None else devices)
+    gpus = visible_gpus() if devices is None else physical_gpus(devices)
     if workers is not None and workers < 1:
         raise ToolkitError(f"--workers {workers}: give at least 1")
     if gpus:
@@ -221,14 +262,15 @@ class LocalExecutor:
 
     def _start(self, job: Job, slot: Slot) -> Process:
         job.log.parent.mkdir(parents=True, exist_ok=True)
+        env = run_env(slot)
         with open(job.log, "ab") as log:
-            env_line = " ".join(f"{k}={v}" for k, v in slot.env().items())
+            env_line = " ".join(f"{k}={v}" for k, v in env.items())
             how = "forked from the warm parent" if self.pool is not None and job.args is not None else "fresh process"
             log.write(f"{job.header}# slot {slot.index}: {env_line} ({how})\n".encode())
             log.flush()
             if self.pool is not None and job.args is not None:
                 try:
-                    return self.pool.start(job.args, {**slot.env(), **job.env}, job.log)
+                    return self.pool.start(job.args, {**env, **job.env}, job.log)
                 except OSError as err:
                     self.on_note(f"warm workers off ({err}): runs start as fresh processes")
                     log.write(f"# {err}: starting a fresh process instead\n".encode())
@@ -240,7 +282,7 @@ class LocalExecutor:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **slot.env(), **job.env},
+                env={**os.environ, **env, **job.env},
                 start_new_session=True,
                 preexec_fn=_die_with_parent(os.getpid()),
             )

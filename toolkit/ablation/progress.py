@@ -8,7 +8,6 @@ in place; elsewhere (CI logs, pipes) each start and finish prints one line.
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import statistics
@@ -16,11 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from toolkit import safe_yaml
 from toolkit.ablation.ckpt_epochs import epochs_done
 from toolkit.epoch_line import last_epoch_line
 from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
@@ -32,22 +31,18 @@ INTERRUPTED = "interrupted"
 _STYLE = {DONE: "green", FAILED: "red", RUNNING: "cyan", PENDING: "dim", INTERRUPTED: "yellow"}
 
 
-def max_epochs(spec: AblationSpec, run: Run) -> int | None:
-    """``trainer.max_epochs`` of a run: its override, else the last base config that sets it."""
-    if "trainer.max_epochs" in run.overrides:
-        return run.overrides["trainer.max_epochs"]
+def base_max_epochs(spec: AblationSpec) -> int | None:
+    """``trainer.max_epochs`` of the last base config that sets it (read once per status, not once per run)."""
     value = None
     for base in spec.base:
-        value = _base_max_epochs(str(base), os.stat(base).st_mtime_ns, value)
+        data = safe_yaml.load(Path(base).read_text(encoding="utf-8")) or {}
+        value = (data.get("trainer") or {}).get("max_epochs", value) if isinstance(data, dict) else value
     return value
 
 
-@functools.lru_cache(maxsize=64)
-def _base_max_epochs(path: str, mtime_ns: int, default: int | None) -> int | None:
-    """``trainer.max_epochs`` of one base config (parsed once per file version, not once per run of the table)."""
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh) or {}
-    return (data.get("trainer") or {}).get("max_epochs", default) if isinstance(data, dict) else default
+def max_epochs(run: Run, base: int | None) -> int | None:
+    """``trainer.max_epochs`` of a run: its override, else ``base`` (`base_max_epochs`)."""
+    return run.overrides.get("trainer.max_epochs", base)
 
 
 def _duration(seconds: float | None) -> str:
@@ -91,6 +86,7 @@ def build_table(
     """
     now = time.time()
     runs = spec.runs()
+    base_epochs = base_max_epochs(spec)
     columns = [c for c in _COLUMNS if c not in _OPTIONAL or width >= 120]
     table = Table(title=f"ablation {spec.name}", title_justify="left")
     for column in columns:
@@ -102,7 +98,7 @@ def build_table(
         status = INTERRUPTED if runner_gone(record) else record.get("status", PENDING)
         counts[status] = counts.get(status, 0) + 1
         eta = elapsed = None
-        total = max_epochs(spec, run)
+        total = max_epochs(run, base_epochs)
         epoch = epochs_done(run.directory(root) / "checkpoints" / "last.ckpt")  # None before the first epoch ends
         latest = last_epoch_line(run.directory(root) / "run.log") if status != PENDING else None
         if status == RUNNING and record.get("started_at"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -41,8 +42,8 @@ class Options:
     cpus_per_run: int | None = None
     dry_run: bool = False
     retry_failed: bool = False
-    partition: str | None = None
-    time_min: int = 60
+    #: Slurm options given on the command line (``SlurmSettings`` fields; None: not given), over the spec's block
+    slurm: dict[str, Any] = field(default_factory=dict)
     array_parallelism: int | None = None
     #: the program each run starts; tests inject a stand-in, users never change it
     launcher: list[str] = field(default_factory=lambda: list(DEFAULT_LAUNCHER))
@@ -50,6 +51,8 @@ class Options:
     report: bool = True
     #: local: fork runs from a parent that imported torch/Lightning/timm/wandb once (see toolkit.ablation.warm)
     warm: bool = True
+    #: ``--seeds``/``--set`` of the command line (`toolkit.ablation.cli_changes`), recorded in each run's ledger entry
+    changes: dict[str, Any] = field(default_factory=dict)
 
 
 def run_ablation(spec: AblationSpec, options: Options, console: Console | None = None) -> int:
@@ -58,7 +61,7 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
     root = Path(options.root).absolute()
     ledger = Ledger(ledger_path(root, spec.name))
     runs = spec.runs()
-    executor = make_executor(options)
+    executor = make_executor(options, spec)
     if options.validate:
         lifecycle.check(spec, root, executor.gpus)  # before anything is created or started
     with runner_lock(root / spec.name):
@@ -72,7 +75,9 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
             return 0
         with ledger.edit() as records:
             for run in runs:
-                records.setdefault(run.id, {**lifecycle.describe(run, root), "status": PENDING, "attempts": 0})
+                record = records.setdefault(run.id, {**lifecycle.describe(run, root), "status": PENDING, "attempts": 0})
+                if options.changes:
+                    record["cli_changes"] = options.changes
         try:
             with LiveView(spec, ledger, root, executor.parallel, console) as view:
                 executor.start(spec, todo, attach, root, ledger, view)
@@ -82,8 +87,11 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
     return _summarise(spec, runs, ledger, root, options, console)
 
 
-def make_executor(options: Options) -> Executor:
-    """The executor ``options`` name (the one place that knows the kinds); bad ``--workers``/``--devices`` fail here."""
+def make_executor(options: Options, spec: AblationSpec | None = None) -> Executor:
+    """The executor ``options`` name (the one place that knows the kinds); bad ``--workers``/``--devices`` fail here.
+
+    On Slurm the spec's ``slurm:`` block gives the job's settings and the command line's options go over it.
+    """
     if options.executor == "local":
         slots = make_slots(
             workers=options.workers,
@@ -94,11 +102,12 @@ def make_executor(options: Options) -> Executor:
         return LocalRuns(slots, options.launcher, options.warm, max(len(slots), options.array_parallelism or 1))
     if options.executor == "slurm":
         from toolkit.ablation.slurm import SlurmRuns  # lazily: only a Slurm run needs it
+        from toolkit.ablation.slurm_settings import settings_from_spec
 
-        gpus = options.gpus_per_run or 0
-        return SlurmRuns(
-            options.launcher, gpus, options.cpus_per_run, options.partition, options.time_min, options.array_parallelism
-        )
+        where = spec.path if spec is not None else "spec"
+        settings = settings_from_spec(spec.slurm if spec is not None else None, where)
+        settings = settings.merged({**options.slurm, "cpus_per_task": options.cpus_per_run})
+        return SlurmRuns(options.launcher, options.gpus_per_run or 0, settings, options.array_parallelism)
     raise ToolkitError(f"--executor {options.executor!r}: use local or slurm")
 
 

@@ -23,6 +23,7 @@ from typing_extensions import override
 from toolkit.ablation import lifecycle
 from toolkit.ablation.command import resume_args, shell_command
 from toolkit.ablation.executor import Executor
+from toolkit.ablation.slurm_settings import SlurmSettings
 from toolkit.ablation.squeue import ALIVE, job_states
 from toolkit.errors import ToolkitError
 from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
@@ -37,11 +38,15 @@ class SlurmTask:
         run: the run.
         root: the runs folder (absolute, shared with the nodes).
         launcher: the program to start (``python -m toolkit``).
-        gpus: GPUs per run.
+        gpus: GPUs per run (per node).
+        settings: the job's Slurm settings (one task per DDP process when it spans tasks).
     """
 
-    def __init__(self, spec: AblationSpec, run: Run, root: str, launcher: list[str], gpus: int) -> None:
+    def __init__(
+        self, spec: AblationSpec, run: Run, root: str, launcher: list[str], gpus: int, settings: SlurmSettings
+    ) -> None:
         self.spec, self.run, self.root, self.launcher, self.gpus = spec, run, root, launcher, gpus
+        self.settings = settings
         self._proc: subprocess.Popen[bytes] | None = None
         self._stopped = False
 
@@ -54,15 +59,24 @@ class SlurmTask:
     def __call__(self) -> int:
         """Train, test and log the run; returns its exit code (the ledger holds the outcome)."""
         run_dir = self.run.directory(self.root)
-        args = resume_args(self.spec, self.run, self.root, gpus=self.gpus)
+        per_process = self.settings.task_per_process(self.gpus)
+        ddp = (self.settings.nodes, self.settings.tasks(self.gpus)) if per_process else None
+        args = resume_args(self.spec, self.run, self.root, gpus=self.gpus, ddp=ddp)
         command = shell_command(self.launcher, args)
         threads = os.environ.get("SLURM_CPUS_PER_TASK", "1")
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
-        # One Slurm task per run, and submitit owns requeueing: without the srun task layout Lightning neither
-        # expects srun to start its DDP processes nor installs its own SLURM requeue handlers; the run behaves as
-        # it does on a workstation.
-        for key in ("SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_NPROCS"):
-            env.pop(key, None)
+        if per_process:
+            # every task is one DDP process: Lightning's SLURMEnvironment takes the ranks, world size and main
+            # address from Slurm's variables; task 0 alone records the run
+            rank = int(os.environ.get("SLURM_PROCID", "0"))
+            if rank:
+                return self._follow(run_dir, rank, args, env)
+        else:
+            # One Slurm task per run, and submitit owns requeueing: without the srun task layout Lightning neither
+            # expects srun to start its DDP processes nor installs its own SLURM requeue handlers; the run behaves
+            # as it does on a workstation.
+            for key in ("SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_NPROCS"):
+                env.pop(key, None)
         job_id = _job_id()
         ledger = Ledger(ledger_path(self.root, self.spec.name))
         record_env = {k: env[k] for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in env}
@@ -87,6 +101,16 @@ class SlurmTask:
         lifecycle.finish(ledger, self.run, self.root, code, self._stopped, note)
         return code
 
+    def _follow(self, run_dir: Path, rank: int, args: list[str], env: dict[str, str]) -> int:
+        """A DDP process of rank > 0: train beside task 0, logging to ``run.rank<k>.log``; the ledger is task 0's."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        with open(run_dir / f"run.rank{rank}.log", "ab") as log:
+            self._proc = subprocess.Popen(
+                [*self.launcher, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        return self._proc.wait()
+
     def checkpoint(self) -> Any:
         """Called by submitit on preemption or timeout: stop training, requeue this run (it resumes from last.ckpt)."""
         import submitit
@@ -94,10 +118,13 @@ class SlurmTask:
         self._stopped = True
         if self._proc is not None:
             _stop_child(self._proc.pid, grace_s=60)
+        again = SlurmTask(self.spec, self.run, self.root, self.launcher, self.gpus, self.settings)
+        if int(os.environ.get("SLURM_PROCID", "0")):
+            return submitit.helpers.DelayedSubmission(again)  # task 0 records the requeue
         ledger = Ledger(ledger_path(self.root, self.spec.name))
         note = f"slurm job {_job_id()} preempted or timed out; requeued, resumes from its last checkpoint"
         ledger.update(self.run.id, status=PENDING, note=note, pid=None)
-        return submitit.helpers.DelayedSubmission(SlurmTask(self.spec, self.run, self.root, self.launcher, self.gpus))
+        return submitit.helpers.DelayedSubmission(again)
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self._stopped = True
@@ -137,10 +164,8 @@ class SlurmRuns(Executor):
 
     Args:
         launcher: the program each run starts.
-        gpus: GPUs per run.
-        cpus_per_run: CPUs per task.
-        partition: the Slurm partition (None: the cluster's default).
-        time_min: the time limit per run, minutes.
+        gpus: GPUs per run (per node).
+        settings: the sbatch options of every run's job.
         array_parallelism: how many tasks of the array run at once (None: Slurm's limit).
     """
 
@@ -148,16 +173,10 @@ class SlurmRuns(Executor):
     interrupted = "the Slurm jobs go on; "
 
     def __init__(
-        self,
-        launcher: list[str],
-        gpus: int,
-        cpus_per_run: int | None,
-        partition: str | None,
-        time_min: int,
-        array_parallelism: int | None,
+        self, launcher: list[str], gpus: int, settings: SlurmSettings, array_parallelism: int | None = None
     ) -> None:
-        self.launcher, self.gpus, self.cpus_per_run = launcher, gpus, cpus_per_run
-        self.partition, self.time_min, self.array_parallelism = partition, time_min, array_parallelism
+        self.launcher, self.gpus, self.settings = launcher, gpus, settings
+        self.array_parallelism = array_parallelism
         self.parallel = array_parallelism or 1
 
     @override
@@ -176,23 +195,17 @@ def _submit(spec: AblationSpec, todo: list[Run], root: Path, options: SlurmRuns,
     import submitit
 
     executor = submitit.AutoExecutor(folder=root / spec.name / "slurm" / "%j", cluster="slurm")
-    params: dict[str, Any] = {"timeout_min": options.time_min, "name": f"ablate-{spec.name}", "nodes": 1}
-    params.update(tasks_per_node=1, cpus_per_task=options.cpus_per_run or 1)
-    if options.partition:
-        params["slurm_partition"] = options.partition
-    if options.gpus:
-        params["gpus_per_node"] = options.gpus
-    if options.array_parallelism:
-        params["slurm_array_parallelism"] = options.array_parallelism
-    executor.update_parameters(**params)
+    params = options.settings.parameters(f"ablate-{spec.name}", options.gpus, options.array_parallelism)
+    executor.update_parameters(**{f"slurm_{key}": value for key, value in params.items()})
     try:
         with executor.batch():
-            tasks = [SlurmTask(spec, run, str(root), options.launcher, options.gpus) for run in todo]
+            tasks = [SlurmTask(spec, run, str(root), options.launcher, options.gpus, options.settings) for run in todo]
             jobs = [executor.submit(task) for task in tasks]
     except submitit.core.utils.FailedJobError as err:
         reason = " ".join(str(err).split())
         raise ToolkitError(
-            f"Slurm refused the job array ({reason}); check --partition, --gpus-per-run and --time-min"
+            f"Slurm refused the job array ({reason}); check --partition, --account, --qos, --mem, --constraint, "
+            "--gpus-per-run and --time-min"
         ) from None
     for run, job in zip(todo, jobs, strict=True):
         with ledger.edit() as records:

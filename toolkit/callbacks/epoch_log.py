@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 import lightning.pytorch as pl
+import torch
 from typing_extensions import override
 
+from toolkit import keys
 from toolkit.epoch_line import format_epoch_line
 
 
@@ -29,10 +31,24 @@ class EpochLog(pl.Callback):
         self.only_without_tty = only_without_tty
         self.stream = stream
         self._started = 0.0
+        self._loss_sum = self._loss_count = 0.0
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._started = time.monotonic()
+        self._loss_sum = self._loss_count = 0.0
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # ``train/loss`` is logged per step, so the callback metric is the last step's; the line shows the epoch's
+        # mean (weighted by batch size, as Lightning's own epoch reduction), like the epoch-mean train/acc beside it
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            size = _batch_size(batch)
+            self._loss_sum += float(loss.detach()) * size
+            self._loss_count += size
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -43,6 +59,10 @@ class EpochLog(pl.Callback):
             for key, value in trainer.callback_metrics.items()
             if key.startswith(("train/", "val/")) and getattr(value, "numel", lambda: 1)() == 1
         }
+        if self._loss_count:
+            totals = torch.tensor([self._loss_sum, self._loss_count], dtype=torch.float64)
+            totals = trainer.strategy.reduce(totals, reduce_op="sum")  # every rank: the mean over all ranks' batches
+            metrics[keys.TRAIN_LOSS] = float(totals[0] / totals[1])
         stream = self.stream or sys.stdout
         if not trainer.is_global_zero or (self.only_without_tty and stream.isatty()):
             return
@@ -50,3 +70,9 @@ class EpochLog(pl.Callback):
             trainer.current_epoch + 1, trainer.max_epochs, metrics, time.monotonic() - self._started
         )
         print(line, file=stream, flush=True)
+
+
+def _batch_size(batch: Any) -> int:
+    """Samples in a training batch: ``(images, labels)`` (labels soft under mixup) or cached features."""
+    first = batch[-1] if isinstance(batch, (list, tuple)) and batch else batch
+    return len(first) if hasattr(first, "__len__") else 1

@@ -253,19 +253,35 @@ def check_lrs(
     return curves
 
 
+def loss_change(drop: float) -> str:
+    """A relative fall of the loss as the change a reader expects: ``-38%`` (fell), ``+20%`` (rose), ``x160`` (rose
+    160-fold; a percentage such as -16000 % reads as nonsense), ``diverged`` (non-finite)."""
+    if not math.isfinite(drop):
+        return "diverged"
+    change = -drop
+    return f"x{1 + change:.0f}" if change >= 9 else f"{change:+.0%}"
+
+
+def steps_before_unfreeze(steps: int, unfreeze_at_epoch: int | None, batches_per_epoch: int) -> int:
+    """Step 3's steps, cut before an LP->FT unfreeze: a check that crosses it would mix two optimisation problems."""
+    if not unfreeze_at_epoch or batches_per_epoch <= 0:
+        return steps
+    return max(1, min(steps, unfreeze_at_epoch * batches_per_epoch))
+
+
 def choose_lr(curves: list[Curve], lrs: tuple[float, ...] = CANDIDATE_LRS) -> tuple[Step, float | None]:
     """Step 3's verdict: the candidate whose loss falls most (finite throughout), if it falls clearly (> 10 %)."""
     drops = {lr: curve.drop() for lr, curve in zip(lrs, curves, strict=True)}
     finite = {lr: d for lr, d in drops.items() if math.isfinite(d)}
-    text = ", ".join(f"{lr:g}: {'diverged' if not math.isfinite(d) else f'{d:+.0%}'}" for lr, d in drops.items())
+    text = ", ".join(f"{lr:g}: {loss_change(d)}" for lr, d in drops.items())
     values = {"drops": {str(lr): d for lr, d in drops.items()}}
     if not finite:
         return Step(
-            "3 learning rate", False, f"loss fall {text}", "every lr diverged: check the init and data", values
+            "3 learning rate", False, f"loss change {text}", "every lr diverged: check the init and data", values
         ), None
     best = max(finite, key=finite.get)
     values["lr"] = best
     if finite[best] <= 0.1:
         advice = "no lr makes the loss fall clearly: check the data and labels, or run more steps (--check-steps)"
-        return Step("3 learning rate", False, f"loss fall {text}", advice, values), best
-    return Step("3 learning rate", True, f"best {best:g}; loss fall {text}", values=values), best
+        return Step("3 learning rate", False, f"loss change {text}", advice, values), best
+    return Step("3 learning rate", True, f"best {best:g}; loss change {text}", values=values), best

@@ -7,19 +7,22 @@ the recipe asks; every other setting is the config's. Any ``--key value`` after 
 
 from __future__ import annotations
 
-import argparse
 import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
+from jsonargparse import ArgumentParser
 from rich.console import Console
 from torch.utils.data import DataLoader
 
+from toolkit.cli_options import SPELLING, parse, snake
 from toolkit.doctor import checks
 from toolkit.doctor.report import render, write_outputs
 from toolkit.errors import ToolkitError
+from toolkit.parsed_checks import check_root_dir
 
 #: what "regularisation off" means for the classifier and the data
 REGULARISATION_OFF = [
@@ -90,24 +93,31 @@ def diagnose(
     overfit_step, overfit_curve = checks.overfit(model, sample, options.overfit_steps, accelerator)
     steps.append(overfit_step)
     lr_find = checks.lr_range_test(model, datamodule, options.lr_find_steps, accelerator)
-    curves = checks.check_lrs(
-        model, datamodule.train_dataloader(), datamodule.val_dataloader(), options.check_steps, accelerator=accelerator
-    )
+    train = datamodule.train_dataloader()
+    unfreeze = model.hparams.get("unfreeze_at_epoch") if model.hparams.get("freeze_backbone") else None
+    check_steps = checks.steps_before_unfreeze(options.check_steps, unfreeze, len(train))
+    curves = checks.check_lrs(model, train, datamodule.val_dataloader(), check_steps, accelerator=accelerator)
     lr_step, lr = checks.choose_lr(curves)
+    if check_steps < options.check_steps:
+        lr_step.measured += f" (over {check_steps} steps: the probe phase, before the unfreeze at epoch {unfreeze})"
     if lr_find is not None:
         lr_step.measured += f"; lr_find suggests {lr_find:.2g}"
     steps.append(lr_step)
-    steps.append(_ratio_step(curves, lr))
+    steps.append(_ratio_step(curves, lr, zero_head=model.hparams.get("head_init") == "zeros"))
     return Diagnosis(steps, [overfit_curve, *curves], lr_find, lr)
 
 
-def _ratio_step(curves: list[checks.Curve], lr: float | None) -> checks.Step:
-    """Step 6 (read the curves): the chosen lr's update/parameter ratios against ~1e-3, and its train/val gap."""
+def _ratio_step(curves: list[checks.Curve], lr: float | None, zero_head: bool = False) -> checks.Step:
+    """Step 6 (read the curves): the chosen lr's update/parameter ratios against ~1e-3, and its train/val gap.
+
+    A zero-initialised head starts with parameters of norm 0: its update/parameter ratio is huge by construction over
+    a short check, not a sign of a wrong lr, so it gets no advice.
+    """
     chosen = next((c for c in curves if lr is not None and c.name == f"lr={lr:g}"), None)
     if chosen is None:
         return checks.Step("6 curves", False, "no lr to read", "fix steps 1-3 first")
     ratios = ", ".join(f"{g} {r:.1e}" for g, r in chosen.ratios.items())
-    off = [g for g, r in chosen.ratios.items() if not 1e-4 <= r <= 1e-2]
+    off = [g for g, r in chosen.ratios.items() if not 1e-4 <= r <= 1e-2 and not (zero_head and g == "head")]
     text = f"update/param at lr {lr:g}: {ratios}"
     if chosen.val_acc is not None and chosen.acc:
         tail = chosen.acc[-5:]
@@ -118,16 +128,44 @@ def _ratio_step(curves: list[checks.Curve], lr: float | None) -> checks.Step:
     return checks.Step("6 curves", True, text, values={"ratios": chosen.ratios})
 
 
-def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """The doctor's own options, and the rest as ``toolkit fit`` overrides."""
-    parser = argparse.ArgumentParser(prog="toolkit doctor", description="Check a config with the tuning recipe.")
-    parser.add_argument("--config", action="append", required=True, help="config file(s), as for toolkit fit")
-    parser.add_argument("--out", default="runs/doctor", help="folder for doctor.json, ranges.yaml and the curves")
+#: the ``toolkit fit`` options the doctor passes on to the model and data it builds
+FIT_PREFIXES = ("--model.", "--data.", "--trainer.", "--seed_everything", "--seed-everything")
+
+
+def split_fit_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``argv`` as (the doctor's own options, ``toolkit fit`` overrides in its snake_case spelling).
+
+    A fit override is an option under ``--model.``/``--data.``/``--trainer.`` (or ``--seed_everything``) with the
+    words after it up to the next option; anything else is the doctor's, and an unknown one is refused by its parser
+    instead of being passed on.
+    """
+    own: list[str] = []
+    fit: list[str] = []
+    target = own
+    for arg in argv:
+        if arg.startswith("--"):
+            target = fit if arg.startswith(FIT_PREFIXES) else own
+        target.append(arg)
+    return own, snake(fit)
+
+
+def build_parser() -> ArgumentParser:
+    """The doctor's own options (``toolkit fit`` overrides are split off first: :func:`split_fit_overrides`)."""
+    parser = ArgumentParser(prog="toolkit doctor", description="Check a config with the tuning recipe.")
+    parser.epilog = f"{SPELLING}; --model.*, --data.*, --trainer.* options are toolkit fit overrides"
+    parser.add_argument("--config", type=str, action="append", required=True, help="config file(s), as for fit")
+    parser.add_argument("--out", type=str, default="runs/doctor", help="folder for doctor.json, ranges.yaml, curves")
     parser.add_argument("--sample-batches", type=int, default=5, help="step 2: batches in the small sample")
     parser.add_argument("--overfit-steps", type=int, default=100, help="step 2: most steps to reach 100 %%")
     parser.add_argument("--check-steps", type=int, default=30, help="step 3: steps per candidate lr")
     parser.add_argument("--lr-find-steps", type=int, default=40, help="step 3: steps of the lr range test")
-    args, rest = parser.parse_known_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str]) -> tuple[Any, list[str]]:
+    """The doctor's own options, and the rest as ``toolkit fit`` overrides."""
+    own, rest = split_fit_overrides(argv)
+    args = parse(build_parser(), own, "doctor")
     for name in ("sample_batches", "overfit_steps", "check_steps", "lr_find_steps"):
         if getattr(args, name) < 1 or (name == "lr_find_steps" and args.lr_find_steps < 12):
             raise ToolkitError(
@@ -138,7 +176,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str]) -> int:
     """Run ``toolkit doctor``; 0 when steps 1-3 pass, 1 otherwise."""
-    args, overrides = parse(argv)
+    args, overrides = parse_args(argv)
+    check_root_dir(args.out, "--out")
     for config in args.config:
         if not Path(config).is_file():
             raise ToolkitError(f"config '{config}' not found; pass a YAML file such as configs/digits.yaml")

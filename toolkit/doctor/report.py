@@ -16,7 +16,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from toolkit.doctor.checks import Curve, Step
+from toolkit.atomic import write_text
+from toolkit.doctor.checks import Curve, Step, loss_change
 from toolkit.report.figure import pyplot, save
 
 LR_KEY = "model.optimizer.init_args.lr"
@@ -73,7 +74,7 @@ def plot_curves(curves: list[Curve], out: Path) -> list[Path]:
 
 
 def render(steps: list[Step], curves: list[Curve], lr_find: float | None, console: Console) -> None:
-    """Print the verdict table and the per-lr table (loss fall, val accuracy, update/parameter ratio per group)."""
+    """Print the verdict table and the per-lr table (loss change, val accuracy, update/parameter ratio per group)."""
     table = Table(title="toolkit doctor")
     for column in ("step", "verdict", "measured", "advice"):
         table.add_column(column, overflow="fold")
@@ -85,13 +86,13 @@ def render(steps: list[Step], curves: list[Curve], lr_find: float | None, consol
         return
     groups = sorted({g for c in curves for g in c.ratios})
     lrs = Table(title=f"lr checks (lr_find suggests {lr_find:.2g})" if lr_find else "lr checks")
-    for column in ("lr", "loss fall", "val acc", *(f"update/param {g}" for g in groups)):
+    for column in ("lr", "loss change", "val acc", *(f"update/param {g}" for g in groups)):
         lrs.add_column(column)
     for curve in curves:
         drop = curve.drop()
         lrs.add_row(
             curve.name.removeprefix("lr="),
-            "diverged" if not math.isfinite(drop) else f"{drop:+.0%}",
+            loss_change(drop),
             "-" if curve.val_acc is None else f"{curve.val_acc:.3f}",
             *(f"{curve.ratios[g]:.1e}" if g in curve.ratios else "-" for g in groups),
         )
@@ -111,11 +112,11 @@ def write_outputs(
         "suggested_lr": lr,
         "curves": [asdict(c) for c in curves],
     }
-    written["json"].write_text(json.dumps(data, indent=1, default=str))
+    write_text(written["json"], json.dumps(data, indent=1, default=str))
     if lr is not None:
         written["ranges"] = out / "ranges.yaml"
         header = "# search ranges from toolkit doctor; a search spec takes them as `ranges: <this file>`\n"
-        written["ranges"].write_text(header + yaml.safe_dump(search_ranges(lr), sort_keys=False))
+        write_text(written["ranges"], header + yaml.safe_dump(search_ranges(lr), sort_keys=False))
     for i, path in enumerate(plot_curves(curves, out)):
         written[f"curve{i}"] = path
     return written

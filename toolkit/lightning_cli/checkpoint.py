@@ -14,12 +14,9 @@ from typing import Any
 
 import torch
 
+from toolkit.ckpt_model import check_against_checkpoint
 from toolkit.errors import ToolkitError
 from toolkit.tracking import CKPT_RUN_ID
-
-#: model options that may differ from the checkpoint's: test-time switches, and pretrained (ignored: the weights come
-#: from the checkpoint, which also sets the logged value)
-TEST_TIME_OPTIONS = ("lesion_blocks", "pretrained")
 
 
 class CheckpointReader:
@@ -78,19 +75,10 @@ class CheckpointReader:
 
         Args:
             model: the parsed ``model`` arguments (a jsonargparse Namespace), changed in place.
-            given: the ``--model.<key>`` options of the command line with their parsed values.
+            given: the model options given explicitly (command line and config files) with their parsed values.
         """
         hparams = self.hparams
-        for key, value in given.items():
-            if key in TEST_TIME_OPTIONS or key not in hparams:
-                continue
-            saved = hparams[key]
-            if _plain(value) != _plain(saved):
-                raise ToolkitError(
-                    f"--model.{key}={_plain(value)!r} conflicts with the checkpoint's {key}={_plain(saved)!r} "
-                    f"({self.path}); drop --model.{key}: the checkpoint fixes the model (only "
-                    f"{', '.join(TEST_TIME_OPTIONS)} may change at test time)"
-                )
+        check_against_checkpoint(given, hparams, str(self.path))
         for key, saved in hparams.items():
             # num_classes and class_names are linked from the data when the classes are built
             # pretrained too: the weights come from the checkpoint, and the logged config says how they were trained
@@ -136,12 +124,3 @@ def _load(path: str) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ToolkitError(f"checkpoint {path} holds no state_dict: not a Lightning checkpoint; pass a .ckpt file")
     return checkpoint
-
-
-def _plain(value: Any) -> Any:
-    """A namespace/tuple value as plain dicts and lists, for comparing a parsed option with a saved one."""
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if isinstance(value, tuple):
-        return list(value)
-    return value

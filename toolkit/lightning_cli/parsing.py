@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from toolkit import safe_yaml
+from toolkit.ckpt_model import model_args_given as explicit_model_args
 from toolkit.errors import ToolkitError
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -26,13 +28,9 @@ def help_pointer(argv: list[str]) -> str:
 
 
 def model_args_given(config: Any, argv: list[str]) -> dict[str, Any]:
-    """The ``--model.<key>`` options on the command line, with their parsed values (first key level)."""
+    """The ``model`` options given explicitly (command line, ``--config`` files, ``--model`` values), parsed."""
     subcommand = config.get("subcommand")
-    model = config.get(subcommand, {}).get("model") if subcommand else None
-    if model is None:
-        return {}
-    given = {a[len("--model.") :].split("=")[0].split(".")[0] for a in argv if str(a).startswith("--model.")}
-    return {key: model.get(key) for key in sorted(given) if key in model}
+    return explicit_model_args(config.get(subcommand, {}).get("model") if subcommand else None, argv)
 
 
 def check_config_files(argv: list[str]) -> None:
@@ -52,7 +50,9 @@ def check_config_files(argv: list[str]) -> None:
         if not file.is_file():
             raise ToolkitError(f"--config {path}: no such file; check the path")
         try:
-            yaml.safe_load(file.read_text())
+            safe_yaml.load(safe_yaml.read_config_text(file, f"--config {path}"))
+        except safe_yaml.AliasBombError as err:
+            raise ToolkitError(f"--config {path}: {err}") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -26,11 +26,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from toolkit import keys
+from toolkit import keys, safe_yaml
+from toolkit.atomic import NO_RIGHTS, NO_SPACE
 from toolkit.backbone import weights_from_checkpoint
 from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.callbacks.health import DIVERGED, Diverged, DivergenceGuard, RunHealth
+from toolkit.callbacks.pruning import SearchTrial, TrialPruning
 from toolkit.callbacks.random_state import RandomStateCheckpoint
+from toolkit.ckpt_model import check_resume_folder, evaluated_run
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
 from toolkit.lightning_cli.checkpoint import CheckpointReaders
@@ -47,6 +50,7 @@ from toolkit.lightning_cli.run_home import (
 )
 from toolkit.lightning_cli.teardown import finish_wandb, fit_summary, write_result
 from toolkit.parse_errors import parse_quietly
+from toolkit.parsed_checks import check_parsed, enforce_import_denylist
 from toolkit.quiet import quiet_third_party
 from toolkit.study.layout import RESULT_FILE
 from toolkit.tracking import RunIdCheckpoint
@@ -87,6 +91,8 @@ class ToolkitCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         self.checkpoints = CheckpointReaders()  # every checkpoint file this command reads, each opened once
+        safe_yaml.bound_jsonargparse()  # every YAML file and value the parser reads: aliases bounded
+        enforce_import_denylist()  # a config naming os.system, subprocess, eval... is refused when parsed
         super().__init__(
             ImageClassifier,
             ImageDataModule,
@@ -113,6 +119,8 @@ class ToolkitCLI(LightningCLI):
             reader = self.checkpoints.get(ckpt_path)
             if reader is not None:
                 reader.check()  # LightningCLI reads it next, before any hook of ours
+            # before LightningCLI seeds or builds anything; no subcommand: built for toolkit doctor
+            check_parsed(subcommand or "fit", self.config[subcommand] if subcommand else self.config)
 
         parse_quietly(parse, help_pointer(argv))
 
@@ -126,6 +134,12 @@ class ToolkitCLI(LightningCLI):
         )
         parser.add_argument(
             "--ablation", type=AblationInfo | None, default=None, help="ablation run identity (set by toolkit ablate)"
+        )
+        parser.add_argument(
+            "--search_trial",
+            type=SearchTrial | None,
+            default=None,
+            help="the Optuna trial this fit is: report val metrics to it, stop when pruned (set by toolkit search)",
         )
         parser.add_argument(
             "--ensemble_ckpts",
@@ -179,8 +193,18 @@ class ToolkitCLI(LightningCLI):
         if config.get("ckpt_path"):
             config.ckpt_path = resolve_ckpt(config.ckpt_path, config.checkpoint.dirpath, self.checkpoints)
         reader = self.checkpoints.get(config.get("ckpt_path"))
-        if self.subcommand in EVAL_COMMANDS and reader is not None:
+        if reader is not None:  # every subcommand: the checkpoint fixes the model
             reader.apply_to(config.model, getattr(self, "model_args_given", {}))
+        if self.subcommand in EVAL_COMMANDS:
+            # its own files beside a fit's (config.yaml stays the fit's), and its own W&B job type and group
+            self.save_config_kwargs["config_filename"] = f"{self.subcommand}_config.yaml"
+            if is_toolkit_logger(logger) and reader is not None:
+                logger.init_args.job_type = logger.init_args.job_type or self.subcommand
+                logger.init_args.group = logger.init_args.group or evaluated_run(reader.path, reader.run_id)
+        elif is_toolkit_logger(logger):
+            logger.init_args.job_type = logger.init_args.job_type or "fit"
+        if self.subcommand == "fit" and reader is not None:
+            check_resume_folder(reader.path, config.checkpoint.dirpath)
         if self.subcommand == "fit" and reader is not None and reader.run_id and is_toolkit_logger(logger):
             resume_wandb_run(logger, reader.run_id, self.save_config_kwargs)
 
@@ -209,6 +233,8 @@ class ToolkitCLI(LightningCLI):
             callbacks.append(EpochLog())
         callbacks.append(RandomStateCheckpoint())  # a resumed fit continues the same random stream
         callbacks.append(RunHealth())  # what result.json and the report's run-health classes need
+        if self.subcommand == "fit" and config.get("search_trial") is not None:
+            callbacks.append(TrialPruning(config.search_trial))
         if self.subcommand == "test" and config.get("ensemble_ckpts"):
             from toolkit.callbacks.ensemble import CheckpointEnsemble
 
@@ -268,6 +294,10 @@ class ToolkitCLI(LightningCLI):
         except Diverged as err:
             if self.trainer.is_global_zero:
                 write_result(self.trainer, DIVERGED, reason=str(err))
+            raise
+        except OSError as err:  # a checkpoint or log write failed: say where (Lightning's error names no file)
+            if err.errno in NO_SPACE | NO_RIGHTS and not err.filename:
+                raise OSError(err.errno, err.strerror, f"a file under {self.trainer.default_root_dir}") from err
             raise
 
     def after_fit(self) -> None:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from toolkit import keys
+from toolkit.atomic import write_atomically
 from toolkit.errors import ToolkitError
 from toolkit.keys import ensemble_key
 from toolkit.report import plots, render
@@ -162,20 +164,21 @@ def build_report(
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"runs": out / "runs.csv"}
-    runs.to_csv(files["runs"], index=False)
+    write_atomically(files["runs"], lambda tmp: runs.to_csv(tmp, index=False))
     skipped = _skipped_lines(runs)
     files.update(render.write_tables(table, metrics, out, name, baseline, skipped))
     chance = _chance(runs)
-    for path in plots.bar_charts(table, metrics, out, baseline, chance):
+    order = list(dict.fromkeys(table["variant"]))
+    colors = plots.variant_colors(order)  # one colour per variant in every figure
+    for path in plots.bar_charts(table, metrics, out, baseline, chance, colors):
         files[path.stem] = path
     history = runset.history[runset.history["run"].isin(runs.index[runs["counted"]])]
-    order = list(dict.fromkeys(table["variant"]))
-    overlay = plots.val_overlay(history, order, out, baseline, chance)
+    overlay = plots.val_overlay(history, order, out, baseline, chance, colors)
     if overlay is not None:
         files[overlay.stem] = overlay
-    for path in plots.learning_curves(history, order, out):
+    for path in plots.learning_curves(history, order, out, colors):
         files[path.stem] = path
-    lesion = plots.lesion_curve(runs, out, chance)
+    lesion = plots.lesion_curve(runs, out, chance, colors)
     if lesion is not None:
         files[lesion.stem] = lesion
     if log_to_wandb:
@@ -191,6 +194,12 @@ def build_report(
     )
 
 
+def default_out(root: str | Path, name: str) -> Path:
+    """Where a report goes without ``--out``: ``<root>/<name>/report``, beside the runs it reports (two ``--root``s of
+    one spec never overwrite each other's report)."""
+    return Path(root) / name / keys.REPORT_DIR
+
+
 def report_spec(
     spec: AblationSpec,
     root: Path,
@@ -199,13 +208,13 @@ def report_spec(
     log_to_wandb: bool = False,
 ) -> ReportResult:
     """The report of an ablation spec: its metrics, baseline, variants and seeds; ``out`` defaults to
-    ``reports/<name>``. Used by ``toolkit report`` and at the end of ``toolkit ablate run``."""
+    `default_out` (beside the runs). Used by ``toolkit report`` and at the end of ``toolkit ablate run``."""
     return build_report(
         spec.name,
         spec.baseline,
         list(spec.metrics),
         root=Path(root),
-        out=Path(out) if out else Path("reports") / spec.name,
+        out=Path(out) if out else default_out(root, spec.name),
         wandb_path=wandb_path,
         log_to_wandb=log_to_wandb,
         variants=list(spec.variants),

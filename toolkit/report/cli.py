@@ -1,4 +1,4 @@
-"""``toolkit report SPEC [--root DIR] [--out DIR] [--wandb ENTITY/PROJECT] [--log_to_wandb]``: the command line.
+"""``toolkit report SPEC [--root DIR] [--out DIR] [--wandb ENTITY/PROJECT] [--log-to-wandb]``: the command line.
 
 Imports neither torch nor Lightning (jsonargparse parses the arguments), so the report starts in about a second.
 """
@@ -9,6 +9,8 @@ from pathlib import Path
 
 from jsonargparse import ActionYesNo, ArgumentParser
 
+from toolkit.cli_options import SPELLING, parse
+
 
 def build_parser() -> ArgumentParser:
     """The ``toolkit report`` argument parser."""
@@ -16,14 +18,21 @@ def build_parser() -> ArgumentParser:
         prog="toolkit report",
         description="Ablation table (mean ± std over seeds, Δ vs the baseline) and plots from the runs' W&B logs.",
     )
+    parser.epilog = SPELLING
     parser.add_argument("spec", type=str, help="ablation spec (ablations/<name>.yaml)")
     parser.add_argument("--root", type=str, default="runs", help="runs root: logs are read from <root>/<name>/")
-    parser.add_argument("--out", type=str | None, default=None, help="report folder (default reports/<name>/)")
+    parser.add_argument("--out", type=str | None, default=None, help="report folder (default <root>/<name>/report/)")
+    parser.add_argument(
+        "--seeds", type=str | None, default=None, help="the seeds of a study run with ablate run --seeds (0-9)"
+    )
     parser.add_argument(
         "--wandb", type=str | None, default=None, help="read the runs from this W&B project (entity/project)"
     )
     parser.add_argument(
-        "--log_to_wandb", action=ActionYesNo, default=False, help="log the table to W&B as an analysis run"
+        "--log-to-wandb",
+        action=ActionYesNo(no_prefix="no-"),
+        default=False,
+        help="log the table and the plots to W&B as an analysis run",
     )
     return parser
 
@@ -37,11 +46,18 @@ def main(argv: list[str]) -> int:
     Raises:
         ToolkitError: a bad spec, or no runs of the ablation.
     """
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv, "report")
+    from toolkit.parsed_checks import check_root_dir
     from toolkit.report.build import print_report, report_spec
     from toolkit.study.spec import load_spec  # imported here to keep --help instant
 
+    check_root_dir(args.root, "--root")
+    check_root_dir(args.out, "--out")
     spec = load_spec(Path(args.spec))
+    if args.seeds:
+        from toolkit.ablation.cli_changes import apply
+
+        spec, _ = apply(spec, args.seeds, None)
     out = Path(args.out) if args.out else None
     print_report(report_spec(spec, Path(args.root), out, wandb_path=args.wandb, log_to_wandb=args.log_to_wandb))
     return 0

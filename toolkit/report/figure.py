@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from toolkit.atomic import write_atomically
+
 
 def pyplot() -> Any:
     """matplotlib's pyplot on the file-only Agg backend (imported here: tables alone do not need matplotlib)."""
@@ -26,8 +28,8 @@ def slug(text: str) -> str:
 
 
 def save(fig: Any, path: Path) -> Path:
-    """Lay out, write and close one figure."""
+    """Lay out, write (atomically: a failed write leaves no partial PNG) and close one figure."""
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomically(path, lambda tmp: fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png"))
     pyplot().close(fig)
     return path

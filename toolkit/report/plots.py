@@ -24,8 +24,22 @@ def clipped_error(mean: pd.Series, std: pd.Series, scale: float, bounded: bool) 
     return [list((mean - low) * scale), list((high - mean) * scale)]
 
 
+def variant_colors(variants: Sequence[str]) -> dict[str, str]:
+    """One colour per variant, the same in every figure of a report (matplotlib's tab10, then tab20, in order)."""
+    from matplotlib import colormaps
+
+    palette = list(colormaps["tab10"].colors) + list(colormaps["tab20"].colors[1::2])
+    hexes = ["#{:02x}{:02x}{:02x}".format(*(round(255 * c) for c in rgb[:3])) for rgb in palette]
+    return {variant: hexes[i % len(hexes)] for i, variant in enumerate(dict.fromkeys(variants))}
+
+
 def bar_charts(
-    table: pd.DataFrame, metrics: Sequence[str], out: Path, baseline: str, chance: float | None = None
+    table: pd.DataFrame,
+    metrics: Sequence[str],
+    out: Path,
+    baseline: str,
+    chance: float | None = None,
+    colors: dict[str, str] | None = None,
 ) -> list[Path]:
     """One bar chart per metric (mean over seeds, error bars = std), saved as ``bar_<metric>.png``.
 
@@ -36,8 +50,9 @@ def bar_charts(
         table: the tidy table from ``toolkit.report.table.aggregate``.
         metrics: the metrics to draw.
         out: folder for the PNGs.
-        baseline: the baseline variant, drawn in another colour.
+        baseline: the baseline variant (its bar has a black edge).
         chance: chance accuracy (majority-class share) of the test split, if known.
+        colors: each variant's colour (`variant_colors`), shared by every figure of the report.
     """
     plt = pyplot()
     out.mkdir(parents=True, exist_ok=True)
@@ -47,18 +62,22 @@ def bar_charts(
         bounded = is_fraction(metric)
         scale = 100.0 if bounded else 1.0
         fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) + 2), 3.5))
-        colors = ["tab:orange" if v == baseline else "tab:blue" for v in rows["variant"]]
+        palette = colors or variant_colors(list(rows["variant"]))
+        bar_colors = [palette.get(v, "grey") for v in rows["variant"]]
         ensemble = rows["note"].fillna("").str.contains("ensemble:")
         labels = [
             f"{v}{' †' if e else ''}\n(n={n})" for v, n, e in zip(rows["variant"], rows["n"], ensemble, strict=True)
         ]
         bars = ax.bar(
             labels, rows["mean"] * scale, yerr=clipped_error(rows["mean"], rows["std"], scale, bounded), capsize=4,
-            color=colors,
+            color=bar_colors,
         )  # fmt: skip
-        for bar, is_ensemble in zip(bars, ensemble, strict=True):
+        for bar, is_ensemble, variant in zip(bars, ensemble, rows["variant"], strict=True):
             if is_ensemble:
                 bar.set_hatch("//")
+            if variant == baseline:
+                bar.set_edgecolor("black")
+                bar.set_linewidth(1.5)
         if bounded:
             ax.set_ylim(0, 100)
             if chance is not None and "acc" in metric:
@@ -94,19 +113,26 @@ def _percent_axes(ax: object, chance: float | None, xlabel: str, ylabel: str, ti
 
 
 def val_overlay(
-    history: pd.DataFrame, variants: Sequence[str], out: Path, baseline: str, chance: float | None = None
+    history: pd.DataFrame,
+    variants: Sequence[str],
+    out: Path,
+    baseline: str,
+    chance: float | None = None,
+    colors: dict[str, str] | None = None,
 ) -> Path | None:
     """``val_acc_by_epoch.png``: every variant's val accuracy per epoch (mean over seeds, ±std band) on one axis."""
     plt = pyplot()
 
+    palette = colors or variant_colors(variants)
     fig, ax = plt.subplots(figsize=(7, 4))
     for variant in variants:
         curve = _by_epoch(history[history["variant"] == variant], keys.VAL_ACC)
         if curve.empty:
             continue
         width = 2.5 if variant == baseline else 1.2
-        (line,) = ax.plot(curve.index, curve["mean"] * 100, marker="o", markersize=3, linewidth=width, label=variant)
-        _percent_band(ax, curve.index, curve["mean"] * 100, curve["std"] * 100, line.get_color(), 0.15)
+        x, color = curve.index + 1, palette.get(variant)  # epochs counted from 1, as in the run's epoch lines
+        (line,) = ax.plot(x, curve["mean"] * 100, marker="o", markersize=3, linewidth=width, label=variant, color=color)
+        _percent_band(ax, x, curve["mean"] * 100, curve["std"] * 100, line.get_color(), 0.15)
     if not ax.lines:
         pyplot().close(fig)
         return None
@@ -129,7 +155,9 @@ def _by_epoch(history: pd.DataFrame, key: str) -> pd.DataFrame:
     return last.groupby("epoch")["value"].agg(["mean", "std"]).fillna({"std": 0.0})
 
 
-def learning_curves(history: pd.DataFrame, variants: Sequence[str], out: Path) -> list[Path]:
+def learning_curves(
+    history: pd.DataFrame, variants: Sequence[str], out: Path, colors: dict[str, str] | None = None
+) -> list[Path]:
     """Per variant ``curves_<variant>.png``: train loss by step (points, moving average) and accuracy by epoch.
 
     The accuracy panel shows train and val accuracy per epoch as the mean over seeds with a ±std band.
@@ -143,31 +171,34 @@ def learning_curves(history: pd.DataFrame, variants: Sequence[str], out: Path) -
     from matplotlib.ticker import MaxNLocator
 
     out.mkdir(parents=True, exist_ok=True)
+    palette = colors or variant_colors(variants)
     paths = []
     for variant in variants:
         mine = history[history["variant"] == variant]
         if mine.empty:
             continue
+        color = palette.get(variant)  # the variant's colour, as in the overlay and the bars
         fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
         acc_ax.set_ylim(0, 100)  # every variant's figure on the same accuracy scale
 
         loss = mine[(mine["key"] == keys.TRAIN_LOSS) & mine["step"].notna()].sort_values("step")
         if not loss.empty:
-            loss_ax.scatter(loss["step"], loss["value"], s=8, alpha=0.4, label="train loss (each seed)")
+            loss_ax.scatter(loss["step"], loss["value"], s=8, alpha=0.4, color="grey", label="train loss (each seed)")
             per_step = loss.groupby("step")["value"].mean()
             window = smoothing_window(len(per_step))
             smooth = per_step.rolling(window, min_periods=1, center=True).mean()
-            loss_ax.plot(per_step.index, smooth, color="tab:red", label=f"moving average ({window} points)")
+            loss_ax.plot(per_step.index, smooth, color=color, label=f"moving average ({window} points)")
             loss_ax.legend(fontsize=8)
         loss_ax.set_xlabel("step")
         loss_ax.set_ylabel("train loss")
-        for key, label in ((keys.TRAIN_ACC, "train acc"), (keys.VAL_ACC, "val acc")):
+        for key, label, style in ((keys.TRAIN_ACC, "train acc", "--"), (keys.VAL_ACC, "val acc", "-")):
             curve = _by_epoch(mine, key)
             if curve.empty:
                 continue
-            acc_ax.plot(curve.index, curve["mean"] * 100, marker="o", label=label)
+            x = curve.index + 1  # epochs counted from 1, as in the run's epoch lines
+            acc_ax.plot(x, curve["mean"] * 100, marker="o", linestyle=style, color=color, label=label)
             low, high = (curve["mean"] - curve["std"]).clip(lower=0), (curve["mean"] + curve["std"]).clip(upper=1)
-            acc_ax.fill_between(curve.index, low * 100, high * 100, alpha=0.2)
+            acc_ax.fill_between(x, low * 100, high * 100, alpha=0.15 if style == "-" else 0.08, color=color)
         if acc_ax.lines:
             acc_ax.legend(fontsize=8)
         acc_ax.set_xlabel("epoch")
@@ -182,7 +213,9 @@ def learning_curves(history: pd.DataFrame, variants: Sequence[str], out: Path) -
 _LESION_K = re.compile(r"^test/acc_lesion_k(\d+)$")
 
 
-def lesion_curve(runs: pd.DataFrame, out: Path, chance: float | None = None) -> Path | None:
+def lesion_curve(
+    runs: pd.DataFrame, out: Path, chance: float | None = None, colors: dict[str, str] | None = None
+) -> Path | None:
     """``lesion_curve.png`` (Veit et al. 2016): test accuracy against the number of blocks lesioned at test time.
 
     One line per variant whose runs logged ``test/acc_lesion_k<k>`` (k = 0 is the intact ``test/acc``), the mean
@@ -209,7 +242,10 @@ def lesion_curve(runs: pd.DataFrame, out: Path, chance: float | None = None) -> 
         columns = [(0, keys.TEST_ACC), *ks]
         values = pd.DataFrame({k: pd.to_numeric(group[c], errors="coerce") for k, c in columns}) * 100
         mean, std = values.mean(), values.std().fillna(0.0)
-        (line,) = ax.plot(mean.index, mean, marker="o", label=f"{variant}: blocks lesioned (n={len(group)})")
+        color = (colors or {}).get(variant)
+        (line,) = ax.plot(
+            mean.index, mean, marker="o", color=color, label=f"{variant}: blocks lesioned (n={len(group)})"
+        )
         _percent_band(ax, mean.index, mean, std, line.get_color(), 0.2)
     if "config.model.residual" in counted.columns:
         removed = counted[counted["config.model.residual"].astype(str).str.lower() == "false"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from toolkit.atomic import write_atomically, write_text
 from toolkit.keys import ensemble_key
 from toolkit.report.stats import ADJUST_METHOD, MIN_SEEDS_FOR_P
 from toolkit.report.table import is_fraction
@@ -178,8 +179,8 @@ def write_tables(
     """
     out.mkdir(parents=True, exist_ok=True)
     paths = {suffix: out / f"table.{suffix}" for suffix in ("csv", "md", "tex", "html")}
-    table.to_csv(paths["csv"], index=False)
-    paths["md"].write_text(to_markdown(table, metrics, name, baseline, not_counted), encoding="utf-8")
-    paths["tex"].write_text(to_latex(table, metrics), encoding="utf-8")
-    paths["html"].write_text(to_html(table, metrics), encoding="utf-8")
+    write_atomically(paths["csv"], lambda tmp: table.to_csv(tmp, index=False))
+    write_text(paths["md"], to_markdown(table, metrics, name, baseline, not_counted))
+    write_text(paths["tex"], to_latex(table, metrics))
+    write_text(paths["html"], to_html(table, metrics))
     return paths

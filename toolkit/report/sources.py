@@ -65,7 +65,8 @@ def find_logs(root: Path, name: str) -> list[Path]:
         raise ToolkitError(f"no runs folder {folder}; run `toolkit ablate run` first or pass --root DIR")
     found: dict[Path, Path] = {}
     for path in sorted(folder.rglob("run-*.wandb")):
-        found.setdefault(path.resolve(), path)
+        if path.relative_to(folder).parts[0] != keys.REPORT_DIR:  # the report's own analysis run is no ablation run
+            found.setdefault(path.resolve(), path)
     return sorted(found.values())
 
 
@@ -153,8 +154,8 @@ def _runset(pairs: list[tuple[RunLog, str]], name: str) -> RunSet:
         row = run_row(run, source)
         if row["ablation"] != name and not (row["ablation"] is None and run.damage):
             continue  # another ablation's run in the same folder
-        if run.job_type == "analysis":
-            continue  # the report's own W&B run (``--log_to_wandb``)
+        if run.job_type in ("analysis", "validate", "test", "predict"):
+            continue  # the report's own W&B run (``--log_to_wandb``), or a later evaluation of a checkpoint
         history.extend(_history_rows(run, row, len(rows)))
         rows.append(row)
     runs = pd.DataFrame(rows)

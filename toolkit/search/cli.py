@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from jsonargparse import ArgumentParser
 from rich.console import Console
 
+from toolkit.cli_options import SPELLING, add_runner_options, parse, runner_options
+from toolkit.parsed_checks import check_root_dir
 from toolkit.search.spec import load_search
 
 if TYPE_CHECKING:
@@ -16,25 +18,21 @@ if TYPE_CHECKING:
     from toolkit.search.run import StageRunner
     from toolkit.study.spec import AblationSpec
 
-EXAMPLES = """examples:
+EXAMPLES = f"""{SPELLING}
+
+examples:
   toolkit search searches/digits.yaml --workers 2
-  toolkit search searches/digits.yaml --executor slurm --partition gpu
+  toolkit search searches/digits.yaml --dry-run
+  toolkit search searches/digits.yaml --executor slurm --partition gpu --account proj42 --qos normal
 """
 
 
 def build_parser() -> ArgumentParser:
-    """The ``toolkit search`` parser."""
+    """The ``toolkit search`` parser: the spec and the runner's own options (the trials are ablation runs)."""
     parser = ArgumentParser(prog="toolkit search", description="Staged hyperparameter search on Optuna (resumable).")
     parser.epilog = EXAMPLES
     parser.add_argument("spec", type=str, help="search spec, e.g. searches/digits.yaml")
-    parser.add_argument("--root", type=str, default="runs", help="runs folder: <root>/<search>/")
-    parser.add_argument("--executor", type=Literal["local", "slurm"], default="local", help="where trials run")
-    parser.add_argument("--workers", type=int | None, default=None, help="trials at once (CPU default 1)")
-    parser.add_argument("--devices", type=str | None, default=None, help="GPU ids like 0,1, or cpu (default: all)")
-    parser.add_argument("--gpus-per-run", type=int | None, default=None, help="GPUs per trial")
-    parser.add_argument("--cpus-per-run", type=int | None, default=None, help="CPU threads per trial")
-    parser.add_argument("--partition", type=str | None, default=None, help="slurm: partition")
-    parser.add_argument("--time-min", type=int, default=60, help="slurm: time limit per trial, minutes")
+    add_runner_options(parser, what="trials")
     return parser
 
 
@@ -51,9 +49,7 @@ def stage_runner(options: Options) -> StageRunner:
 
     def run(ablation: AblationSpec, folder: Path, console: Console) -> int:
         # every stage is validated before the first trial runs, and the search writes its own table
-        stage = dataclasses.replace(
-            options, root=folder, validate=False, report=False, dry_run=False, retry_failed=False
-        )
+        stage = dataclasses.replace(options, root=folder, validate=False, report=False, dry_run=False)
         return run_ablation(ablation, stage, console)
 
     return StageRunner(check=lambda ablation, folder: check_variants(ablation, folder, gpus), run=run)
@@ -61,14 +57,19 @@ def stage_runner(options: Options) -> StageRunner:
 
 def main(argv: list[str]) -> int:
     """Run ``toolkit search``; 0 when every stage finished."""
-    from toolkit.ablation.cli import runner_options
     from toolkit.search.output import write_outputs
-    from toolkit.search.run import run_search
+    from toolkit.search.run import run_search, validate
 
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv, "search")
+    check_root_dir(args.root, "--root")
     spec = load_search(args.spec)
     options = runner_options(args)  # the trials are ablation runs: the runner's own options
     console = Console()
+    if options.dry_run:  # every stage parses at both ends of every range; nothing is created or started
+        validate(spec, (Path(args.root) / spec.name).absolute(), stage_runner(options).check)
+        stages = ", ".join(f"{s.name} ({s.trials or s.top} trials)" for s in spec.stages)
+        console.print(f"{spec.name}: {spec.sampler} search over {', '.join(spec.ranges)}; stages {stages}")
+        return 0
     code, rows = run_search(spec, Path(args.root), stage_runner(options), console)
     folder = (Path(args.root) / spec.name).absolute()
     written = write_outputs(spec, rows, folder)

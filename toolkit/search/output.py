@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from toolkit.atomic import write_atomically, write_text
 from toolkit.report.figure import pyplot, save, slug
 from toolkit.report.table import higher_is_better
 from toolkit.search.spec import SearchSpec
@@ -43,8 +44,14 @@ def best_trial(spec: SearchSpec, table: pd.DataFrame) -> pd.Series | None:
     return None
 
 
-def best_config(spec: SearchSpec, stage_overrides: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """The base configs merged in order, then the common, stage and trial overrides, and the search's seed."""
+def best_config(
+    spec: SearchSpec, stage_overrides: dict[str, Any], params: dict[str, Any], run_dir: Path | None = None
+) -> dict[str, Any]:
+    """The base configs merged in order, then the common, stage and trial overrides, and the search's seed.
+
+    ``run_dir`` becomes ``trainer.default_root_dir``: the refit gets its own run folder (the base's would hold a run
+    already, and ``toolkit fit`` refuses to mix two runs in one folder).
+    """
     config: dict[str, Any] = {}
     for base in spec.base:
         config = _merge(config, read_yaml(Path(base)) or {})
@@ -56,6 +63,8 @@ def best_config(spec: SearchSpec, stage_overrides: dict[str, Any], params: dict[
         node[last] = value
     config["seed_everything"] = spec.seed
     config["test_after_fit"] = True
+    if run_dir is not None:
+        config.setdefault("trainer", {})["default_root_dir"] = str(run_dir)
     return config
 
 
@@ -94,21 +103,21 @@ def write_outputs(spec: SearchSpec, rows: list[dict[str, Any]], folder: Path) ->
         return written
     folder.mkdir(parents=True, exist_ok=True)
     written["csv"] = folder / "table.csv"
-    table.to_csv(written["csv"], index=False)
+    write_atomically(written["csv"], lambda tmp: table.to_csv(tmp, index=False))
     shown = table.drop(columns=["run_dir"], errors="ignore")
     written["md"] = folder / "table.md"
-    written["md"].write_text(shown.to_markdown(index=False, floatfmt=".4g") + "\n")
+    write_text(written["md"], shown.to_markdown(index=False, floatfmt=".4g") + "\n")
     for i, path in enumerate(scatter_plots(spec, table, folder)):
         written[f"scatter{i}"] = path
     best = best_trial(spec, table)
     if best is not None:
         stage = next(s for s in spec.stages if s.name == best["stage"])
-        config = best_config(spec, stage.overrides, {k: _plain(best[k]) for k in spec.ranges})
+        config = best_config(spec, stage.overrides, {k: _plain(best[k]) for k in spec.ranges}, folder / "best")
         written["best"] = folder / "best.yaml"
         note = (
             f"# best trial of {spec.name}: {best['trial']} ({best['stage']}), {best['metric']} = {best['metric_value']}"
         )
-        written["best"].write_text(note + "\n" + yaml.safe_dump(config, sort_keys=False))
+        write_text(written["best"], note + "\n" + yaml.safe_dump(config, sort_keys=False))
     return written
 
 

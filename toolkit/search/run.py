@@ -91,8 +91,13 @@ def stage_results(ablation: AblationSpec, folder: Path, metric: str) -> dict[str
         return out
     best = max if higher_is_better(metric) else min
     for variant, rows in logs.groupby("variant"):
-        if variant not in out or out[variant]["status"] != DONE or not rows["counted"].any():
-            continue  # only a finished run has a score
+        if variant not in out or out[variant]["status"] != DONE:
+            continue
+        # a pruned trial stopped early on purpose: pruned, whatever the health of its shortened run
+        pruned = pd.to_numeric(rows.get(keys.PRUNED_AT, pd.Series(dtype=float)), errors="coerce").dropna()
+        out[variant]["pruned_at_epoch"] = int(pruned.iloc[-1]) if len(pruned) else None
+        if not rows["counted"].any():
+            continue  # only a healthy finished run has a score
         values = [v for v in rows.get(metric, pd.Series(dtype=float)) if isinstance(v, float) and math.isfinite(v)]
         out[variant][metric] = best(values) if values else None
         counted = rows[rows["counted"]].iloc[-1]
@@ -143,14 +148,33 @@ def _run_trials(
     console: Console,
 ) -> tuple[int, dict[str, dict[str, Any]]]:
     """Run the stage's trials as one ablation (the ledger skips the finished ones) and tell the study the results."""
-    ablation = stage_ablation(spec, stage, {studies.trial_name(t): studies.params_of(t) for t in trials})
+    variants = {
+        studies.trial_name(t): {**studies.params_of(t), **_pruning(spec, stage, t, trials, folder)} for t in trials
+    }
+    ablation = stage_ablation(spec, stage, variants)
     console.print(f"[bold]{spec.name}[/] stage [bold]{stage.name}[/]: {len(trials)} trials")
     code = runner.run(ablation, folder, console)
     results = stage_results(ablation, folder, stage.metric)
     for trial in trials:
         result = results[studies.trial_name(trial)]
-        studies.record(study, trial, result.get(stage.metric), result["status"])
+        pruned = result.get("pruned_at_epoch") is not None
+        studies.record(study, trial, result.get(stage.metric), result["status"], pruned)
     return code, results
+
+
+def _pruning(spec: SearchSpec, stage: Stage, trial: Any, trials: list[Any], folder: Path) -> dict[str, Any]:
+    """The ``--search_trial`` override of a sampling stage's trial when the spec prunes (see callbacks/pruning.py)."""
+    if spec.pruning is None or not stage.trials:
+        return {}
+    info = {
+        "journal": str(folder / studies.STUDY_FILE),
+        "study": studies.study_name(spec, stage),
+        "trial": trial.number,
+        "monitor": stage.metric,
+        "against": studies.pruning_against(trials, trial, stage.batch),
+        **spec.pruning,
+    }
+    return {"search_trial": info}
 
 
 def _rows(stage: Stage, trials: list[Any], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

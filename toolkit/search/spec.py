@@ -20,7 +20,8 @@ from toolkit.errors import ToolkitError
 from toolkit.study.fields import check_name, did_you_mean, parse_overrides, read_yaml, resolve_base
 from toolkit.study.spec import DEFAULT_PROJECT
 
-_KEYS = ("name", "base", "overrides", "ranges", "sampler", "metric", "seed", "stages", "project")
+_KEYS = ("name", "base", "overrides", "ranges", "sampler", "metric", "seed", "stages", "project", "pruning")
+_PRUNING_KEYS = ("warmup_epochs", "min_trials")
 _STAGE_KEYS = ("name", "trials", "top", "overrides", "metric", "batch")
 _RANGE_KEYS = ("low", "high", "log", "int", "values", "n")
 SAMPLERS = ("tpe", "random", "grid")
@@ -83,6 +84,8 @@ class SearchSpec:
     stages: list[Stage]
     project: str = DEFAULT_PROJECT
     path: str = ""
+    #: ``{warmup_epochs, min_trials}`` of the median pruner for the sampling stage, or None (no pruning)
+    pruning: dict[str, int] | None = None
 
     def fingerprint(self) -> str:
         """A hash of what the search computes (the base configs' content, not their paths); a resume must match."""
@@ -126,7 +129,24 @@ def load_search(path: str | Path) -> SearchSpec:
     project = raw.get("project", DEFAULT_PROJECT)
     if not isinstance(project, str) or not project:
         raise ToolkitError(f"{path}: 'project' is the W&B project name, a non-empty string")
-    return SearchSpec(name, base, overrides, ranges, sampler, seed, stages, project, str(path))
+    pruning = _pruning(raw.get("pruning"), f"{path}: pruning")
+    return SearchSpec(name, base, overrides, ranges, sampler, seed, stages, project, str(path), pruning)
+
+
+def _pruning(value: Any, where: str) -> dict[str, int] | None:
+    """``pruning: {warmup_epochs: 1, min_trials: 2}`` (``true``: those defaults; absent or ``false``: off)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise ToolkitError(f"{where} is true, or a mapping like {{warmup_epochs: 1, min_trials: 2}}")
+    _known(value, _PRUNING_KEYS, where)
+    out = {"warmup_epochs": value.get("warmup_epochs", 1), "min_trials": value.get("min_trials", 2)}
+    for key, number in out.items():
+        if not isinstance(number, int) or isinstance(number, bool) or number < (0 if key == "warmup_epochs" else 1):
+            raise ToolkitError(f"{where}: '{key}' is a whole number (warmup_epochs >= 0, min_trials >= 1)")
+    return out
 
 
 def _known(raw: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:

@@ -124,11 +124,13 @@ def promote(study: optuna.Study, previous: optuna.Study, spec: SearchSpec, stage
     return stage_trials(study)
 
 
-def record(study: optuna.Study, trial: FrozenTrial, value: float | None, status: str) -> None:
+def record(study: optuna.Study, trial: FrozenTrial, value: float | None, status: str, pruned: bool = False) -> None:
     """Tell the study how a trial's run ended (only once: a finished trial is left as it is)."""
     if trial.state != TrialState.RUNNING:
         return
-    if status == "done" and value is not None and math.isfinite(value):
+    if status == "done" and pruned:
+        study.tell(trial.number, state=TrialState.PRUNED)  # its last reported value stays with it
+    elif status == "done" and value is not None and math.isfinite(value):
         study.tell(trial.number, value)
     elif status in ("done", "failed"):
         study.tell(trial.number, state=TrialState.FAIL)
@@ -137,3 +139,14 @@ def record(study: optuna.Study, trial: FrozenTrial, value: float | None, status:
 def params_of(trial: FrozenTrial) -> dict[str, Any]:
     """The trial's overrides: its parameters by dotted config key."""
     return dict(trial.params)
+
+
+def pruning_against(trials: list[FrozenTrial], trial: FrozenTrial, batch: int) -> list[int]:
+    """The trials ``trial`` may be pruned against: the finished ones of the batches asked before its own.
+
+    Trials are numbered in the order they were asked, ``batch`` at a time, and a batch is only asked once every
+    trial before it has finished: so this list, and every pruning decision made against it, is the same in a
+    search that was killed and resumed or run with another ``--workers``.
+    """
+    own = trial.number // batch
+    return [t.number for t in trials if t.number // batch < own and t.state == TrialState.COMPLETE]

@@ -15,13 +15,15 @@ import yaml
 from typing_extensions import override
 
 from toolkit.errors import ToolkitError
+from toolkit.safe_yaml import BoundedLoader, read_config_text
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
 DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-class UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one, which hides a typo)."""
+class UniqueKeyLoader(BoundedLoader):
+    """The bounded SafeLoader (`toolkit.safe_yaml`), rejecting duplicate keys too (PyYAML silently keeps the last
+    one, which hides a typo)."""
 
     @override
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -36,29 +38,28 @@ class UniqueKeyLoader(yaml.SafeLoader):
 
 
 def read_yaml(path: Path) -> Any:
-    """A YAML file's content; a syntax error or a duplicate key is a ToolkitError naming the file and line."""
-    with open(path, encoding="utf-8") as fh:
-        loader = UniqueKeyLoader(fh)
-        loader.name = str(path)
-        try:
-            return loader.get_single_data()
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise ToolkitError(
-                f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax"
-            ) from None
-        finally:
-            loader.dispose()
+    """A YAML file's content; a syntax error, a duplicate key, an alias bomb or a binary file is a ToolkitError naming
+    the file (and line)."""
+    loader = UniqueKeyLoader(read_config_text(path, str(path)))
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ToolkitError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)}); fix the syntax") from None
+    finally:
+        loader.dispose()
 
 
 def resolve_base(entry: str, spec_path: Path) -> str:
-    """A base config path, absolute: looked up in the current directory first, then beside the spec."""
-    for candidate in (Path(entry), spec_path.parent / entry):
+    """A base config path, absolute: looked up beside the spec first (a copied preset finds its own configs wherever
+    it is run from), then in the current directory."""
+    for candidate in (spec_path.parent / entry, Path(entry)):
         if candidate.is_file():
             return str(candidate.resolve())
     raise ToolkitError(
-        f"{spec_path}: base config '{entry}' not found (looked in the current directory and in {spec_path.parent}); "
+        f"{spec_path}: base config '{entry}' not found (looked in {spec_path.parent} and in the current directory); "
         "fix the path"
     )
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import timm
@@ -16,7 +18,7 @@ import torch
 from torch import nn
 
 from toolkit.errors import ToolkitError
-from toolkit.weights._registry import OfflineWeights, require_source
+from toolkit.weights._registry import OfflineWeights, require_source, sha256_of
 
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
 # stage 0 of EfficientNet is a DepthwiseSeparableConv (no expansion); the others are InvertedResiduals
@@ -66,22 +68,52 @@ def convert_lukemelas(source: dict[str, torch.Tensor], model: nn.Module) -> dict
     return out
 
 
+def _digest_file(cached: Path) -> Path:
+    """The file beside the converted weights that records their sha256 (written when they are)."""
+    return cached.with_name(cached.name + ".sha256")
+
+
+def cache_is_intact(cached: Path) -> bool:
+    """Whether the converted file exists and still has the sha256 recorded when it was written."""
+    record = _digest_file(cached)
+    if not (cached.is_file() and record.is_file()):
+        return False
+    return record.read_text(encoding="utf-8").strip() == sha256_of(cached)
+
+
+def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` then rename onto ``path``: a concurrent reader or a killed writer never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def convert_to_cache(entry: OfflineWeights) -> Path:
-    """The converted state dict of ``entry`` on disk, converting (sha256-checked) on first use; written atomically."""
+    """The converted state dict of ``entry`` on disk: converted (source sha256-checked) on first use, its own sha256
+    recorded beside it and checked on every use; a cached file that fails the check (a flipped bit, a partial copy,
+    no record) is converted again.
+    """
     cached = entry.cached_file()
-    if cached.is_file():
+    if cache_is_intact(cached):
         return cached
+    if cached.is_file():
+        print(f"converted weights {cached} fail their sha256 check; converting them again", file=sys.stderr)
     source = torch.load(require_source(entry), map_location="cpu", weights_only=True)
     model = timm.create_model(entry.backbone, pretrained=False)  # with its 1000-class classifier: every key maps
     converted = convert_lukemelas(source, model)
     cached.parent.mkdir(parents=True, exist_ok=True)
-    # write-then-rename: a concurrent reader or a killed writer never sees half a file
-    fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    digest = ""
+
+    def save(tmp: str) -> None:
+        nonlocal digest
         torch.save(converted, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
-        os.replace(tmp, cached)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        digest = sha256_of(Path(tmp))
+
+    _write_atomically(cached, save)
+    _write_atomically(_digest_file(cached), lambda tmp: Path(tmp).write_text(digest + "\n", encoding="utf-8"))
     return cached

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jsonargparse import ArgumentParser
 
+from toolkit.cli_options import parse
 from toolkit.weights import list_offline_weights
 
 
@@ -13,7 +14,7 @@ def main(argv: list[str]) -> int:
         prog="toolkit weights",
         description="Backbones whose ImageNet weights load offline with --model.pretrained true.",
     )
-    parser.parse_args(argv)
+    parse(parser, argv, "weights")
     print(f"{'backbone':24} {'package':36} {'licence':11} state")
     for entry in list_offline_weights():
         if entry.cached_file().is_file():

@@ -1,0 +1,106 @@
+"""Refuse parsed ``toolkit fit|validate|test|predict`` options that jsonargparse lets through, before anything runs.
+
+Each check names its option: a seed numpy cannot take, a negative optimizer number, a ``class_path`` that is not the
+kind of class its option builds (a config may name any importable callable: ``class_path: os.system`` would run a
+command when the optimizer is built), a run folder that is a file.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import ToolkitError
+
+#: numpy's (and so Lightning's ``seed_everything``) seed range
+SEED_MIN, SEED_MAX = 0, 2**32 - 1
+#: optimizer arguments torch requires to be >= 0 (it raises a ValueError only when the optimizer is built)
+NON_NEGATIVE_OPTIMIZER_ARGS = ("lr", "weight_decay", "eps", "momentum", "dampening")
+
+
+def check_seed(value: Any, option: str) -> None:
+    """A seed must be an integer in [0, 2**32 - 1] (``True`` for a random one is fine)."""
+    if isinstance(value, bool) or value is None:
+        return
+    if not isinstance(value, int) or not SEED_MIN <= value <= SEED_MAX:
+        raise ToolkitError(f"{option} {value!r}: a seed must be an integer in [0, 2**32 - 1 = {SEED_MAX}]")
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _base_classes(option: str) -> tuple[type, ...]:
+    import torch
+    from lightning.pytorch.cli import ReduceLROnPlateau
+
+    return {
+        "model.optimizer": (torch.optim.Optimizer,),
+        "model.lr_scheduler": (torch.optim.lr_scheduler.LRScheduler, ReduceLROnPlateau),
+    }[option]
+
+
+def check_class_path(value: Any, option: str) -> None:
+    """``--<option>`` given as ``class_path``: it must name a class of the option's base type (not any callable).
+
+    jsonargparse checks a class type's ``class_path`` itself but lets a ``Callable`` option (optimizer, lr_scheduler)
+    name any function; that function would only be called when the model configures its optimizers.
+    """
+    class_path = getattr(value, "class_path", None)
+    if not isinstance(class_path, str):
+        return
+    bases = _base_classes(option)
+    target = _import(class_path)
+    if not (isinstance(target, type) and issubclass(target, bases)):
+        names = " or ".join(f"{b.__module__}.{b.__qualname__}" for b in bases)
+        raise ToolkitError(
+            f"--{option}.class_path {class_path} is not a subclass of {names}; name an optimizer/scheduler class "
+            "(a config may only build what its option is for)"
+        )
+
+
+def check_optimizer_args(value: Any) -> None:
+    """The optimizer's lr, weight_decay, eps, momentum and dampening must not be negative."""
+    init_args = getattr(value, "init_args", None)
+    for name in NON_NEGATIVE_OPTIMIZER_ARGS:
+        number = getattr(init_args, name, None) if init_args is not None else None
+        if isinstance(number, (int, float)) and not isinstance(number, bool) and number < 0:
+            raise ToolkitError(f"--model.optimizer.init_args.{name} {number}: must be >= 0")
+
+
+def check_root_dir(path: str | None, option: str) -> None:
+    """A run folder (or one of its parents) that exists as a file cannot hold the run: name the option."""
+    if not path:
+        return
+    folder = Path(path).expanduser()
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                raise ToolkitError(f"{option} {path}: {candidate} is a file, not a folder; pass a folder for the run")
+            return
+
+
+def enforce_import_denylist() -> None:
+    """Turn on jsonargparse's import-path denylist now (its default from v5): a config value naming ``os``,
+    ``subprocess``, ``builtins.eval`` and the like is refused when parsed, whatever option it is given to."""
+    from jsonargparse import set_parsing_settings
+
+    set_parsing_settings(import_path_denylist=[])  # the default entries, enforced
+
+
+def check_parsed(subcommand: str, config: Any) -> None:
+    """Every check above on the parsed options of ``subcommand`` (``config[subcommand]``)."""
+    check_seed(config.get("seed_everything"), "--seed_everything")
+    model = config.get("model")
+    if model is not None:
+        for option in ("model.optimizer", "model.lr_scheduler"):
+            check_class_path(model.get(option.split(".")[1]), option)
+        check_optimizer_args(model.get("optimizer"))
+    trainer = config.get("trainer")
+    if trainer is not None:
+        check_root_dir(trainer.get("default_root_dir"), "--trainer.default_root_dir")
