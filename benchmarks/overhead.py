@@ -12,6 +12,7 @@ a warm-up and is not counted. Also times one pass over the loader alone: the dat
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -44,6 +45,12 @@ class TrainEpochTimer(pl.Callback):
         self.epochs.append(time.perf_counter() - self.start)
 
 
+def _class_path(cls: type) -> str:
+    """Where jsonargparse finds ``cls``: ``__main__.X`` when run as ``python benchmarks/overhead.py`` (the documented
+    way, where no ``benchmarks`` package is importable), ``benchmarks.overhead.X`` under ``python -m``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def toolkit_epochs(model: str, epochs: int, root: Path) -> list[float]:
     from toolkit.lightning_cli import run_cli
 
@@ -65,7 +72,7 @@ def toolkit_epochs(model: str, epochs: int, root: Path) -> list[float]:
             "--trainer.default_root_dir",
             str(root),
             "--trainer.callbacks",
-            '[{"class_path": "benchmarks.overhead.TrainEpochTimer"}]',
+            json.dumps([{"class_path": _class_path(TrainEpochTimer)}]),
         ]
     )
     timer = next(cb for cb in cli.trainer.callbacks if type(cb).__name__ == "TrainEpochTimer")  # imported by path
@@ -96,28 +103,38 @@ def plain_epochs(model_name: str, epochs: int) -> tuple[list[float], float]:
     return times[1:], time.perf_counter() - start
 
 
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg()) + " (1/5/15 min)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["test_resnet", "resnet18"])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of both sides")
     args = parser.parse_args()
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
-    print(f"torch threads: {torch.get_num_threads()}, digits at 32 px, batch 64, AdamW")
+    torch.set_num_threads(args.threads)  # pinned: both sides get the same threads whatever the machine has
+    print(f"torch threads: {torch.get_num_threads()}, digits at 32 px, batch 64, AdamW, load {_load()}")
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             kit, plain, loading = [], [], []
-            for round_ in range(args.rounds):
-                kit += toolkit_epochs(model, args.epochs, Path(tmp) / f"{model}-{round_}")
-                epochs, load = plain_epochs(model, args.epochs)
-                plain += epochs
-                loading.append(load)
+            for round_ in range(args.rounds):  # the sides alternate: toolkit first in even rounds, plain in odd
+                for side in ("toolkit", "plain") if round_ % 2 == 0 else ("plain", "toolkit"):
+                    if side == "toolkit":
+                        kit += toolkit_epochs(model, args.epochs, Path(tmp) / f"{model}-{round_}")
+                    else:
+                        epochs, load = plain_epochs(model, args.epochs)
+                        plain += epochs
+                        loading.append(load)
             k, p, load = statistics.median(kit), statistics.median(plain), statistics.median(loading)
             print(f"{model}_toolkit_epoch_s: {k:.3f}  (all: {', '.join(f'{t:.2f}' for t in kit)})")
             print(f"{model}_plain_epoch_s: {p:.3f}  (all: {', '.join(f'{t:.2f}' for t in plain)})")
             print(f"{model}_toolkit_over_plain: {k / p:.3f}  (target <= 1.05)")
             print(f"{model}_data_loading_share: {load / p:.1%}  ({load:.3f} s per pass over the train loader)")
+        print(f"load after: {_load()}")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ class Recorder(pl.Callback):
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, bool, bool, int]] = []
+        #: (epoch, tensors in the optimizer's backbone group): empty while frozen, the whole backbone once released
+        self.in_optimizer: list[tuple[int, int]] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         backbone = pl_module.backbone
@@ -46,6 +48,9 @@ class Recorder(pl.Callback):
         bn_training = any(m.training for m in backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
         groups = len(trainer.optimizers[0].param_groups)
         self.rows.append((trainer.current_epoch, grads, bn_training, groups))
+        group = trainer.optimizers[0].param_groups[1]
+        assert group["name"] == "backbone"
+        self.in_optimizer.append((trainer.current_epoch, len(group["params"])))
 
 
 def test_linear_probe_keeps_backbone_bit_identical(tmp_path: Path) -> None:
@@ -61,6 +66,11 @@ def test_linear_probe_keeps_backbone_bit_identical(tmp_path: Path) -> None:
     assert all(torch.equal(saved[k], reference[k]) for k in reference)
     assert not any(p.requires_grad for p in model.backbone.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
+    optimizer = cli.trainer.optimizers[0]  # the frozen tensors are not in the optimizer: AdamW never loops over them
+    assert [g["name"] for g in optimizer.param_groups] == ["head", "backbone"] and optimizer.param_groups[1][
+        "params"
+    ] == []
+    assert set(optimizer.state) == set(model.head.parameters())
     model.train()  # Lightning calls .train() every epoch: the frozen backbone must stay in eval mode
     assert not any(m.training for m in model.backbone.modules())
     assert model.head.training
@@ -79,6 +89,9 @@ def test_lp_to_ft_switches_at_epoch_without_new_groups(tmp_path: Path) -> None:
     assert epoch0 and all(not grads and not bn for _, grads, bn, _ in epoch0)
     assert epoch1 and all(grads and bn for _, grads, bn, _ in epoch1)
     assert {groups for *_, groups in recorder.rows} == {2}
+    n_backbone = len(list(cli.model.backbone.parameters()))
+    assert {size for epoch, size in recorder.in_optimizer if epoch == 0} == {0}
+    assert {size for epoch, size in recorder.in_optimizer if epoch == 1} == {n_backbone}
     after = _state(cli.model.backbone)
     assert any(not torch.equal(after[k], reference[k]) for k in reference), "backbone did not fine-tune"
 
@@ -94,6 +107,8 @@ def test_lp_to_ft_switches_at_epoch_without_new_groups(tmp_path: Path) -> None:
     rows = next(cb for cb in resumed.trainer.callbacks if isinstance(cb, Recorder)).rows
     assert rows and {r[0] for r in rows} == {1}
     assert all(grads and bn and groups == 2 for _, grads, bn, groups in rows)
+    in_optimizer = next(cb for cb in resumed.trainer.callbacks if isinstance(cb, Recorder)).in_optimizer
+    assert {size for _, size in in_optimizer} == {n_backbone}
     assert resumed.trainer.current_epoch == 2
 
 

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from toolkit import keys
 from toolkit.ablation.runner import Options, run_ablation
+from toolkit.report.wandb_log import read_run
 from toolkit.study.ledger import Ledger, ledger_path
 from toolkit.study.spec import load_spec
 
@@ -122,3 +123,46 @@ def test_killed_children_are_isolated_exit_like_fresh_processes_and_resume(tmp_p
     for seed in (0, 1):
         assert final["full", seed]["status"] == "done" and final["full", seed]["resumed"], final["full", seed]
         assert final["full", seed]["start_epoch"] >= 1
+
+
+def test_two_runs_forked_from_one_parent_write_their_own_complete_wandb_logs(tmp_path: Path) -> None:
+    """The parent has imported what ``wandb.init`` imports; its two children still each log a whole W&B run."""
+    spec = write_spec(tmp_path, "twins", {"full": {}}, [0, 1], {**TINY, "trainer.max_epochs": 2})
+    code, out = ablate(spec, tmp_path / "runs", workers=2, warm=True)
+    assert code == 0, out
+    seen = {}
+    for (_, seed), record in records(tmp_path / "runs", "twins").items():
+        run_dir = Path(record["run_dir"])
+        assert "forked from the warm parent" in Path(record["log"]).read_text()
+        result = json.loads((run_dir / keys.RESULT_FILE).read_text())
+        (log,) = (run_dir / "wandb").glob("*run-*/run-*.wandb")
+        run = read_run(log)
+        assert run.state == "finished" and run.damage is None, (log, run.damage)
+        assert run.run_id == result["wandb_id"]
+        assert run.config["seed_everything"] == seed
+        assert run.summary["test/acc"] == pytest.approx(result["metrics"]["test/acc"])
+        assert [row["epoch"] for row in run.history if "val/acc" in row] == [0, 1]
+        seen[seed] = run.run_id
+    assert len(set(seen.values())) == 2, seen
+
+
+def test_the_warm_parent_imports_what_wandb_init_imports_and_starts_no_thread(tmp_path: Path) -> None:
+    """After ``preload`` a ``wandb.init`` imports nothing heavy, and the parent is still single-threaded (fork-safe)."""
+    script = f"""
+import json, sys, threading
+from toolkit.worker import preload
+preload()
+threads, before = threading.active_count(), set(sys.modules)
+import wandb
+run = wandb.init(dir={str(tmp_path)!r}, project="p", mode="offline")
+new = sorted(set(sys.modules) - before)
+wandb.finish()
+print(json.dumps({{"threads": threads, "new": new}}))
+"""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["threads"] == 1
+    heavy = [name for name in found["new"] if name.startswith(("wandb.sdk.launch", "wandb.apis"))]
+    assert heavy == [], heavy

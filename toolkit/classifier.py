@@ -144,6 +144,7 @@ class ImageClassifier(pl.LightningModule):
         if compile:
             self.backbone.compile()  # nn.Module.compile: in place, so the state dict keeps its keys
         self.freezer = BackboneFreezer(self.backbone, freeze_backbone, unfreeze_at_epoch)
+        self._resumed_with_backbone = False
         metrics = classification_metrics(num_classes)
         # training logs accuracy only (F1 on augmented, possibly mixed batches says little); val and test log both
         self.train_acc = metrics["acc"].clone()
@@ -178,6 +179,7 @@ class ImageClassifier(pl.LightningModule):
     @override
     def on_train_epoch_start(self) -> None:
         if self.freezer.maybe_unfreeze(self.current_epoch):
+            self._release_backbone()
             rank_zero_info(f"epoch {self.current_epoch}: backbone unfrozen, fine-tuning (LP->FT)")
         if self.hparams.probe == "lbfgs" and self.freezer.frozen and not self._probe_solved:
             self._solve_probe()
@@ -332,12 +334,35 @@ class ImageClassifier(pl.LightningModule):
         return {"probs": self(images).softmax(-1)}
 
     # -- optimisation ------------------------------------------------------------------------------------------
+    def _backbone_params(self) -> list[torch.nn.Parameter]:
+        return list(self.backbone.parameters())
+
+    def _backbone_in_optimizer(self) -> bool:
+        """Whether the backbone group holds the backbone: it trains, its grads are gated (DDP LP->FT), or the
+        checkpoint being resumed had it there (its optimizer state must load into groups of the same sizes)."""
+        return not self.freezer.frozen or self.freezer.grad_gated or self._resumed_with_backbone
+
+    def _release_backbone(self) -> None:
+        """LP->FT: put the released backbone into its (empty) optimizer group; AdamW's state starts lazily."""
+        for optimizer in self.trainer.optimizers:
+            group = next((g for g in optimizer.param_groups if g.get("name") == "backbone"), None)
+            if group is not None and not group["params"]:
+                group["params"] = self._backbone_params()
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # called before configure_optimizers on resume: learn whether the saved backbone group was filled
+        states = checkpoint.get("optimizer_states") or []
+        groups = states[0].get("param_groups", []) if states else []
+        self._resumed_with_backbone = len(groups) > 1 and bool(groups[1].get("params"))
+
     @override
     def configure_optimizers(self) -> Any:
-        # both groups exist from the start; freezing gates the backbone's grads, it never adds a group
+        # both groups exist from the start; a frozen backbone's group is empty (the optimizer would loop over its
+        # tensors every step for nothing) and is filled when the backbone is released (_release_backbone)
         groups = [
             {"params": list(self.head.parameters()), "name": "head"},
-            {"params": list(self.backbone.parameters()), "name": "backbone"},
+            {"params": self._backbone_params() if self._backbone_in_optimizer() else [], "name": "backbone"},
         ]
         optimizer = self.optimizer_factory(groups)
         optimizer.param_groups[1]["lr"] = optimizer.param_groups[0]["lr"] * self.hparams.backbone_lr_scale

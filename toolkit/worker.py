@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gc
+import importlib
 import json
 import os
 import select
@@ -23,6 +24,12 @@ _PR_SET_PDEATHSIG = 1
 # driver, which would make every fork of this parent unusable for CUDA ("Cannot re-initialize CUDA in forked
 # subprocess"). Lightning sets it on import too; this parent must not depend on import order.
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+#: What the first ``wandb.init`` of a process imports, beyond ``import wandb``: ``wandb.sdk.launch`` (its pydantic
+#: models read their own docstrings through ``inspect``, which scans every loaded module: 2.7-5 CPU-s per run once
+#: torch is loaded) and the launch-input helpers ``Run._detect_and_apply_job_inputs`` loads. Imported once in the
+#: parent, a child's ``wandb.init`` costs ~0.1 CPU-s. Imports only: nothing here starts a thread or the W&B service,
+#: which a fork must not inherit (``tests/test_warm_workers.py`` checks both, and that the list is complete).
+WANDB_INIT_IMPORTS = ("wandb.sdk.launch", "wandb.sdk.launch.inputs.internal")
 
 
 def _die_with_parent() -> None:
@@ -85,19 +92,28 @@ def _child(request: dict[str, Any], parent: int) -> None:
         os._exit(code)
 
 
-def serve() -> None:
-    """The parent: import the heavy modules, then fork a child per request until stdin closes.
-
-    The runner starts it with ``PR_SET_PDEATHSIG``: the runner's death ends this parent, whose death ends its children.
-    """
+def preload() -> None:
+    """Import what every run imports: torch, Lightning, timm, wandb and what ``wandb.init`` loads, the toolkit's CLI."""
     import lightning  # noqa: F401
     import timm  # noqa: F401
-    import torch
+    import torch  # noqa: F401
     import wandb  # noqa: F401
 
     import toolkit.cli
     import toolkit.lightning_cli  # noqa: F401
 
+    for name in WANDB_INIT_IMPORTS:
+        importlib.import_module(name)
+
+
+def serve() -> None:
+    """The parent: import the heavy modules, then fork a child per request until stdin closes.
+
+    The runner starts it with ``PR_SET_PDEATHSIG``: the runner's death ends this parent, whose death ends its children.
+    """
+    import torch
+
+    preload()
     gc.freeze()  # the imported objects stay out of every collection, in the parent and in each child
     parent = os.getpid()
     _emit({"ready": parent})

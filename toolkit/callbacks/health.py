@@ -18,6 +18,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
 from toolkit.errors import ToolkitError
+from toolkit.freezing import BackboneFreezer
 
 #: prefix of the health keys in the W&B summary (``health/status``, ``health/epochs_completed``, ...)
 HEALTH_PREFIX = "health/"
@@ -71,7 +72,12 @@ class DivergenceGuard(Callback):
             self._check_weights(trainer, pl_module)
 
     def _check_weights(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        tensors = [*pl_module.parameters(), *pl_module.buffers()]
+        # a frozen backbone (BackboneFreezer: no grads, eval mode) cannot change, so its millions of values are not
+        # scanned every epoch; what trains (and every buffer outside it) is
+        freezer = getattr(pl_module, "freezer", None)
+        frozen = freezer.backbone if isinstance(freezer, BackboneFreezer) and freezer.frozen else None
+        skip = {id(t) for t in (*frozen.parameters(), *frozen.buffers())} if frozen is not None else set()
+        tensors = [t for t in (*pl_module.parameters(), *pl_module.buffers()) if id(t) not in skip]
         bad = next((t for t in tensors if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
         if trainer.strategy.reduce_boolean_decision(bad is not None, all=False):
             named = [*pl_module.named_parameters(), *pl_module.named_buffers()]

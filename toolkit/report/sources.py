@@ -6,7 +6,6 @@ the W&B group (ablation), job type (variant) and ``seed=N`` tag; never on folder
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -21,7 +20,7 @@ from toolkit import keys
 from toolkit.errors import ToolkitError
 from toolkit.report.wandb_log import RunLog, read_run
 from toolkit.study.layout import RESULT_FILE
-from toolkit.study.ledger import FAILED, ledger_path
+from toolkit.study.ledger import FAILED, Ledger, ledger_path
 from toolkit.study.result import RunResult
 
 #: history keys the learning-curve plots use; the others are not decoded
@@ -202,13 +201,11 @@ def _with_results(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _read_ledger(path: Path) -> dict[str, Any]:
-    """The ledger's run records, read without its lock (a reader sees a whole file); {} when absent or damaged."""
+    """The ledger's run records (snapshot and journal); {} when absent or damaged (the report still shows the logs)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return Ledger(path).read()
+    except (OSError, ToolkitError):
         return {}
-    runs = data.get("runs") if isinstance(data, dict) else None
-    return runs if isinstance(runs, dict) else {}
 
 
 def _with_ledger(runs: pd.DataFrame, ledger: Path, name: str) -> pd.DataFrame:

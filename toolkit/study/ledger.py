@@ -1,11 +1,23 @@
-"""The ablation's state on disk: one JSON file mapping run id to status, attempts, exit code, logs and W&B run.
+"""The ablation's state on disk: run id -> status, attempts, exit code, logs and W&B run, as a snapshot and a journal.
 
-Every change is a locked read-modify-write that replaces the file atomically (write a temporary file, fsync,
-``os.replace``), so a reader never sees half a file and a process killed with SIGKILL at any moment leaves either
-the old or the new ledger. An advisory ``flock`` on ``ledger.json.lock`` serialises writers: the local runner, and
-Slurm tasks that report their own state from the compute nodes. A second lock, held for the runner's lifetime,
-stops two ``toolkit ablate run`` processes from running the same ablation at once; the kernel drops both locks when
-their holder dies.
+``ledger.json`` is a snapshot (``{"version", "runs"}``, replaced atomically: temporary file, fsync, ``os.replace``);
+``ledger.journal`` holds the edits made since, one JSON line per changed record (``{"id", "record"}``, or
+``{"id", "deleted": true}``), appended and fsynced. An edit costs one short line whatever the number of runs (it
+used to rewrite the whole file: O(N) per edit, O(N^2) per study). When the journal holds more lines than
+``max(COMPACT_MIN, runs)`` the writer folds it into a new snapshot and empties it: amortised O(1) per edit. A
+:class:`Ledger` object keeps what it read and reads only the journal's new lines on the next access (the whole
+snapshot again only after another process compacted it).
+
+SIGKILL-safe: a writer killed mid-line leaves a torn last line, which every reader ignores and the next writer cuts
+off before appending; a writer killed during compaction leaves the old snapshot, or the new one with the old
+journal, whose lines (whole records) replay to the same state. Anything else that does not parse (a line in the
+middle, a snapshot that is not JSON) is damage from outside: one :class:`~toolkit.errors.ToolkitError` line naming
+the file, and nothing is overwritten.
+
+An advisory ``flock`` on ``ledger.json.lock`` serialises writers (the local runner, and Slurm tasks that report their
+own state from the compute nodes; readers take it shared, so they never see a compaction half done). A second
+lock, held for the runner's lifetime, stops two ``toolkit ablate run`` processes from running the same ablation at
+once; the kernel drops both locks when their holder dies.
 
 Run states: ``pending`` (not started, or interrupted and resumable), ``running``, ``done``, ``failed``. A failed
 record's ``reason`` is one line saying why (``toolkit.ablation.lifecycle.failure_reason``); the runner's summary and the
@@ -15,11 +27,12 @@ report show it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +40,8 @@ from toolkit.errors import ToolkitError
 
 PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
 VERSION = 1
+#: the journal is folded into the snapshot once it has more lines than this and than the ledger has runs
+COMPACT_MIN = 256
 
 
 def ledger_path(root: str | Path, ablation: str) -> Path:
@@ -34,37 +49,95 @@ def ledger_path(root: str | Path, ablation: str) -> Path:
     return Path(root) / ablation / "ledger.json"
 
 
+class _Touched(MutableMapping[str, dict[str, Any]]):
+    """The runs of one :meth:`Ledger.edit`, remembering which records were handed out or replaced (and how they
+    were), so that only those are compared and journaled: an edit of one record costs O(1), not O(N)."""
+
+    def __init__(self, runs: dict[str, dict[str, Any]]) -> None:
+        self.runs = runs
+        self.before: dict[str, dict[str, Any] | None] = {}
+
+    def _touch(self, key: str) -> None:
+        if key not in self.before:
+            record = self.runs.get(key)
+            self.before[key] = copy.deepcopy(record) if record is not None else None
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        self._touch(key)
+        return self.runs[key]
+
+    def __setitem__(self, key: str, value: dict[str, Any]) -> None:
+        self._touch(key)
+        self.runs[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        self._touch(key)
+        del self.runs[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.runs))
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.runs
+
+    def changes(self) -> list[dict[str, Any]]:
+        """Journal lines for the records that differ from how they were handed out."""
+        lines = []
+        for key, before in self.before.items():
+            after = self.runs.get(key)
+            if after is None and before is not None:
+                lines.append({"id": key, "deleted": True})
+            elif after is not None and after != before:
+                lines.append({"id": key, "record": after})
+        return lines
+
+
 class Ledger:
     """Read and update the run records of one ablation.
 
     Args:
-        path: the ledger file; its folder is created on the first write.
+        path: the snapshot file (``ledger.json``); the journal is ``ledger.journal`` beside it. The folder is
+            created on the first write.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.journal = self.path.with_suffix(".journal")
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._runs: dict[str, dict[str, Any]] = {}
+        self._snapshot_key: tuple[int, int, int] | None = None  # the snapshot the cache started from
+        self._offset = 0  # bytes of the journal applied (always at a line's end)
+        self._lines = 0  # journal lines applied
+        self._locked = False
 
     def read(self) -> dict[str, dict[str, Any]]:
-        """Every run record by run id (an empty dict when the ledger does not exist yet)."""
-        return self._load()["runs"]
+        """Every run record by run id (an empty dict when the ledger does not exist yet); the caller's own copy."""
+        with self._lock(fcntl.LOCK_SH):
+            self._refresh()
+            return copy.deepcopy(self._runs)
 
     def get(self, run_id: str) -> dict[str, Any]:
         """The record of one run, or an empty dict."""
-        return dict(self.read().get(run_id, {}))
+        with self._lock(fcntl.LOCK_SH):
+            self._refresh()
+            return copy.deepcopy(self._runs.get(run_id, {}))
 
     @contextlib.contextmanager
-    def edit(self) -> Iterator[dict[str, dict[str, Any]]]:
-        """Lock the ledger and yield its runs for in-place changes, written back atomically on exit."""
+    def edit(self) -> Iterator[MutableMapping[str, dict[str, Any]]]:
+        """Lock the ledger and yield its runs for in-place changes; the changed records are journaled on exit."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._lock_path, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with self._lock(fcntl.LOCK_EX):
+            self._refresh()
+            touched = _Touched(self._runs)
             try:
-                data = self._load()
-                yield data["runs"]
-                self._write(data)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                yield touched
+            except BaseException:
+                self._snapshot_key = None  # drop what the failed edit changed in memory: reread on next access
+                raise
+            self._append(touched.changes())
 
     def update(self, run_id: str, **fields: Any) -> dict[str, Any]:
         """Set fields of one run's record (creating it) and return the new record."""
@@ -72,28 +145,107 @@ class Ledger:
             record = runs.setdefault(run_id, {"id": run_id})
             record.update(fields)
             record["updated_at"] = time.time()
-            return dict(record)
+            return copy.deepcopy(record)
 
-    def _load(self) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def _lock(self, kind: int) -> Iterator[None]:
+        if self._locked:  # already held by this object (a read inside an edit)
+            yield
+            return
+        if kind == fcntl.LOCK_SH and not self._lock_path.parent.is_dir():
+            yield  # nothing written yet, nothing to lock
+            return
+        try:
+            lock = open(self._lock_path, "a+")  # noqa: SIM115 (closed below)
+        except OSError:
+            if kind == fcntl.LOCK_EX:
+                raise
+            yield  # a read-only copy of a ledger: nobody writes it
+            return
+        with lock:
+            fcntl.flock(lock, kind)
+            self._locked = True
+            try:
+                yield
+            finally:
+                self._locked = False
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _refresh(self) -> None:
+        """Bring the cache up to date: the snapshot again if it was replaced, then the journal's new lines."""
+        try:
+            st = os.stat(self.path)
+            key: tuple[int, int, int] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            key = None
+        if key is None or key != self._snapshot_key:
+            self._runs = self._load_snapshot() if key is not None else {}
+            self._snapshot_key, self._offset, self._lines = key, 0, 0
+        try:
+            with open(self.journal, "rb") as fh:
+                fh.seek(self._offset)
+                tail = fh.read()
+        except FileNotFoundError:
+            return
+        complete = tail[: tail.rfind(b"\n") + 1]  # a torn last line (a writer killed mid-write) is ignored
+        for number, line in enumerate(complete.splitlines(), start=self._lines + 1):
+            self._apply(line, number)
+        self._offset += len(complete)
+        self._lines += complete.count(b"\n")
+
+    def _apply(self, line: bytes, number: int) -> None:
+        try:
+            entry = json.loads(line)
+            run_id = entry["id"]
+            if entry.get("deleted"):
+                self._runs.pop(run_id, None)
+            else:
+                self._runs[run_id] = dict(entry["record"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise ToolkitError(
+                f"ledger journal {self.journal} line {number} is damaged ({err!r}); restore it or move it away"
+            ) from None
+
+    def _load_snapshot(self) -> dict[str, dict[str, Any]]:
         try:
             with open(self.path, encoding="utf-8") as fh:
                 data = json.load(fh)
-        except FileNotFoundError:
-            return {"version": VERSION, "runs": {}}
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             # The writer replaces the file atomically, so this is damage from outside; do not overwrite it.
             raise ToolkitError(f"ledger {self.path} is not valid JSON ({err}); restore it or move it away") from None
         if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
             raise ToolkitError(f"{self.path} is not an ablation ledger; move it away or use another --root")
-        return data
+        return data["runs"]
 
-    def _write(self, data: dict[str, Any]) -> None:
+    def _append(self, lines: list[dict[str, Any]]) -> None:
+        """Journal ``lines`` (the lock is held and the cache is current), compacting when the journal is long."""
+        if self._snapshot_key is None or self._lines + len(lines) > max(COMPACT_MIN, len(self._runs)):
+            self._compact()
+            return
+        if not lines:
+            return
+        data = b"".join(json.dumps(line, sort_keys=True).encode() + b"\n" for line in lines)
+        with open(self.journal, "r+b" if self.journal.exists() else "wb") as fh:
+            fh.truncate(self._offset)  # cut a torn line a killed writer left, so the new lines start on their own
+            fh.seek(self._offset)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._offset += len(data)
+        self._lines += len(lines)
+
+    def _compact(self) -> None:
+        """Write the whole state as a new snapshot, then empty the journal (replaying it on top is harmless)."""
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True)
+            json.dump({"version": VERSION, "runs": self._runs}, fh, indent=1, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+        with open(self.journal, "wb") as fh:
+            os.fsync(fh.fileno())
+        st = os.stat(self.path)
+        self._snapshot_key, self._offset, self._lines = (st.st_ino, st.st_mtime_ns, st.st_size), 0, 0
 
 
 @contextlib.contextmanager
