@@ -247,6 +247,10 @@ class ImageClassifier(pl.LightningModule):
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._probe_solved = bool(checkpoint.get("probe_solved", False))
+        # called before configure_optimizers on resume: learn whether the saved backbone group was filled
+        states = checkpoint.get("optimizer_states") or []
+        groups = states[0].get("param_groups", []) if states else []
+        self._resumed_with_backbone = len(groups) > 1 and bool(groups[1].get("params"))
         try:
             testing = self.trainer.testing
         except RuntimeError:  # loaded outside a trainer (load_from_checkpoint)
@@ -348,13 +352,6 @@ class ImageClassifier(pl.LightningModule):
             group = next((g for g in optimizer.param_groups if g.get("name") == "backbone"), None)
             if group is not None and not group["params"]:
                 group["params"] = self._backbone_params()
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # called before configure_optimizers on resume: learn whether the saved backbone group was filled
-        states = checkpoint.get("optimizer_states") or []
-        groups = states[0].get("param_groups", []) if states else []
-        self._resumed_with_backbone = len(groups) > 1 and bool(groups[1].get("params"))
 
     @override
     def configure_optimizers(self) -> Any:
