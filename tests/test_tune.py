@@ -165,3 +165,11 @@ def test_two_optimizers_get_their_own_lr_on_val_and_the_table_shows_it(tmp_path:
     assert "Tuned on val" in rows["Variant"]
     assert "lr=0.003" in rows["adamw"] and "lr=0.5" in rows["sgd"] and "lr=0.001 (fixed)" in rows["adamw-own-lr"]
     assert "chosen for each row on validation accuracy" in table
+
+
+def test_without_tune_the_table_says_every_row_shares_the_baselines_hyperparameters() -> None:
+    from toolkit.report.render import legend
+
+    assert "every row shares the baseline's, except the settings its variant changes (no `tune:`)" in legend(
+        "full", ["test/acc"]
+    )
