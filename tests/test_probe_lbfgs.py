@@ -93,3 +93,26 @@ def test_lbfgs_lp_ft_resumes_exactly_and_fine_tunes_from_the_solved_head(tmp_pat
     ckpt = torch.load(next((tmp_path / "stopped" / "checkpoints").glob("last*.ckpt")), weights_only=False)
     assert ckpt["epoch"] == 1 and ckpt["probe_solved"]
     assert not torch.equal(straight.model.head.state_dict()["0.weight"], solved["0.weight"])
+
+
+def test_a_solved_probe_is_cached_by_its_inputs_and_a_damaged_entry_is_solved_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from toolkit.features import solve_probe_cached
+    from toolkit.probe import solve_probe
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 8, generator=gen), torch.arange(60) % 3
+    val = (torch.randn(30, 8, generator=gen), torch.arange(30) % 3)
+    first = solve_probe_cached((x, y), val, 3, DEFAULT_L2_GRID, 0.0)
+    (entry,) = (tmp_path / "cache").glob("probe-*.pt")
+    again = solve_probe_cached((x, y), val, 3, DEFAULT_L2_GRID, 0.0)
+    reference = solve_probe((x, y), val, 3, DEFAULT_L2_GRID, 0.0)  # solved without any cache
+    for solution in (first, again):
+        assert torch.equal(solution.weight, reference.weight) and torch.equal(solution.bias, reference.bias)
+        assert (solution.l2, solution.val_acc, solution.grid) == (reference.l2, reference.val_acc, reference.grid)
+    other = solve_probe_cached((x, (y + 1) % 3), val, 3, DEFAULT_L2_GRID, 0.0)  # other labels: another entry
+    assert len(list((tmp_path / "cache").glob("probe-*.pt"))) == 2 and not torch.equal(other.weight, first.weight)
+    entry.write_bytes(b"damaged")
+    assert torch.equal(solve_probe_cached((x, y), val, 3, DEFAULT_L2_GRID, 0.0).weight, reference.weight)

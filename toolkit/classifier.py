@@ -226,7 +226,7 @@ class ImageClassifier(pl.LightningModule):
         datamodule = self.trainer.datamodule
         train, val = features.probe_features(self, datamodule, self.device)
         grid = self.hparams.probe_l2 or probe_solver.DEFAULT_L2_GRID
-        solution = probe_solver.solve_probe(train, val, self.hparams.num_classes, grid, self.hparams.label_smoothing)
+        solution = features.solve_probe_cached(train, val, self.hparams.num_classes, grid, self.hparams.label_smoothing)
         linear = self.head[-1]
         with torch.no_grad():
             linear.weight.copy_(solution.weight)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import fcntl
 import hashlib
 import os
+import pickle
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -26,12 +28,15 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from toolkit.components.registry import cache_switches
 from toolkit.errors import ToolkitError
+from toolkit.probe import ProbeSolution, solve_probe
 
 FeatureCacheMode = Literal["auto", "on", "off"]
 #: where caches live unless ``TOOLKIT_FEATURE_CACHE`` says otherwise (set by the user; the runner leaves it alone)
 CACHE_ENV = "TOOLKIT_FEATURE_CACHE"
 #: bump when the file layout or the extraction changes: old entries are then never read
 _VERSION = 1
+#: bump when the probe solver changes: solutions cached by an older one are then never read
+PROBE_CACHE_VERSION = 1
 
 
 class FeatureModel(Protocol):
@@ -273,6 +278,36 @@ def probe_features(
         feats, _ = load_or_extract(model, samples, datamodule.batch_size, datamodule.num_workers, device)
         out.append((feats, torch.as_tensor(samples.labels)))
     return out[0], out[1]
+
+
+def solve_probe_cached(
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    num_classes: int,
+    grid: Sequence[float],
+    label_smoothing: float,
+) -> ProbeSolution:
+    """`probe.solve_probe`, kept in the cache beside the features it was solved on.
+
+    The solve is deterministic (float64 L-BFGS from zeros on one thread), so its result is a function of the features,
+    labels, grid and smoothing: every run of a study with the same frozen backbone and split (the LP->FT rows of an
+    ablation: their switches act from the fine-tuning epochs on) loads one solution instead of solving it again.
+    Keyed by the bytes of the inputs themselves, so a cache can never hand a run another problem's head.
+    """
+    parts = [t.detach().cpu().contiguous().numpy().tobytes() for pair in (train, val) for t in pair]
+    key = _digest(*parts, num_classes, tuple(grid), label_smoothing, torch.__version__, PROBE_CACHE_VERSION)
+    path = cache_dir() / f"probe-{key}.pt"
+    with _locked(path):
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            return ProbeSolution(**{**saved, "grid": tuple(tuple(g) for g in saved["grid"])})
+        except (OSError, RuntimeError, EOFError, TypeError, KeyError, pickle.UnpicklingError):
+            pass  # missing or damaged: solve (and replace it)
+        solution = solve_probe(train, val, num_classes, grid, label_smoothing)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        torch.save(dataclasses.asdict(solution), tmp)
+        os.replace(tmp, path)
+    return solution
 
 
 def set_active(datamodule: Any, active: bool) -> None:
