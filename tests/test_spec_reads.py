@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import toolkit_cmd
 
 from toolkit.ablation import cli_changes
 from toolkit.ablation.progress import base_max_epochs
@@ -126,3 +128,32 @@ def test_config_file_check_reads_an_unchanged_file_once(tmp_path: Path) -> None:
     os.utime(good, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     with pytest.raises(ToolkitError, match="YAML syntax error"):
         check_config_files(["fit", "--config", str(good)])
+
+
+#: presets whose ``base:`` still relies on the current-directory fallback (the coordinator edits quickstart.yaml)
+CWD_RELATIVE = {"quickstart"}
+
+
+def test_presets_resolve_their_base_configs_beside_the_spec_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: a shipped preset names its configs relative to its own file, so it loads from anywhere."""
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    presets = sorted((ROOT / "ablations").glob("*.yaml"))
+    assert len(presets) >= 5
+    for preset in presets:
+        if preset.stem in CWD_RELATIVE:
+            continue
+        spec = load_spec(preset)
+        assert all(b.startswith(str(ROOT / "configs")) for b in spec.base), preset.name
+        assert all(entry.startswith("../configs/") for entry in yaml.safe_load(preset.read_text())["base"])
+
+
+@pytest.mark.slow
+def test_a_preset_dry_runs_from_another_directory(tmp_path: Path) -> None:
+    """``toolkit ablate run <preset> --dry-run`` from a folder without configs/: validates and prints its commands."""
+    proc = toolkit_cmd(
+        "ablate", "run", str(ROOT / "ablations" / "bn-transfer.yaml"), "--dry-run", "--root", "runs", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count(f"--config {ROOT / 'configs' / 'quickstart.yaml'}") >= 3  # one command per run

@@ -2,7 +2,7 @@
 
 Torch-free: ``toolkit ablate status`` and ``toolkit report`` load specs without importing torch or Lightning.
 
-Base config paths are resolved against the current directory first, then against the spec file's directory;
+Base config paths are resolved against the spec file's directory first, then against the current directory;
 ``AblationSpec.base`` holds the resolved absolute paths.
 
 A run's id is a hash of what the run computes: the ablation and variant names, the parsed content of the base
