@@ -131,6 +131,19 @@ def check_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
         _build_model(spec, variant, kwargs)
 
 
+def parse_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
+    """Parse every variant's ``toolkit fit`` command at its first seed; builds nothing.
+
+    Raises:
+        ToolkitError: naming the variant and the reason.
+    """
+    seen = set()
+    for run in spec.runs():
+        if run.variant not in seen:
+            seen.add(run.variant)
+            _resolve(spec, run, root, gpus)
+
+
 def _resolve(spec: AblationSpec, run: Run, root: str | Path, gpus: int) -> Any:
     """The run's resolved ``fit`` config (a jsonargparse Namespace), raising with the variant's name."""
     from toolkit.lightning_cli import parse_config

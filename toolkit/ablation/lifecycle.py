@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.ablation.ckpt_epochs import epochs_done
-from toolkit.ablation.command import check_variants, last_checkpoint
+from toolkit.ablation.command import check_variants, last_checkpoint, parse_variants
 from toolkit.ablation.executor import Executor
 from toolkit.errors import ToolkitError
 from toolkit.study.layout import CHECKPOINTS, RESULT_FILE, RUN_LOG, wandb_runs
@@ -88,6 +88,11 @@ def completed_since(run_dir: Path, started_at: float | None) -> bool:
 def check(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
     """Parse every variant's ``toolkit fit`` command and build each distinct model once; refuse a no-op variant."""
     check_variants(spec, root, gpus)
+
+
+def check_parses(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
+    """Parse every variant's ``toolkit fit`` command (the tune stage's values: a bad value fails before any run)."""
+    parse_variants(spec, root, gpus)
 
 
 # -- start ---------------------------------------------------------------------------------------------------------
