@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import DIGITS, fit
 from rich.console import Console
 
@@ -118,22 +119,35 @@ def test_an_unexpected_exception_is_one_line_pointing_to_the_traceback(capsys, m
 
 def test_epoch_line_round_trip() -> None:
     line = format_epoch_line(3, 12, {"val/acc": 0.91234, "train/loss": float("nan")}, 4.25)
-    assert line == "epoch 3/12: train/loss nan, val/acc 0.9123 (4.2 s)"
+    assert line == "epoch 3/11: train/loss nan, val/acc 0.9123 (4.2 s)"  # epochs 0..11, as Lightning's progress bar
     epoch, metrics = parse_epoch_line(line)
     assert epoch == 3 and metrics["val/acc"] == pytest.approx(0.9123)
 
 
 def test_fit_prints_epoch_lines_and_where_its_outputs_are_without_noise(capfd, tmp_path) -> None:
-    fit(tmp_path, "--trainer.max_epochs", "2", "--model.freeze_backbone", "true", "--trainer.log_every_n_steps", "1")
+    fit(
+        tmp_path,
+        *("--trainer.max_epochs", "2", "--model.freeze_backbone", "true", "--trainer.log_every_n_steps", "1"),
+        *("--test_after_fit", "true"),
+    )
     out, err = capfd.readouterr()
     lines = [parse_epoch_line(line) for line in out.splitlines() if parse_epoch_line(line)]
-    assert [epoch for epoch, _ in lines] == [1, 2]
+    # one numbering, from 0, everywhere (issue 19): the epoch lines, W&B's epoch, the checkpoint's name and its
+    # stored epoch, and tested_epoch in result.json
+    assert [epoch for epoch, _ in lines] == [0, 1]
+    assert re.search(r"^epoch 1/1: ", out, re.MULTILINE)  # the last of epochs 0..1, as Lightning's progress bar
     assert {"train/loss", "val/acc", "val/f1"} <= set(lines[-1][1])
     # train/loss is the epoch's mean, like train/acc beside it: the mean of the steps logged to W&B (3 equal batches)
     from toolkit.report.wandb_log import read_run
 
     (log,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
-    steps = [row["train/loss"] for row in read_run(log).history if "train/loss" in row]
+    history = read_run(log).history
+    assert [row["epoch"] for row in history if "val/acc" in row] == [0, 1]
+    (best,) = (tmp_path / "checkpoints").glob("best-epoch*.ckpt")
+    stored = torch.load(best, map_location="cpu", weights_only=False)["epoch"]
+    assert best.name.startswith(f"best-epoch{stored:03d}") and stored in (0, 1)
+    assert json.loads((tmp_path / "result.json").read_text())["tested_epoch"] == stored
+    steps = [row["train/loss"] for row in history if "train/loss" in row]
     assert len(steps) == 6  # 2 epochs x 3 batches, each logged
     for (_, metrics), epoch_steps in zip(lines, (steps[:3], steps[3:]), strict=True):
         assert metrics["train/loss"] == pytest.approx(sum(epoch_steps) / 3, abs=1e-4)  # the line shows 4 decimals

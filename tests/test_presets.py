@@ -15,6 +15,7 @@ import yaml
 from conftest import ROOT, toolkit_cmd
 
 from toolkit.datasets import DEBIAN_FASHION_MNIST
+from toolkit.study.spec import load_spec
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def _run_tiny(
     runs.csv, table.csv and report folder."""
     spec = yaml.safe_load((ROOT / "ablations" / f"{preset}.yaml").read_text())
     spec["baseline"] = baseline or spec["baseline"]
-    derived = dict(spec, seeds=[0], base=[str(ROOT / b) for b in spec["base"]])
+    derived = dict(spec, seeds=[0], base=load_spec(ROOT / "ablations" / f"{preset}.yaml").base)  # resolved as shipped
     derived["overrides"] = {**spec.get("overrides", {}), **TINY}
     path = tmp_path / f"{preset}.yaml"
     path.write_text(yaml.safe_dump(derived))

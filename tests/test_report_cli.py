@@ -101,3 +101,26 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_earlier_report_stays_wh
     assert full.returncode == 2 and len(errors) == 1 and "Traceback" not in full.stderr, full.stderr
     assert errors[0].startswith(f"error: cannot write {out / 'runs.csv'}: File too large"), errors
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # whole, and no temporary file left
+
+
+def test_report_takes_the_set_and_seeds_of_ablate_run_and_checks_set_against_the_ledger(tmp_path: Path) -> None:
+    """``toolkit report SPEC --seeds ... --set k=v`` as the study was run: its runs are found (the table has every
+    seed); overrides the ledger does not record for the study are refused, naming what it recorded."""
+    from toolkit.errors import ToolkitError
+    from toolkit.report.cli import main
+    from toolkit.study.ledger import Ledger, ledger_path
+
+    synth = synthetic_ablation(tmp_path / "runs")
+    base = tmp_path / "base.yaml"
+    base.write_text("trainer: {max_epochs: 1}\n")
+    path = tmp_path / "synth.yaml"
+    path.write_text(SPEC.format(base=base).replace("seeds: [0, 1, 2]", "seeds: [0]"))
+    with Ledger(ledger_path(synth["root"], "synth")).edit() as records:
+        records["x"] = {"id": "x", "variant": "full", "seed": 0, "cli_changes": {"set": {"trainer.max_epochs": 1}}}
+    out = tmp_path / "out"
+    argv = [str(path), "--root", str(synth["root"]), "--out", str(out), "--seeds", "0-2"]
+    assert main([*argv, "--set", "trainer.max_epochs=1"]) == 0
+    table = pd.read_csv(out / "table.csv")
+    assert int(table.loc[table["variant"] == "full", "n"].iloc[0]) == 3  # the spec alone says seed 0 only
+    with pytest.raises(ToolkitError, match=r'--set \{"trainer.max_epochs": 2\}: the runs of synth .* were made with'):
+        main([*argv, "--set", "trainer.max_epochs=2"])

@@ -52,7 +52,7 @@ def test_a_trial_below_the_earlier_median_stops_and_says_so(tmp_path: Path, leve
     summary = read_run(log).summary
     if pruned:  # no pruning in the warm-up epoch 0; at epoch 1 its accuracy is far below 0.99: stopped there
         assert sorted(trial.intermediate_values) == [0, 1] and epochs == 2
-        assert summary[keys.PRUNED_AT] == 2  # after epoch 2, counted from 1 as the epoch lines count
+        assert summary[keys.PRUNED_AT] == 1  # after epoch 1, counted from 0 as everywhere
     else:  # above a median of 0: trains every epoch, each reported to the study
         assert sorted(trial.intermediate_values) == [0, 1, 2, 3] and epochs == 4
         assert keys.PRUNED_AT not in summary

@@ -8,12 +8,14 @@ runner records them in each run's ledger entry (``cli_changes``), so the ledger 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
 from toolkit import safe_yaml
 from toolkit.errors import ToolkitError
 from toolkit.study.fields import parse_overrides
+from toolkit.study.ledger import Ledger, ledger_path
 from toolkit.study.spec import AblationSpec, _check_distinct, _seeds
 
 #: the most seeds one command line may ask for (a typo such as 0-99999999 would plan a hundred million runs)
@@ -60,3 +62,18 @@ def apply(spec: AblationSpec, seeds: str | None, sets: list[str] | None) -> tupl
         spec = dataclasses.replace(spec, overrides={**spec.overrides, **changes["set"]})
         _check_distinct(spec, Path(spec.path or "--set"))
     return spec, changes
+
+
+def check_recorded(spec: AblationSpec, root: Path, changes: dict[str, Any]) -> None:
+    """Refuse ``--set`` overrides that differ from those the ledger recorded for the study's runs (``toolkit report``
+    of a study run with ``ablate run --set``): the table would name settings its runs did not use."""
+    if "set" not in changes:
+        return
+    records = Ledger(ledger_path(root, spec.name)).read()
+    recorded = {json.dumps(r.get("cli_changes", {}).get("set", {}), sort_keys=True) for r in records.values()}
+    if recorded and json.dumps(changes["set"], sort_keys=True) not in recorded:
+        made = " or ".join(sorted(recorded))
+        raise ToolkitError(
+            f"--set {json.dumps(changes['set'])}: the runs of {spec.name} under {root} were made with --set {made}; "
+            "pass the same overrides as ablate run"
+        )

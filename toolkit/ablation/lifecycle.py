@@ -66,8 +66,9 @@ def plan(
         if run.id in live and status in unfinished:
             attach.append(run)
             continue
-        executor.kill(record, run.directory(root))  # a runner before us died without its children
-        if status in (RUNNING, PENDING) and completed_since(run.directory(root), record.get("started_at")):
+        run_dir = run.directory(root)
+        executor.kill(record, run_dir)  # a runner before us died without its children
+        if status in (RUNNING, PENDING) and completed_since(run_dir, record.get("started_at")):
             # the run finished (result.json is its last write) but the runner died, or stopped it during its
             # teardown, before recording it
             finish(ledger, run, root, 0, False, note="completed while the runner was down")

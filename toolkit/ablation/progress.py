@@ -19,7 +19,6 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from toolkit import safe_yaml
 from toolkit.ablation.ckpt_epochs import epochs_done
 from toolkit.epoch_line import last_epoch_line
 from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
@@ -32,10 +31,9 @@ _STYLE = {DONE: "green", FAILED: "red", RUNNING: "cyan", PENDING: "dim", INTERRU
 
 
 def base_max_epochs(spec: AblationSpec) -> int | None:
-    """``trainer.max_epochs`` of the last base config that sets it (read once per status, not once per run)."""
+    """``trainer.max_epochs`` of the last base config that sets it (from the data the spec read when it was loaded)."""
     value = None
-    for base in spec.base:
-        data = safe_yaml.load(Path(base).read_text(encoding="utf-8")) or {}
+    for data in spec.base_data or ():
         value = (data.get("trainer") or {}).get("max_epochs", value) if isinstance(data, dict) else value
     return value
 

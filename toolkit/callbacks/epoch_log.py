@@ -66,9 +66,7 @@ class EpochLog(pl.Callback):
         stream = self.stream or sys.stdout
         if not trainer.is_global_zero or (self.only_without_tty and stream.isatty()):
             return
-        line = format_epoch_line(
-            trainer.current_epoch + 1, trainer.max_epochs, metrics, time.monotonic() - self._started
-        )
+        line = format_epoch_line(trainer.current_epoch, trainer.max_epochs, metrics, time.monotonic() - self._started)
         print(line, file=stream, flush=True)
 
 

@@ -96,8 +96,8 @@ class TrialPruning(pl.Callback):
             self.pruned_at = trainer.current_epoch
             trainer.should_stop = True
             rank_zero_info(
-                f"search: trial {self.trial.trial} pruned after epoch {trainer.current_epoch + 1}: its "
+                f"search: trial {self.trial.trial} pruned after epoch {trainer.current_epoch}: its "
                 f"{self.trial.monitor} is below the median of {len(self.trial.against)} earlier trials at that epoch"
             )
-            for logger in trainer.loggers:  # epochs counted from 1, as in the epoch lines
-                logger.log_metrics({keys.PRUNED_AT: self.pruned_at + 1}, step=trainer.global_step)
+            for logger in trainer.loggers:  # epochs counted from 0, as everywhere (epoch lines, W&B, checkpoints)
+                logger.log_metrics({keys.PRUNED_AT: self.pruned_at}, step=trainer.global_step)

@@ -16,6 +16,10 @@ from toolkit.errors import ToolkitError
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
+#: config files already checked in this process, by (path, mtime, size): the ablation runner parses every variant
+#: with the same base configs, and checks each once (an edited file has a new mtime or size and is checked again)
+_CHECKED: set[tuple[str, int, int]] = set()
+
 
 def subcommand_of(argv: list[str]) -> str | None:
     """The subcommand named in ``argv`` (None before one is given)."""
@@ -37,7 +41,7 @@ def check_config_files(argv: list[str]) -> None:
     """Read every ``--config`` file first, so a missing file or a YAML syntax error names the file and line.
 
     jsonargparse reports YAML errors against ``"<unicode string>"``, which does not say which of several stacked
-    configs is broken.
+    configs is broken. A file is read once per process while it stays unchanged.
     """
     for i, arg in enumerate(argv):
         if arg in ("--config", "-c") and i + 1 < len(argv):
@@ -49,6 +53,10 @@ def check_config_files(argv: list[str]) -> None:
         file = Path(path)
         if not file.is_file():
             raise ToolkitError(f"--config {path}: no such file; check the path")
+        stat = file.stat()
+        version = (str(file.resolve()), stat.st_mtime_ns, stat.st_size)
+        if version in _CHECKED:
+            continue
         try:
             safe_yaml.load(safe_yaml.read_config_text(file, f"--config {path}"))
         except safe_yaml.AliasBombError as err:
@@ -58,3 +66,4 @@ def check_config_files(argv: list[str]) -> None:
             where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
             raise ToolkitError(f"--config {path}:{where}: YAML syntax error ({problem}); fix the file") from None
+        _CHECKED.add(version)

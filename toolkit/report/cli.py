@@ -1,4 +1,4 @@
-"""``toolkit report SPEC [--root DIR] [--out DIR] [--wandb ENTITY/PROJECT] [--log-to-wandb]``: the command line.
+"""``toolkit report SPEC [--root DIR] [--out DIR] [--seeds S] [--set K=V ...] [--wandb E/P] [--log-to-wandb]``: the CLI.
 
 Imports neither torch nor Lightning (jsonargparse parses the arguments), so the report starts in about a second.
 """
@@ -24,6 +24,13 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", type=str | None, default=None, help="report folder (default <root>/<name>/report/)")
     parser.add_argument(
         "--seeds", type=str | None, default=None, help="the seeds of a study run with ablate run --seeds (0-9)"
+    )
+    parser.add_argument(
+        "--set",
+        type=str,
+        nargs="+",
+        default=None,
+        help="the overrides of a study run with ablate run --set key=value [...] (checked against its ledger)",
     )
     parser.add_argument(
         "--wandb", type=str | None, default=None, help="read the runs from this W&B project (entity/project)"
@@ -54,10 +61,11 @@ def main(argv: list[str]) -> int:
     check_root_dir(args.root, "--root")
     check_root_dir(args.out, "--out")
     spec = load_spec(Path(args.spec))
-    if args.seeds:
-        from toolkit.ablation.cli_changes import apply
+    if args.seeds or args.set:
+        from toolkit.ablation.cli_changes import apply, check_recorded
 
-        spec, _ = apply(spec, args.seeds, None)
+        spec, changes = apply(spec, args.seeds, args.set)
+        check_recorded(spec, Path(args.root), changes)
     out = Path(args.out) if args.out else None
     print_report(report_spec(spec, Path(args.root), out, wandb_path=args.wandb, log_to_wandb=args.log_to_wandb))
     return 0

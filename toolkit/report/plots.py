@@ -130,7 +130,7 @@ def val_overlay(
         if curve.empty:
             continue
         width = 2.5 if variant == baseline else 1.2
-        x, color = curve.index + 1, palette.get(variant)  # epochs counted from 1, as in the run's epoch lines
+        x, color = curve.index, palette.get(variant)  # epochs counted from 0, as W&B's epoch and the epoch lines
         (line,) = ax.plot(x, curve["mean"] * 100, marker="o", markersize=3, linewidth=width, label=variant, color=color)
         _percent_band(ax, x, curve["mean"] * 100, curve["std"] * 100, line.get_color(), 0.15)
     if not ax.lines:
@@ -195,7 +195,7 @@ def learning_curves(
             curve = _by_epoch(mine, key)
             if curve.empty:
                 continue
-            x = curve.index + 1  # epochs counted from 1, as in the run's epoch lines
+            x = curve.index  # epochs counted from 0, as W&B's epoch and the epoch lines
             acc_ax.plot(x, curve["mean"] * 100, marker="o", linestyle=style, color=color, label=label)
             low, high = (curve["mean"] - curve["std"]).clip(lower=0), (curve["mean"] + curve["std"]).clip(upper=1)
             acc_ax.fill_between(x, low * 100, high * 100, alpha=0.15 if style == "-" else 0.08, color=color)

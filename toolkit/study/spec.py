@@ -2,7 +2,7 @@
 
 Torch-free: ``toolkit ablate status`` and ``toolkit report`` load specs without importing torch or Lightning.
 
-Base config paths are resolved against the current directory first, then against the spec file's directory;
+Base config paths are resolved against the spec file's directory first, then against the current directory;
 ``AblationSpec.base`` holds the resolved absolute paths.
 
 A run's id is a hash of what the run computes: the ablation and variant names, the parsed content of the base
@@ -12,6 +12,7 @@ same runs; editing a config or an override names new ones.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -86,17 +87,29 @@ class AblationSpec:
     slurm: dict[str, Any] = field(default_factory=dict)
     #: ``{dotted key: [values]}``: each variant's value chosen on val before its seeds run (`toolkit.study.tuning`)
     tune: dict[str, list[Any]] = field(default_factory=dict)
+    #: the parsed base configs, in ``base`` order: read once when the spec is made (None: read them now), and
+    #: handed on by ``dataclasses.replace``, so nothing reads a base config again
+    base_data: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.base_data is None:
+            object.__setattr__(self, "base_data", tuple(read_yaml(Path(p)) for p in self.base))  # frozen dataclass
 
     def runs(self) -> list[Run]:
         """Every (variant, seed) in spec order: variants as listed (baseline first), then seeds."""
-        base_data = [read_yaml(Path(p)) for p in self.base]
+        return list(self._runs)
+
+    @functools.cached_property
+    def _runs(self) -> tuple[Run, ...]:
+        """The runs, computed once per spec (their ids hash the base data, which is costly for many seeds)."""
+        base_data = list(self.base_data or ())
         order = [self.baseline, *(v for v in self.variants if v != self.baseline)]
         runs = []
         for variant in order:
             merged = {**self.overrides, **self.variants[variant]}
             for seed in self.seeds:
                 runs.append(Run(_run_id(self.name, variant, base_data, merged, seed), self.name, variant, seed, merged))
-        return runs
+        return tuple(runs)
 
 
 def load_spec(path: str | Path) -> AblationSpec:
