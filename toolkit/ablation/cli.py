@@ -12,6 +12,7 @@ from rich.console import Console
 from toolkit.ablation import cli_changes
 from toolkit.cli_options import SPELLING, add_runner_options, parse, runner_options
 from toolkit.parsed_checks import check_root_dir
+from toolkit.study import tuning
 from toolkit.study.spec import load_spec
 
 EXAMPLES = f"""{SPELLING}
@@ -67,6 +68,14 @@ def main(argv: list[str]) -> int:
         from toolkit.ablation.progress import build_table
         from toolkit.study.ledger import Ledger, ledger_path
 
+        if spec.tune:  # its tune stage first, then the study at the chosen values once they are recorded
+            stage = tuning.tune_study(spec)
+            console.print(build_table(stage, Ledger(ledger_path(args.root, stage.name)).read(), args.root))
+            chosen = tuning.read_choices(args.root, spec)
+            if chosen is None:
+                console.print(f"{spec.name}: its seeds start once the tune stage has finished and values are chosen")
+                return 0
+            spec = tuning.tuned(spec, chosen)
         ledger = Ledger(ledger_path(args.root, spec.name))
         console.print(build_table(spec, ledger.read(), args.root, width=console.width))
         return 0

@@ -128,6 +128,15 @@ def check_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
         _build_model(spec, variant, kwargs)
 
 
+def parse_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
+    """Parse every variant's ``toolkit fit`` command at its first seed (one parser for all); builds nothing.
+
+    Raises:
+        ToolkitError: naming the variant and the reason.
+    """
+    _resolve_all(spec, root, gpus)
+
+
 def _resolve_all(spec: AblationSpec, root: str | Path, gpus: int) -> dict[str, Any]:
     """Each variant's resolved ``fit`` config (a jsonargparse Namespace), parsed with one parser for all variants.
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from toolkit.ablation.check_process import check_spec
 from toolkit.ablation.ckpt_epochs import epochs_done
-from toolkit.ablation.command import last_checkpoint
+from toolkit.ablation.command import last_checkpoint, parse_variants
 from toolkit.ablation.executor import Executor
 from toolkit.errors import ToolkitError
 from toolkit.study.layout import CHECKPOINTS, RESULT_FILE, RUN_LOG, wandb_runs
@@ -91,6 +91,11 @@ def check(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
     Runs in a short-lived child process when this one has not imported torch (see :mod:`check_process`).
     """
     check_spec(spec, root, gpus)
+
+
+def check_parses(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
+    """Parse every variant's ``toolkit fit`` command (the tune stage's values: a bad value fails before any run)."""
+    parse_variants(spec, root, gpus)
 
 
 # -- start ---------------------------------------------------------------------------------------------------------

@@ -19,12 +19,14 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from toolkit import keys
 from toolkit.ablation import lifecycle
 from toolkit.ablation.command import DEFAULT_LAUNCHER, resume_args, shell_command
 from toolkit.ablation.executor import Executor
 from toolkit.ablation.local import LocalRuns, make_slots
 from toolkit.ablation.progress import LiveView
 from toolkit.errors import ToolkitError
+from toolkit.study import tuning
 from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path, runner_lock
 from toolkit.study.spec import AblationSpec, Run
 
@@ -56,14 +58,47 @@ class Options:
 
 
 def run_ablation(spec: AblationSpec, options: Options, console: Console | None = None) -> int:
-    """Run every run of ``spec`` that is not done yet; returns 0 when all are done, 1 otherwise."""
+    """Run every run of ``spec`` that is not done yet; returns 0 when all are done, 1 otherwise.
+
+    A spec with ``tune:`` first runs its tune stage (`toolkit.study.tuning`: every variant at every value, first
+    seed), chooses each variant's values on validation, records them, then runs the study at them.
+    """
     console = console or Console()
     root = Path(options.root).absolute()
-    ledger = Ledger(ledger_path(root, spec.name))
-    runs = spec.runs()
     executor = make_executor(options, spec)
     if options.validate:
         lifecycle.check(spec, root, executor.gpus)  # before anything is created or started
+    if spec.tune:
+        stage = tuning.tune_study(spec)
+        if options.validate:
+            lifecycle.check_parses(stage, root, executor.gpus)
+        code = _run_stage(stage, options, executor, root, console)
+        if code != 0 or options.dry_run:
+            if options.dry_run:
+                console.print(f"then every seed of {spec.name} at each variant's values chosen on val")
+            return code
+        tune_ledger = Ledger(ledger_path(root, stage.name))
+        if _summarise(stage, stage.runs(), tune_ledger, root, options, console, report=False) != 0:
+            console.print(f"{spec.name}: not started; every tune run must finish before values are chosen")
+            return 1
+        records = tune_ledger.read()
+        chosen = tuning.choose(spec, root, records)
+        path = tuning.write_choices(root, spec, chosen)
+        cells = tuning.column(spec, chosen)
+        console.print(f"tune: chosen on {keys.MONITOR} (seed {spec.seeds[0]}), recorded in {path}", soft_wrap=True)
+        for variant, cell in cells.items():
+            console.print(f"  {variant}: {cell}", soft_wrap=True, markup=False, highlight=False)
+        spec = tuning.tuned(spec, chosen)
+    code = _run_stage(spec, options, executor, root, console)
+    if code == 0 and not options.dry_run:
+        code = _summarise(spec, spec.runs(), Ledger(ledger_path(root, spec.name)), root, options, console)
+    return code
+
+
+def _run_stage(spec: AblationSpec, options: Options, executor: Executor, root: Path, console: Console) -> int:
+    """Plan and run the runs of one study (the tune stage or the study itself); 0 when none of them is unfinished."""
+    ledger = Ledger(ledger_path(root, spec.name))
+    runs = spec.runs()
     with runner_lock(root / spec.name):
         lifecycle.check_stale(spec, runs, ledger, root)
         todo, attach = lifecycle.plan(runs, ledger, root, options.retry_failed, executor)
@@ -84,7 +119,7 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
         except KeyboardInterrupt:
             console.print(f"interrupted: {executor.interrupted}run the same command again to resume", soft_wrap=True)
             return 130
-    return _summarise(spec, runs, ledger, root, options, console)
+    return 0
 
 
 def make_executor(options: Options, spec: AblationSpec | None = None) -> Executor:
@@ -128,7 +163,13 @@ def _print_plan(
 
 
 def _summarise(
-    spec: AblationSpec, runs: list[Run], ledger: Ledger, root: Path, options: Options, console: Console
+    spec: AblationSpec,
+    runs: list[Run],
+    ledger: Ledger,
+    root: Path,
+    options: Options,
+    console: Console,
+    report: bool = True,
 ) -> int:
     records = ledger.read()
     done = [r for r in runs if records.get(r.id, {}).get("status") == DONE]
@@ -149,7 +190,7 @@ def _summarise(
         )
     if failed:
         console.print("  rerun with --retry-failed to try the failed runs again")
-    if done and options.report:
+    if done and options.report and report:
         _report(spec, root, console)
     return 0 if len(done) == len(runs) else 1
 

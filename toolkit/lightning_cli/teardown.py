@@ -37,7 +37,9 @@ def write_result(trainer: Trainer, status: str = FINISHED, reason: str | None = 
     run_id = next((getattr(lg.experiment, "id", None) for lg in loggers), None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     done = DONE if status == FINISHED else status
-    record = RunResult(done, time.time(), run_id, metrics, health, **tested)
+    score = getattr(trainer.checkpoint_callback, "best_model_score", None)
+    best_val = float(score) if score is not None else None
+    record = RunResult(done, time.time(), run_id, metrics, health, **tested, best_val=best_val)
     record.write(Path(trainer.default_root_dir) / RESULT_FILE)
 
 

@@ -20,6 +20,7 @@ from toolkit.report import plots, render
 from toolkit.report.sources import runs_from_api, runs_from_logs
 from toolkit.report.table import aggregate, mark_counted
 from toolkit.report.wandb_log import LogDamageWarning
+from toolkit.study import tuning
 
 if TYPE_CHECKING:  # a peer in the same layer; only its type is needed here
     from toolkit.study.spec import AblationSpec
@@ -128,6 +129,7 @@ def build_report(
     variants: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None,
     project: str | None = None,
+    tuned: dict[str, str] | None = None,
 ) -> ReportResult:
     """Read the runs of ablation ``name`` and write its report into ``out``.
 
@@ -142,6 +144,8 @@ def build_report(
         variants: variants in table order (e.g. the spec's); default: found in the runs, baseline first.
         seeds: seeds every variant should have (e.g. the spec's); default: every seed found.
         project: W&B project (``[entity/]project``) for ``log_to_wandb``; default ``wandb_path`` or ``toolkit``.
+        tuned: ``{variant: values chosen on val}`` of a spec with ``tune:`` (`toolkit.study.tuning.column`): the
+            table's ``Tuned on val`` column.
 
     Raises:
         ToolkitError: no runs of the ablation were found, no metric was asked for, or a metric is in no finished
@@ -161,6 +165,8 @@ def build_report(
     first = ["ablation", "variant", "seed", "run_id", "state", "health", "reason", "counted", "note"]
     runs = runs[first + [c for c in runs.columns if c not in first]]
     table = aggregate(runs, metrics, baseline, variants=variants, seeds=seeds)
+    if tuned:
+        table["tuned"] = table["variant"].map(tuned).fillna("")
 
     out.mkdir(parents=True, exist_ok=True)
     files = {"runs": out / "runs.csv"}
@@ -208,7 +214,16 @@ def report_spec(
     log_to_wandb: bool = False,
 ) -> ReportResult:
     """The report of an ablation spec: its metrics, baseline, variants and seeds; ``out`` defaults to
-    `default_out` (beside the runs). Used by ``toolkit report`` and at the end of ``toolkit ablate run``."""
+    `default_out` (beside the runs). Used by ``toolkit report`` and at the end of ``toolkit ablate run``.
+
+    A spec with ``tune:`` reports the values chosen for each row (its ``tune.json``; refused before its tune stage
+    has finished)."""
+    tuned = None
+    if spec.tune:
+        chosen = tuning.read_choices(root, spec)
+        if chosen is None:
+            tuning.resolve(spec, root)  # raises the one-line "tune stage has not finished"
+        tuned = tuning.column(spec, chosen or {})
     return build_report(
         spec.name,
         spec.baseline,
@@ -220,6 +235,7 @@ def report_spec(
         variants=list(spec.variants),
         seeds=list(spec.seeds),
         project=wandb_path or spec.project,
+        tuned=tuned,
     )
 
 

@@ -78,6 +78,8 @@ def wide_table(table: pd.DataFrame, metrics: Sequence[str], style: str = "md") -
         by_metric = group.set_index("metric")
         flagged = bool((group["excluded"] > 0).any())
         row = {"Variant": escape(str(variant)) + (flag if flagged else "")}
+        if "tuned" in group.columns:  # the spec's `tune:` values chosen for this row on val
+            row["Tuned on val"] = escape(str(group["tuned"].iloc[0])) or dash
         for metric in metrics:
             cell = by_metric.loc[metric]
             if cell["n"] == 0:
@@ -129,9 +131,18 @@ def legend(baseline: str, metrics: Sequence[str], table: pd.DataFrame | None = N
         f"{ALPHA} after adjustment; direction: how many paired "
         f"seeds moved which way. No p-value is printed with fewer than {MIN_SEEDS_FOR_P} paired seeds: a t-test on "
         "so few says next to nothing. ⚠: seeds excluded for their health (diverged, degenerate, not learning, "
-        "change never tested, interrupted, failed), listed below. Hyperparameters: every row shares the "
-        "baseline's, except the settings its variant changes (no per-row tuning)."
+        "change never tested, interrupted, failed), listed below. "
     )
+    if table is not None and "tuned" in table.columns:
+        text += (
+            "Hyperparameters: every row shares the baseline's, except the settings its variant changes and the "
+            "values in `Tuned on val`, chosen for each row on validation accuracy at the study's first seed "
+            "(`tune:`; (fixed): set by the variant itself)."
+        )
+    else:
+        text += (
+            "Hyperparameters: every row shares the baseline's, except the settings its variant changes (no `tune:`)."
+        )
     if table is not None and not table["p_adjusted"].notna().any():
         text += f" This table has no p-values: no comparison has {MIN_SEEDS_FOR_P} paired seeds."
     return text

@@ -92,6 +92,23 @@ def parse_overrides(value: Any, what: str) -> dict[str, Any]:
     return dict(value)
 
 
+def parse_tune(value: Any, what: str) -> dict[str, list[Any]]:
+    """``tune: {dotted.key: [value, ...]}`` (None: no tuning), else a ToolkitError naming the bad entry of ``what``.
+
+    Each key needs at least two distinct values (one value is an override, not a choice); the first value is the one
+    kept on a tie, so list the usual value first.
+    """
+    keys = parse_overrides(value, what)
+    for key, values in keys.items():
+        distinct = isinstance(values, list) and len({repr(v) for v in values}) == len(values)
+        if not distinct or len(values) < 2 or not all(isinstance(v, (int, float, str, bool)) for v in values):
+            raise ToolkitError(
+                f"{what}: {key} needs a list of at least two distinct plain values to choose from on val, "
+                f"e.g. {key}: [1.0e-4, 3.0e-4, 1.0e-3]"
+            )
+    return {key: list(values) for key, values in keys.items()}
+
+
 def did_you_mean(word: str, choices: Any) -> str:
     """`` (did you mean a, b?)`` for the closest choices, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=2)

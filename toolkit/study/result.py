@@ -33,6 +33,8 @@ class RunResult:
         finetune_from: the first epoch the backbone trains (0: full fine-tune, None: a linear probe). With the
             tested epoch it tells the report whether the variant's change acted before the tested checkpoint
             (``toolkit.report.untested``); both also go into the W&B summary as ``health/<field>``.
+        best_val: the best validation score (``keys.MONITOR``) of the fit, the one its best checkpoint was chosen by;
+            ``tune:`` chooses each variant's value by it (`toolkit.study.tuning`). None: no checkpoint scored.
     """
 
     status: str
@@ -43,6 +45,7 @@ class RunResult:
     tested_epoch: int | None = None
     tested_phase: str | None = None
     finetune_from: int | None = None
+    best_val: float | None = None
 
     #: the fields that say which checkpoint was tested (also ``health/<field>`` in the W&B summary and runs.csv)
     TESTED_FIELDS = ("tested_epoch", "tested_phase", "finetune_from")

@@ -21,13 +21,33 @@ from typing import Any
 
 from toolkit import keys
 from toolkit.errors import ToolkitError
-from toolkit.study.fields import check_name, did_you_mean, parse_overrides, read_yaml, resolve_base, str_list
+from toolkit.study.fields import (
+    check_name,
+    did_you_mean,
+    parse_overrides,
+    parse_tune,
+    read_yaml,
+    resolve_base,
+    str_list,
+)
 from toolkit.study.layout import run_dir
 
 DEFAULT_METRICS = ["test/acc", "test/f1"]
 DEFAULT_PROJECT = "toolkit"
 DESIGNS = ("leave-one-out", "factorial")
-_KEYS = ("name", "base", "overrides", "seeds", "baseline", "variants", "factors", "metrics", "project", "slurm")
+_KEYS = (
+    "name",
+    "base",
+    "overrides",
+    "seeds",
+    "baseline",
+    "variants",
+    "factors",
+    "metrics",
+    "project",
+    "slurm",
+    "tune",
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +84,8 @@ class AblationSpec:
     design: str = "explicit"
     #: the ``slurm:`` block (sbatch options for ``--executor slurm``; checked by the Slurm executor, not in run ids)
     slurm: dict[str, Any] = field(default_factory=dict)
+    #: ``{dotted key: [values]}``: each variant's value chosen on val before its seeds run (`toolkit.study.tuning`)
+    tune: dict[str, list[Any]] = field(default_factory=dict)
 
     def runs(self) -> list[Run]:
         """Every (variant, seed) in spec order: variants as listed (baseline first), then seeds."""
@@ -133,8 +155,9 @@ def load_spec(path: str | Path) -> AblationSpec:
     slurm = raw.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise ToolkitError(f"{path}: 'slurm' maps sbatch options to values, e.g. slurm: {{account: proj, qos: normal}}")
+    tune = parse_tune(raw.get("tune"), f"{path}: tune")
     spec = AblationSpec(
-        name, base, overrides, seeds, baseline, variants, metrics, project, str(path), factors, design, slurm
+        name, base, overrides, seeds, baseline, variants, metrics, project, str(path), factors, design, slurm, tune
     )
     _check_distinct(spec, path)
     return spec

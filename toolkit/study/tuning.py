@@ -1,0 +1,187 @@
+"""Fair tuning per row: a spec's ``tune:`` values, each variant's own choice made on validation data.
+
+``tune: {model.optimizer.init_args.lr: [1.0e-4, 3.0e-4, 1.0e-3]}`` makes the ablation run in two stages:
+
+1. **tune**: every variant at every value (every combination when several keys are tuned), at the spec's first seed,
+   as the study ``<name>-tune`` (its own ledger and run folders, ``<root>/<name>-tune/<variant>@<label>/seed<k>``);
+2. **choose**: per variant, the value whose run reached the best validation score (``RunResult.best_val``, the
+   metric its best checkpoint is chosen by: ``keys.MONITOR``); a tie keeps the value listed first. Runs that failed,
+   diverged or scored nothing do not compete; a variant with no scored value stops the study with one line. The
+   choices are written to ``<root>/<name>/tune.json``;
+3. **run**: every seed of every variant at its chosen values (the study ``<name>`` as usual: the values are part of
+   each variant's overrides, so they are part of its run ids).
+
+The test split is never read. A variant that sets a tuned key itself keeps its own value (``fixed`` in the table). The
+report reads ``tune.json`` to find the runs and prints the chosen values as a column.
+
+Torch-free: the runner, ``ablate status`` and the report all use it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from toolkit import keys
+from toolkit.errors import ToolkitError
+from toolkit.study.layout import RESULT_FILE
+from toolkit.study.result import DONE, RunResult
+from toolkit.study.spec import AblationSpec, Run
+
+TUNE_FILE = "tune.json"
+#: joins a variant and the label of its tuned values in the tune stage's variant names
+SEP = "@"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What ``tune`` chose for one variant.
+
+    Attributes:
+        values: ``{key: value}`` it runs at (chosen ones and those the variant fixes itself).
+        fixed: the keys the variant sets itself (not tuned).
+        scores: ``{label: best validation score or None}`` of every tuned combination, in the listed order.
+    """
+
+    values: dict[str, Any]
+    fixed: list[str]
+    scores: dict[str, float | None]
+
+
+def short(key: str) -> str:
+    """The last part of a dotted key: ``model.optimizer.init_args.lr`` -> ``lr``."""
+    return key.rsplit(".", 1)[-1]
+
+
+def label(values: dict[str, Any]) -> str:
+    """``lr=0.0003`` (several keys: joined by ``+``); a folder-safe name for a combination of tuned values."""
+    return "+".join(f"{short(k)}={v}" for k, v in values.items())
+
+
+def combinations(spec: AblationSpec, variant: str) -> list[dict[str, Any]]:
+    """Every combination of the values ``variant`` is tuned over (keys it sets itself are left out), listed order."""
+    # only the variant's own overrides fix a key: the spec's common ones and the base configs are what `tune` replaces
+    free = {k: v for k, v in spec.tune.items() if k not in spec.variants[variant]}
+    if not free:
+        return []
+    return [dict(zip(free, combo, strict=True)) for combo in itertools.product(*free.values())]
+
+
+def tune_study(spec: AblationSpec) -> AblationSpec:
+    """The tune stage as a study of its own: ``<variant>@<label>`` variants at the spec's first seed."""
+    variants = {}
+    for variant in spec.variants:
+        for combo in combinations(spec, variant):
+            variants[f"{variant}{SEP}{label(combo)}"] = {**spec.variants[variant], **combo}
+    baseline = next(iter(v for v in variants if v.split(SEP, 1)[0] == spec.baseline), "")
+    return replace(spec, name=f"{spec.name}-tune", seeds=spec.seeds[:1], variants=variants, baseline=baseline, tune={})
+
+
+def choose(spec: AblationSpec, root: str | Path, records: dict[str, dict[str, Any]]) -> dict[str, Choice]:
+    """Each variant's values, chosen on the best validation score of its tune runs (``records``: the tune ledger).
+
+    Raises:
+        ToolkitError: a variant none of whose tune runs finished with a validation score.
+    """
+    stage = tune_study(spec)
+    by_name = {run.variant: run for run in stage.runs()}
+    chosen = {}
+    for variant in spec.variants:
+        fixed = [k for k in spec.tune if k in spec.variants[variant]]
+        scores: dict[str, float | None] = {}
+        best: tuple[float, dict[str, Any]] | None = None
+        for combo in combinations(spec, variant):
+            score = _score(by_name[f"{variant}{SEP}{label(combo)}"], root, records)
+            scores[label(combo)] = score
+            if score is not None and (best is None or score > best[0]):  # strictly better: a tie keeps the first
+                best = (score, combo)
+        if scores and best is None:
+            raise ToolkitError(
+                f"tune: no run of variant '{variant}' finished with a validation score ({', '.join(scores)}); see "
+                f"{Path(root) / stage.name / variant}{SEP}*/seed{stage.seeds[0]}/run.log, fix it, and run again"
+            )
+        values = {k: spec.variants[variant][k] for k in fixed} | (best[1] if best else {})
+        chosen[variant] = Choice(values, fixed, scores)
+    return chosen
+
+
+def _score(run: Run, root: str | Path, records: dict[str, dict[str, Any]]) -> float | None:
+    """The run's best validation score, when it is done and healthy (a diverged or failed run does not compete)."""
+    if records.get(run.id, {}).get("status") != DONE:
+        return None
+    result = RunResult.read(run.directory(root) / RESULT_FILE)
+    if result is None or result.status != DONE or result.best_val is None:
+        return None
+    return result.best_val if keys.MONITOR_MODE == "max" else -result.best_val
+
+
+def tuned(spec: AblationSpec, chosen: dict[str, Choice]) -> AblationSpec:
+    """The study at its chosen values: each variant's overrides carry them (and so its run ids do)."""
+    variants = {v: {**delta, **chosen[v].values} for v, delta in spec.variants.items()}
+    return replace(spec, variants=variants)
+
+
+def tune_path(root: str | Path, spec: AblationSpec) -> Path:
+    """Where the choices are kept: ``<root>/<name>/tune.json``."""
+    return Path(root) / spec.name / TUNE_FILE
+
+
+def write_choices(root: str | Path, spec: AblationSpec, chosen: dict[str, Choice]) -> Path:
+    """Record the choices (atomically) with what they were chosen from."""
+    path = tune_path(root, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {
+        "tune": spec.tune,
+        "seed": spec.seeds[0],
+        "metric": keys.MONITOR,
+        "variants": {v: {"values": c.values, "fixed": c.fixed, "scores": c.scores} for v, c in chosen.items()},
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def read_choices(root: str | Path, spec: AblationSpec) -> dict[str, Choice] | None:
+    """The recorded choices of ``spec`` under ``root``; None when tuning has not finished (or the spec's ``tune:``
+    or first seed changed since: those choices were made for another study)."""
+    try:
+        data = json.loads(tune_path(root, spec).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("tune") != spec.tune or data.get("seed") != spec.seeds[0]:
+        return None
+    found = data.get("variants") or {}
+    if set(found) != set(spec.variants):
+        return None
+    return {v: Choice(dict(c["values"]), list(c["fixed"]), dict(c["scores"])) for v, c in found.items()}
+
+
+def resolve(spec: AblationSpec, root: str | Path) -> AblationSpec:
+    """The spec as its runs were run: at the recorded choices when it has ``tune:``, else unchanged.
+
+    Raises:
+        ToolkitError: the spec has ``tune:`` and its tuning has not finished under ``root``.
+    """
+    if not spec.tune:
+        return spec
+    chosen = read_choices(root, spec)
+    if chosen is None:
+        raise ToolkitError(
+            f"{spec.name}: its tune stage has not finished under {root} ({tune_path(root, spec)} is missing or "
+            f"was made for another tune:); run `toolkit ablate run {spec.path or spec.name}` first"
+        )
+    return tuned(spec, chosen)
+
+
+def column(spec: AblationSpec, chosen: dict[str, Choice]) -> dict[str, str]:
+    """The table's ``tuned`` cell per variant: ``lr=0.0003`` (``lr=0.003 (fixed)`` for a value the variant sets)."""
+    cells = {}
+    for variant, choice in chosen.items():
+        parts = [f"{short(k)}={v}" + (" (fixed)" if k in choice.fixed else "") for k, v in choice.values.items()]
+        cells[variant] = ", ".join(parts)
+    return cells
