@@ -1,7 +1,7 @@
 """The ``toolkit ablate`` command line: ``run`` an ablation spec, or show its ``status`` from the ledger.
 
-Imports neither torch nor Lightning: ``status`` answers in about a second, and ``run`` imports them only to
-validate the variants.
+Imports neither torch nor Lightning: ``status`` answers in about a second, and ``run`` validates the variants in a
+child process (:mod:`toolkit.ablation.check_process`), so the runner stays small for the whole study.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     if args.executor == "local" and args.warm and not args.dry_run:
         from toolkit.ablation.local import prestart_warm_parent
 
-        prestart_warm_parent()  # its imports run while this process validates the variants
+        prestart_warm_parent()  # its imports run while the variants are validated
     from toolkit.ablation.runner import run_ablation
 
     options = runner_options(args)

@@ -116,10 +116,7 @@ def check_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
     Raises:
         ToolkitError: naming the variant (or both variants) and the reason.
     """
-    resolved: dict[str, Any] = {}
-    for run in spec.runs():
-        if run.variant not in resolved:
-            resolved[run.variant] = _resolve(spec, run, root, gpus)
+    resolved = _resolve_all(spec, root, gpus)
     _check_no_op(spec, resolved)
     built: dict[str, str] = {}
     for variant, config in resolved.items():
@@ -132,26 +129,30 @@ def check_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
 
 
 def parse_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
-    """Parse every variant's ``toolkit fit`` command at its first seed; builds nothing.
+    """Parse every variant's ``toolkit fit`` command at its first seed (one parser for all); builds nothing.
 
     Raises:
         ToolkitError: naming the variant and the reason.
     """
-    seen = set()
+    _resolve_all(spec, root, gpus)
+
+
+def _resolve_all(spec: AblationSpec, root: str | Path, gpus: int) -> dict[str, Any]:
+    """Each variant's resolved ``fit`` config (a jsonargparse Namespace), parsed with one parser for all variants.
+
+    Raises:
+        ToolkitError: for the first variant (spec order) that does not parse, naming it.
+    """
+    from toolkit.lightning_cli import parse_configs
+
+    first = {}
     for run in spec.runs():
-        if run.variant not in seen:
-            seen.add(run.variant)
-            _resolve(spec, run, root, gpus)
-
-
-def _resolve(spec: AblationSpec, run: Run, root: str | Path, gpus: int) -> Any:
-    """The run's resolved ``fit`` config (a jsonargparse Namespace), raising with the variant's name."""
-    from toolkit.lightning_cli import parse_config
-
-    try:
-        return parse_config(fit_args(spec, run, root, gpus=gpus)).fit
-    except ToolkitError as err:
-        raise ToolkitError(f"variant '{run.variant}' of {spec.path or spec.name}: {err}") from None
+        first.setdefault(run.variant, run)
+    results = parse_configs([fit_args(spec, run, root, gpus=gpus) for run in first.values()])
+    for variant, result in zip(first, results, strict=True):
+        if isinstance(result, ToolkitError):
+            raise ToolkitError(f"variant '{variant}' of {spec.path or spec.name}: {result}") from None
+    return {variant: result.fit for variant, result in zip(first, results, strict=True)}
 
 
 def _comparable(config: Any) -> str:

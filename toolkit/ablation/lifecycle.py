@@ -22,8 +22,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from toolkit.ablation.check_process import check_spec
 from toolkit.ablation.ckpt_epochs import epochs_done
-from toolkit.ablation.command import check_variants, last_checkpoint, parse_variants
+from toolkit.ablation.command import last_checkpoint, parse_variants
 from toolkit.ablation.executor import Executor
 from toolkit.errors import ToolkitError
 from toolkit.study.layout import CHECKPOINTS, RESULT_FILE, RUN_LOG, wandb_runs
@@ -86,8 +87,11 @@ def completed_since(run_dir: Path, started_at: float | None) -> bool:
 
 # -- check ---------------------------------------------------------------------------------------------------------
 def check(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
-    """Parse every variant's ``toolkit fit`` command and build each distinct model once; refuse a no-op variant."""
-    check_variants(spec, root, gpus)
+    """Parse every variant's ``toolkit fit`` command and build each distinct model once; refuse a no-op variant.
+
+    Runs in a short-lived child process when this one has not imported torch (see :mod:`check_process`).
+    """
+    check_spec(spec, root, gpus)
 
 
 def check_parses(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:

@@ -8,8 +8,6 @@ summary, closing W&B).
 
 from __future__ import annotations
 
-import contextlib
-import io
 import signal
 import sys
 import warnings
@@ -336,7 +334,8 @@ def _weights_from_checkpoints(subcommand: str | None, config: Any) -> bool:
     return bool(args.get("ckpt_path") or args.get("ensemble_ckpts"))
 
 
-_ARGS_WARNING = ".*args parameter is intended to run from within Python"
+#: the warning LightningCLI gives when called with ``args`` from Python (the caller's sys.argv is not the command)
+ARGS_WARNING = ".*args parameter is intended to run from within Python"
 
 
 def run_cli(args: list[str] | None = None) -> ToolkitCLI:
@@ -345,51 +344,10 @@ def run_cli(args: list[str] | None = None) -> ToolkitCLI:
     try:
         with warnings.catch_warnings():
             if args is not None:  # called from Python (tests, the runner's checks): sys.argv is the caller's
-                warnings.filterwarnings("ignore", message=_ARGS_WARNING)
+                warnings.filterwarnings("ignore", message=ARGS_WARNING)
             return ToolkitCLI(args=args)
     except SIGTERMException:
         # Lightning stops cleanly on SIGTERM but its exception exits with status 0; a stopped run is no success
         sys.exit(128 + signal.SIGTERM)
     finally:
         finish_wandb()
-
-
-class _Parsed(Exception):
-    """Stops the parse-only CLI right after parsing: nothing is seeded, built or run."""
-
-    def __init__(self, config: Any) -> None:
-        super().__init__()
-        self.config = config
-
-
-class _ParseOnlyCLI(ToolkitCLI):
-    """Parses with the subcommand parsers and stops before anything is seeded or built."""
-
-    @override
-    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        super().parse_arguments(parser, args)
-        raise _Parsed(self.config)
-
-
-def parse_config(argv: list[str]) -> Any:
-    """Parse ``argv`` (e.g. ``["fit", "--config", ...]``) with the CLI's parser; instantiate nothing.
-
-    Returns:
-        the parsed config (a jsonargparse Namespace; ``config.fit`` holds a fit's options).
-
-    Raises:
-        ToolkitError: naming the bad key when the arguments do not parse.
-    """
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        # the check passes args while sys.argv holds the caller's command line: LightningCLI warns about that
-        warnings.filterwarnings("ignore", message=_ARGS_WARNING)
-        try:
-            _ParseOnlyCLI(args=argv)
-        except _Parsed as parsed:
-            return parsed.config
-    raise AssertionError("unreachable: _ParseOnlyCLI always stops after parsing")
-
-
-def check_args(argv: list[str]) -> None:
-    """Parse ``argv`` with the CLI's parser and instantiate nothing; raises ToolkitError naming a bad key."""
-    parse_config(argv)

@@ -1,0 +1,86 @@
+"""The runner's pre-launch check: one CLI parser for every variant, and (in a torch-free runner) a child process.
+
+One parser parses each variant exactly as a parser of its own would (the resolved configs are compared whole), a
+variant that does not parse is named; a runner that has not imported torch checks in a child and never imports
+torch itself, refusing a bad variant with the same line as the in-process check.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from toolkit.errors import ToolkitError
+from toolkit.lightning_cli import parse_config, parse_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "configs" / "digits.yaml"
+QUICK = ROOT / "configs" / "quickstart.yaml"
+
+
+def test_one_parser_resolves_each_command_line_as_its_own_parser_does() -> None:
+    argvs = [
+        ["fit", "--config", str(QUICK)],
+        ["fit", "--config", str(QUICK), "--model.batchnorm", "on", "--data.augment", "mild"],
+        ["fit", "--config", str(DIGITS), "--model.drop_rate", "0.2", "--trainer.max_epochs", "2"],
+        ["fit", "--config", str(QUICK), "--model.dropout_rat", "0.1"],  # a typo: its own error
+        ["fit", "--config", str(QUICK), "--model.pretrained", "false", "--model.freeze_backbone", "false"],
+    ]
+    together = parse_configs(argvs)
+    assert len(together) == len(argvs)
+    for argv, result in zip(argvs, together, strict=True):
+        if "--model.dropout_rat" in argv:
+            assert isinstance(result, ToolkitError) and "dropout_rat" in str(result)
+            with pytest.raises(ToolkitError, match="dropout_rat"):
+                parse_config(argv)
+            continue
+        alone = parse_config(argv)
+        assert json.dumps(result.as_dict(), sort_keys=True, default=str) == json.dumps(
+            alone.as_dict(), sort_keys=True, default=str
+        )
+    assert together[1].fit.model.batchnorm == "on" and together[0].fit.model.batchnorm == "frozen"
+    assert together[2].fit.trainer.max_epochs == 2 and together[4].fit.model.pretrained is False
+
+
+CHECK_IN_RUNNER = """
+import json, sys
+from toolkit.ablation import lifecycle
+from toolkit.errors import ToolkitError
+from toolkit.study.spec import load_spec
+try:
+    lifecycle.check(load_spec(sys.argv[1]), sys.argv[2])
+    outcome = "ok"
+except ToolkitError as err:
+    outcome = str(err)
+print(json.dumps({"outcome": outcome, "torch": "torch" in sys.modules}))
+"""
+
+
+@pytest.mark.slow  # two processes that import torch
+def test_a_torch_free_runner_checks_in_a_child_and_never_imports_torch(tmp_path: Path) -> None:
+    tiny = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 1}
+
+    def check(variants: dict) -> dict:
+        path = tmp_path / "spec.yaml"
+        spec = {"name": "c", "base": [str(DIGITS)], "overrides": tiny, "seeds": [0, 1], "variants": variants}
+        path.write_text(json.dumps(spec))
+        out = subprocess.run(
+            [sys.executable, "-c", CHECK_IN_RUNNER, str(path), str(tmp_path / "runs")],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    good = check({"full": {}, "dropout": {"model.drop_rate": 0.2}})
+    assert good == {"outcome": "ok", "torch": False}
+    # refused in the child by a guard that builds the model (frozen BatchNorm on zero-initialised scales)
+    bad = check({"full": {}, "frozen": {"model.batchnorm": "frozen"}})
+    assert bad["torch"] is False
+    assert bad["outcome"].startswith("variant 'frozen' of ") and "zero-initialised scale" in bad["outcome"]
+    assert not (tmp_path / "runs").exists()
