@@ -65,9 +65,6 @@ def _check_rows(spec: dict, runs: pd.DataFrame, table: pd.DataFrame, out: Path) 
 def test_quickstart(tmp_path: Path) -> None:
     spec, runs, table, out = _run_tiny("quickstart", tmp_path)
     _check_rows(spec, runs, table, out)
-    full = runs[runs["variant"] == "full"].iloc[0]
-    assert 0.0 <= full["test/acc_lesion_k1"] <= 1.0  # the baseline's lesion sweep reached the report
-    assert (out / "lesion_curve.png").is_file()
     snapshot = runs[runs["variant"] == "snapshot"].iloc[0]
     assert pd.notna(snapshot["test/acc_ensemble"])
     probe = runs[runs["variant"] == "linear-probe"].iloc[0]
