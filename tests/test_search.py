@@ -17,6 +17,7 @@ from conftest import DIGITS, ROOT
 
 from toolkit.errors import ToolkitError
 from toolkit.search.spec import load_search
+from toolkit.study.ledger import Ledger
 
 LR = "model.optimizer.init_args.lr"
 WD = "model.optimizer.init_args.weight_decay"
@@ -174,8 +175,8 @@ def test_tpe_search_killed_and_resumed_runs_no_trial_twice_and_its_best_config_r
     deadline = time.monotonic() + 400
     done_before: set[str] = set()
     while time.monotonic() < deadline and proc.poll() is None:
-        if ledger.is_file():
-            runs = json.loads(ledger.read_text())["runs"]
+        if ledger.is_file():  # the snapshot plus its journal: read through Ledger, as the runner writes it
+            runs = Ledger(ledger).read()
             done_before = {k for k, r in runs.items() if r.get("status") == "done"}
             if len(done_before) >= 2:
                 break
@@ -192,7 +193,7 @@ def test_tpe_search_killed_and_resumed_runs_no_trial_twice_and_its_best_config_r
 
     resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    runs = json.loads(ledger.read_text())["runs"]
+    runs = Ledger(ledger).read()
     assert len(runs) == 8 and all(r["status"] == "done" for r in runs.values())
     assert all(runs[k]["attempts"] == 1 for k in done_before)  # no finished trial ran twice
     trials = studies.open_study(searched, folder, stage).trials
