@@ -198,9 +198,11 @@ def test_snapshot_row_shows_the_last_snapshot_alone_beside_the_ensemble() -> Non
     runs["test/acc_ensemble"] = [math.nan] * 3 + ensemble
     for index in range(3):
         runs[f"test/acc_snapshot_{index}"] = [math.nan] * 3 + [snaps[s][index] for s in range(3)]
+    runs["health/tested_snapshots"] = [math.nan] * 3 + ["fine-tune epoch 1, fine-tune epoch 2"] * 3
     table = aggregate(mark_counted(runs), ["test/acc"], "full").set_index("variant")
     last = [snaps[s][2] for s in range(3)]  # reference: the last snapshot's values, by hand
     assert table.loc["snapshot", "mean"] == pytest.approx(statistics.mean(ensemble))
     expected = f"last snapshot alone {100 * statistics.mean(last):.1f} ± {100 * statistics.stdev(last):.1f} (n=3)"
     assert expected in table.loc["snapshot", "note"]
-    assert "last snapshot" not in table.loc["full", "note"]
+    assert "ensemble members: fine-tune epoch 1, fine-tune epoch 2" in table.loc["snapshot", "note"]
+    assert "last snapshot" not in table.loc["full", "note"] and "members" not in table.loc["full", "note"]

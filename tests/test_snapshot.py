@@ -20,6 +20,7 @@ from toolkit.callbacks.snapshot import SnapshotEnsemble, cycle_length
 from toolkit.classifier import ImageClassifier
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli import check_args, run_cli
+from toolkit.study.result import RunResult
 
 SNAPSHOT_YAML = str(ROOT / "configs" / "snapshot.yaml")
 LR = 0.003  # configs/digits.yaml
@@ -138,6 +139,15 @@ def test_ensemble_is_the_mean_of_the_snapshots_softmax(snap) -> None:
     for i, p in enumerate(probs):
         assert_metrics(metrics, f"snapshot_{i}", p, targets)
     assert_metrics(metrics, "ensemble", (probs[1] + probs[2]) / 2, targets)  # use_last=2
+
+
+def test_the_result_names_the_phase_and_epoch_of_each_averaged_snapshot(snap) -> None:
+    root, _ = snap
+    # 3 epochs of 4 steps, 3 cycles: snapshot i is taken at the end of epoch i, a full fine-tune (every epoch trains
+    # the backbone); the ensemble of the last 2 is snapshots 1 and 2
+    assert [torch.load(root / "checkpoints" / f"snapshot-{i}.pt")["epoch"] for i in range(3)] == [0, 1, 2]
+    result = RunResult.read(root / "result.json")
+    assert result is not None and result.tested_snapshots == "fine-tune epoch 1, fine-tune epoch 2"
 
 
 def test_validate_logs_each_snapshot_and_the_ensemble(snap) -> None:

@@ -193,7 +193,7 @@ class LocalExecutor:
 
     Args:
         slots: from :func:`make_slots`.
-        poll_s: seconds between polls of the running processes.
+        poll_s: seconds between polls of the running processes (a warm run's exit wakes the runner at once).
         warm: fork jobs that have ``args`` from a warm parent (see :mod:`toolkit.ablation.warm`); when the parent
             cannot start or fork, the jobs start as fresh processes and ``on_note`` says so.
         on_note: receives one line about how runs are started.
@@ -248,7 +248,7 @@ class LocalExecutor:
                         on_exit(job, code, False)
                 on_tick()
                 if active:
-                    time.sleep(self.poll_s)
+                    self._wait()
         except BaseException:  # Ctrl-C, SIGTERM, or an error of the runner itself: stop every run, mark it pending
             _stop_all([proc for _, _, proc in active.values()])
             for job, _, proc in active.values():
@@ -259,6 +259,14 @@ class LocalExecutor:
             if self.pool is not None:
                 self.pool.close()
                 self.pool = None
+
+    def _wait(self) -> None:
+        """Until the warm parent reports something (a forked run's exit: its slot is refilled at once, not at the
+        next poll) or ``poll_s`` passed; fresh processes are polled every ``poll_s``."""
+        if self.pool is not None and self.pool.proc.poll() is None:
+            self.pool.read(self.poll_s)
+        else:
+            time.sleep(self.poll_s)
 
     def _start(self, job: Job, slot: Slot) -> Process:
         job.log.parent.mkdir(parents=True, exist_ok=True)

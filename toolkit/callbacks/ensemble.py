@@ -51,6 +51,8 @@ class EnsembleEvaluator(pl.Callback):
         self._stage: str | None = None
         self._members: list[tuple[int, torch.nn.Module, MetricCollection]] = []
         self._ensemble_metrics: MetricCollection | None = None
+        #: the files of the members the last ``test`` averaged, oldest first (what ``test/*_ensemble`` measured)
+        self.tested_members: list[Path] = []
 
     # -- what subclasses provide -------------------------------------------------------------------------------
     def member_paths(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[int, Path]]:
@@ -113,6 +115,8 @@ class EnsembleEvaluator(pl.Callback):
         self._members, self._stage = members, stage
         self._ensemble_metrics = classification_metrics(num_classes).to(device)
         used = [index for index, _, _ in self._ensemble_members()]
+        if stage == "test":
+            self.tested_members = [path for index, path in paths if index in used]
         rank_zero_info(f"{type(self).__name__}: {stage} on {len(members)} members, ensemble of members {used}")
 
     def _build_member(self, pl_module: pl.LightningModule, path: Path) -> torch.nn.Module:

@@ -64,7 +64,8 @@ class SnapshotEnsemble(EnsembleEvaluator):
     ``trainer.strategy.lr_scheduler_configs``, so Lightning steps, checkpoints, resumes and monitors it.
 
     At the end of cycle ``i`` (0-based) the LightningModule's state_dict (weights and BN buffers) is copied to the
-    CPU and saved as ``snapshot-<i>.pt`` beside the checkpoints, as ``{"run": <run token>, "state_dict": ...}``. The
+    CPU and saved as ``snapshot-<i>.pt`` beside the checkpoints, as ``{"run": <run token>, "epoch": <epoch it was
+    taken in>, "state_dict": ...}`` (the epoch goes into the run's result: :func:`tested_snapshots`). The
     run token is drawn when a fit starts fresh and kept in its checkpoints, so the ensemble only ever averages
     snapshots of the run being tested, never files an earlier run left in the same folder.
     When ``T`` is not a multiple of ``M`` the last cycle
@@ -162,7 +163,7 @@ class SnapshotEnsemble(EnsembleEvaluator):
             state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".pt.partial")
-            torch.save({"run": self.run_token, "state_dict": state}, partial)
+            torch.save({"run": self.run_token, "epoch": trainer.current_epoch, "state_dict": state}, partial)
             os.replace(partial, path)  # a run killed while writing never leaves a truncated snapshot
             del state
         trainer.strategy.barrier("snapshot")
@@ -228,6 +229,37 @@ class SnapshotEnsemble(EnsembleEvaluator):
 
     def read_state_dict(self, path: Path) -> dict[str, torch.Tensor]:
         return _state_of(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def tested_snapshots(trainer: pl.Trainer) -> str | None:
+    """The snapshots behind ``test/*_ensemble``, as phase and epoch of each, oldest first, e.g.
+    ``fine-tune epoch 1, fine-tune epoch 2`` (the run's ``tested_snapshots``); None without a snapshot ensemble test.
+
+    An ensemble that averages a probe-phase snapshot says so here (and in the table's note): its number is partly the
+    probe's, not only the fine-tuned schedule's.
+    """
+    callback = next((c for c in trainer.callbacks if isinstance(c, SnapshotEnsemble)), None)
+    if callback is None or not callback.tested_members:
+        return None
+    phase_of = getattr(trainer.lightning_module, "phase_of", None)
+    described = []
+    for path in callback.tested_members:
+        epoch = _epoch_of(path)
+        if epoch is None:
+            described.append("epoch ?")  # a snapshot written before epochs were recorded
+        else:
+            described.append(f"{phase_of(epoch)} epoch {epoch}" if callable(phase_of) else f"epoch {epoch}")
+    return ", ".join(described)
+
+
+def _epoch_of(path: Path) -> int | None:
+    """The epoch stored in a snapshot file (None for older files or one that went missing); memory-mapped."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (OSError, RuntimeError):
+        return None
+    epoch = saved.get("epoch") if isinstance(saved, dict) else None
+    return int(epoch) if epoch is not None else None
 
 
 def _state_of(saved: dict[str, Any]) -> dict[str, torch.Tensor]:

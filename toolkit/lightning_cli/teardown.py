@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
 from toolkit import keys
 from toolkit.callbacks.health import FINISHED, RunHealth, health_summary
+from toolkit.callbacks.snapshot import tested_snapshots
 from toolkit.study.layout import RESULT_FILE, WANDB_DIR
 from toolkit.study.result import DONE, RunResult
 
@@ -31,6 +32,7 @@ def write_result(trainer: Trainer, status: str = FINISHED, reason: str | None = 
     # the epoch and phase of the checkpoint behind test/* (the report's "change never tested")
     describe = getattr(trainer.lightning_module, "tested_checkpoint", None)
     tested = describe() if callable(describe) else {}
+    tested["tested_snapshots"] = tested_snapshots(trainer)
     loggers = [lg for lg in trainer.loggers if is_wandb(lg)]
     for logger in loggers:
         logger.experiment.summary.update(health_summary({**health, **tested}))

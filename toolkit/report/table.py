@@ -162,6 +162,16 @@ def _last_snapshot_note(runs: pd.DataFrame, variant: str, metric: str, scale: fl
     return f"last snapshot alone {scale * values.mean():.1f}{spread} (n={len(values)})"
 
 
+def _ensemble_members_note(runs: pd.DataFrame, variant: str) -> str:
+    """Which snapshots a variant's counted runs averaged, e.g. ``ensemble members: fine-tune epoch 1, fine-tune
+    epoch 2`` (runs that differ are joined by `` / ``): an ensemble holding a probe-phase snapshot shows it."""
+    if "health/tested_snapshots" not in runs.columns:
+        return ""
+    mine = runs[(runs["variant"] == variant) & runs["counted"]]
+    found = [v for v in mine["health/tested_snapshots"] if isinstance(v, str) and v]
+    return f"ensemble members: {' / '.join(dict.fromkeys(found))}" if found else ""
+
+
 def _tested_note(runs: pd.DataFrame, variant: str) -> str:
     """Which checkpoints the counted runs of a variant tested, e.g. ``tested: fine-tune epoch 2-3``."""
     if "health/tested_epoch" not in runs.columns:
@@ -219,6 +229,9 @@ def aggregate(
             used = sorted(set(mine["source"]) - {metric})
             if used:
                 notes.append(f"ensemble: {', '.join(used)}")
+                members = _ensemble_members_note(runs, variant)
+                if members:
+                    notes.append(members)
                 single = _last_snapshot_note(runs, variant, metric, scale)
                 if single:
                     notes.append(single)

@@ -33,6 +33,8 @@ class RunResult:
         finetune_from: the first epoch the backbone trains (0: full fine-tune, None: a linear probe). With the
             tested epoch it tells the report whether the variant's change acted before the tested checkpoint
             (``toolkit.report.untested``); both also go into the W&B summary as ``health/<field>``.
+        tested_snapshots: for a snapshot ensemble, the phase and epoch of each snapshot its ``test/*_ensemble``
+            metrics averaged, oldest first (``fine-tune epoch 1, fine-tune epoch 2``); None otherwise.
         best_val: the best validation score (``keys.MONITOR``) of the fit, the one its best checkpoint was chosen by;
             ``tune:`` chooses each variant's value by it (`toolkit.study.tuning`). None: no checkpoint scored.
     """
@@ -45,10 +47,11 @@ class RunResult:
     tested_epoch: int | None = None
     tested_phase: str | None = None
     finetune_from: int | None = None
+    tested_snapshots: str | None = None
     best_val: float | None = None
 
     #: the fields that say which checkpoint was tested (also ``health/<field>`` in the W&B summary and runs.csv)
-    TESTED_FIELDS = ("tested_epoch", "tested_phase", "finetune_from")
+    TESTED_FIELDS = ("tested_epoch", "tested_phase", "finetune_from", "tested_snapshots")
 
     def write(self, path: str | Path) -> None:
         """Write atomically (a temporary file, then ``os.replace``): a reader sees the old file or the whole new one."""
