@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 import yaml
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -31,6 +32,7 @@ from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.callbacks.health import DIVERGED, Diverged, DivergenceGuard, RunHealth
 from toolkit.callbacks.pruning import SearchTrial, TrialPruning
 from toolkit.callbacks.random_state import RandomStateCheckpoint
+from toolkit.checkpoint_io import OneWritePerState
 from toolkit.ckpt_model import check_resume_folder, evaluated_run
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
@@ -243,6 +245,8 @@ class ToolkitCLI(LightningCLI):
 
             callbacks.append(CheckpointEnsemble(config.ensemble_ckpts))
         trainer = super().instantiate_trainer(**{"callbacks": callbacks, **kwargs})
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default; a configured one stays
+            trainer.strategy.checkpoint_io = OneWritePerState()  # best and last of one epoch: one write, a hard link
         if trainer.logger is None:  # no logger: nothing to monitor the lr into (LearningRateMonitor would raise)
             trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
         return trainer
