@@ -13,7 +13,7 @@ hard-links the new name to that file (a temporary link, then ``os.replace``) ins
 checkpoint callbacks' own bookkeeping can differ between the two dumps (``last_checkpoint``'s record of its previous
 file, which names the same ``last.ckpt`` from the second epoch on), and a resume reads the same training state
 either way (``tests/test_checkpoint_io.py`` pins both). A local file is always replaced, never written in place:
-``torch.save`` into a temporary file in the same folder, then ``os.replace``, so a later write to one name never
+the serialised bytes into a temporary file in the same folder, then ``os.replace``, so a later write to one name never
 changes the other (Lightning's own save stages the file in the system temp folder, and where that is another file
 system its move copies into the target in place). Remote paths and ``storage_options`` take Lightning's save; file
 systems without hard links the ordinary write.
@@ -21,6 +21,7 @@ systems without hard links the ordinary write.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -78,8 +79,11 @@ def _replace(checkpoint: dict[str, Any], target: Path) -> None:
     """Write ``checkpoint`` to ``target`` as a new file: a temporary file beside it, then ``os.replace``."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    buffer = io.BytesIO()  # serialised first, as Lightning does: a full disk is then an OSError naming the file,
+    torch.save(checkpoint, buffer)  # not the zip writer's RuntimeError
     try:
-        torch.save(checkpoint, tmp)
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
