@@ -127,6 +127,16 @@ def chunk_offsets(log: Path) -> list[int]:
     return offsets
 
 
+def cut_inside_a_record(log: Path, fraction: float) -> int:
+    """A length to cut ``log`` to that ends inside a chunk's payload, near ``fraction`` of its size: a cut at a plain
+    fraction can land on a chunk boundary (the record sizes vary with timestamps and ids), which reads as a log
+    that ended cleanly there, not as a truncated one."""
+    data = log.read_bytes()
+    chunks = [(pos, struct.unpack_from("<IHB", data, pos)[1]) for pos in chunk_offsets(log)]
+    pos, length = min(((p, n) for p, n in chunks if n >= 2), key=lambda c: abs(c[0] - fraction * len(data)))
+    return pos + 7 + length // 2
+
+
 def damaged_copy(log: Path, run_dir: Path, *, keep: int | None = None, flip: int | None = None) -> Path:
     """Copy ``log`` into ``run_dir/wandb/offline-run-x/`` cut to ``keep`` bytes and/or with byte ``flip`` inverted."""
     dest = Path(run_dir) / "wandb" / "offline-run-00000000_000000-damaged" / log.name
@@ -226,7 +236,7 @@ def synthetic_ablation(root: Path) -> dict[str, Any]:
         test={"test/acc": 0.5, "test/acc_ensemble": 0.99},
         **curve,
     )
-    full.write_bytes(full.read_bytes()[: int(full.stat().st_size * 0.6)])
+    full.write_bytes(full.read_bytes()[: cut_inside_a_record(full, 0.6)])
     info["truncated"] = full
     source = info["logs"]["full", 0]
     middle = chunk_offsets(source)[len(chunk_offsets(source)) // 2]
