@@ -48,17 +48,17 @@ class OneWritePerState(TorchCheckpointIO):
 
     @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        target = Path(path) if "://" not in str(path) else None
-        key = _state_key(checkpoint) if target is not None and storage_options is None else None
-        if key is not None and target is not None and self._written is not None:
+        if "://" in str(path) or storage_options is not None:  # remote, or options only Lightning's save takes
+            super().save_checkpoint(checkpoint, path, storage_options)
+            self._written = None
+            return
+        target, key = Path(path), _state_key(checkpoint)
+        if self._written is not None:
             previous_key, previous = self._written
             if previous_key == key and previous != target and self._link(previous, target):
                 return
-        if key is None or target is None:
-            super().save_checkpoint(checkpoint, path, storage_options)
-        else:
-            _replace(checkpoint, target)
-        self._written = (key, target) if key is not None and target is not None else None
+        _replace(checkpoint, target)
+        self._written = (key, target)
 
     @staticmethod
     def _link(source: Path, target: Path) -> bool:
@@ -76,7 +76,11 @@ class OneWritePerState(TorchCheckpointIO):
 
 
 def _replace(checkpoint: dict[str, Any], target: Path) -> None:
-    """Write ``checkpoint`` to ``target`` as a new file: a temporary file beside it, then ``os.replace``."""
+    """Write ``checkpoint`` to ``target`` as a new file: a temporary file beside it, then ``os.replace``.
+
+    Not ``atomic.write_atomically``: that re-raises a write error under the output's own path, and a failed
+    checkpoint is reported by the fit's handler under its run folder (as Lightning's own save fails).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     buffer = io.BytesIO()  # serialised first, as Lightning does: a full disk is then an OSError naming the file,

@@ -253,12 +253,11 @@ def tested_snapshots(trainer: pl.Trainer) -> str | None:
 
 
 def _epoch_of(path: Path) -> int | None:
-    """The epoch stored in a snapshot file (None for older files or one that went missing); memory-mapped."""
+    """The epoch stored in a snapshot file (None for older files or one that went missing)."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        epoch = _header_of(path).get("epoch")
     except (OSError, RuntimeError):
         return None
-    epoch = saved.get("epoch") if isinstance(saved, dict) else None
     return int(epoch) if epoch is not None else None
 
 
@@ -268,6 +267,12 @@ def _state_of(saved: dict[str, Any]) -> dict[str, torch.Tensor]:
 
 
 def _run_of(path: Path) -> str | None:
-    """The run token stored in a snapshot file (None for older files); memory-mapped: reads one key."""
+    """The run token stored in a snapshot file (None for older files)."""
+    return _header_of(path).get("run")
+
+
+def _header_of(path: Path) -> dict[str, Any]:
+    """The fields beside the weights of a snapshot file (``run``, ``epoch``; {} for a plain state dict of older
+    versions); memory-mapped: the weights are not read."""
     saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return saved.get("run") if "state_dict" in saved else None
+    return {k: v for k, v in saved.items() if k != "state_dict"} if "state_dict" in saved else {}
