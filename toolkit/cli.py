@@ -56,6 +56,8 @@ _COMMANDS = {
     "weights": "toolkit.weights.cli",
     "doctor": "toolkit.doctor.cli",
     "search": "toolkit.search.cli",
+    # internal: the runner's pre-launch check, forked from its warm parent (toolkit.ablation.check_process)
+    "_check": "toolkit.ablation.check_process",
 }
 
 

@@ -23,7 +23,7 @@ from toolkit import keys
 from toolkit.ablation import lifecycle
 from toolkit.ablation.command import DEFAULT_LAUNCHER, resume_args, shell_command
 from toolkit.ablation.executor import Executor
-from toolkit.ablation.local import LocalRuns, make_slots
+from toolkit.ablation.local import LocalRuns, make_slots, prestarted_pool
 from toolkit.ablation.progress import LiveView
 from toolkit.errors import ToolkitError
 from toolkit.study import tuning
@@ -67,7 +67,7 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
     root = Path(options.root).absolute()
     executor = make_executor(options, spec)
     if options.validate:
-        lifecycle.check(spec, root, executor.gpus)  # before anything is created or started
+        lifecycle.check(spec, root, executor.gpus, prestarted_pool())  # before anything is created or started
     if spec.tune:
         stage = tuning.tune_study(spec)
         if options.validate:
