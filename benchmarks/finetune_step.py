@@ -207,10 +207,12 @@ def threads_check(args: argparse.Namespace, tmp: Path) -> None:
     """A hand-run fit beside one busy process: the thread policy's pick vs OMP_NUM_THREADS=1 (wall seconds)."""
     exe = Path(sys.executable).with_name("toolkit")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    warm = [str(exe), "fit", "--config", QUICKSTART, "--trainer.max_epochs", "1", "--test_after_fit", "false",
+    warm = [str(exe), "fit", "--config", QUICKSTART, "--trainer.max_epochs", "2", "--test_after_fit", "false",
             "--trainer.enable_progress_bar", "false",
             "--trainer.default_root_dir", str(tmp / "threads-warm")]  # fmt: skip
-    subprocess.run(warm, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, cwd=ROOT, check=True)
+    done = subprocess.run(warm, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"toolkit fit failed: {done.stderr[-2000:]}")
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     times: dict[str, list[float]] = {"policy": [], "OMP_NUM_THREADS=1": []}
     cpu: dict[str, list[float]] = {name: [] for name in times}
