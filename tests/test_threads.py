@@ -79,3 +79,15 @@ def test_hand_run_fit_sets_its_threads(tmp_path: Path) -> None:
     assert threads == max(1, allowed - busy)
     # what the run computed with (torch.get_num_threads at its end) is what it said
     assert json.loads((tmp_path / RESULT_FILE).read_text())["cpu_threads"] == threads
+
+
+def test_print_config_prints_only_the_config(capsys: pytest.CaptureFixture) -> None:
+    from conftest import DIGITS
+
+    from toolkit.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", DIGITS, "--print_config"])
+    assert exit_.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert not out.startswith("threads:") and "seed_everything: 0" in out  # YAML a user can save as a config

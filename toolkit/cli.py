@@ -113,7 +113,8 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if args[0] in _COMMANDS:
         module = importlib.import_module(_COMMANDS[args[0]])  # lazily: `report` must not import torch
         sys.exit(module.main(args[1:]))
-    if args[0] in _LIGHTNING and not {"-h", "--help", "--print_config"} & set(args):
+    shows_only = any(a in ("-h", "--help") or a.startswith(("--print_config", "--print-config")) for a in args)
+    if args[0] in _LIGHTNING and not shows_only:  # help and --print_config print only what they are asked for
         from toolkit.threads import apply_threads, choose_threads
 
         threads = choose_threads()  # before torch loads; every run's entry point, hand-run or the runner's
