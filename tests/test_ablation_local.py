@@ -296,3 +296,16 @@ def test_a_run_that_completed_while_the_runner_was_down_is_not_run_again(tmp_pat
     assert records[first.id]["status"] == "done" and records[first.id]["attempts"] == 1
     assert records[second.id]["status"] == "done" and records[second.id]["attempts"] == 2
     assert [Path(r["run_dir"]).name for r in received(root)] == ["seed1"]
+
+
+def test_a_machine_without_a_gpu_driver_counts_no_gpus_without_torch(tmp_path: Path) -> None:
+    """The runner splits a CPU-only machine into slots without importing torch (it stays light; see check_process)."""
+    code = (
+        "import sys, toolkit.ablation.local as local\n"
+        f"local.GPU_DRIVER_NODES = ({str(tmp_path / 'no-driver')!r},)\n"
+        "slots = local.make_slots(workers=2, devices=None)\n"
+        "print(len(slots), [s.gpus for s in slots], 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split("\n")[0] == "2 [(), ()] False"

@@ -84,3 +84,53 @@ def test_a_torch_free_runner_checks_in_a_child_and_never_imports_torch(tmp_path:
     assert bad["torch"] is False
     assert bad["outcome"].startswith("variant 'frozen' of ") and "zero-initialised scale" in bad["outcome"]
     assert not (tmp_path / "runs").exists()
+
+
+CHECK_IN_WARM_CHILD = """
+import json, sys
+from toolkit.ablation import lifecycle
+from toolkit.ablation.local import prestart_warm_parent, prestarted_pool
+from toolkit.errors import ToolkitError
+from toolkit.study.spec import load_spec
+prestart_warm_parent()
+pool = prestarted_pool()
+started = []
+start = pool.start
+pool.start = lambda args, env, log: started.append(args[0]) or start(args, env, log)
+outcomes = []
+for path in sys.argv[2:]:
+    try:
+        lifecycle.check(load_spec(path), sys.argv[1], 0, pool)
+        outcomes.append("ok")
+    except ToolkitError as err:
+        outcomes.append(str(err))
+print(json.dumps({"outcomes": outcomes, "torch": "torch" in sys.modules, "forked": started}))
+"""
+
+
+@pytest.mark.slow  # a runner and its warm parent
+def test_a_runner_with_a_warm_parent_checks_in_a_child_of_it(tmp_path: Path) -> None:
+    tiny = {"trainer.max_epochs": 1, "trainer.limit_train_batches": 1}
+    paths = []
+    for name, variants in (
+        ("good", {"full": {}, "dropout": {"model.drop_rate": 0.2}}),
+        ("bad", {"full": {}, "frozen": {"model.batchnorm": "frozen"}}),
+    ):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(json.dumps({"name": name, "base": [str(DIGITS)], "overrides": tiny, "seeds": [0],
+                                    "variants": variants}))  # fmt: skip
+        paths.append(str(path))
+    out = subprocess.run(
+        [sys.executable, "-c", CHECK_IN_WARM_CHILD, str(tmp_path / "runs"), *paths],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["torch"] is False and result["forked"] == ["_check", "_check"]  # both checks forked, none fresh
+    good, bad = result["outcomes"]
+    assert good == "ok"
+    # the same line as the in-process check
+    assert bad.startswith("variant 'frozen' of ") and "zero-initialised scale" in bad
+    assert not (tmp_path / "runs").exists()

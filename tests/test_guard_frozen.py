@@ -22,7 +22,8 @@ class Poison(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         module = pl_module.head[-1] if self.where == "head" else pl_module.backbone
         with torch.no_grad():
-            next(module.parameters()).view(-1)[0] = float("nan")
+            param = next(module.parameters())
+            param[(0,) * param.ndim] = float("nan")  # by index: a channels-last conv weight has no flat view
 
 
 def fit(tmp_path: Path, where: str) -> None:

@@ -56,6 +56,8 @@ _COMMANDS = {
     "weights": "toolkit.weights.cli",
     "doctor": "toolkit.doctor.cli",
     "search": "toolkit.search.cli",
+    # internal: the runner's pre-launch check, forked from its warm parent (toolkit.ablation.check_process)
+    "_check": "toolkit.ablation.check_process",
 }
 
 
@@ -111,6 +113,13 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if args[0] in _COMMANDS:
         module = importlib.import_module(_COMMANDS[args[0]])  # lazily: `report` must not import torch
         sys.exit(module.main(args[1:]))
+    shows_only = any(a in ("-h", "--help") or a.startswith(("--print_config", "--print-config")) for a in args)
+    if args[0] in _LIGHTNING and not shows_only:  # help and --print_config print only what they are asked for
+        from toolkit.threads import apply_threads, choose_threads
+
+        threads = choose_threads()  # before torch loads; every run's entry point, hand-run or the runner's
+        apply_threads(threads)
+        print(threads.line(), flush=True)
     from toolkit import short_help
     from toolkit.cli_options import snake
     from toolkit.lightning_cli import run_cli

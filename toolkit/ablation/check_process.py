@@ -10,6 +10,11 @@ Protocol: the spec, root and GPU count go to the child's stdin as JSON; the chil
 after writing the :class:`~toolkit.errors.ToolkitError` line to stdout, or 1 with a traceback on stderr.
 
     python -m toolkit.ablation.check_process < request.json
+
+When the runner has started its warm parent (``toolkit.ablation.warm``), the check is forked from it instead, as the
+internal command ``toolkit _check request.json`` (the refusal goes to the file the request's ``out`` names): the
+parent imports torch, Lightning and timm once for the check and every run, where a fresh child would import them a
+second time while the parent imports them too (on a loaded 2-core machine that doubled the check: 15.6 s vs 4.5 s).
 """
 
 from __future__ import annotations
@@ -19,17 +24,25 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from toolkit.errors import ToolkitError
 from toolkit.study.spec import AblationSpec
 
-#: the child's exit status for a refused spec (its stdout holds the reason)
+if TYPE_CHECKING:
+    from toolkit.ablation.warm import WarmPool
+
+#: the child's exit status for a refused spec (its stdout, or the request's ``out`` file, holds the reason)
 REFUSED = 2
+#: the internal ``toolkit`` command a warm child runs the check as (``toolkit.cli`` maps it to :func:`main`)
+CHECK_COMMAND = "_check"
 
 
-def check_spec(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
-    """Check ``spec`` before any run starts: in this process if it holds torch already, else in a child.
+def check_spec(spec: AblationSpec, root: str | Path, gpus: int = 0, warm: WarmPool | None = None) -> None:
+    """Check ``spec`` before any run starts: in this process if it holds torch already, else in a child: forked
+    from the runner's warm parent when there is one (its imports serve the check and then the runs), else fresh.
 
     Raises:
         ToolkitError: the check's own line (naming the variant and the reason), or why the child failed.
@@ -39,25 +52,52 @@ def check_spec(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
 
         check_variants(spec, root, gpus)
         return
-    request = json.dumps({"spec": dataclasses.asdict(spec), "root": str(root), "gpus": gpus})
+    request = {"spec": dataclasses.asdict(spec), "root": str(root), "gpus": gpus}
+    if warm is not None:
+        code, output = _check_in_warm_child(warm, request)
+        if code is not None:
+            _outcome(spec, code, output)
+            return
     done = subprocess.run(
         [sys.executable, "-m", "toolkit.ablation.check_process"],
-        input=request.encode(),
+        input=json.dumps(request).encode(),
         stdout=subprocess.PIPE,  # stderr passes through: what the check says (weights loaded from where) is seen
         check=False,
     )
-    if done.returncode == REFUSED:
-        raise ToolkitError(done.stdout.decode(errors="replace").strip())
-    if done.returncode != 0:
+    _outcome(spec, done.returncode, done.stdout.decode(errors="replace"))
+
+
+def _check_in_warm_child(warm: WarmPool, request: dict[str, Any]) -> tuple[int | None, str]:
+    """Run the check as ``toolkit _check <request file>`` forked from the warm parent: its exit status and refusal
+    (None when the parent is gone: the caller then starts a fresh child). What the check printed is echoed."""
+    with tempfile.TemporaryDirectory(prefix="toolkit-check-") as tmp:
+        folder = Path(tmp)
+        (folder / "request.json").write_text(json.dumps({**request, "out": str(folder / "refusal.txt")}))
+        log = folder / "check.log"
+        try:
+            code = warm.start([CHECK_COMMAND, str(folder / "request.json")], {}, log).wait()
+        except OSError:
+            return None, ""
+        if log.is_file():
+            sys.stderr.write(log.read_text(errors="replace"))  # as the fresh child's stderr would pass through
+        refusal = folder / "refusal.txt"
+        return code, refusal.read_text() if refusal.is_file() else ""
+
+
+def _outcome(spec: AblationSpec, code: int, refusal: str) -> None:
+    if code == REFUSED:
+        raise ToolkitError(refusal.strip())
+    if code != 0:
         raise ToolkitError(
-            f"the pre-launch check of {spec.path or spec.name} crashed (exit {done.returncode}) before any run "
+            f"the pre-launch check of {spec.path or spec.name} crashed (exit {code}) before any run "
             "started; its traceback is above: fix what it names and run the same command again"
         )
 
 
-def main() -> None:
-    """The child: read the request, check, exit without the interpreter's teardown (it only frees memory)."""
-    request = json.load(sys.stdin)
+def main(argv: list[str] | None = None) -> int:
+    """The child: read the request (stdin, or the file ``argv`` names: ``toolkit _check FILE`` in a warm child),
+    check, exit without the interpreter's teardown (it only frees memory)."""
+    request = json.loads(Path(argv[0]).read_text()) if argv else json.load(sys.stdin)
     spec = AblationSpec(**request["spec"])
     from toolkit.ablation.command import check_variants
 
@@ -65,7 +105,10 @@ def main() -> None:
         check_variants(spec, request["root"], request["gpus"])
         code = 0
     except ToolkitError as err:
-        sys.stdout.write(f"{err}\n")
+        if request.get("out"):
+            Path(request["out"]).write_text(f"{err}\n")
+        else:
+            sys.stdout.write(f"{err}\n")
         code = REFUSED
     sys.stdout.flush()
     sys.stderr.flush()

@@ -20,7 +20,7 @@ import socket
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolkit.ablation.check_process import check_spec
 from toolkit.ablation.ckpt_epochs import epochs_done
@@ -31,6 +31,9 @@ from toolkit.study.layout import CHECKPOINTS, RESULT_FILE, RUN_LOG, wandb_runs
 from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
 from toolkit.study.result import RunResult
 from toolkit.study.spec import AblationSpec, Run
+
+if TYPE_CHECKING:
+    from toolkit.ablation.warm import WarmPool
 
 ERROR_LINES = 20
 #: the last line of a Python traceback: ``ValueError: ...``, ``torch.OutOfMemoryError: ...``
@@ -86,12 +89,13 @@ def completed_since(run_dir: Path, started_at: float | None) -> bool:
 
 
 # -- check ---------------------------------------------------------------------------------------------------------
-def check(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
+def check(spec: AblationSpec, root: str | Path, gpus: int = 0, warm: WarmPool | None = None) -> None:
     """Parse every variant's ``toolkit fit`` command and build each distinct model once; refuse a no-op variant.
 
-    Runs in a short-lived child process when this one has not imported torch (see :mod:`check_process`).
+    Runs in a short-lived child process when this one has not imported torch (see :mod:`check_process`), forked from
+    ``warm`` (the runner's warm parent) when given.
     """
-    check_spec(spec, root, gpus)
+    check_spec(spec, root, gpus, warm)
 
 
 def check_parses(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:

@@ -40,6 +40,10 @@ from toolkit.study.spec import AblationSpec, Run
 _PR_SET_PDEATHSIG = 1
 
 
+#: what a GPU driver creates: NVIDIA's (``/proc/driver/nvidia``, ``/dev/nvidiactl``) and ROCm's (``/dev/kfd``)
+GPU_DRIVER_NODES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
+
+
 @dataclass(frozen=True)
 class Slot:
     """Where one run executes: its GPUs (empty on CPU) and the CPU threads it may use."""
@@ -58,6 +62,10 @@ def visible_gpus() -> list[str]:
     """GPU ids this process may use: ``CUDA_VISIBLE_DEVICES`` when set, else every GPU torch sees."""
     if "CUDA_VISIBLE_DEVICES" in os.environ:
         return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if d.strip() and d.strip() != "-1"]
+    if not any(os.path.exists(node) for node in GPU_DRIVER_NODES):
+        # no GPU driver, no GPU: the runner stays torch-free (importing torch to count 0 GPUs cost ~1-2.6 s, and a
+        # runner holding torch checks the variants in-process, importing Lightning too: ~6 s on a 2-core machine)
+        return []
     # count through NVML: a CUDA context in the runner is never needed (the runs own the GPUs)
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     import torch
@@ -186,6 +194,11 @@ def prestart_warm_parent() -> None:
     """
     if not _prestarted and fork_unsafe_reason([]) is None:
         _prestarted.append(WarmPool(preexec_fn=_die_with_parent(os.getpid())))
+
+
+def prestarted_pool() -> WarmPool | None:
+    """The warm parent :func:`prestart_warm_parent` started (still unused by an executor), else None."""
+    return _prestarted[0] if _prestarted else None
 
 
 class LocalExecutor:

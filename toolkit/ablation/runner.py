@@ -12,6 +12,8 @@ one (``resumed_from``); the report keeps the latest. Nothing trains twice.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from toolkit import keys
 from toolkit.ablation import lifecycle
 from toolkit.ablation.command import DEFAULT_LAUNCHER, resume_args, shell_command
 from toolkit.ablation.executor import Executor
-from toolkit.ablation.local import LocalRuns, make_slots
+from toolkit.ablation.local import LocalRuns, make_slots, prestarted_pool
 from toolkit.ablation.progress import LiveView
 from toolkit.errors import ToolkitError
 from toolkit.study import tuning
@@ -66,8 +68,13 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
     console = console or Console()
     root = Path(options.root).absolute()
     executor = make_executor(options, spec)
-    if options.validate:
-        lifecycle.check(spec, root, executor.gpus)  # before anything is created or started
+    preload = _preload_report() if options.report and not options.dry_run else None
+    try:
+        if options.validate:
+            lifecycle.check(spec, root, executor.gpus, prestarted_pool())  # before anything is created or started
+    finally:
+        if preload is not None:
+            preload.join()  # no thread is alive when runs start (a fresh run's preexec_fn needs that)
     if spec.tune:
         stage = tuning.tune_study(spec)
         if options.validate:
@@ -193,6 +200,26 @@ def _summarise(
     if done and options.report and report:
         _report(spec, root, console)
     return 0 if len(done) == len(runs) else 1
+
+
+def _preload_report() -> threading.Thread:
+    """Import what the report at the end needs, in a thread, while the variants are checked (the runner only waits
+    for the check's child then): 2-3 s of pandas, scipy, statsmodels and matplotlib that a small study's report
+    otherwise pays after its last run. A failed import is left for the report to meet and explain."""
+
+    def load() -> None:
+        with contextlib.suppress(Exception):
+            from scipy import stats  # noqa: F401 - what report.stats and report.table import lazily
+            from statsmodels.stats.multitest import multipletests  # noqa: F401
+
+            from toolkit.report import build, untested  # noqa: F401
+            from toolkit.report.figure import pyplot
+
+            pyplot()
+
+    thread = threading.Thread(target=load, name="report-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def _report(spec: AblationSpec, root: Path, console: Console) -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
@@ -41,7 +42,8 @@ def write_result(trainer: Trainer, status: str = FINISHED, reason: str | None = 
     done = DONE if status == FINISHED else status
     score = getattr(trainer.checkpoint_callback, "best_model_score", None)
     best_val = float(score) if score is not None else None
-    record = RunResult(done, time.time(), run_id, metrics, health, **tested, best_val=best_val)
+    threads = torch.get_num_threads()  # toolkit.threads: part of what the numbers depend on
+    record = RunResult(done, time.time(), run_id, metrics, health, **tested, best_val=best_val, cpu_threads=threads)
     record.write(Path(trainer.default_root_dir) / RESULT_FILE)
 
 

@@ -37,6 +37,7 @@ class RunResult:
             metrics averaged, oldest first (``fine-tune epoch 1, fine-tune epoch 2``); None otherwise.
         best_val: the best validation score (``keys.MONITOR``) of the fit, the one its best checkpoint was chosen by;
             ``tune:`` chooses each variant's value by it (`toolkit.study.tuning`). None: no checkpoint scored.
+        cpu_threads: the CPU threads the run computed with (``toolkit.threads``; float sums depend on it).
     """
 
     status: str
@@ -49,6 +50,7 @@ class RunResult:
     finetune_from: int | None = None
     tested_snapshots: str | None = None
     best_val: float | None = None
+    cpu_threads: int | None = None
 
     #: the fields that say which checkpoint was tested (also ``health/<field>`` in the W&B summary and runs.csv)
     TESTED_FIELDS = ("tested_epoch", "tested_phase", "finetune_from", "tested_snapshots")
