@@ -86,10 +86,12 @@ def test_markdown_has_variant_rows_and_metric_columns(report: ReportResult) -> N
         "Accuracy",
         "F1",
         "Δ Accuracy (pts)",
-        "95 % CI",
+        "95 % CI (Holm)",
         "p (Holm)",
+        "MDE (pts)",
         "Direction",
         "Seeds",
+        "Epochs",
         "Notes",
     ]
     body = {cells[0]: cells for cells in ([c.strip() for c in row.strip("|").split("|")] for row in table[2:])}
@@ -101,9 +103,10 @@ def test_markdown_has_variant_rows_and_metric_columns(report: ReportResult) -> N
     assert body["snapshot"][1].startswith("**") and body["snapshot"][1].endswith("†")
     delta = 100 * (statistics.mean(expected("no-bn", "test/acc")) - statistics.mean(full))
     assert body["no-bn"][3] == f"{delta:+.2f}"
-    assert body["no-bn"][4].startswith("[-") and body["no-bn"][5] == "\u2013"  # 2 paired seeds: a CI, no p
-    assert body["no-bn"][6] == "2/2 lower" and body["no-bn"][7] == "2" and "n=2 of 3 seeds" in body["no-bn"][8]
-    assert "no p-value: 2 paired seeds" in body["no-bn"][8]
+    # 2 paired seeds: no p, so no adjusted CI and no MDE either (an interval on 1 df says next to nothing)
+    assert body["no-bn"][4] == body["no-bn"][5] == body["no-bn"][6] == "\u2013"
+    assert body["no-bn"][7] == "2/2 lower" and body["no-bn"][8] == "2" and "n=2 of 3 seeds" in body["no-bn"][10]
+    assert "no p-value: 2 paired seeds" in body["no-bn"][10]
     # every run that does not count is listed under the table with its class and reason
     section = "\n".join(lines[lines.index("### Runs not counted") :])
     assert "no-bn seed 2 run" in section and "failed: exit code 1" in section

@@ -41,7 +41,8 @@ def write_result(trainer: Trainer, status: str = FINISHED, reason: str | None = 
     done = DONE if status == FINISHED else status
     score = getattr(trainer.checkpoint_callback, "best_model_score", None)
     best_val = float(score) if score is not None else None
-    record = RunResult(done, time.time(), run_id, metrics, health, **tested, best_val=best_val)
+    scores = [round(v, 6) for v in health_cb.val_scores] if health_cb is not None else []
+    record = RunResult(done, time.time(), run_id, metrics, health, **tested, best_val=best_val, val_scores=scores)
     record.write(Path(trainer.default_root_dir) / RESULT_FILE)
 
 

@@ -218,12 +218,14 @@ def report_spec(
 
     A spec with ``tune:`` reports the values chosen for each row (its ``tune.json``; refused before its tune stage
     has finished)."""
-    tuned = None
     if spec.tune:
         chosen = tuning.read_choices(root, spec)
         if chosen is None:
             tuning.resolve(spec, root)  # raises the one-line "tune stage has not finished"
         tuned = tuning.column(spec, chosen or {})
+    else:  # the rows that change the optimisation but run at the baseline's settings say so
+        tuned = tuning.untuned_column(spec)
+        tuned = tuned if any(tuned.values()) else None
     return build_report(
         spec.name,
         spec.baseline,

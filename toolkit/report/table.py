@@ -5,8 +5,16 @@ The tidy table has one row per (variant, metric): ``TABLE_COLUMNS``. ``n`` count
 difference of means against the baseline variant, in percentage points for fractions (accuracy, F1) and in the
 metric's units otherwise, ``ci_low``/``ci_high`` the 95 % CI of the mean paired difference (same units);
 ``p_value`` is a paired t-test over the seeds both variants finished (NaN below 3 pairs), ``p_adjusted`` that
-p Holm-adjusted over the comparisons of the metric, ``direction`` e.g. ``3/3 lower``; ``excluded`` counts the
-variant's seeds that have runs but none healthy and finished (the variant is flagged).
+p Holm-adjusted over the comparisons of the metric, ``ci_adj_low``/``ci_adj_high`` the paired interval that agrees
+with it and ``mde`` the smallest effect the row's seeds can detect (both: `toolkit.report.stats`), ``direction``
+e.g. ``3/3 lower``; ``excluded`` counts the variant's seeds that have runs but none healthy and finished (the
+variant is flagged). ``epochs`` is the span of epochs the counted runs trained (``4-7``; ``early stop`` when early
+stopping ended any), and the note says how many counted seeds were still improving when they stopped
+(`toolkit.study.convergence`).
+
+A **deterministic** row (every counted seed gave the same value, e.g. a converged probe on a split shared by all
+seeds) is one result repeated, not n samples: it is shown as ``n = 1`` and gets no per-seed test (no p-value, no
+direction); its Δ and unadjusted CI are against the baseline's spread.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import pandas as pd
 
 from toolkit.keys import ensemble_key, snapshot_key
 from toolkit.report.health import COMPLETED, FINISHED, classify, describe
-from toolkit.report.stats import MIN_SEEDS_FOR_P, adjust, compare
+from toolkit.report.stats import MIN_SEEDS_FOR_P, Comparison, adjust, adjusted_ci, compare, min_detectable_effect
 
 TABLE_COLUMNS = [
     "variant",
@@ -34,7 +42,11 @@ TABLE_COLUMNS = [
     "ci_high",
     "p_value",
     "p_adjusted",
+    "ci_adj_low",
+    "ci_adj_high",
+    "mde",
     "direction",
+    "epochs",
     "excluded",
     "best",
     "note",
@@ -185,6 +197,34 @@ def _tested_note(runs: pd.DataFrame, variant: str) -> str:
     return f"tested: {'/'.join(phases) or '?'} epoch {span}"
 
 
+def _epochs(runs: pd.DataFrame, variant: str) -> str:
+    """The epochs the counted runs of a variant trained: ``3``, ``4-7``, with ``, early stop`` when it ended any."""
+    if "health/epochs_completed" not in runs.columns:
+        return ""
+    mine = runs[(runs["variant"] == variant) & runs["counted"]]
+    epochs = pd.to_numeric(mine["health/epochs_completed"], errors="coerce").dropna().astype(int)
+    if epochs.empty:
+        return ""
+    span = f"{epochs.min()}" if epochs.min() == epochs.max() else f"{epochs.min()}-{epochs.max()}"
+    early = mine.get("health/stopped_early", pd.Series(dtype=object))
+    return span + (", early stop" if any(v is True or v == 1.0 for v in early) else "")
+
+
+def _improving_note(runs: pd.DataFrame, variant: str) -> str:
+    """``still improving at its last epoch: 2 of 5 seeds`` over the counted runs (empty when none was)."""
+    if "health/still_improving" not in runs.columns:
+        return ""
+    mine = runs[(runs["variant"] == variant) & runs["counted"]]
+    rising = sum(1 for v in mine["health/still_improving"] if v is True or v == 1.0)
+    return f"still improving at its last epoch: {rising} of {len(mine)} seeds" if rising else ""
+
+
+def deterministic(series: pd.Series) -> bool:
+    """Whether a variant's per-seed values are one value repeated (two seeds or more, no spread at all)."""
+    values = series.dropna().to_numpy(dtype=float)
+    return len(values) >= 2 and float(np.ptp(values)) == 0.0
+
+
 def _excluded(runs: pd.DataFrame, variant: str, expected: Sequence[int]) -> int:
     """How many expected seeds of a variant have runs but none that counts (unhealthy, failed, unfinished)."""
     mine = runs[(runs["variant"] == variant) & runs["seed"].isin(list(expected))]
@@ -216,6 +256,7 @@ def aggregate(
     if seeds is not None:  # runs of seeds the spec no longer lists do not count
         values = values[values["seed"].isin(expected)]
     rows = []
+    comparisons: dict[tuple[str, str], Comparison] = {}
     for metric in metrics:
         by_metric = values[values["metric"] == metric]
         base = by_metric[by_metric["variant"] == baseline].set_index("seed")["value"]
@@ -241,38 +282,67 @@ def aggregate(
             seed_note = _seed_note(runs, variant, metric, set(series.index), expected)
             if seed_note:
                 notes.append(seed_note)
+            improving = _improving_note(runs, variant)
+            if improving:
+                notes.append(improving)
+            fixed = variant != baseline and deterministic(series)
             row = {
                 "variant": variant,
                 "metric": metric,
-                "n": len(series),
+                "n": 1 if fixed else len(series),
                 "excluded": _excluded(runs, variant, expected),
+                "epochs": _epochs(runs, variant),
             }
             row["mean"] = float(series.mean()) if len(series) else math.nan
-            row["std"] = float(series.std(ddof=1)) if len(series) > 1 else math.nan
+            row["std"] = float(series.std(ddof=1)) if len(series) > 1 and not fixed else math.nan
             row["delta"] = scale * (row["mean"] - float(base.mean())) if len(base) and len(series) else math.nan
             if variant != baseline:
                 comparison = compare(series, base)
+                comparisons[(variant, metric)] = comparison
                 row.update(
                     ci_low=scale * comparison.ci_low,
                     ci_high=scale * comparison.ci_high,
-                    p_value=comparison.p_value,
-                    direction=comparison.direction(),
+                    p_value=math.nan if fixed else comparison.p_value,
+                    direction="" if fixed else comparison.direction(),
                 )
                 paired = comparison.n_paired
+                if fixed:
+                    notes.append(
+                        f"deterministic: all {len(series)} seeds gave the same value, shown as one run "
+                        "(no per-seed test)"
+                    )
                 if len(series) and paired < max(len(series), len(base)):
                     notes.append(f"Δ over all seeds, CI and p over {paired} paired")
-                if len(series) and 0 < paired < MIN_SEEDS_FOR_P:
+                if len(series) and 0 < paired < MIN_SEEDS_FOR_P and not fixed:
                     notes.append(
                         f"no p-value: {paired} paired seed{'s' * (paired != 1)} (a test needs {MIN_SEEDS_FOR_P})"
                     )
             row["note"] = "; ".join(notes)
             rows.append(row)
-    table = pd.DataFrame(rows, columns=[c for c in TABLE_COLUMNS if c not in ("best", "p_adjusted")])
+    table = pd.DataFrame(
+        rows, columns=[c for c in TABLE_COLUMNS if c not in ("best", "p_adjusted", "ci_adj_low", "ci_adj_high", "mde")]
+    )
     table["direction"] = table["direction"].astype(object).fillna("")
     # one family per metric: every variant's comparison with the baseline on that metric
     families = [adjust(group["p_value"]) for _, group in table.groupby("metric", sort=False)]
     table["p_adjusted"] = pd.concat(families) if families else pd.Series(dtype=float)
+    _add_adjusted(table, comparisons)
     return mark_best(table)[TABLE_COLUMNS]
+
+
+def _add_adjusted(table: pd.DataFrame, comparisons: dict[tuple[str, str], Comparison]) -> None:
+    """Fill ``ci_adj_low``/``ci_adj_high`` (the interval that agrees with the Holm p) and ``mde`` in place."""
+    table["ci_adj_low"] = table["ci_adj_high"] = table["mde"] = math.nan
+    family = table.groupby("metric")["p_value"].transform(lambda p: int(p.notna().sum()))
+    for index, row in table.iterrows():
+        comparison = comparisons.get((row["variant"], row["metric"]))
+        if comparison is None or math.isnan(row["p_value"]):
+            continue
+        scale = 100.0 if is_fraction(row["metric"]) else 1.0
+        low, high = adjusted_ci(comparison, row["p_value"], row["p_adjusted"])
+        table.loc[index, ["ci_adj_low", "ci_adj_high"]] = scale * low, scale * high
+        mde = min_detectable_effect(comparison.sd_diff, comparison.n_paired, int(family[index]))
+        table.loc[index, "mde"] = scale * mde
 
 
 def mark_best(table: pd.DataFrame) -> pd.DataFrame:

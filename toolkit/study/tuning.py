@@ -12,7 +12,10 @@
    each variant's overrides, so they are part of its run ids).
 
 The test split is never read. A variant that sets a tuned key itself keeps its own value (``fixed`` in the table). The
-report reads ``tune.json`` to find the runs and prints the chosen values as a column.
+report reads ``tune.json`` to find the runs and prints the chosen values as a column; a chosen value at either end
+of its grid is marked ``(grid edge)``: the best value may lie beyond what was tried. A study without ``tune:``
+marks the rows whose change alters the optimisation (`OPTIMISATION_KEYS`) ``not tuned``: they run at the
+baseline's settings, which were chosen for another recipe.
 
 Torch-free: the runner, ``ablate status`` and the report all use it.
 """
@@ -35,6 +38,21 @@ from toolkit.study.spec import AblationSpec, Run
 TUNE_FILE = "tune.json"
 #: joins a variant and the label of its tuned values in the tune stage's variant names
 SEP = "@"
+#: override keys (prefixes) whose change alters how a row is optimised (transfer mode, init, BatchNorm mode,
+#: optimiser, schedule, budget): such a row run at the baseline's lr is not a fair row unless tuned
+OPTIMISATION_KEYS = (
+    "model.freeze_backbone",
+    "model.unfreeze_at_epoch",
+    "model.pretrained",
+    "model.batchnorm",
+    "model.probe",
+    "model.backbone_lr_scale",
+    "model.optimizer",
+    "model.lr_scheduler",
+    "trainer.max_epochs",
+)
+#: a callback whose presence changes the schedule (its class path, as written in ``trainer.callbacks``)
+SCHEDULE_CALLBACKS = ("SnapshotEnsemble",)
 
 
 @dataclass(frozen=True)
@@ -179,9 +197,40 @@ def resolve(spec: AblationSpec, root: str | Path) -> AblationSpec:
 
 
 def column(spec: AblationSpec, chosen: dict[str, Choice]) -> dict[str, str]:
-    """The table's ``tuned`` cell per variant: ``lr=0.0003`` (``lr=0.003 (fixed)`` for a value the variant sets)."""
+    """The table's ``tuned`` cell per variant: ``lr=0.0003`` (``lr=0.003 (fixed)`` for a value the variant sets,
+    ``lr=0.001 (grid edge)`` for a chosen value at either end of its grid)."""
     cells = {}
     for variant, choice in chosen.items():
-        parts = [f"{short(k)}={v}" + (" (fixed)" if k in choice.fixed else "") for k, v in choice.values.items()]
+        parts = []
+        for key, value in choice.values.items():
+            mark = " (fixed)" if key in choice.fixed else " (grid edge)" if at_edge(spec.tune.get(key), value) else ""
+            parts.append(f"{short(key)}={value}{mark}")
         cells[variant] = ", ".join(parts)
+    return cells
+
+
+def at_edge(grid: list[Any] | None, value: Any) -> bool:
+    """Whether ``value`` is the smallest or largest of a numeric ``grid`` (the listed first/last otherwise)."""
+    if not grid or value not in grid:
+        return False
+    numbers = [g for g in grid if isinstance(g, int | float) and not isinstance(g, bool)]
+    if len(numbers) == len(grid):
+        return value in (min(numbers), max(numbers))
+    return value in (grid[0], grid[-1])
+
+
+def changes_optimisation(delta: dict[str, Any]) -> list[str]:
+    """The keys of a variant's overrides that alter how it is optimised (`OPTIMISATION_KEYS`, schedule callbacks)."""
+    found = [k for k in delta if k.startswith(OPTIMISATION_KEYS)]
+    found += [k for k, v in delta.items() if k == "trainer.callbacks" and any(c in str(v) for c in SCHEDULE_CALLBACKS)]
+    return found
+
+
+def untuned_column(spec: AblationSpec) -> dict[str, str]:
+    """The ``tuned`` cell of a study without ``tune:``: ``not tuned (model.batchnorm)`` for a row that changes the
+    optimisation at the baseline's settings, empty for the others."""
+    cells = {}
+    for variant, delta in spec.variants.items():
+        keys_ = changes_optimisation(delta) if variant != spec.baseline else []
+        cells[variant] = f"not tuned ({', '.join(keys_)})" if keys_ else ""
     return cells
