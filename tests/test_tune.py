@@ -91,7 +91,21 @@ def test_a_variant_that_sets_the_key_keeps_its_value_and_is_not_tuned(tmp_path: 
     spec = load_spec(path)
     assert [v for v in tuning.tune_study(spec).variants] == ["full@lr=0.001", "full@lr=0.01"]
     chosen = tuning.choose(spec, tmp_path, finish(spec, tmp_path, {"full@lr=0.001": 0.3, "full@lr=0.01": 0.4}))
-    assert tuning.column(spec, chosen) == {"full": "lr=0.01", "own": "lr=0.05 (fixed)"}
+    # 0.01 is the largest value tried: the best may lie beyond it, and the table says so
+    assert tuning.column(spec, chosen) == {"full": "lr=0.01 (grid edge)", "own": "lr=0.05 (fixed)"}
+
+
+def test_a_value_inside_its_grid_is_not_marked_and_untuned_rows_that_change_the_optimisation_are() -> None:
+    grid = [0.001, 0.01, 0.1]
+    assert [tuning.at_edge(grid, v) for v in grid] == [True, False, True]
+    assert tuning.at_edge([0.1, 0.001, 0.01], 0.1) and not tuning.at_edge([0.1, 0.001, 0.01], 0.01)  # numeric ends
+    assert tuning.at_edge(["cosine", "step", "constant"], "constant") and not tuning.at_edge(["a", "b", "c"], "b")
+    assert tuning.changes_optimisation({"model.freeze_backbone": False, "data.augment": "mild"}) == [
+        "model.freeze_backbone"
+    ]
+    snapshot = {"trainer.callbacks": [{"class_path": "toolkit.SnapshotEnsemble"}]}
+    assert tuning.changes_optimisation(snapshot) == ["trainer.callbacks"]
+    assert tuning.changes_optimisation({"model.drop_path_rate": 0.1}) == []
 
 
 def test_choices_are_recorded_and_only_read_back_for_the_same_tune(tmp_path: Path) -> None:
