@@ -131,3 +131,20 @@ def test_a_deterministic_row_is_one_run_with_no_per_seed_test() -> None:
     wide = wide_table(table.reset_index(), ["test/acc"]).set_index("Variant")
     assert wide.loc["probe", "Seeds"] == "1" and wide.loc["probe", "Accuracy"] == "81.00"
     assert wide.loc["probe", "Direction"] == wide.loc["probe", "p (Holm)"] == "\u2013"
+
+
+def test_a_snapshot_row_compares_its_ensemble_with_its_own_last_snapshot() -> None:
+    frame = runs_table({"full": ACC["full"], "snapshot": [0.5] * 4}, SEEDS)  # test/acc: a model no one reports
+    ensemble, last = [0.93, 0.95, 0.90, 0.92], [0.91, 0.92, 0.89, 0.92]
+    snapshot = frame["variant"] == "snapshot"
+    frame.loc[snapshot, "test/acc_ensemble"] = ensemble
+    frame.loc[snapshot, "test/acc_snapshot_0"] = [0.7] * 4  # an earlier snapshot: not the reference
+    frame.loc[snapshot, "test/acc_snapshot_1"] = last
+    table = aggregate(mark_counted(frame), ["test/acc"], "full").set_index("variant")
+    row = table.loc["snapshot"]
+    ci_low, ci_high, p, lower, higher = reference(ensemble, last)  # paired within the same runs
+    assert row["delta"] == pytest.approx(100 * (statistics.mean(ensemble) - statistics.mean(last)))
+    assert (row["ci_low"], row["ci_high"], row["p_value"]) == pytest.approx((ci_low, ci_high, p))
+    assert row["direction"] == f"{higher}/4 higher" and lower == 0
+    against_full = 100 * (statistics.mean(ensemble) - statistics.mean(ACC["full"]))
+    assert f"the ensemble against its own last snapshot (Δ against full: {against_full:+.2f})" in row["note"]

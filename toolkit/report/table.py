@@ -155,19 +155,24 @@ def _seed_note(runs: pd.DataFrame, variant: str, metric: str, present: set, expe
     return f"n={len(present)} of {len(expected)} seeds ({', '.join(reasons)})"
 
 
-def _last_snapshot_note(runs: pd.DataFrame, variant: str, metric: str, scale: float) -> str:
-    """The single model beside a snapshot ensemble: ``last snapshot alone 92.8 ± 2.1 (n=5)`` over the counted runs.
-
-    A snapshot ensemble's gain mixes its cyclic schedule and its averaging; the last snapshot alone is the schedule's
-    share (Huang et al. 2017 report both).
-    """
+def last_snapshot_values(runs: pd.DataFrame, variant: str, metric: str) -> pd.Series:
+    """Per seed, the metric of the last snapshot alone of a snapshot-ensemble variant's counted runs (empty if none)."""
     stage, _, name = metric.partition("/")
     pattern = re.compile(rf"^{re.escape(stage)}/{re.escape(name)}_snapshot_(\d+)$")
     indices = sorted(int(m.group(1)) for c in runs.columns if (m := pattern.match(c)))
     if not indices:
-        return ""
+        return pd.Series(dtype=float)
     mine = runs[(runs["variant"] == variant) & runs["counted"]]
-    values = pd.to_numeric(mine[snapshot_key(stage, name, indices[-1])], errors="coerce").dropna()
+    values = pd.to_numeric(mine[snapshot_key(stage, name, indices[-1])], errors="coerce")
+    return pd.Series(values.to_numpy(), index=mine["seed"].to_numpy()).dropna()
+
+
+def _last_snapshot_note(values: pd.Series, scale: float) -> str:
+    """The single model beside a snapshot ensemble: ``last snapshot alone 92.8 ± 2.1 (n=5)`` over the counted runs.
+
+    A snapshot ensemble's gain over the baseline mixes its cyclic schedule and its averaging; the last snapshot alone
+    is the schedule's share (Huang et al. 2017 report both).
+    """
     if values.empty:
         return ""
     spread = f" ± {scale * values.std(ddof=1):.1f}" if len(values) > 1 else ""
@@ -219,6 +224,11 @@ def _improving_note(runs: pd.DataFrame, variant: str) -> str:
     return f"still improving at its last epoch: {rising} of {len(mine)} seeds" if rising else ""
 
 
+def row_delta(values: pd.Series, reference: pd.Series, scale: float) -> float:
+    """Difference of means, scaled (points for fractions); NaN when either side has no value."""
+    return scale * (float(values.mean()) - float(reference.mean())) if len(values) and len(reference) else math.nan
+
+
 def deterministic(series: pd.Series) -> bool:
     """Whether a variant's per-seed values are one value repeated (two seeds or more, no spread at all)."""
     values = series.dropna().to_numpy(dtype=float)
@@ -268,12 +278,14 @@ def aggregate(
             if variant == baseline:
                 notes.append("baseline")
             used = sorted(set(mine["source"]) - {metric})
+            last_snapshot = pd.Series(dtype=float)
             if used:
                 notes.append(f"ensemble: {', '.join(used)}")
                 members = _ensemble_members_note(runs, variant)
                 if members:
                     notes.append(members)
-                single = _last_snapshot_note(runs, variant, metric, scale)
+                last_snapshot = last_snapshot_values(runs, variant, metric)
+                single = _last_snapshot_note(last_snapshot, scale)
                 if single:
                     notes.append(single)
             tested = _tested_note(runs, variant)
@@ -285,6 +297,13 @@ def aggregate(
             improving = _improving_note(runs, variant)
             if improving:
                 notes.append(improving)
+            # a snapshot ensemble's own question: does averaging beat its last snapshot alone (same runs, paired)?
+            against_own = variant != baseline and not last_snapshot.empty
+            if against_own:
+                notes.append(
+                    f"Δ, CI and p: the ensemble against its own last snapshot (Δ against {baseline}: "
+                    f"{row_delta(series, base, scale):+.2f})"
+                )
             fixed = variant != baseline and deterministic(series)
             row = {
                 "variant": variant,
@@ -295,9 +314,9 @@ def aggregate(
             }
             row["mean"] = float(series.mean()) if len(series) else math.nan
             row["std"] = float(series.std(ddof=1)) if len(series) > 1 and not fixed else math.nan
-            row["delta"] = scale * (row["mean"] - float(base.mean())) if len(base) and len(series) else math.nan
+            row["delta"] = row_delta(series, last_snapshot if against_own else base, scale)
             if variant != baseline:
-                comparison = compare(series, base)
+                comparison = compare(series, last_snapshot if against_own else base)
                 comparisons[(variant, metric)] = comparison
                 row.update(
                     ci_low=scale * comparison.ci_low,
@@ -311,7 +330,7 @@ def aggregate(
                         f"deterministic: all {len(series)} seeds gave the same value, shown as one run "
                         "(no per-seed test)"
                     )
-                if len(series) and paired < max(len(series), len(base)):
+                if len(series) and paired < max(len(series), len(base)) and not against_own:
                     notes.append(f"Δ over all seeds, CI and p over {paired} paired")
                 if len(series) and 0 < paired < MIN_SEEDS_FOR_P and not fixed:
                     notes.append(
