@@ -11,10 +11,14 @@
 3. **run**: every seed of every variant at its chosen values (the study ``<name>`` as usual: the values are part of
    each variant's overrides, so they are part of its run ids).
 
+``tune: auto`` (`toolkit.study.spec.auto_tune`) tunes the lr over the baseline's lr x (1, 1/3, 3) for the baseline and
+the rows that change the optimisation (``AblationSpec.tune_rows``); every other row runs at the value chosen for the
+baseline (``baseline's`` in the table), so it still differs from the baseline in its change alone.
+
 The test split is never read. A variant that sets a tuned key itself keeps its own value (``fixed`` in the table). The
 report reads ``tune.json`` to find the runs and prints the chosen values as a column; a chosen value at either end
 of its grid is marked ``(grid edge)``: the best value may lie beyond what was tried. A study without ``tune:``
-marks the rows whose change alters the optimisation (`OPTIMISATION_KEYS`) ``not tuned``: they run at the
+marks the rows whose change alters the optimisation (`toolkit.study.spec.OPTIMISATION_KEYS`) ``not tuned``: they run at the
 baseline's settings, which were chosen for another recipe.
 
 Torch-free: the runner, ``ablate status`` and the report all use it.
@@ -33,26 +37,11 @@ from toolkit import keys
 from toolkit.errors import ToolkitError
 from toolkit.study.layout import RESULT_FILE
 from toolkit.study.result import DONE, RunResult
-from toolkit.study.spec import AblationSpec, Run
+from toolkit.study.spec import AblationSpec, Run, changes_optimisation
 
 TUNE_FILE = "tune.json"
 #: joins a variant and the label of its tuned values in the tune stage's variant names
 SEP = "@"
-#: override keys (prefixes) whose change alters how a row is optimised (transfer mode, init, BatchNorm mode,
-#: optimiser, schedule, budget): such a row run at the baseline's lr is not a fair row unless tuned
-OPTIMISATION_KEYS = (
-    "model.freeze_backbone",
-    "model.unfreeze_at_epoch",
-    "model.pretrained",
-    "model.batchnorm",
-    "model.probe",
-    "model.backbone_lr_scale",
-    "model.optimizer",
-    "model.lr_scheduler",
-    "trainer.max_epochs",
-)
-#: a callback whose presence changes the schedule (its class path, as written in ``trainer.callbacks``)
-SCHEDULE_CALLBACKS = ("SnapshotEnsemble",)
 
 
 @dataclass(frozen=True)
@@ -68,6 +57,8 @@ class Choice:
     values: dict[str, Any]
     fixed: list[str]
     scores: dict[str, float | None]
+    #: the values are the baseline's choice (a row ``tune: auto`` does not tune)
+    inherited: bool = False
 
 
 def short(key: str) -> str:
@@ -84,7 +75,7 @@ def combinations(spec: AblationSpec, variant: str) -> list[dict[str, Any]]:
     """Every combination of the values ``variant`` is tuned over (keys it sets itself are left out), listed order."""
     # only the variant's own overrides fix a key: the spec's common ones and the base configs are what `tune` replaces
     free = {k: v for k, v in spec.tune.items() if k not in spec.variants[variant]}
-    if not free:
+    if not free or (spec.tune_rows is not None and variant not in spec.tune_rows):
         return []
     return [dict(zip(free, combo, strict=True)) for combo in itertools.product(*free.values())]
 
@@ -96,7 +87,15 @@ def tune_study(spec: AblationSpec) -> AblationSpec:
         for combo in combinations(spec, variant):
             variants[f"{variant}{SEP}{label(combo)}"] = {**spec.variants[variant], **combo}
     baseline = next(iter(v for v in variants if v.split(SEP, 1)[0] == spec.baseline), "")
-    return replace(spec, name=f"{spec.name}-tune", seeds=spec.seeds[:1], variants=variants, baseline=baseline, tune={})
+    return replace(
+        spec,
+        name=f"{spec.name}-tune",
+        seeds=spec.seeds[:1],
+        variants=variants,
+        baseline=baseline,
+        tune={},
+        tune_rows=None,
+    )
 
 
 def choose(spec: AblationSpec, root: str | Path, records: dict[str, dict[str, Any]]) -> dict[str, Choice]:
@@ -124,6 +123,10 @@ def choose(spec: AblationSpec, root: str | Path, records: dict[str, dict[str, An
             )
         values = {k: spec.variants[variant][k] for k in fixed} | (best[1] if best else {})
         chosen[variant] = Choice(values, fixed, scores)
+    for variant, choice in chosen.items():  # rows `tune: auto` leaves alone run at the baseline's choice
+        if spec.tune_rows is not None and variant not in spec.tune_rows:
+            inherited = {k: v for k, v in chosen[spec.baseline].values.items() if k not in choice.fixed}
+            chosen[variant] = Choice({**choice.values, **inherited}, choice.fixed, {}, inherited=True)
     return chosen
 
 
@@ -156,7 +159,10 @@ def write_choices(root: str | Path, spec: AblationSpec, chosen: dict[str, Choice
         "tune": spec.tune,
         "seed": spec.seeds[0],
         "metric": keys.MONITOR,
-        "variants": {v: {"values": c.values, "fixed": c.fixed, "scores": c.scores} for v, c in chosen.items()},
+        "variants": {
+            v: {"values": c.values, "fixed": c.fixed, "scores": c.scores, "inherited": c.inherited}
+            for v, c in chosen.items()
+        },
     }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -176,7 +182,10 @@ def read_choices(root: str | Path, spec: AblationSpec) -> dict[str, Choice] | No
     found = data.get("variants") or {}
     if set(found) != set(spec.variants):
         return None
-    return {v: Choice(dict(c["values"]), list(c["fixed"]), dict(c["scores"])) for v, c in found.items()}
+    return {
+        v: Choice(dict(c["values"]), list(c["fixed"]), dict(c["scores"]), bool(c.get("inherited", False)))
+        for v, c in found.items()
+    }
 
 
 def resolve(spec: AblationSpec, root: str | Path) -> AblationSpec:
@@ -203,7 +212,12 @@ def column(spec: AblationSpec, chosen: dict[str, Choice]) -> dict[str, str]:
     for variant, choice in chosen.items():
         parts = []
         for key, value in choice.values.items():
-            mark = " (fixed)" if key in choice.fixed else " (grid edge)" if at_edge(spec.tune.get(key), value) else ""
+            if key in choice.fixed:
+                mark = " (fixed)"
+            elif choice.inherited:
+                mark = " (baseline's)"
+            else:
+                mark = " (grid edge)" if at_edge(spec.tune.get(key), value) else ""
             parts.append(f"{short(key)}={value}{mark}")
         cells[variant] = ", ".join(parts)
     return cells
@@ -217,13 +231,6 @@ def at_edge(grid: list[Any] | None, value: Any) -> bool:
     if len(numbers) == len(grid):
         return value in (min(numbers), max(numbers))
     return value in (grid[0], grid[-1])
-
-
-def changes_optimisation(delta: dict[str, Any]) -> list[str]:
-    """The keys of a variant's overrides that alter how it is optimised (`OPTIMISATION_KEYS`, schedule callbacks)."""
-    found = [k for k in delta if k.startswith(OPTIMISATION_KEYS)]
-    found += [k for k, v in delta.items() if k == "trainer.callbacks" and any(c in str(v) for c in SCHEDULE_CALLBACKS)]
-    return found
 
 
 def untuned_column(spec: AblationSpec) -> dict[str, str]:
