@@ -68,6 +68,15 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
     executor = make_executor(options, spec)
     if options.validate:
         lifecycle.check(spec, root, executor.gpus)  # before anything is created or started
+    untuned = [v for v, cell in tuning.untuned_column(spec).items() if cell] if not spec.tune else []
+    if untuned:  # said before anything runs, and again in the table
+        console.print(
+            f"note: {', '.join(untuned)} change how the model is optimised but run at the baseline's settings (not "
+            "tuned on val); `tune: auto` in the spec tunes their lr",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
     if spec.tune:
         stage = tuning.tune_study(spec)
         if options.validate:
