@@ -18,8 +18,8 @@ baseline (``baseline's`` in the table), so it still differs from the baseline in
 The test split is never read. A variant that sets a tuned key itself keeps its own value (``fixed`` in the table). The
 report reads ``tune.json`` to find the runs and prints the chosen values as a column; a chosen value at either end
 of its grid is marked ``(grid edge)``: the best value may lie beyond what was tried. A study without ``tune:``
-marks the rows whose change alters the optimisation (`toolkit.study.spec.OPTIMISATION_KEYS`) ``not tuned``: they run at the
-baseline's settings, which were chosen for another recipe.
+marks the rows whose change alters the optimisation (`toolkit.study.spec.OPTIMISATION_KEYS`) ``not tuned``: they run
+at the baseline's settings, which were chosen for another recipe.
 
 Torch-free: the runner, ``ablate status`` and the report all use it.
 """
