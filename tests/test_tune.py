@@ -167,7 +167,8 @@ def test_two_optimizers_get_their_own_lr_on_val_and_the_table_shows_it(tmp_path:
     record = json.loads((tmp_path / "runs" / "opt" / "tune.json").read_text())
     assert record["variants"]["adamw"]["values"] == {LR: 0.003}
     assert record["variants"]["sgd"]["values"] == {LR: 0.5}
-    assert record["variants"]["adamw-own-lr"] == {"values": {LR: 0.001}, "fixed": [LR], "scores": {}, "inherited": False}
+    own = {"values": {LR: 0.001}, "fixed": [LR], "scores": {}, "inherited": False}
+    assert record["variants"]["adamw-own-lr"] == own
     tuned_runs = sorted(p.parent.name for p in (tmp_path / "runs" / "opt-tune").glob("*/seed0"))
     assert tuned_runs == ["adamw@lr=0.003", "adamw@lr=0.5", "sgd@lr=0.003", "sgd@lr=0.5"]
     for variant, lr in (("adamw", 0.003), ("sgd", 0.5), ("adamw-own-lr", 0.001)):
