@@ -30,6 +30,7 @@ PLAIN_TORCH = (
     "toolkit.probe",
     "toolkit.image_files",
     "toolkit.pixels",
+    "toolkit.threads",
 )
 BASE_MODULES = (
     "toolkit",

@@ -136,9 +136,15 @@ def test_ensemble_is_the_mean_of_the_snapshots_softmax(snap) -> None:
     targets = torch.cat([t for _, t in batches])
     assert set(targets.tolist()) == set(range(10))  # every class present: sklearn and torchmetrics F1 agree
     probs = [softmax_of(torch.load(root / "checkpoints" / f"snapshot-{i}.pt")["state_dict"], batches) for i in range(3)]
-    for i, p in enumerate(probs):
+    for i, p in enumerate(probs[1:], start=1):
         assert_metrics(metrics, f"snapshot_{i}", p, targets)
     assert_metrics(metrics, "ensemble", (probs[1] + probs[2]) / 2, targets)  # use_last=2
+
+
+def test_a_snapshot_no_ensemble_uses_is_not_tested(snap) -> None:
+    _, cli = snap
+    tested = {k for k in cli.trainer.callback_metrics if k.startswith("test/") and "_snapshot_" in k}
+    assert tested == {f"test/{m}_snapshot_{i}" for m in ("acc", "f1") for i in (1, 2)}  # use_last=2 of 3 cycles
 
 
 def test_the_result_names_the_phase_and_epoch_of_each_averaged_snapshot(snap) -> None:

@@ -68,7 +68,9 @@ class ImageClassifier(pl.LightningModule):
         feature_cache: train a frozen backbone's head on features computed once (:mod:`toolkit.features`):
             ``auto`` when valid (frozen backbone, ``data.augment: none``, no mixup, one process), ``on`` (an error
             when invalid), ``off``.
-        channels_last: backbone weights and inputs in channels-last memory format (faster convs on GPUs/CPUs).
+        channels_last: backbone weights and inputs in channels-last memory format: faster convs on CPUs (oneDNN)
+            and GPUs. Measured on the quickstart model (EfficientNet-Lite0, 32 px, one CPU thread): a training step
+            per image 1.4x (batch 16) to 2.2x (batch 64) faster, evaluation 2.3-4x; ``false`` for NCHW.
         compile: ``torch.compile`` the backbone (in place: checkpoints keep their keys).
     """
 
@@ -97,7 +99,7 @@ class ImageClassifier(pl.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = WarmupSchedule,
         scheduler_interval: Literal["step", "epoch"] | None = None,
         feature_cache: FeatureCacheMode = "auto",
-        channels_last: bool = False,
+        channels_last: bool = True,
         compile: bool = False,
     ) -> None:
         super().__init__()
@@ -169,6 +171,8 @@ class ImageClassifier(pl.LightningModule):
             if self._use_feature_cache:  # here: Lightning builds the train loader before on_fit_start
                 notes = features.attach(self, self.trainer.datamodule, self.trainer.strategy.root_device)
                 rank_zero_info(f"feature cache ({features.cache_dir()}): " + ", ".join(notes))
+        if stage == "test":  # a linear probe tests on cached features (the same numbers, no backbone pass per run)
+            features.attach_test(self, self.trainer)
 
     @override
     def on_train_start(self) -> None:

@@ -111,6 +111,12 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if args[0] in _COMMANDS:
         module = importlib.import_module(_COMMANDS[args[0]])  # lazily: `report` must not import torch
         sys.exit(module.main(args[1:]))
+    if args[0] in _LIGHTNING and not {"-h", "--help", "--print_config"} & set(args):
+        from toolkit.threads import apply_threads, choose_threads
+
+        threads = choose_threads()  # before torch loads; every run's entry point, hand-run or the runner's
+        apply_threads(threads)
+        print(threads.line(), flush=True)
     from toolkit import short_help
     from toolkit.cli_options import snake
     from toolkit.lightning_cli import run_cli

@@ -6,7 +6,8 @@ splits are pushed through the backbone once (eval mode, ``torch.inference_mode``
 with the run's precision) and kept on disk under a key of everything that determines them, so the runs of a study
 that share the backbone (seeds, head variants) compute them once. Training stays in the same Lightning loop: the
 data module's loaders yield features instead of images, in the same order (the same sampler draws the same
-permutation), and the classifier feeds a 2-D batch to the head only. Test and predict still run on images, and the
+permutation), and the classifier feeds a 2-D batch to the head only. A linear probe's test pass runs on cached
+features too (:func:`attach_test`: same numbers, one extraction shared by the seeds); predict runs on images, and the
 checkpoint holds the whole model. LP->FT switches the loaders back to images at the unfreeze epoch.
 """
 
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from toolkit.components.registry import cache_switches
@@ -68,7 +71,13 @@ class FeatureData(Protocol):
     splits: Any
     feature_splits: dict[str, Any]
     batch_size: int
+    eval_batch_size: int
     num_workers: int
+
+
+def extraction_batch(datamodule: Any) -> int:
+    """Features are extracted at the evaluation batch size (``data.eval_batch_size``: no gradients, large batches)."""
+    return int(getattr(datamodule, "eval_batch_size", None) or datamodule.batch_size)
 
 
 def cache_dir() -> Path:
@@ -168,8 +177,9 @@ def data_fingerprint(samples: Any) -> str:
     return hasher.hexdigest()
 
 
-def cache_key(model: FeatureModel, samples: Any, precision: str, device: torch.device) -> str:
-    """Everything the features depend on: backbone, weights, switches, transform, data, precision, device."""
+def cache_key(model: FeatureModel, samples: Any, precision: str, device: torch.device, batch_size: int) -> str:
+    """Everything the features depend on: backbone, weights, switches, transform, data, precision, device, and the
+    extraction batch size (a conv's float sums can split differently per batch size)."""
     hp = model.hparams
     # the registry's switches with cache_key=True (batchnorm, residual, residual_blocks), then what they changed
     switches = (*cache_switches(hp), tuple(model.changes), model.channels_last)
@@ -182,6 +192,7 @@ def cache_key(model: FeatureModel, samples: Any, precision: str, device: torch.d
         data_fingerprint(samples),
         precision,
         device.type,
+        batch_size,
     )
 
 
@@ -229,7 +240,7 @@ def load_or_extract(
     Returns:
         the features, and whether they came from the cache.
     """
-    key = cache_key(model, samples, str(model.trainer.precision), device)
+    key = cache_key(model, samples, str(model.trainer.precision), device, batch_size)
     path = cache_dir() / f"{key}.pt"
     with _locked(path):
         if path.is_file():
@@ -251,11 +262,64 @@ def attach(model: FeatureModel, datamodule: FeatureData, device: torch.device) -
     notes = []
     for name in ("train", "val"):
         samples = getattr(datamodule.splits, name)
-        features, hit = load_or_extract(model, samples, datamodule.batch_size, datamodule.num_workers, device)
+        features, hit = load_or_extract(model, samples, extraction_batch(datamodule), datamodule.num_workers, device)
         labels = torch.as_tensor(samples.labels)
         datamodule.feature_splits[name] = CachedSplit(samples, features, labels)
         notes.append(f"{name} {tuple(features.shape)} {'from the cache' if hit else 'computed'}")
     return notes
+
+
+def test_blockers(model: FeatureModel, trainer: Any) -> list[str]:
+    """Why this test pass cannot run on cached features (empty: it can). Only a linear probe's: a fine-tuned
+    backbone is new in every run, so its features would be computed once and never read again."""
+    from toolkit.callbacks.health import RunHealth
+
+    hp = model.hparams
+    reasons = []
+    if not hp.freeze_backbone or hp.unfreeze_at_epoch is not None:
+        reasons.append("the backbone was trained")
+    if hp.feature_cache == "off":
+        reasons.append("model.feature_cache is off")
+    if getattr(model, "lesion_blocks", None):
+        reasons.append("a test-time lesion")
+    if trainer.world_size > 1:
+        reasons.append("distributed testing shards the data per process")
+    if not hasattr(trainer.datamodule, "test_features"):
+        reasons.append("the data module is not an ImageDataModule")
+    # a callback that reads the test batch may need its images (ensemble members, lesion sweeps); RunHealth counts
+    # the predictions and labels only
+    readers = [
+        type(cb).__name__
+        for cb in trainer.callbacks
+        if type(cb).on_test_batch_end is not Callback.on_test_batch_end and not isinstance(cb, RunHealth)
+    ]
+    if readers:
+        reasons.append(f"{', '.join(readers)} read the test images")
+    return reasons
+
+
+def attach_test(model: FeatureModel, trainer: Any) -> None:
+    """Let the test loader serve the test split's cached features where :func:`test_blockers` allows it.
+
+    Called from the model's ``setup("test")``; the features are looked up when Lightning builds the test loader,
+    after it restored the tested checkpoint, so the cache key hashes the weights that are tested. The extraction is
+    the test pass's own computation (eval mode, the same batches at ``data.eval_batch_size``, the run's precision),
+    so the metrics are the ones the images would give; a probe's seeds share one backbone, so they share one entry.
+    """
+    datamodule = trainer.datamodule
+    if hasattr(datamodule, "test_features"):
+        datamodule.test_features = None
+    if test_blockers(model, trainer):
+        return
+
+    def provide() -> CachedSplit:
+        samples = datamodule.splits.test
+        device = trainer.strategy.root_device
+        feats, hit = load_or_extract(model, samples, extraction_batch(datamodule), datamodule.num_workers, device)
+        rank_zero_info(f"test on cached features: {tuple(feats.shape)} {'from the cache' if hit else 'computed'}")
+        return CachedSplit(samples, feats, torch.as_tensor(samples.labels))
+
+    datamodule.test_features = provide
 
 
 def probe_features(
@@ -275,7 +339,7 @@ def probe_features(
         train.transform = splits.val.transform
     out = []
     for samples in (train, splits.val):
-        feats, _ = load_or_extract(model, samples, datamodule.batch_size, datamodule.num_workers, device)
+        feats, _ = load_or_extract(model, samples, extraction_batch(datamodule), datamodule.num_workers, device)
         out.append((feats, torch.as_tensor(samples.labels)))
     return out[0], out[1]
 

@@ -38,7 +38,8 @@ class EnsembleEvaluator(pl.Callback):
     ``fit`` is left alone (it would cost k extra forward passes every epoch).
 
     Args:
-        use_last: the ensemble averages the last ``use_last`` members; None = all of them.
+        use_last: the ensemble averages the last ``use_last`` members; None = all of them. Only those members are
+            evaluated (and logged one by one): the others would cost a pass each for a number nothing uses.
     """
 
     #: metric key of member ``i``: ``key(stage, "acc", i)``
@@ -104,6 +105,8 @@ class EnsembleEvaluator(pl.Callback):
     # -- evaluation --------------------------------------------------------------------------------------------
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         paths = self.member_paths(trainer, pl_module)
+        if self.use_last:  # a member no ensemble averages costs a full pass and says nothing the table uses
+            paths = paths[-self.use_last :]
         num_classes = int(pl_module.hparams["num_classes"])
         device = pl_module.device
         # the evaluation loop runs in inference mode; copies made there would be inference tensors

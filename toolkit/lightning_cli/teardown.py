@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
@@ -42,7 +43,10 @@ def write_result(trainer: Trainer, status: str = FINISHED, reason: str | None = 
     score = getattr(trainer.checkpoint_callback, "best_model_score", None)
     best_val = float(score) if score is not None else None
     scores = [round(v, 6) for v in health_cb.val_scores] if health_cb is not None else []
-    record = RunResult(done, time.time(), run_id, metrics, health, **tested, best_val=best_val, val_scores=scores)
+    threads = torch.get_num_threads()  # toolkit.threads: part of what the numbers depend on
+    record = RunResult(
+        done, time.time(), run_id, metrics, health, **tested, best_val=best_val, val_scores=scores, cpu_threads=threads
+    )
     record.write(Path(trainer.default_root_dir) / RESULT_FILE)
 
 

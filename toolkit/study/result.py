@@ -39,6 +39,7 @@ class RunResult:
             ``tune:`` chooses each variant's value by it (`toolkit.study.tuning`). None: no checkpoint scored.
         val_scores: the monitored validation score after each epoch of the fit, oldest first (what
             ``health.still_improving`` was decided on: `toolkit.study.convergence`).
+        cpu_threads: the CPU threads the run computed with (``toolkit.threads``; float sums depend on it).
     """
 
     status: str
@@ -52,6 +53,7 @@ class RunResult:
     tested_snapshots: str | None = None
     best_val: float | None = None
     val_scores: list[float] = field(default_factory=list)
+    cpu_threads: int | None = None
 
     #: the fields that say which checkpoint was tested (also ``health/<field>`` in the W&B summary and runs.csv)
     TESTED_FIELDS = ("tested_epoch", "tested_phase", "finetune_from", "tested_snapshots")
