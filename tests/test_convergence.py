@@ -65,18 +65,21 @@ def _record(root: Path) -> dict:
     return json.loads((root / "result.json").read_text())
 
 
-def test_a_real_fit_records_its_val_curve_and_whether_it_was_still_improving(tmp_path: Path) -> None:
-    cli = fit(tmp_path / "rising", "--trainer.max_epochs", "4", "--trainer.limit_val_batches", "4")
+def test_a_run_stopped_while_val_rises_is_recorded_as_still_improving(tmp_path: Path) -> None:
+    # 5 epochs of 8 batches: val accuracy climbs every epoch and the run stops at max_epochs, still climbing
+    cli = fit(tmp_path / "rising", "--trainer.max_epochs", "5", "--trainer.limit_train_batches", "8",
+              "--trainer.limit_val_batches", "4")  # fmt: skip
     result = _record(tmp_path / "rising")
     health, scores = result["health"], result["val_scores"]
-    assert len(scores) == 4 and result["best_val"] == pytest.approx(max(scores), abs=1e-6)
+    assert len(scores) == 5 and result["best_val"] == pytest.approx(max(scores), abs=1e-6)
     # the val set's size and chance level, counted here from the data module's own val loader
     labels = Counter(int(y) for i, (_, batch) in enumerate(zip(range(4), cli.datamodule.val_dataloader(), strict=False))
                      for y in batch[1])  # fmt: skip
     assert health["val_n"] == sum(labels.values())
     assert health["val_chance"] == pytest.approx(max(labels.values()) / sum(labels.values()))
-    assert health["still_improving"] is still_improving(scores, 1 / health["val_n"])
-    assert health["stopped_early"] is False and health["epochs_completed"] == 4
+    # by hand: the last epoch is the best and beats the best before the last two by more than one val image
+    assert scores[-1] == max(scores) and scores[-1] - max(scores[:-2]) > 1 / health["val_n"]
+    assert health["still_improving"] is True and health["stopped_early"] is False
     assert health["val_best"] == pytest.approx(max(scores), abs=1e-6)
 
 
@@ -84,9 +87,11 @@ def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path: Path) -> Non
     # lr 1e-9: the weights hardly move (BatchNorm statistics still do), so val soon stops improving and patience 1
     # ends the run at the first epoch that did not beat the best before it
     fit(tmp_path / "flat", "--trainer.max_epochs", "8", "--early_stopping.patience", "1",
-        "--model.optimizer.init_args.lr", "1e-9")  # fmt: skip
+        "--model.optimizer.init_args.lr", "1e-9", "--test_after_fit", "true")  # fmt: skip
     result = _record(tmp_path / "flat")
     health, scores = result["health"], result["val_scores"]
+    # testing the best (an earlier) checkpoint restores the callbacks' state from it: the run's record stays whole
+    assert result["tested_epoch"] < len(scores) - 1
     assert health["stopped_early"] is True and health["still_improving"] is False
     assert health["epochs_completed"] == len(scores) < health["max_epochs"] == 8
     assert scores[-1] <= max(scores[:-1])  # the epoch that stopped it did not improve

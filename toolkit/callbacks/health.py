@@ -125,6 +125,10 @@ class RunHealth(Callback):
         self._epoch_sum, self._epoch_count = 0.0, 0
         self._preds: Counter[int] = Counter()
         self._labels: Counter[int] = Counter()
+        self._restored: dict[str, Any] | None = None  # a checkpoint's record, applied when a fit resumes
+        #: whether early stopping ended the fit (read when training ends: testing a checkpoint restores the
+        #: early-stopping callback's state of that checkpoint's epoch)
+        self.stopped_early: bool | None = None
 
     @override
     def on_train_batch_end(
@@ -215,7 +219,7 @@ class RunHealth(Callback):
         """The health record of the run: status, epochs, losses, test prediction spread and chance level."""
         total = sum(self._labels.values())
         noise = 1 / self.val_n if self.val_n and keys.MONITOR.rsplit("/", 1)[-1].startswith("acc") else 0.0
-        early = stopped_early(trainer)
+        early = self.stopped_early if self.stopped_early is not None else stopped_early(trainer)
         improving = False if early else still_improving(self.val_scores, noise, keys.MONITOR_MODE == "max")
         record: dict[str, Any] = {
             "status": status,
@@ -250,14 +254,27 @@ class RunHealth(Callback):
         }
 
     @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.stopped_early = stopped_early(trainer)
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.initial_loss = state_dict.get("initial_loss")
-        self.final_loss = state_dict.get("final_loss")
-        self.nonfinite_steps = state_dict.get("nonfinite", 0)
-        self.first_epoch_loss = state_dict.get("first_epoch_loss")
-        self.val_scores = list(state_dict.get("val_scores") or [])
-        self.val_n = state_dict.get("val_n")
-        self.val_chance = state_dict.get("val_chance")
+        # applied when a fit resumes (on_train_start), never when a test loads a checkpoint: testing the best
+        # checkpoint of this fit must not roll its record back to that epoch's
+        self._restored = dict(state_dict)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        state, self._restored = self._restored, None
+        if state is None:
+            return
+        self.initial_loss = state.get("initial_loss")
+        self.final_loss = state.get("final_loss")
+        self.nonfinite_steps = state.get("nonfinite", 0)
+        self.first_epoch_loss = state.get("first_epoch_loss")
+        self.val_scores = list(state.get("val_scores") or [])
+        self.val_n = state.get("val_n")
+        self.val_chance = state.get("val_chance")
 
 
 def health_summary(record: dict[str, Any]) -> dict[str, Any]:
