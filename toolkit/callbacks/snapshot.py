@@ -275,13 +275,9 @@ class SnapshotEnsemble(EnsembleEvaluator):
 
 
 def _probe_steps(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
-    """Optimizer steps before the backbone trains (LP->FT's probe epochs; 0 for a probe alone or a full fine-tune):
-    ``unfreeze_at_epoch`` epochs of the run's steps per epoch."""
-    finetune_from = getattr(pl_module, "finetune_from", None)
-    if not finetune_from or not trainer.max_epochs or trainer.max_epochs < 1:
-        return 0
-    per_epoch = int(trainer.estimated_stepping_batches) // trainer.max_epochs
-    return int(finetune_from) * per_epoch
+    """Optimizer steps before the backbone trains (`ImageClassifier.probe_steps`; 0 for another module)."""
+    probe_steps = getattr(pl_module, "probe_steps", None)
+    return int(probe_steps()) if callable(probe_steps) else 0
 
 
 def tested_snapshots(trainer: pl.Trainer) -> str | None:
