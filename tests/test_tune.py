@@ -192,10 +192,12 @@ def test_without_tune_the_table_says_every_row_shares_the_baselines_hyperparamet
 
 def test_tune_auto_tunes_the_lr_of_the_baseline_and_the_rows_that_change_the_optimisation(tmp_path: Path) -> None:
     variants = {"full": {}, "ft": {"model.freeze_backbone": False}, "drop": {"model.drop_rate": 0.3},
-                "own": {"model.pretrained": False, LR: 0.05}}  # fmt: skip
+                "own": {"model.pretrained": False, LR: 0.05},
+                "probe": {"model.freeze_backbone": True, "model.probe": "lbfgs"}}  # fmt: skip
     spec = load_spec(write_spec(tmp_path, tune="auto", variants=variants))
     assert spec.tune == {LR: [0.003, 0.001, 0.009]}  # configs/digits.yaml's lr x (1, 1/3, 3), its own first
-    assert spec.tune_rows == ("full", "ft")  # `own` sets the lr itself; `drop` changes no optimisation setting
+    # `own` sets the lr itself; `drop` changes no optimisation setting; `probe` (L-BFGS, never unfrozen) takes no step
+    assert spec.tune_rows == ("full", "ft")
     stage = tuning.tune_study(spec)
     assert list(stage.variants) == [f"{v}@lr={lr}" for v in ("full", "ft") for lr in (0.003, 0.001, 0.009)]
     scores = {"full@lr=0.003": 0.5, "full@lr=0.001": 0.4, "full@lr=0.009": 0.6,
@@ -203,7 +205,7 @@ def test_tune_auto_tunes_the_lr_of_the_baseline_and_the_rows_that_change_the_opt
     chosen = tuning.choose(spec, tmp_path, finish(spec, tmp_path, scores))
     assert tuning.column(spec, chosen) == {
         "full": "lr=0.009 (grid edge)", "ft": "lr=0.001 (grid edge)", "drop": "lr=0.009 (baseline's)",
-        "own": "lr=0.05 (fixed)",
+        "own": "lr=0.05 (fixed)", "probe": "lr=0.009 (baseline's)",
     }  # fmt: skip
     # a row tune: auto leaves alone differs from the baseline in its change only, at the baseline's chosen lr
     runs = {run.variant: run.overrides for run in tuning.tuned(spec, chosen).runs()}

@@ -222,14 +222,7 @@ def auto_tune(
     """``tune: auto``: the lr grid (`AUTO_FACTORS` times the baseline's lr, from the base configs and the common
     overrides) and the rows it tunes: the baseline and every row whose overrides change the optimisation
     (`changes_optimisation`)."""
-    lr = overrides.get(LR_KEY)
-    for data in reversed(base_data):
-        if lr is not None:
-            break
-        node: Any = data
-        for part in LR_KEY.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        lr = node
+    lr = _setting(LR_KEY, base_data, overrides)
     if not isinstance(lr, int | float) or isinstance(lr, bool) or lr <= 0:
         raise ToolkitError(
             f"{path}: tune: auto tunes the lr around the baseline's, but no base config sets {LR_KEY}; set it there "
@@ -237,9 +230,36 @@ def auto_tune(
         )
     grid = [float(f"{lr * factor:.3g}") for factor in AUTO_FACTORS]
     rows = tuple(
-        v for v in variants if v == baseline or (changes_optimisation(variants[v]) and LR_KEY not in variants[v])
+        v
+        for v, delta in variants.items()
+        if v == baseline
+        or (changes_optimisation(delta) and LR_KEY not in delta and not _steps_nothing(base_data, overrides, delta))
     )
     return {LR_KEY: grid}, rows
+
+
+def _setting(key: str, base_data: tuple[Any, ...], *layers: dict[str, Any]) -> Any:
+    """A dotted key's value: the last override layer that sets it, else the last base config that does (None)."""
+    for layer in reversed(layers):
+        if key in layer:
+            return layer[key]
+    for data in reversed(base_data):
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part, None) if isinstance(node, dict) else None
+        if node is not None:
+            return node
+    return None
+
+
+def _steps_nothing(base_data: tuple[Any, ...], overrides: dict[str, Any], delta: dict[str, Any]) -> bool:
+    """A row that never takes an optimizer step (an L-BFGS probe alone: frozen, never unfrozen) has no lr to tune."""
+
+    def get(key: str) -> Any:
+        return _setting(key, base_data, overrides, delta)
+
+    frozen = get("model.freeze_backbone") is True and get("model.unfreeze_at_epoch") is None
+    return frozen and get("model.probe") == "lbfgs"
 
 
 def _run_id(name: str, variant: str, base_data: list[Any], overrides: dict[str, Any], seed: int) -> str:
