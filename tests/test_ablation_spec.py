@@ -54,30 +54,38 @@ def test_every_shipped_spec_loads_and_quickstart_covers_each_component() -> None
     assert paths
     specs = {p.stem: load_spec(p) for p in paths}
     quick = specs["quickstart"]
-    assert quick.baseline == "full" and len(quick.seeds) >= 3
+    assert quick.baseline == "full" and len(quick.seeds) >= 5
+    # the five components the toolkit exists for, beside the transfer rows
     switched = {key for delta in quick.variants.values() for key in delta}
-    assert {"model.pretrained", "model.unfreeze_at_epoch", "model.batchnorm", "model.drop_path_rate"} <= switched
-    # augmentation and dropout left the 5-minute main job; the shipped presets still cover them
-    everywhere = {key for spec in specs.values() for delta in spec.variants.values() for key in delta}
-    assert {"data.augment", "model.drop_rate"} <= everywhere
+    assert {"model.pretrained", "model.unfreeze_at_epoch", "model.batchnorm", "model.drop_rate", "data.augment"} <= (
+        switched
+    )
+    callbacks = json.dumps([quick.variants[v].get("trainer.callbacks") for v in quick.variants])
+    assert "SnapshotEnsemble" in callbacks and "LesionSweep" in callbacks  # snapshots; the shortcuts' lesion curve
+    # fair by default: tuned on val, a budget policy, the split drawn per seed
+    assert quick.tune_rows is not None and {"full", "fine-tune", "bn-affine", "bn-fused", "snapshot"} <= set(
+        quick.tune_rows
+    )
+    assert "linear-probe" not in quick.tune_rows  # an L-BFGS probe alone takes no optimizer step
+    base = yaml.safe_load(Path(quick.base[0]).read_text())
+    assert base["early_stopping"]["patience"] >= 1 and base["data"]["split_seed"] == "seed"
     # each variant changes one thing; `fine-tune` is one transfer mode spelled in two keys (no freeze, no unfreeze);
     # `random-init` is the from-scratch recipe: no weights, everything trained from step 0, BatchNorm trained (frozen
-    # untrained statistics are refused), its own lr chosen on val
-    assert quick.variants["full"] == {}  # the baseline changes nothing
+    # untrained statistics are refused), its own lr and a longer cap; `full`'s only key is its test-time sweep
+    assert list(quick.variants["full"]) == ["trainer.callbacks"]
     assert all(
         len(delta) == 1 for name, delta in quick.variants.items() if name not in ("full", "fine-tune", "random-init")
     )
     assert quick.variants["fine-tune"] == {"model.freeze_backbone": False, "model.unfreeze_at_epoch": None}
     scratch = dict(quick.variants["random-init"])
-    assert scratch.pop("model.optimizer.init_args.lr") > 0
+    assert scratch.pop("model.optimizer.init_args.lr") > 0 and scratch.pop("trainer.max_epochs") > 8
     assert scratch == {
         "model.pretrained": False,
         "model.batchnorm": "on",
         "model.freeze_backbone": False,
         "model.unfreeze_at_epoch": None,
     }
-    assert any("SnapshotEnsemble" in json.dumps(delta) for delta in quick.variants.values())
-    assert "LesionSweep" in json.dumps(specs["lesion-study"].overrides)  # the lesion curve: its own preset
+    assert "LesionSweep" in json.dumps(specs["lesion-study"].overrides)  # the whole lesion study: its own preset
 
 
 def test_issue_example_reads_into_the_fields(tmp_path: Path) -> None:
