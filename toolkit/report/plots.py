@@ -14,7 +14,6 @@ from toolkit.report.figure import pyplot, save, slug
 from toolkit.report.render import display_name
 from toolkit.report.table import is_fraction
 
-
 #: the top of a percent axis: a little above 100, so a curve or an error bar at 100 % is not hidden by the frame
 PERCENT_TOP = 102.0
 
