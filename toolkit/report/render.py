@@ -164,21 +164,32 @@ def legend(baseline: str, metrics: Sequence[str], table: pd.DataFrame | None = N
     return text
 
 
-def not_counted_section(lines: Sequence[str]) -> str:
-    """The Markdown section under the table listing every run that does not count, with its class and reason."""
-    if not lines:
-        return ""
+def not_counted_section(lines: Sequence[str], superseded: Sequence[str] = ()) -> str:
+    """The Markdown sections under the table: every run that does not count, with its class and reason, and apart
+    from them the earlier attempts of seeds that a later run counts for."""
     escape = _STYLES["md"][0]
-    items = "\n".join(f"- {escape(line)}" for line in lines)
-    return f"\n### Runs not counted\n\n{items}\n"
+    text = ""
+    if lines:
+        items = "\n".join(f"- {escape(line)}" for line in lines)
+        text += f"\n### Runs not counted\n\n{items}\n"
+    if superseded:
+        items = "\n".join(f"- {escape(line)}" for line in superseded)
+        text += f"\n### Earlier attempts (superseded: a later run of the same seed counts)\n\n{items}\n"
+    return text
 
 
 def to_markdown(
-    table: pd.DataFrame, metrics: Sequence[str], name: str, baseline: str, not_counted: Sequence[str] = ()
+    table: pd.DataFrame,
+    metrics: Sequence[str],
+    name: str,
+    baseline: str,
+    not_counted: Sequence[str] = (),
+    superseded: Sequence[str] = (),
 ) -> str:
     """The ``table.md`` text: a title, the wide table, a legend and the runs that do not count."""
     body = wide_table(table, metrics, "md").to_markdown(index=False, disable_numparse=True)
-    return f"## Ablation: {name}\n\n{body}\n\n{legend(baseline, metrics, table)}\n{not_counted_section(not_counted)}"
+    listed = not_counted_section(not_counted, superseded)
+    return f"## Ablation: {name}\n\n{body}\n\n{legend(baseline, metrics, table)}\n{listed}"
 
 
 def to_latex(table: pd.DataFrame, metrics: Sequence[str]) -> str:
@@ -200,15 +211,17 @@ def write_tables(
     name: str,
     baseline: str,
     not_counted: Sequence[str] = (),
+    superseded: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``table.csv``, ``table.md``, ``table.tex`` and ``table.html`` into ``out``; return paths by suffix.
 
-    ``not_counted``: one line per run that does not count, listed under the Markdown table.
+    ``not_counted``: one line per run that does not count, listed under the Markdown table; ``superseded``: the
+    earlier attempts of counted seeds, listed apart.
     """
     out.mkdir(parents=True, exist_ok=True)
     paths = {suffix: out / f"table.{suffix}" for suffix in ("csv", "md", "tex", "html")}
     write_atomically(paths["csv"], lambda tmp: table.to_csv(tmp, index=False))
-    write_text(paths["md"], to_markdown(table, metrics, name, baseline, not_counted))
+    write_text(paths["md"], to_markdown(table, metrics, name, baseline, not_counted, superseded))
     write_text(paths["tex"], to_latex(table, metrics))
     write_text(paths["html"], to_html(table, metrics))
     return paths
