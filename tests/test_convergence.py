@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import fit
+from conftest import fit, weights_with_trained_statistics
 from scipy import stats
 
 from toolkit.report.health import NOT_LEARNING, classify_run
@@ -114,3 +114,17 @@ def test_the_table_shows_epochs_used_and_how_many_seeds_were_still_improving() -
     assert "still improving" not in table.loc["stop", "note"]
     wide = wide_table(table.reset_index(), ["test/acc"]).set_index("Variant")
     assert wide.loc["stop", "Epochs"] == "4-7, early stop"
+
+
+def test_early_stopping_counts_fine_tuning_epochs_only(tmp_path: Path) -> None:
+    # LP->FT with an L-BFGS probe, BatchNorm frozen and lr 1e-9: fine-tuning changes nothing, so every epoch scores
+    # the probe's val accuracy. The probe epoch is not counted: the first fine-tuning epoch sets the best and patience
+    # 1 stops the run after the second (3 epochs in all); counted from the probe, it would have stopped after 2
+    weights = weights_with_trained_statistics(tmp_path / "w.pth")  # frozen BatchNorm needs trained statistics
+    fit(tmp_path / "lpft", "--trainer.max_epochs", "8", "--early_stopping.patience", "1",
+        "--model.pretrained", weights, "--model.zero_init_last", "false", "--model.batchnorm", "frozen",
+        "--model.freeze_backbone", "true", "--model.unfreeze_at_epoch", "1", "--model.probe", "lbfgs",
+        "--model.optimizer.init_args.lr", "1e-9")  # fmt: skip
+    result = _record(tmp_path / "lpft")
+    assert len(set(result["val_scores"])) == 1  # nothing moved: the probe's score, epoch after epoch
+    assert result["health"]["stopped_early"] is True and result["health"]["epochs_completed"] == 3

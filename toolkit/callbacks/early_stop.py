@@ -5,6 +5,11 @@ overrides: ``trainer.max_epochs`` is the cap and ``early_stopping.patience`` the
 an improvement of more than ``min_delta`` after which a run stops, each run at its own convergence. The epochs each
 run used are in its ``result.json`` (``health.epochs_completed``) and the table.
 
+For LP->FT the patience counts fine-tuning epochs only: the probe epochs before ``finetune_from`` neither set the
+best score nor use up patience (fine-tuning often starts below the solved probe and needs a few epochs to pass it;
+the best-val checkpoint still considers every epoch, and a run whose fine-tuning never beats its probe tests the
+probe, which the report flags as "change never tested").
+
 A snapshot ensemble trains all its cycles (its snapshots are the end of each): ``SnapshotEnsemble`` turns early
 stopping off for its run and says so.
 """
@@ -34,13 +39,18 @@ class EarlyStop(EarlyStopping):
 
     @override
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.active:
+        if self._counts(trainer, pl_module):
             super().on_validation_end(trainer, pl_module)
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.active:
+        if self._counts(trainer, pl_module):
             super().on_train_epoch_end(trainer, pl_module)
+
+    def _counts(self, trainer: Trainer, pl_module: LightningModule) -> bool:
+        """Whether this epoch counts: the policy is on and the backbone trains (not an LP->FT probe epoch)."""
+        finetune_from = getattr(pl_module, "finetune_from", None)
+        return self.active and not (finetune_from and trainer.current_epoch < finetune_from)
 
 
 def stopped_early(trainer: Trainer) -> bool:

@@ -109,7 +109,8 @@ def wide_table(table: pd.DataFrame, metrics: Sequence[str], style: str = "md") -
         row["Direction"] = first["direction"] or dash
         row["Seeds"] = str(int(first["n"]))
         row["Epochs"] = escape(str(first["epochs"])) if first["epochs"] else dash
-        notes = [note for text in group["note"] for note in text.split("; ") if note]
+        # the first metric's notes: the others repeat them, with their own numbers where a note has some
+        notes = [note for note in first["note"].split("; ") if note]
         ensemble = any(note.startswith("ensemble: ") for note in notes)
         notes = [escape(n) for n in dict.fromkeys(notes) if not n.startswith("ensemble: ")]
         row["Notes"] = "; ".join([f"{dagger} snapshot-ensemble metrics"] * ensemble + notes)
