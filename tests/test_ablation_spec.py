@@ -54,30 +54,35 @@ def test_every_shipped_spec_loads_and_quickstart_covers_each_component() -> None
     assert paths
     specs = {p.stem: load_spec(p) for p in paths}
     quick = specs["quickstart"]
-    assert quick.baseline == "full" and len(quick.seeds) >= 3
+    assert quick.baseline == "full" and len(quick.seeds) >= 5
+    # the five components the toolkit exists for, beside the transfer rows
     switched = {key for delta in quick.variants.values() for key in delta}
-    assert {"model.pretrained", "model.unfreeze_at_epoch", "model.batchnorm", "model.drop_path_rate"} <= switched
-    # augmentation and dropout left the 5-minute main job; the shipped presets still cover them
-    everywhere = {key for spec in specs.values() for delta in spec.variants.values() for key in delta}
-    assert {"data.augment", "model.drop_rate"} <= everywhere
-    # each variant changes one thing; `fine-tune` is one transfer mode spelled in two keys (no freeze, no unfreeze);
-    # `random-init` is the from-scratch recipe: no weights, everything trained from step 0, BatchNorm trained (frozen
-    # untrained statistics are refused), its own lr chosen on val
-    assert quick.variants["full"] == {}  # the baseline changes nothing
-    assert all(
-        len(delta) == 1 for name, delta in quick.variants.items() if name not in ("full", "fine-tune", "random-init")
+    assert {"model.pretrained", "model.unfreeze_at_epoch", "model.batchnorm", "model.drop_rate", "data.augment"} <= (
+        switched
     )
-    assert quick.variants["fine-tune"] == {"model.freeze_backbone": False, "model.unfreeze_at_epoch": None}
+    callbacks = json.dumps([quick.variants[v].get("trainer.callbacks") for v in quick.variants])
+    assert "SnapshotEnsemble" in callbacks and "LesionSweep" in callbacks  # snapshots; the shortcuts' lesion curve
+    # fair by default: tuned on val, a budget policy, the split drawn per seed
+    assert quick.tune_rows is not None and {"full", "lp-ft", "bn-affine", "bn-fused", "snapshot"} <= set(
+        quick.tune_rows
+    )
+    assert "linear-probe" not in quick.tune_rows  # an L-BFGS probe alone takes no optimizer step
+    base = yaml.safe_load(Path(quick.base[0]).read_text())
+    assert base["early_stopping"]["patience"] >= 1 and base["data"]["split_seed"] == "seed"
+    # each variant changes one thing; a transfer mode is spelled in several keys (frozen, the L-BFGS probe, when to
+    # unfreeze; the probe alone needs one epoch); `random-init` is the from-scratch recipe: no weights, BatchNorm
+    # trained (frozen untrained statistics are refused), its own lr and a longer cap; `full`'s only key is its
+    # test-time sweep
+    assert list(quick.variants["full"]) == ["trainer.callbacks"]
+    transfer = ("full", "linear-probe", "lp-ft", "random-init")
+    assert all(len(delta) == 1 for name, delta in quick.variants.items() if name not in transfer)
+    probe = {"model.freeze_backbone": True, "model.probe": "lbfgs"}
+    assert quick.variants["linear-probe"] == {**probe, "trainer.max_epochs": 1}
+    assert quick.variants["lp-ft"] == {**probe, "model.unfreeze_at_epoch": 1}
     scratch = dict(quick.variants["random-init"])
-    assert scratch.pop("model.optimizer.init_args.lr") > 0
-    assert scratch == {
-        "model.pretrained": False,
-        "model.batchnorm": "on",
-        "model.freeze_backbone": False,
-        "model.unfreeze_at_epoch": None,
-    }
-    assert any("SnapshotEnsemble" in json.dumps(delta) for delta in quick.variants.values())
-    assert "LesionSweep" in json.dumps(specs["lesion-study"].overrides)  # the lesion curve: its own preset
+    assert scratch.pop("model.optimizer.init_args.lr") > 0 and scratch.pop("trainer.max_epochs") > 8
+    assert scratch == {"model.pretrained": False, "model.batchnorm": "on"}
+    assert "LesionSweep" in json.dumps(specs["lesion-study"].overrides)  # the whole lesion study: its own preset
 
 
 def test_issue_example_reads_into_the_fields(tmp_path: Path) -> None:

@@ -176,7 +176,7 @@ def test_no_batchnorm_raises_naming_families(name: str, level: str) -> None:
 
 
 def test_unknown_level_raises() -> None:
-    with pytest.raises(ToolkitError, match="not a level; choose one of on, frozen, fused, off"):
+    with pytest.raises(ToolkitError, match="not a level; choose one of on, frozen, frozen-stats, fused, off"):
         apply_switches(create("test_resnet"), batchnorm="none")  # type: ignore[arg-type]
 
 

@@ -61,6 +61,21 @@ def test_lesion_sweep_matches_hand_lesions(tmp_path: Path) -> None:
     assert not any(hasattr(m, "switch") for m in cli.model.backbone.modules())
 
 
+def test_the_sweep_can_run_on_the_first_test_batches_only(tmp_path: Path) -> None:
+    sweep = ["--trainer.callbacks+=toolkit.callbacks.lesion.LesionSweep", "--trainer.callbacks.max_k", "1"]
+    cli = fit(tmp_path / "run", *sweep, "--trainer.callbacks.max_batches", "1", "--test_after_fit", "true")
+    logged = {k: float(v) for k, v in cli.trainer.callback_metrics.items()}
+    best = torch.load(cli.trainer.checkpoint_callback.best_model_path, map_location="cpu", weights_only=True)
+    loader = cli.datamodule.test_dataloader()
+    model = copy.deepcopy(cli.model).cpu()
+    model.load_state_dict(best["state_dict"])
+    apply_switches(model.backbone, lesion_blocks=[0])
+    assert logged[lesion_key(0)] == pytest.approx(_accuracy(model.eval(), loader, batches=1), abs=1e-6)
+    intact = copy.deepcopy(cli.model).cpu()
+    intact.load_state_dict(best["state_dict"])
+    assert logged["test/acc"] == pytest.approx(_accuracy(intact.eval(), loader, batches=2), abs=1e-6)  # all of it
+
+
 def test_lesion_sets_are_fixed_by_seed() -> None:
     assert lesion_sets(9, 4, 4, 0) == lesion_sets(9, 4, 4, 0)
     sets = lesion_sets(9, 9, 4, 0)

@@ -105,3 +105,25 @@ def test_schedules_sized_in_steps_get_the_trainers_estimate_unless_configured() 
     assert (one_cycle.total_steps, per_step) == (40, True)
     step_lr, per_step = build_lr_scheduler(partial(torch.optim.lr_scheduler.StepLR, step_size=1), optimizer(), 40)
     assert isinstance(step_lr, torch.optim.lr_scheduler.StepLR) and not per_step
+
+
+def test_the_schedule_starts_when_the_backbone_does() -> None:
+    # 8 probe steps at the initial lr, then warmup over 25 % of the 12 fine-tuning steps (3) and the cosine after it
+    sched, opt = _sched("cosine", warmup_steps=0.25, total_steps=20, start_steps=8)
+    lrs = []
+    for _ in range(20):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [1.0] * 8 + [1 / 4, 2 / 4, 3 / 4] + [0.5 * (1 + math.cos(math.pi * k / 9)) for k in range(9)]
+    assert lrs == pytest.approx([0.1 * e for e in expected])
+
+
+def test_an_lp_ft_fit_warms_up_from_its_first_fine_tuning_step(tmp_path: Path) -> None:
+    # 1 probe epoch (L-BFGS: no optimizer step) and 2 fine-tuning epochs of 3 steps: the classifier passes the 3
+    # probe steps, so the warmup (half the 6 fine-tuning steps) starts at the first fine-tuning step
+    cli = fit(tmp_path, "--trainer.max_epochs", "3", "--model.freeze_backbone", "true", "--model.unfreeze_at_epoch",
+              "1", "--model.probe", "lbfgs", "--model.lr_scheduler.init_args.warmup_steps", "0.5")  # fmt: skip
+    (config,) = cli.trainer.lr_scheduler_configs
+    assert (config.scheduler.start_steps, config.scheduler.total_steps, config.scheduler.warmup_steps) == (3, 6, 3)
+    assert config.scheduler.factor(3) == pytest.approx(1 / 4)  # the first fine-tuning step, warming up

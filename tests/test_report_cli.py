@@ -66,7 +66,8 @@ def test_report_command_writes_the_report_without_torch(spec: dict) -> None:
     table = pd.read_csv(out / "table.csv")
     assert set(table["variant"]) == {"full", "no-bn", "snapshot"}
     assert int(table.loc[table["variant"] == "full", "n"].iloc[0]) == 3
-    assert proc.stderr.count("not counted:") == 5
+    # the runs that do not count are listed once, under the table on stdout, not again on stderr
+    assert proc.stdout.count("### Runs not counted") == 1 and "not counted:" not in proc.stderr
 
 
 @pytest.mark.slow
@@ -103,9 +104,12 @@ def test_a_full_disk_is_one_line_naming_the_file_and_the_earlier_report_stays_wh
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # whole, and no temporary file left
 
 
-def test_report_takes_the_set_and_seeds_of_ablate_run_and_checks_set_against_the_ledger(tmp_path: Path) -> None:
+def test_report_takes_the_set_and_seeds_of_ablate_run_and_checks_them_against_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """``toolkit report SPEC --seeds ... --set k=v`` as the study was run: its runs are found (the table has every
-    seed); overrides the ledger does not record for the study are refused, naming what it recorded."""
+    seed); seeds or overrides the ledger does not record for the study are refused, naming what it recorded; and
+    without them the report uses what the ledger recorded (never silently another table)."""
     from toolkit.errors import ToolkitError
     from toolkit.report.cli import main
     from toolkit.study.ledger import Ledger, ledger_path
@@ -116,7 +120,8 @@ def test_report_takes_the_set_and_seeds_of_ablate_run_and_checks_set_against_the
     path = tmp_path / "synth.yaml"
     path.write_text(SPEC.format(base=base).replace("seeds: [0, 1, 2]", "seeds: [0]"))
     with Ledger(ledger_path(synth["root"], "synth")).edit() as records:
-        records["x"] = {"id": "x", "variant": "full", "seed": 0, "cli_changes": {"set": {"trainer.max_epochs": 1}}}
+        made = {"seeds": [0, 1, 2], "set": {"trainer.max_epochs": 1}}  # what ablate run --seeds 0-2 --set records
+        records["x"] = {"id": "x", "variant": "full", "seed": 0, "cli_changes": made}
     out = tmp_path / "out"
     argv = [str(path), "--root", str(synth["root"]), "--out", str(out), "--seeds", "0-2"]
     assert main([*argv, "--set", "trainer.max_epochs=1"]) == 0
@@ -124,3 +129,16 @@ def test_report_takes_the_set_and_seeds_of_ablate_run_and_checks_set_against_the
     assert int(table.loc[table["variant"] == "full", "n"].iloc[0]) == 3  # the spec alone says seed 0 only
     with pytest.raises(ToolkitError, match=r'--set \{"trainer.max_epochs": 2\}: the runs of synth .* were made with'):
         main([*argv, "--set", "trainer.max_epochs=2"])
+    with pytest.raises(ToolkitError, match=r"--seeds 0,1: the runs of synth .* were made with --seeds 0,1,2"):
+        main([str(path), "--root", str(synth["root"]), "--out", str(out), "--seeds", "0,1"])
+    # no options: the ledger's --seeds and --set, said on stderr, and the same 3-seed table
+    capsys.readouterr()
+    assert main([str(path), "--root", str(synth["root"]), "--out", str(tmp_path / "plain")]) == 0
+    assert "the runs were made with --seeds 0,1,2 --set trainer.max_epochs=1" in capsys.readouterr().err
+    plain = pd.read_csv(tmp_path / "plain" / "table.csv")
+    assert int(plain.loc[plain["variant"] == "full", "n"].iloc[0]) == 3
+    # runs made by two command lines: the report will not guess which table is meant
+    with Ledger(ledger_path(synth["root"], "synth")).edit() as records:
+        records["y"] = {"id": "y", "variant": "full", "seed": 1, "cli_changes": {"seeds": [0, 1]}}
+    with pytest.raises(ToolkitError, match=r"were made by several command lines .*; pass --seeds/--set"):
+        main([str(path), "--root", str(synth["root"]), "--out", str(tmp_path / "plain")])

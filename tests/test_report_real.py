@@ -136,8 +136,8 @@ def test_markdown_shape_and_plots(report: Path) -> None:
     rows = [line for line in (report / "table.md").read_text().splitlines() if line.startswith("|")]
     header = [cell.strip() for cell in rows[0].strip("|").split("|")]
     assert header == [
-        "Variant", "Accuracy", "F1", "Val accuracy", "Δ Accuracy (pts)", "95 % CI", "p (Holm)", "Direction", "Seeds",
-        "Notes",
+        "Variant", "Accuracy", "F1", "Val accuracy", "Δ Accuracy (pts)", "95 % CI (Holm)", "p (Holm)", "MDE (pts)",
+        "Direction", "Seeds", "Epochs", "Notes",
     ]  # fmt: skip
     assert [row.strip("|").split("|")[0].strip() for row in rows[2:]] == ["full", "no-drop ⚠"]  # seed 1 excluded
     assert all(" ± " in cell for cell in rows[2].strip("|").split("|")[1:4])  # full: 2 seeds

@@ -64,7 +64,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> dict:
     one_class = {"status": "finished", "train_loss_initial": 2.3, "train_loss_final": 1.0, "test_pred_classes": 1}
     write_run(base / "flat" / "seed0", NAME, "flat", 0, train_loss=losses, test={"test/acc": 0.2}, health=one_class,
               **CURVE)  # fmt: skip
-    stuck = {"status": "finished", "train_loss_initial": 2.3026, "train_loss_final": 2.3020, "chance": 0.1}
+    stuck = {"status": "finished", "train_loss_initial": 2.3026, "train_loss_final": 2.3020, "chance": 0.1,
+             "val_best": 0.125, "val_n": 120, "val_chance": 0.1}  # fmt: skip
     write_run(base / "flat" / "seed1", NAME, "flat", 1, train_loss=losses, test={"test/acc": 0.4}, health=stuck,
               **CURVE)  # fmt: skip
     Ledger(ledger_path(root, NAME)).update(
@@ -131,7 +132,7 @@ def test_every_unhealthy_run_is_listed_with_its_class_and_reason(report: ReportR
     assert runs.loc[("hot", 0), "health"] == "diverged"
     assert runs.loc[("hot", 0), "reason"].startswith("training diverged at step 4")
     assert runs.loc[("flat", 0), "health"] == "degenerate" and "one class" in runs.loc[("flat", 0), "reason"]
-    assert runs.loc[("flat", 1), "health"] == "not learning" and "2.303 -> 2.302" in runs.loc[("flat", 1), "reason"]
+    assert runs.loc[("flat", 1), "health"] == "not learning" and "15/120" in runs.loc[("flat", 1), "reason"]
     assert runs.loc[("broken", 0), "health"] == "failed" and runs.loc[("broken", 0), "reason"] == BROKEN_REASON
     table = report.table.set_index("variant")
     assert (table["excluded"] > 0).all()  # every variant lost a seed to its health

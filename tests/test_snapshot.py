@@ -16,7 +16,7 @@ from conftest import DIGITS, ROOT, fit, toolkit_cmd
 from sklearn.metrics import accuracy_score, f1_score
 
 from toolkit.callbacks.ensemble import CheckpointEnsemble
-from toolkit.callbacks.snapshot import SnapshotEnsemble, cycle_length
+from toolkit.callbacks.snapshot import CyclicSchedule, SnapshotEnsemble, cycle_length
 from toolkit.classifier import ImageClassifier
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli import check_args, run_cli
@@ -268,22 +268,56 @@ def test_snapshot_config_parses() -> None:
     check_args(["fit", "--config", DIGITS, "--config", SNAPSHOT_YAML])
 
 
-def test_the_schedule_is_torchs_cosine_with_warm_restarts() -> None:
-    # 60 steps in 4 cycles: torch's CosineAnnealingWarmRestarts(T_0=ceil(T/M)) is Huang et al.'s formula exactly
+def test_the_schedule_without_warmup_is_torchs_cosine_with_warm_restarts() -> None:
+    # 60 steps in 4 cycles: torch's CosineAnnealingWarmRestarts(T_0=ceil(T/M)) is Huang et al.'s formula, and the
+    # callback's schedule (LambdaLR of CyclicSchedule) without probe steps or warmup is the same at every step
     param = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([{"params": [param], "lr": LR}, {"params": [], "lr": LR * 0.1}])
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=cycle_length(60, 4))
-    diff = 0.0
+    groups = [{"params": [param], "lr": LR}, {"params": [], "lr": LR * 0.1}]
+    reference = torch.optim.SGD(groups)
+    ours = torch.optim.SGD([{**g} for g in groups])
+    restarts = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(reference, T_0=cycle_length(60, 4))
+    cyclic = torch.optim.lr_scheduler.LambdaLR(ours, CyclicSchedule(0, cycle_length(60, 4)))
     for step in range(60):
-        lrs = [g["lr"] for g in optimizer.param_groups]
-        diff = max(diff, abs(lrs[0] - expected_lr(LR, step, 60, 4)), abs(lrs[1] - expected_lr(LR * 0.1, step, 60, 4)))
-        optimizer.step()
-        scheduler.step()
-    assert diff == 0.0
+        lrs = [g["lr"] for g in reference.param_groups]
+        assert lrs == pytest.approx([expected_lr(LR, step, 60, 4), expected_lr(LR * 0.1, step, 60, 4)], abs=1e-15)
+        assert [g["lr"] for g in ours.param_groups] == pytest.approx(lrs, rel=1e-12, abs=1e-15)
+        reference.step(), ours.step(), restarts.step(), cyclic.step()
+
+
+def test_probe_steps_then_cycles_with_a_warmup_each_by_hand() -> None:
+    schedule = CyclicSchedule(start=5, cycle_steps=6, warmup_steps=2)
+    assert [schedule(t) for t in range(5)] == [1.0] * 5  # the probe epochs
+    for cycle in range(2):  # each cycle: 1/3, 2/3, then the cosine from 1 to 0 over the 4 remaining steps
+        t0 = 5 + 6 * cycle
+        assert [schedule(t0 + i) for i in range(6)] == pytest.approx(
+            [1 / 3, 2 / 3, *[(math.cos(math.pi * k / 4) + 1) / 2 for k in range(4)]]
+        )
 
 
 def test_lightning_steps_and_monitors_the_snapshot_scheduler(snap) -> None:
     _, cli = snap
     (config,) = cli.trainer.lr_scheduler_configs
-    assert isinstance(config.scheduler, torch.optim.lr_scheduler.CosineAnnealingWarmRestarts)
-    assert (config.interval, config.scheduler.T_0, config.scheduler.last_epoch) == ("step", 4, 12)
+    assert isinstance(config.scheduler, torch.optim.lr_scheduler.LambdaLR)
+    schedule = config.scheduler.lr_lambdas[0]  # one per param group, the same object
+    assert (config.interval, schedule.cycle_steps, config.scheduler.last_epoch) == ("step", 4, 12)
+
+
+def test_lp_ft_cycles_over_the_fine_tuning_steps_with_a_warmup_per_restart(tmp_path: Path) -> None:
+    # LP->FT with the L-BFGS probe: epoch 0 is the probe (4 steps, no snapshot), epochs 1-3 (12 steps) are 3 cycles of
+    # 4 steps, each warming up over 1 step; every snapshot is a fine-tuned one, and the ensemble averages all 3
+    args = [*snapshot_args(3, "--trainer.callbacks.warmup", "0.25"), "--trainer.callbacks+=test_snapshot.LrRecorder"]
+    lpft = ["--model.freeze_backbone", "true", "--model.unfreeze_at_epoch", "1", "--model.probe", "lbfgs"]
+    cli = fit(tmp_path, *args, *lpft, *EVERY_EPOCH, "--trainer.max_epochs", "4", "--trainer.limit_train_batches", "4",
+              "--test_after_fit", "true")  # fmt: skip
+    rows = dict(recorder_of(cli).rows)  # the steps that stepped the optimizer, with their lrs
+    fine_tuning = sorted(step for step in rows if step >= 4)
+    assert fine_tuning == list(range(4, 16))
+    for step in fine_tuning:  # the head's lr: warmup 1/2 at each cycle's first step, then the cosine over 3 steps
+        position = (step - 4) % 4
+        factor = 0.5 if position == 0 else (math.cos(math.pi * (position - 1) / 3) + 1) / 2
+        assert rows[step][0] == pytest.approx(LR * factor, rel=1e-9), step
+    epochs = [torch.load(tmp_path / "checkpoints" / f"snapshot-{i}.pt")["epoch"] for i in range(3)]
+    assert epochs == [1, 2, 3]  # no probe snapshot
+    result = RunResult.read(tmp_path / "result.json")
+    assert result is not None
+    assert result.tested_snapshots == "fine-tune epoch 1, fine-tune epoch 2, fine-tune epoch 3"

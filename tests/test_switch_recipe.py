@@ -44,7 +44,11 @@ def doubled(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_the_signature_literal_and_the_report_key_follow_the_registry() -> None:
     hints = typing.get_type_hints(ImageClassifier.__init__)
-    assert typing.get_args(hints["batchnorm"]) == tuple(BATCHNORM_LEVELS) == ("on", "frozen", "fused", "off")
+    assert (
+        typing.get_args(hints["batchnorm"])
+        == tuple(BATCHNORM_LEVELS)
+        == ("on", "frozen", "frozen-stats", "fused", "off")
+    )
     assert SWITCHES["residual"].plot_key == RESIDUAL_KEY
     assert [s.name for s in SWITCHES.values()] == ["batchnorm", "residual", "residual_blocks", "lesion_blocks"]
     assert all(name in hints for name in SWITCHES)  # every switch is an argument of the model
@@ -55,7 +59,10 @@ def test_a_declared_level_is_validated_and_applied() -> None:
     model = ImageClassifier(backbone="test_resnet", zero_init_last=False)
     with pytest.raises(ToolkitError) as err:
         apply_switches(model.backbone, batchnorm="tripled")
-    assert str(err.value) == "batchnorm='tripled' is not a level; choose one of on, frozen, fused, off, doubled"
+    assert (
+        str(err.value)
+        == "batchnorm='tripled' is not a level; choose one of on, frozen, frozen-stats, fused, off, doubled"
+    )
     with pytest.raises(ToolkitError, match=r"Parser key \"model.batchnorm\".*Got value: tripled"):
         parse_config(["fit", "--model.batchnorm", "tripled"])
     assert parse_config(["fit", "--model.batchnorm", "doubled"]).fit.model.batchnorm == "doubled"

@@ -91,7 +91,21 @@ def test_a_variant_that_sets_the_key_keeps_its_value_and_is_not_tuned(tmp_path: 
     spec = load_spec(path)
     assert [v for v in tuning.tune_study(spec).variants] == ["full@lr=0.001", "full@lr=0.01"]
     chosen = tuning.choose(spec, tmp_path, finish(spec, tmp_path, {"full@lr=0.001": 0.3, "full@lr=0.01": 0.4}))
-    assert tuning.column(spec, chosen) == {"full": "lr=0.01", "own": "lr=0.05 (fixed)"}
+    # 0.01 is the largest value tried: the best may lie beyond it, and the table says so
+    assert tuning.column(spec, chosen) == {"full": "lr=0.01 (grid edge)", "own": "lr=0.05 (fixed)"}
+
+
+def test_a_value_inside_its_grid_is_not_marked_and_untuned_rows_that_change_the_optimisation_are() -> None:
+    grid = [0.001, 0.01, 0.1]
+    assert [tuning.at_edge(grid, v) for v in grid] == [True, False, True]
+    assert tuning.at_edge([0.1, 0.001, 0.01], 0.1) and not tuning.at_edge([0.1, 0.001, 0.01], 0.01)  # numeric ends
+    assert tuning.at_edge(["cosine", "step", "constant"], "constant") and not tuning.at_edge(["a", "b", "c"], "b")
+    assert tuning.changes_optimisation({"model.freeze_backbone": False, "data.augment": "mild"}) == [
+        "model.freeze_backbone"
+    ]
+    snapshot = {"trainer.callbacks": [{"class_path": "toolkit.SnapshotEnsemble"}]}
+    assert tuning.changes_optimisation(snapshot) == ["trainer.callbacks"]
+    assert tuning.changes_optimisation({"model.drop_path_rate": 0.1}) == []
 
 
 def test_choices_are_recorded_and_only_read_back_for_the_same_tune(tmp_path: Path) -> None:
@@ -153,7 +167,8 @@ def test_two_optimizers_get_their_own_lr_on_val_and_the_table_shows_it(tmp_path:
     record = json.loads((tmp_path / "runs" / "opt" / "tune.json").read_text())
     assert record["variants"]["adamw"]["values"] == {LR: 0.003}
     assert record["variants"]["sgd"]["values"] == {LR: 0.5}
-    assert record["variants"]["adamw-own-lr"] == {"values": {LR: 0.001}, "fixed": [LR], "scores": {}}
+    own = {"values": {LR: 0.001}, "fixed": [LR], "scores": {}, "inherited": False}
+    assert record["variants"]["adamw-own-lr"] == own
     tuned_runs = sorted(p.parent.name for p in (tmp_path / "runs" / "opt-tune").glob("*/seed0"))
     assert tuned_runs == ["adamw@lr=0.003", "adamw@lr=0.5", "sgd@lr=0.003", "sgd@lr=0.5"]
     for variant, lr in (("adamw", 0.003), ("sgd", 0.5), ("adamw-own-lr", 0.001)):
@@ -173,3 +188,34 @@ def test_without_tune_the_table_says_every_row_shares_the_baselines_hyperparamet
     assert "every row shares the baseline's, except the settings its variant changes (no `tune:`)" in legend(
         "full", ["test/acc"]
     )
+
+
+def test_tune_auto_tunes_the_lr_of_the_baseline_and_the_rows_that_change_the_optimisation(tmp_path: Path) -> None:
+    variants = {"full": {}, "ft": {"model.freeze_backbone": False}, "drop": {"model.drop_rate": 0.3},
+                "own": {"model.pretrained": False, LR: 0.05},
+                "probe": {"model.freeze_backbone": True, "model.probe": "lbfgs"}}  # fmt: skip
+    spec = load_spec(write_spec(tmp_path, tune="auto", variants=variants))
+    assert spec.tune == {LR: [0.003, 0.001, 0.009]}  # configs/digits.yaml's lr x (1, 1/3, 3), its own first
+    # `own` sets the lr itself; `drop` changes no optimisation setting; `probe` (L-BFGS, never unfrozen) takes no step
+    assert spec.tune_rows == ("full", "ft")
+    stage = tuning.tune_study(spec)
+    assert list(stage.variants) == [f"{v}@lr={lr}" for v in ("full", "ft") for lr in (0.003, 0.001, 0.009)]
+    scores = {"full@lr=0.003": 0.5, "full@lr=0.001": 0.4, "full@lr=0.009": 0.6,
+              "ft@lr=0.003": 0.5, "ft@lr=0.001": 0.7, "ft@lr=0.009": 0.1}  # fmt: skip
+    chosen = tuning.choose(spec, tmp_path, finish(spec, tmp_path, scores))
+    assert tuning.column(spec, chosen) == {
+        "full": "lr=0.009 (grid edge)", "ft": "lr=0.001 (grid edge)", "drop": "lr=0.009 (baseline's)",
+        "own": "lr=0.05 (fixed)", "probe": "lr=0.009 (baseline's)",
+    }  # fmt: skip
+    # a row tune: auto leaves alone differs from the baseline in its change only, at the baseline's chosen lr
+    runs = {run.variant: run.overrides for run in tuning.tuned(spec, chosen).runs()}
+    assert runs["drop"] == {**runs["full"], "model.drop_rate": 0.3}
+    tuning.write_choices(tmp_path, spec, chosen)
+    assert tuning.read_choices(tmp_path, spec) == chosen  # inherited choices read back as such
+
+
+def test_tune_auto_without_a_base_lr_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "bare.yaml"
+    config.write_text("model: {backbone: test_resnet}\n")
+    with pytest.raises(ToolkitError, match=r"tune: auto tunes the lr around the baseline's, but no base config sets"):
+        load_spec(write_spec(tmp_path, base=[str(config)], tune="auto"))

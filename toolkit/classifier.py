@@ -274,6 +274,14 @@ class ImageClassifier(pl.LightningModule):
             return 0
         return self.hparams.unfreeze_at_epoch
 
+    def probe_steps(self) -> int:
+        """Optimizer steps of the probe epochs before the backbone trains (LP->FT; 0 for a full fine-tune or a probe
+        alone): where a schedule starts, so it means the same for every transfer mode."""
+        total, epochs = int(self.trainer.estimated_stepping_batches), self.trainer.max_epochs
+        if not self.finetune_from or not epochs or epochs < 1:
+            return 0
+        return self.finetune_from * (total // epochs)
+
     def tested_checkpoint(self) -> dict[str, Any]:
         """Epoch and phase of the checkpoint the last test loaded (``tested_epoch`` None: the in-memory weights),
         and the first fine-tuning epoch, for the run's health record."""
@@ -371,7 +379,7 @@ class ImageClassifier(pl.LightningModule):
             return optimizer
         # a schedule callback (SnapshotEnsemble) swaps this scheduler for its own, as Lightning's SWA callback does
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler, per_step = build_lr_scheduler(self.scheduler_factory, optimizer, total)
+        scheduler, per_step = build_lr_scheduler(self.scheduler_factory, optimizer, total, self.probe_steps())
         interval = self.hparams.scheduler_interval or ("step" if per_step else "epoch")
         config = {"scheduler": scheduler, "interval": interval}
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

@@ -52,7 +52,7 @@ def parse(parser: ArgumentParser, argv: list[str], command: str) -> Any:
     return parse_quietly(lambda: parser.parse_args(dashed(argv)), f" (see toolkit {command} --help)")
 
 
-SPELLING = "options take dashes or underscores alike: --dry-run or --dry_run, --gpus-per-run or --gpus_per_run"
+SPELLING = "every option takes dashes or underscores alike (--an-option or --an_option)"
 
 
 def add_runner_options(parser: ArgumentParser, what: str = "runs") -> None:

@@ -64,16 +64,47 @@ def apply(spec: AblationSpec, seeds: str | None, sets: list[str] | None) -> tupl
     return spec, changes
 
 
-def check_recorded(spec: AblationSpec, root: Path, changes: dict[str, Any]) -> None:
-    """Refuse ``--set`` overrides that differ from those the ledger recorded for the study's runs (``toolkit report``
-    of a study run with ``ablate run --set``): the table would name settings its runs did not use."""
-    if "set" not in changes:
-        return
+def _recorded(spec: AblationSpec, root: Path) -> list[dict[str, Any]]:
+    """The distinct ``--seeds``/``--set`` the ledger recorded for the study's runs ({} for runs made without)."""
     records = Ledger(ledger_path(root, spec.name)).read()
-    recorded = {json.dumps(r.get("cli_changes", {}).get("set", {}), sort_keys=True) for r in records.values()}
-    if recorded and json.dumps(changes["set"], sort_keys=True) not in recorded:
-        made = " or ".join(sorted(recorded))
+    found = {json.dumps(r.get("cli_changes") or {}, sort_keys=True) for r in records.values()}
+    return [json.loads(text) for text in sorted(found)]
+
+
+def _shown(changes: dict[str, Any]) -> str:
+    parts = [f"--seeds {','.join(map(str, changes['seeds']))}"] if "seeds" in changes else []
+    parts += [f"--set {json.dumps(changes['set'])}"] if "set" in changes else []
+    return " ".join(parts) or "no --seeds/--set"
+
+
+def check_recorded(spec: AblationSpec, root: Path, changes: dict[str, Any]) -> None:
+    """Refuse ``--seeds`` or ``--set`` that differ from what the ledger recorded for the study's runs (``toolkit
+    report`` of a study run with ``ablate run --seeds/--set``): the table would name seeds or settings its runs did
+    not use."""
+    recorded = _recorded(spec, root)
+    if not recorded:
+        return
+    for key in ("seeds", "set"):
+        if key not in changes:
+            continue
+        default = spec.seeds if key == "seeds" else {}
+        made = [r.get(key, default) for r in recorded]
+        if changes[key] not in made:
+            shown = " or ".join(dict.fromkeys(_shown({key: m}) if m != default else "none" for m in made))
+            raise ToolkitError(
+                f"{_shown({key: changes[key]})}: the runs of {spec.name} under {root} were made with {shown}; "
+                f"pass the same --{key} as ablate run (or none)"
+            )
+
+
+def recorded_changes(spec: AblationSpec, root: Path) -> dict[str, Any]:
+    """The ``--seeds``/``--set`` the study's runs were made with, for a report given neither: {} when none were
+    used, the one set the ledger recorded, or a ToolkitError when several command lines made the runs."""
+    recorded = _recorded(spec, root)
+    if len(recorded) > 1:
+        shown = " / ".join(_shown(r) for r in recorded)
         raise ToolkitError(
-            f"--set {json.dumps(changes['set'])}: the runs of {spec.name} under {root} were made with --set {made}; "
-            "pass the same overrides as ablate run"
+            f"the runs of {spec.name} under {root} were made by several command lines ({shown}); pass --seeds/--set "
+            "to say which table you mean"
         )
+    return recorded[0] if recorded else {}

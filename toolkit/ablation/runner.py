@@ -75,6 +75,15 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
     finally:
         if preload is not None:
             preload.join()  # no thread is alive when runs start (a fresh run's preexec_fn needs that)
+    untuned = [v for v, cell in tuning.untuned_column(spec).items() if cell] if not spec.tune else []
+    if untuned:  # said before anything runs, and again in the table
+        console.print(
+            f"note: {', '.join(untuned)} change how the model is optimised but run at the baseline's settings (not "
+            "tuned on val); `tune: auto` in the spec tunes their lr",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
     if spec.tune:
         stage = tuning.tune_study(spec)
         if options.validate:

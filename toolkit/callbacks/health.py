@@ -1,9 +1,12 @@
 """Run health at the source: stop a diverging fit (``DivergenceGuard``) and record what the report classifies.
 
 ``RunHealth`` records what the ablation report needs to tell a healthy run from a diverged, degenerate or
-not-learning one: the first and last train loss, the epochs completed of ``max_epochs``, the number of distinct
-classes the model predicted on the test split and the chance level there (majority-class share). ``toolkit fit``
-writes these into ``result.json`` and the W&B summary (``health/*`` keys, see :func:`health_summary`).
+not-learning one: the first step's train loss, the first and the last epoch's mean train loss, the epochs completed
+of ``max_epochs``, the monitored validation score of every epoch with the validation set's size and chance level
+(majority-class share) and whether the run was still improving when it stopped
+(:mod:`toolkit.study.convergence`), whether early stopping ended it, the number of distinct classes the model
+predicted on the test split and the chance level there. ``toolkit fit`` writes these into ``result.json`` and the
+W&B summary (``health/*`` keys, see :func:`health_summary`).
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from typing_extensions import override
 
+from toolkit import keys
+from toolkit.callbacks.early_stop import stopped_early
 from toolkit.errors import ToolkitError
 from toolkit.freezing import BackboneFreezer
+from toolkit.study.convergence import still_improving
 
 #: prefix of the health keys in the W&B summary (``health/status``, ``health/epochs_completed``, ...)
 HEALTH_PREFIX = "health/"
@@ -106,11 +112,23 @@ class RunHealth(Callback):
     def __init__(self) -> None:
         self.initial_loss: float | None = None
         self.final_loss: float | None = None
+        #: the mean train loss of the first epoch that trained (the probe's solution for an L-BFGS probe)
+        self.first_epoch_loss: float | None = None
+        #: the monitored validation score after each epoch, oldest first
+        self.val_scores: list[float] = []
+        self._val_labels: Counter[int] = Counter()
+        #: the validation set's size and its majority-class share (counted in the first validation epoch)
+        self.val_n: int | None = None
+        self.val_chance: float | None = None
         #: training steps whose loss was NaN/inf (only possible with the divergence guard off)
         self.nonfinite_steps = 0
         self._epoch_sum, self._epoch_count = 0.0, 0
         self._preds: Counter[int] = Counter()
         self._labels: Counter[int] = Counter()
+        self._restored: dict[str, Any] | None = None  # a checkpoint's record, applied when a fit resumes
+        #: whether early stopping ended the fit (read when training ends: testing a checkpoint restores the
+        #: early-stopping callback's state of that checkpoint's epoch)
+        self.stopped_early: bool | None = None
 
     @override
     def on_train_batch_end(
@@ -139,7 +157,41 @@ class RunHealth(Callback):
             self.final_loss = probe[1]
         if self._epoch_count:
             self.final_loss = self._epoch_sum / self._epoch_count  # the last epoch's mean: less noisy than a step
+        if self.first_epoch_loss is None and self.final_loss is not None:
+            self.first_epoch_loss = self.final_loss
         self._epoch_sum, self._epoch_count = 0.0, 0
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # the chance level of the validation set, counted once (the set is the same every epoch)
+        if trainer.sanity_checking or self.val_n is not None:
+            return
+        targets = batch[1] if isinstance(batch, list | tuple) and len(batch) >= 2 else None
+        if isinstance(targets, torch.Tensor) and targets.ndim == 1:
+            self._val_labels.update(targets.tolist())
+
+    @override
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # after the epoch's metrics are computed (as EarlyStopping reads them); not in the sanity check
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        if self.val_n is None and self._val_labels:
+            labels = trainer.strategy.reduce(
+                torch.tensor([sum(self._val_labels.values()), max(self._val_labels.values())], dtype=torch.float64),
+                reduce_op="sum",
+            )
+            self.val_n, self.val_chance = int(labels[0]), float(labels[1] / labels[0])
+        score = trainer.callback_metrics.get(keys.MONITOR)
+        if score is not None:
+            self.val_scores.append(float(score))
 
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -166,11 +218,20 @@ class RunHealth(Callback):
     def summary(self, trainer: Trainer, status: str, reason: str | None = None) -> dict[str, Any]:
         """The health record of the run: status, epochs, losses, test prediction spread and chance level."""
         total = sum(self._labels.values())
+        noise = 1 / self.val_n if self.val_n and keys.MONITOR.rsplit("/", 1)[-1].startswith("acc") else 0.0
+        early = self.stopped_early if self.stopped_early is not None else stopped_early(trainer)
+        improving = False if early else still_improving(self.val_scores, noise, keys.MONITOR_MODE == "max")
         record: dict[str, Any] = {
             "status": status,
             "epochs_completed": int(trainer.fit_loop.epoch_progress.current.completed),
             "max_epochs": trainer.max_epochs,
+            "stopped_early": early,
+            "still_improving": improving,
+            "val_best": max(self.val_scores) if keys.MONITOR_MODE == "max" and self.val_scores else None,
+            "val_n": self.val_n,
+            "val_chance": self.val_chance,
             "train_loss_initial": self.initial_loss,
+            "train_loss_first_epoch": self.first_epoch_loss,
             "train_loss_final": self.final_loss,
             "nonfinite_steps": self.nonfinite_steps,
             "test_pred_classes": len(self._preds) if total else None,
@@ -182,13 +243,38 @@ class RunHealth(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"initial_loss": self.initial_loss, "final_loss": self.final_loss, "nonfinite": self.nonfinite_steps}
+        return {
+            "initial_loss": self.initial_loss,
+            "final_loss": self.final_loss,
+            "first_epoch_loss": self.first_epoch_loss,
+            "nonfinite": self.nonfinite_steps,
+            "val_scores": list(self.val_scores),
+            "val_n": self.val_n,
+            "val_chance": self.val_chance,
+        }
+
+    @override
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.stopped_early = stopped_early(trainer)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.initial_loss = state_dict.get("initial_loss")
-        self.final_loss = state_dict.get("final_loss")
-        self.nonfinite_steps = state_dict.get("nonfinite", 0)
+        # applied when a fit resumes (on_train_start), never when a test loads a checkpoint: testing the best
+        # checkpoint of this fit must not roll its record back to that epoch's
+        self._restored = dict(state_dict)
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        state, self._restored = self._restored, None
+        if state is None:
+            return
+        self.initial_loss = state.get("initial_loss")
+        self.final_loss = state.get("final_loss")
+        self.nonfinite_steps = state.get("nonfinite", 0)
+        self.first_epoch_loss = state.get("first_epoch_loss")
+        self.val_scores = list(state.get("val_scores") or [])
+        self.val_n = state.get("val_n")
+        self.val_chance = state.get("val_chance")
 
 
 def health_summary(record: dict[str, Any]) -> dict[str, Any]:

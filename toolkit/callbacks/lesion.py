@@ -67,14 +67,21 @@ class LesionSweep(pl.Callback):
         max_k: largest number of blocks lesioned together; None = all blocks that have a shortcut.
         samples: sets of k blocks evaluated per k when there are more than this many (Veit et al. sample sets too).
         seed: seed of the drawn sets (fixed, so every run of a study lesions the same sets).
+        max_batches: sweep the first ``max_batches`` test batches only (the test loader's fixed order; the sweep
+            costs one pass per lesion set, the run's own ``test/*`` metrics still cover the whole test split);
+            None: every batch.
     """
 
-    def __init__(self, max_k: int | None = None, samples: int = 4, seed: int = 0) -> None:
+    def __init__(
+        self, max_k: int | None = None, samples: int = 4, seed: int = 0, max_batches: int | None = None
+    ) -> None:
         if max_k is not None and max_k < 1:
             raise ToolkitError(f"LesionSweep: max_k must be >= 1 (or null for all blocks), got {max_k}")
         if samples < 1:
             raise ToolkitError(f"LesionSweep: samples must be >= 1, got {samples}")
-        self.max_k, self.samples, self.seed = max_k, samples, seed
+        if max_batches is not None and max_batches < 1:
+            raise ToolkitError(f"LesionSweep: max_batches must be >= 1 (or null for every batch), got {max_batches}")
+        self.max_k, self.samples, self.seed, self.max_batches = max_k, samples, seed, max_batches
         self._blocks: list[torch.nn.Module] = []
         self._sets: list[tuple[int, ...]] = []
         self._by_k: dict[int, list[tuple[int, ...]]] = {}
@@ -104,7 +111,8 @@ class LesionSweep(pl.Callback):
     def on_test_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, *args: Any
     ) -> None:
-        if not self._blocks:
+        batch_idx = args[0] if args else 0
+        if not self._blocks or (self.max_batches is not None and batch_idx >= self.max_batches):
             return
         images, targets = batch[0], batch[1]
         for lesioned in self._sets:

@@ -16,14 +16,15 @@ import torch
 from lightning.pytorch.callbacks import StochasticWeightAveraging
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.types import LRSchedulerConfig
-from torch.optim.lr_scheduler import CosineAnnealingWarmRestarts
+from torch.optim.lr_scheduler import LambdaLR
 from typing_extensions import override
 
 from toolkit import keys
+from toolkit.callbacks.early_stop import EarlyStop
 from toolkit.callbacks.ensemble import EnsembleEvaluator
 from toolkit.errors import ToolkitError
 
-__all__ = ["SnapshotEnsemble", "cycle_length", "cyclic_cosine_lr", "snapshot_dir"]
+__all__ = ["CyclicSchedule", "SnapshotEnsemble", "cycle_length", "cyclic_cosine_lr", "snapshot_dir"]
 
 
 def cycle_length(total_steps: int, cycles: int) -> int:
@@ -46,6 +47,29 @@ def cyclic_cosine_lr(base_lr: float, step: int, cycle_steps: int) -> float:
     return base_lr / 2 * (math.cos(math.pi * (step % cycle_steps) / cycle_steps) + 1)
 
 
+class CyclicSchedule:
+    """The lr factor at each optimizer step: ``start`` steps at the base lr, then cycles of ``cycle_steps`` steps,
+    each a linear warmup of ``warmup_steps`` steps from ``1 / (warmup_steps + 1)`` of the base lr up to it, then
+    Huang et al.'s cosine from the base lr down to 0 over the rest of the cycle.
+
+    With ``start = warmup_steps = 0`` it is torch's ``CosineAnnealingWarmRestarts(T_0=cycle_steps)`` exactly (tested).
+    A callable object of plain numbers, so torch's ``LambdaLR`` keeps it in the scheduler's state (and a checkpoint
+    holds no code).
+    """
+
+    def __init__(self, start: int, cycle_steps: int, warmup_steps: int = 0) -> None:
+        self.start, self.cycle_steps, self.warmup_steps = start, cycle_steps, warmup_steps
+
+    def __call__(self, step: int) -> float:
+        if step < self.start:
+            return 1.0  # the probe epochs: an SGD probe trains its head at the base lr, an L-BFGS probe takes no step
+        position = (step - self.start) % self.cycle_steps
+        if position < self.warmup_steps:
+            return (position + 1) / (self.warmup_steps + 1)
+        cosine_steps = self.cycle_steps - self.warmup_steps
+        return (math.cos(math.pi * (position - self.warmup_steps) / cosine_steps) + 1) / 2
+
+
 def snapshot_dir(trainer: pl.Trainer) -> Path:
     """Where snapshots go: beside the run's checkpoints (``<default_root_dir>/checkpoints`` by default)."""
     callback = trainer.checkpoint_callback
@@ -56,12 +80,16 @@ def snapshot_dir(trainer: pl.Trainer) -> Path:
 class SnapshotEnsemble(EnsembleEvaluator):
     """Train one run, get ``cycles`` models: a cyclic cosine lr with a snapshot at the end of each cycle.
 
-    Per optimizer step ``t`` of the run's ``T`` steps (``trainer.estimated_stepping_batches``) each param group's lr
-    is ``lr0/2 * (cos(pi * mod(t, ceil(T/M)) / ceil(T/M)) + 1)``, ``lr0`` being the group's initial lr, so the ratio
-    between the head and backbone groups holds. That schedule is torch's
-    ``CosineAnnealingWarmRestarts(T_0=ceil(T/M))`` stepped every optimizer step; like Lightning's
-    StochasticWeightAveraging callback it takes the place of the model's scheduler in
-    ``trainer.strategy.lr_scheduler_configs``, so Lightning steps, checkpoints, resumes and monitors it.
+    The cycles share the run's fine-tuning steps: for an LP->FT model (``unfreeze_at_epoch``) the probe epochs come
+    first (``S`` steps at the base lr, no snapshot: a probe snapshot would only average the probe into the ensemble),
+    and the ``T - S`` steps after them (``T``: ``trainer.estimated_stepping_batches``) split into ``M`` cycles of
+    ``c = ceil((T - S) / M)`` steps. Each cycle starts with a linear warmup over ``warmup`` of its steps (a fraction;
+    0 by default, Huang et al.'s restart to the full lr) and then follows the cosine
+    ``lr0/2 * (cos(pi * t / (c - w)) + 1)`` to 0, ``lr0`` being each param group's initial lr, so the ratio between
+    the head and backbone groups holds (:class:`CyclicSchedule`, through torch's ``LambdaLR``, stepped every optimizer
+    step). Like Lightning's StochasticWeightAveraging callback it takes the place of the model's scheduler in
+    ``trainer.strategy.lr_scheduler_configs``, so Lightning steps, checkpoints, resumes and monitors it. It trains
+    every cycle: an early-stopping policy (``early_stopping.patience``) is turned off for the run, with a line.
 
     At the end of cycle ``i`` (0-based) the LightningModule's state_dict (weights and BN buffers) is copied to the
     CPU and saved as ``snapshot-<i>.pt`` beside the checkpoints, as ``{"run": <run token>, "epoch": <epoch it was
@@ -76,17 +104,22 @@ class SnapshotEnsemble(EnsembleEvaluator):
     Args:
         cycles: number of cycles M, i.e. snapshots.
         use_last: the ensemble averages the last ``use_last`` snapshots; None = all ``cycles``.
+        warmup: the fraction of each cycle spent warming up linearly to the base lr (0: restart at the full lr).
     """
 
     key = staticmethod(keys.snapshot_key)
 
-    def __init__(self, cycles: int, use_last: int | None = None) -> None:
+    def __init__(self, cycles: int, use_last: int | None = None, warmup: float = 0.0) -> None:
         if cycles < 1:
             raise ToolkitError(f"SnapshotEnsemble needs cycles >= 1, got {cycles}")
         if use_last is not None and not 1 <= use_last <= cycles:
             raise ToolkitError(f"use_last must be between 1 and cycles={cycles}, got {use_last}")
+        if not 0.0 <= warmup < 1.0:
+            raise ToolkitError(f"SnapshotEnsemble warmup is a fraction of each cycle in [0, 1), got {warmup}")
         super().__init__(use_last)
         self.cycles = cycles
+        self.warmup = warmup
+        self.start_step = 0
         self.total_steps: int | None = None
         self.cycle_steps: int | None = None
         self.snapshots: list[str] = []
@@ -105,7 +138,11 @@ class SnapshotEnsemble(EnsembleEvaluator):
         total = trainer.estimated_stepping_batches
         if not math.isfinite(total):
             raise ToolkitError("SnapshotEnsemble needs a known number of training steps; set max_epochs or max_steps")
-        cycle_length(int(total), self.cycles)  # fail before anything trains
+        cycle_length(int(total) - _probe_steps(trainer, pl_module), self.cycles)  # fail before anything trains
+        for callback in trainer.callbacks:
+            if isinstance(callback, EarlyStop) and callback.active:
+                callback.active = False
+                rank_zero_info("SnapshotEnsemble: early stopping is off for this run (every cycle ends in a snapshot)")
 
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -115,7 +152,9 @@ class SnapshotEnsemble(EnsembleEvaluator):
             raise ToolkitError(f"SnapshotEnsemble works with one optimizer, the model has {len(trainer.optimizers)}")
         total = int(trainer.estimated_stepping_batches)
         optimizer = trainer.optimizers[0]
-        scheduler = CosineAnnealingWarmRestarts(optimizer, T_0=cycle_length(total, self.cycles))
+        start = _probe_steps(trainer, pl_module)
+        steps = cycle_length(total - start, self.cycles)
+        scheduler = LambdaLR(optimizer, CyclicSchedule(start, steps, round(self.warmup * steps)))
         replaced = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs]
         if replaced:
             rank_zero_info(f"SnapshotEnsemble: the cyclic cosine replaces the configured {', '.join(replaced)}")
@@ -131,18 +170,20 @@ class SnapshotEnsemble(EnsembleEvaluator):
             if missing:
                 rank_zero_warn(f"SnapshotEnsemble: saved snapshots are gone: {', '.join(missing)}")
         else:
-            self.total_steps, self.cycle_steps = total, cycle_length(total, self.cycles)
+            self.start_step = _probe_steps(trainer, pl_module)
+            self.total_steps, self.cycle_steps = total, cycle_length(total - self.start_step, self.cycles)
             self.snapshots = []
             self.run_token = uuid.uuid4().hex  # os.urandom: draws nothing from the run's random generators
-            if total % self.cycles:
-                last = total - (self.cycles - 1) * self.cycle_steps
+            if (total - self.start_step) % self.cycles:
+                last = total - self.start_step - (self.cycles - 1) * self.cycle_steps
                 rank_zero_warn(
                     f"SnapshotEnsemble: {total} steps do not split into {self.cycles} equal cycles; the last cycle "
                     f"has {last} of {self.cycle_steps} steps and ends at lr x "
                     f"{cyclic_cosine_lr(1.0, last - 1, self.cycle_steps):.2f}"
                 )
+        after = f" after {self.start_step} probe steps" if self.start_step else ""
         rank_zero_info(
-            f"SnapshotEnsemble: {self.cycles} cycles of {self.cycle_steps} steps ({self.total_steps} in all), "
+            f"SnapshotEnsemble: {self.cycles} cycles of {self.cycle_steps} steps{after} ({self.total_steps} in all), "
             f"snapshots in {snapshot_dir(trainer)}"
         )
 
@@ -150,8 +191,8 @@ class SnapshotEnsemble(EnsembleEvaluator):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        step = trainer.global_step
-        if step == 0 or (step % self.cycle_steps and step < self.total_steps):
+        step = trainer.global_step - self.start_step
+        if step <= 0 or (step % self.cycle_steps and trainer.global_step < self.total_steps):
             return
         cycle = (step - 1) // self.cycle_steps
         if cycle < self.cycles and cycle == len(self.snapshots):  # once per cycle, also with grad accumulation
@@ -175,6 +216,7 @@ class SnapshotEnsemble(EnsembleEvaluator):
     def state_dict(self) -> dict[str, Any]:
         return {
             "cycles": self.cycles,
+            "start_step": self.start_step,
             "total_steps": self.total_steps,
             "cycle_steps": self.cycle_steps,
             "snapshots": list(self.snapshots),
@@ -195,6 +237,7 @@ class SnapshotEnsemble(EnsembleEvaluator):
                 "the cycles, max_epochs/max_steps, limit_train_batches and accumulate_grad_batches of the first run"
             )
         self.total_steps, self.cycle_steps = state["total_steps"], state["cycle_steps"]
+        self.start_step = int(state.get("start_step", 0))
         self.snapshots = list(state["snapshots"])
         self.run_token = state.get("run_token") or uuid.uuid4().hex
 
@@ -229,6 +272,12 @@ class SnapshotEnsemble(EnsembleEvaluator):
 
     def read_state_dict(self, path: Path) -> dict[str, torch.Tensor]:
         return _state_of(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _probe_steps(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+    """Optimizer steps before the backbone trains (`ImageClassifier.probe_steps`; 0 for another module)."""
+    probe_steps = getattr(pl_module, "probe_steps", None)
+    return int(probe_steps()) if callable(probe_steps) else 0
 
 
 def tested_snapshots(trainer: pl.Trainer) -> str | None:

@@ -1,4 +1,5 @@
-"""Edit the 2-D BatchNorm layers of a backbone in place: freeze them, fold them into their convs, or remove them."""
+"""Edit the 2-D BatchNorm layers of a backbone in place: freeze them (statistics and affine, or the statistics
+alone), fold them into their convs, or remove them."""
 
 from __future__ import annotations
 
@@ -85,6 +86,53 @@ def freeze_batchnorms(module: nn.Module, names: list[str]) -> str:
     for name in frozen:
         module.set_submodule(name, freeze_batch_norm_2d(module.get_submodule(name)))
     return f"batchnorm=frozen: {len(frozen)} layers frozen (running statistics and affine fixed)"
+
+
+class _RunningStatistics:
+    """Mixin: normalise with the running statistics in training too (and never update them); the affine trains."""
+
+    training: bool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's own forward as in eval mode: running statistics, no update; its affine keeps its gradients."""
+        training, self.training = self.training, False
+        try:
+            return super().forward(x)  # type: ignore[misc]
+        finally:
+            self.training = training
+
+
+_STATS_FROZEN: dict[type, type] = {}
+
+
+def _stats_frozen_type(cls: type) -> type:
+    """The subclass of a BatchNorm type that normalises with its running statistics in training too (one per type)."""
+    if cls not in _STATS_FROZEN:
+        _STATS_FROZEN[cls] = type(f"StatsFrozen{cls.__name__}", (_RunningStatistics, cls), {})
+    return _STATS_FROZEN[cls]
+
+
+def freeze_statistics(module: nn.Module, names: list[str]) -> str:
+    """Fix every BatchNorm's running statistics but keep its affine (scale and shift) trainable.
+
+    The control for ``fused``: folding makes each channel's scale and shift trainable (as conv weight and bias) on top
+    of removing normalisation, while ``frozen`` fixes them. With this level a study separates the two: ``frozen`` vs
+    ``frozen-stats`` is the trainable affine, ``frozen-stats`` vs ``fused`` the folding. The layers keep their type's
+    parameters and state_dict keys; only their forward normalises with the running statistics in training too.
+    """
+    trainable = [n for n in names if not isinstance(module.get_submodule(n), (FrozenBatchNorm2d, FrozenBatchNormAct2d))]
+    if not trainable:
+        raise ToolkitError(f"batchnorm=frozen-stats: all {len(names)} BatchNorm layers are frozen already")
+    without_affine = [n for n in trainable if getattr(module.get_submodule(n), "weight", None) is None]
+    if without_affine:
+        raise ToolkitError(
+            f"batchnorm=frozen-stats: {len(without_affine)} BatchNorm layers have no affine ({without_affine[0]}, ...) "
+            "to train; use batchnorm=frozen"
+        )
+    for name in trainable:
+        layer = module.get_submodule(name)
+        layer.__class__ = _stats_frozen_type(type(layer))
+    return f"batchnorm=frozen-stats: {len(trainable)} layers with fixed running statistics (affine trained)"
 
 
 def _without_norm(bn: nn.Module) -> nn.Module:

@@ -15,7 +15,13 @@ from typing import Any
 
 from torch import nn
 
-from toolkit.components._batchnorm import freeze_batchnorms, fuse_batchnorms, plan_fusion, remove_batchnorms
+from toolkit.components._batchnorm import (
+    freeze_batchnorms,
+    freeze_statistics,
+    fuse_batchnorms,
+    plan_fusion,
+    remove_batchnorms,
+)
 from toolkit.errors import ToolkitError
 
 
@@ -52,6 +58,8 @@ BATCHNORM_LEVELS: dict[str, Level] = {
         zero_init_effect="freeze them at 0, so those residual branches stay dead for good",
         needs_trained_statistics=True,
     ),
+    # the control of `fused`: running statistics fixed as in `frozen`, the affine trained as folding makes it
+    "frozen-stats": Level(transform=freeze_statistics, needs_trained_statistics=True),
     "fused": Level(
         transform=fuse_batchnorms,
         plan=plan_fusion,

@@ -156,7 +156,7 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--config", type=str, action="append", required=True, help="config file(s), as for fit")
     parser.add_argument("--out", type=str, default="runs/doctor", help="folder for doctor.json, ranges.yaml, curves")
     parser.add_argument("--sample-batches", type=int, default=5, help="step 2: batches in the small sample")
-    parser.add_argument("--overfit-steps", type=int, default=100, help="step 2: most steps to reach 100 %%")
+    parser.add_argument("--overfit-steps", type=int, default=100, help="step 2: most steps to reach 100 %")
     parser.add_argument("--check-steps", type=int, default=30, help="step 3: steps per candidate lr")
     parser.add_argument("--lr-find-steps", type=int, default=40, help="step 3: steps of the lr range test")
     return parser

@@ -28,6 +28,7 @@ from typing_extensions import override
 from toolkit import keys, safe_yaml
 from toolkit.atomic import NO_RIGHTS, NO_SPACE
 from toolkit.backbone import weights_from_checkpoint
+from toolkit.callbacks.early_stop import EarlyStop
 from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.callbacks.health import DIVERGED, Diverged, DivergenceGuard, RunHealth
 from toolkit.callbacks.pruning import SearchTrial, TrialPruning
@@ -178,6 +179,9 @@ class ToolkitCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
         # on in every fit: a NaN loss stops the run with a diagnosis (``--divergence_guard.enabled false`` turns it off)
         parser.add_lightning_class_args(DivergenceGuard, "divergence_guard")
+        # the budget policy: trainer.max_epochs is the cap, ``--early_stopping.patience N`` stops each run at its own
+        # convergence on val (off by default)
+        parser.add_lightning_class_args(EarlyStop, "early_stopping")
         parser.link_arguments("model.backbone", "data.backbone")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")

@@ -42,8 +42,11 @@ def write_result(trainer: Trainer, status: str = FINISHED, reason: str | None = 
     done = DONE if status == FINISHED else status
     score = getattr(trainer.checkpoint_callback, "best_model_score", None)
     best_val = float(score) if score is not None else None
+    scores = [round(v, 6) for v in health_cb.val_scores] if health_cb is not None else []
     threads = torch.get_num_threads()  # toolkit.threads: part of what the numbers depend on
-    record = RunResult(done, time.time(), run_id, metrics, health, **tested, best_val=best_val, cpu_threads=threads)
+    record = RunResult(
+        done, time.time(), run_id, metrics, health, **tested, best_val=best_val, val_scores=scores, cpu_threads=threads
+    )
     record.write(Path(trainer.default_root_dir) / RESULT_FILE)
 
 

@@ -35,8 +35,10 @@ class ReportResult:
         runs: the runs table with ``counted`` and ``note`` (as in ``runs.csv``).
         table: the tidy ablation table (as in ``table.csv``).
         files: written files by role: ``runs``, ``csv``, ``md``, ``tex``, ``html``, then one per plot.
-        skipped: one line per run that does not count (interrupted, failed, diverged, degenerate, not learning,
-            corrupt, superseded) with its class and reason; also listed under the Markdown table.
+        skipped: one line per run that does not count and whose seed no other run counts for (interrupted, failed,
+            diverged, degenerate, not learning, corrupt, change never tested) with its class and reason; listed under
+            the Markdown table.
+        superseded: the earlier attempts of seeds a later run counts for, listed apart under the table.
         markdown: the text of ``table.md``.
     """
 
@@ -45,17 +47,23 @@ class ReportResult:
     table: pd.DataFrame
     files: dict[str, Path] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
     markdown: str = ""
 
 
-def _skipped_lines(runs: pd.DataFrame) -> list[str]:
-    """``variant seed N run ID: note (source)`` for each run that does not count."""
-    lines = []
+def _skipped_lines(runs: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """``variant seed N run ID: note (source)`` for each run that does not count: the exclusions (a seed or a run
+    the table lacks), and apart from them the superseded attempts (earlier runs of a seed that a later run counts
+    for)."""
+    counted = {(r.variant, r.seed) for r in runs[runs["counted"]].itertuples()}
+    excluded, superseded = [], []
     for row in runs[~runs["counted"]].itertuples():
-        who = f"{row.variant} seed {row.seed}" if pd.notna(row.variant) and pd.notna(row.seed) else "unidentified"
+        known = pd.notna(row.variant) and pd.notna(row.seed)
+        who = f"{row.variant} seed {row.seed}" if known else "unidentified"
         run_id = row.run_id if pd.notna(row.run_id) else "?"
-        lines.append(f"{who} run {run_id}: {row.note} ({row.source})")
-    return lines
+        line = f"{who} run {run_id}: {row.note} ({row.source})"
+        (superseded if known and (row.variant, row.seed) in counted else excluded).append(line)
+    return excluded, superseded
 
 
 def _check_metrics(runs: pd.DataFrame, metrics: Sequence[str]) -> None:
@@ -171,8 +179,8 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     files = {"runs": out / "runs.csv"}
     write_atomically(files["runs"], lambda tmp: runs.to_csv(tmp, index=False))
-    skipped = _skipped_lines(runs)
-    files.update(render.write_tables(table, metrics, out, name, baseline, skipped))
+    skipped, superseded = _skipped_lines(runs)
+    files.update(render.write_tables(table, metrics, out, name, baseline, skipped, superseded))
     chance = _chance(runs)
     order = list(dict.fromkeys(table["variant"]))
     colors = plots.variant_colors(order)  # one colour per variant in every figure
@@ -196,6 +204,7 @@ def build_report(
         table=table,
         files=files,
         skipped=skipped,
+        superseded=superseded,
         markdown=files["md"].read_text(encoding="utf-8"),
     )
 
@@ -218,12 +227,14 @@ def report_spec(
 
     A spec with ``tune:`` reports the values chosen for each row (its ``tune.json``; refused before its tune stage
     has finished)."""
-    tuned = None
     if spec.tune:
         chosen = tuning.read_choices(root, spec)
         if chosen is None:
             tuning.resolve(spec, root)  # raises the one-line "tune stage has not finished"
         tuned = tuning.column(spec, chosen or {})
+    else:  # the rows that change the optimisation but run at the baseline's settings say so
+        tuned = tuning.untuned_column(spec)
+        tuned = tuned if any(tuned.values()) else None
     return build_report(
         spec.name,
         spec.baseline,
@@ -240,8 +251,6 @@ def report_spec(
 
 
 def print_report(result: ReportResult) -> None:
-    """The Markdown table to stdout; to stderr the runs that do not count and where the report went."""
+    """The Markdown table to stdout (it lists the runs that do not count, once); to stderr where the report went."""
     print(result.markdown)
-    for line in result.skipped:
-        print(f"not counted: {line}", file=sys.stderr)
     print(f"report written to {result.out}/ (table.md, table.csv, runs.csv, plots)", file=sys.stderr)

@@ -5,6 +5,8 @@ Imports neither torch nor Lightning (jsonargparse parses the arguments), so the 
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 from jsonargparse import ActionYesNo, ArgumentParser
@@ -61,11 +63,20 @@ def main(argv: list[str]) -> int:
     check_root_dir(args.root, "--root")
     check_root_dir(args.out, "--out")
     spec = load_spec(Path(args.spec))
-    if args.seeds or args.set:
-        from toolkit.ablation.cli_changes import apply, check_recorded
+    from toolkit.ablation.cli_changes import apply, check_recorded, recorded_changes
 
-        spec, changes = apply(spec, args.seeds, args.set)
-        check_recorded(spec, Path(args.root), changes)
+    if args.seeds or args.set:
+        asked, changes = apply(spec, args.seeds, args.set)
+        check_recorded(spec, Path(args.root), changes)  # against the spec as written: its seeds are the default
+        spec = asked
+    else:  # the seeds and settings the study's runs were made with, as its ledger recorded them
+        recorded = recorded_changes(spec, Path(args.root))
+        if recorded:
+            seeds = ",".join(map(str, recorded["seeds"])) if "seeds" in recorded else None
+            sets = [f"{k}={json.dumps(v)}" for k, v in recorded.get("set", {}).items()] or None
+            spec, _ = apply(spec, seeds, sets)
+            shown = " ".join(filter(None, [f"--seeds {seeds}" if seeds else "", *(f"--set {s}" for s in sets or [])]))
+            print(f"report: the runs were made with {shown} (from the ledger)", file=sys.stderr)
     out = Path(args.out) if args.out else None
     print_report(report_spec(spec, Path(args.root), out, wandb_path=args.wandb, log_to_wandb=args.log_to_wandb))
     return 0

@@ -12,8 +12,14 @@ Classes (column ``health``, with a one-line ``reason``):
 - ``corrupt``: its log cannot be read to the end.
 - ``degenerate``: completed, but predicts one class on the test split or its test accuracy is not above chance
   (the majority-class share of the test split).
-- ``not learning``: completed, but its last epoch's mean train loss is within ``NOT_LEARNING_DROP`` of the loss of
-  its first step.
+- ``not learning``: completed, but there is no evidence it learned anything. The evidence is validation accuracy
+  when the run recorded it (``health/val_best``, ``health/val_n``, ``health/val_chance``): the run is not learning
+  when its best validation accuracy is not significantly above the validation set's chance level (the
+  majority-class share), by a one-sided exact binomial test of ``round(val_best * val_n)`` correct out of ``val_n``
+  at level ``NOT_LEARNING_ALPHA`` (scipy ``binomtest``). Without a validation record, the smoothed train loss
+  decides: the last epoch's mean train loss is within ``NOT_LEARNING_DROP`` of the first epoch's mean (a run of one
+  epoch cannot be told and counts). The same rule for every row: one batch's loss is never compared with an
+  epoch's mean (that dropped seeds that learned).
 - ``change never tested``: finished and healthy, but the checkpoint it tested predates the point where its
   variant's change takes effect (e.g. a probe-epoch checkpoint of a fine-tuning switch); decided across runs by
   :mod:`toolkit.report.untested` (it needs the baseline's config), applied by :func:`classify` given a baseline.
@@ -32,8 +38,11 @@ FINISHED, FAILED, DIVERGED, INTERRUPTED, CORRUPT = "finished", "failed", "diverg
 DEGENERATE, NOT_LEARNING, UNTESTED = "degenerate", "not learning", "change never tested"
 #: classes of runs that ran to their end (their own result, good or bad); the latest of these per seed decides it
 COMPLETED = (FINISHED, DIVERGED, DEGENERATE, NOT_LEARNING, UNTESTED)
-#: relative drop of the train loss below which a run counts as not learning (1 %)
+#: relative drop of the mean train loss (last epoch vs first) below which a run without a validation record counts as
+#: not learning (1 %)
 NOT_LEARNING_DROP = 0.01
+#: level of the one-sided binomial test of best validation accuracy against chance
+NOT_LEARNING_ALPHA = 0.05
 #: the health columns a runs table may carry (from the W&B summary / result.json) and what sources add
 STATUS, REASON = "health/status", "health/reason"
 
@@ -90,10 +99,32 @@ def classify_run(row: pd.Series) -> tuple[str, str]:
         return DEGENERATE, "predicts one class on the test split"
     if acc is not None and chance is not None and acc <= chance:
         return DEGENERATE, f"test accuracy {100 * acc:.1f} % not above chance ({100 * chance:.1f} %, majority class)"
-    first, last = _num(row, "health/train_loss_initial"), _num(row, "health/train_loss_final")
-    if first is not None and last is not None and last > first * (1 - NOT_LEARNING_DROP):
-        return NOT_LEARNING, f"train loss {first:.4g} -> {last:.4g}: never left its initial value"
-    return FINISHED, ""
+    reason = not_learning(row)
+    return (NOT_LEARNING, reason) if reason else (FINISHED, "")
+
+
+def not_learning(row: pd.Series) -> str | None:
+    """Why a completed run shows no evidence of learning (the module's rule), or None when it learned or cannot be
+    told."""
+    best, n, chance = _num(row, "health/val_best"), _num(row, "health/val_n"), _num(row, "health/val_chance")
+    if best is not None and n and chance is not None:
+        from scipy.stats import binomtest  # here: the rest of the report's health needs only pandas
+
+        correct = round(best * n)
+        p = binomtest(correct, int(n), chance, alternative="greater").pvalue
+        if p < NOT_LEARNING_ALPHA:
+            return None
+        return (
+            f"best val accuracy {100 * best:.1f} % ({correct}/{int(n)}) is not above chance "
+            f"({100 * chance:.1f} %, majority class; one-sided binomial p = {p:.2f})"
+        )
+    first, last = _num(row, "health/train_loss_first_epoch"), _num(row, "health/train_loss_final")
+    epochs = _num(row, "health/epochs_completed")
+    if first is None or last is None or (epochs is not None and epochs < 2):
+        return None
+    if last > first * (1 - NOT_LEARNING_DROP):
+        return f"mean train loss {first:.4g} (first epoch) -> {last:.4g} (last epoch): no drop, and no val record"
+    return None
 
 
 def classify(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:

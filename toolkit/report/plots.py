@@ -14,6 +14,9 @@ from toolkit.report.figure import pyplot, save, slug
 from toolkit.report.render import display_name
 from toolkit.report.table import is_fraction
 
+#: the top of a percent axis: a little above 100, so a curve or an error bar at 100 % is not hidden by the frame
+PERCENT_TOP = 102.0
+
 
 def clipped_error(mean: pd.Series, std: pd.Series, scale: float, bounded: bool) -> list[list[float]]:
     """Asymmetric error bars (mean ± std) that stop at the metric's range ([0, 1] for a fraction)."""
@@ -79,7 +82,7 @@ def bar_charts(
                 bar.set_edgecolor("black")
                 bar.set_linewidth(1.5)
         if bounded:
-            ax.set_ylim(0, 100)
+            ax.set_ylim(0, PERCENT_TOP)
             if chance is not None and "acc" in metric:
                 ax.axhline(
                     100 * chance, color="grey", linestyle="--", linewidth=1, label=f"chance {100 * chance:.0f} %"
@@ -104,7 +107,7 @@ def _percent_axes(ax: object, chance: float | None, xlabel: str, ylabel: str, ti
 
     if chance is not None:
         ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, PERCENT_TOP)
     ax.set_xlabel(xlabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
@@ -179,7 +182,7 @@ def learning_curves(
             continue
         color = palette.get(variant)  # the variant's colour, as in the overlay and the bars
         fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
-        acc_ax.set_ylim(0, 100)  # every variant's figure on the same accuracy scale
+        acc_ax.set_ylim(0, PERCENT_TOP)  # every variant's figure on the same accuracy scale
 
         loss = mine[(mine["key"] == keys.TRAIN_LOSS) & mine["step"].notna()].sort_values("step")
         if not loss.empty:
@@ -191,12 +194,18 @@ def learning_curves(
             loss_ax.legend(fontsize=8)
         loss_ax.set_xlabel("step")
         loss_ax.set_ylabel("train loss")
-        for key, label, style in ((keys.TRAIN_ACC, "train acc", "--"), (keys.VAL_ACC, "val acc", "-")):
+        # train and val tell apart without colour too: dashes and hollow squares vs a solid line and filled circles
+        for key, label, style, marker, face in (
+            (keys.TRAIN_ACC, "train acc", "--", "s", "none"),
+            (keys.VAL_ACC, "val acc", "-", "o", color),
+        ):
             curve = _by_epoch(mine, key)
             if curve.empty:
                 continue
             x = curve.index  # epochs counted from 0, as W&B's epoch and the epoch lines
-            acc_ax.plot(x, curve["mean"] * 100, marker="o", linestyle=style, color=color, label=label)
+            acc_ax.plot(
+                x, curve["mean"] * 100, marker=marker, markerfacecolor=face, linestyle=style, color=color, label=label
+            )
             low, high = (curve["mean"] - curve["std"]).clip(lower=0), (curve["mean"] + curve["std"]).clip(upper=1)
             acc_ax.fill_between(x, low * 100, high * 100, alpha=0.15 if style == "-" else 0.08, color=color)
         if acc_ax.lines:

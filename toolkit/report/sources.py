@@ -128,8 +128,8 @@ def run_row(run: RunLog, source: str) -> dict[str, Any]:
         number = summary_number(key, value)
         if "/" in key and number is not None and not math.isnan(number):
             row[key] = number
-        elif key.startswith(HEALTH_PREFIX) and isinstance(value, str):
-            row[key] = value  # health/status, health/reason
+        elif key.startswith(HEALTH_PREFIX) and isinstance(value, str | bool):
+            row[key] = value  # health/status, health/reason, health/still_improving
     row.update(_flatten(run.config))
     return row
 

@@ -5,8 +5,16 @@ The tidy table has one row per (variant, metric): ``TABLE_COLUMNS``. ``n`` count
 difference of means against the baseline variant, in percentage points for fractions (accuracy, F1) and in the
 metric's units otherwise, ``ci_low``/``ci_high`` the 95 % CI of the mean paired difference (same units);
 ``p_value`` is a paired t-test over the seeds both variants finished (NaN below 3 pairs), ``p_adjusted`` that
-p Holm-adjusted over the comparisons of the metric, ``direction`` e.g. ``3/3 lower``; ``excluded`` counts the
-variant's seeds that have runs but none healthy and finished (the variant is flagged).
+p Holm-adjusted over the comparisons of the metric, ``ci_adj_low``/``ci_adj_high`` the paired interval that agrees
+with it and ``mde`` the smallest effect the row's seeds can detect (both: `toolkit.report.stats`), ``direction``
+e.g. ``3/3 lower``; ``excluded`` counts the variant's seeds that have runs but none healthy and finished (the
+variant is flagged). ``epochs`` is the span of epochs the counted runs trained (``4-7``; ``early stop`` when early
+stopping ended any), and the note says how many counted seeds were still improving when they stopped
+(`toolkit.study.convergence`).
+
+A **deterministic** row (every counted seed gave the same value, e.g. a converged probe on a split shared by all
+seeds) is one result repeated, not n samples: it is shown as ``n = 1`` and gets no per-seed test (no p-value, no
+direction); its Δ and unadjusted CI are against the baseline's spread.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import pandas as pd
 
 from toolkit.keys import ensemble_key, snapshot_key
 from toolkit.report.health import COMPLETED, FINISHED, classify, describe
-from toolkit.report.stats import MIN_SEEDS_FOR_P, adjust, compare
+from toolkit.report.stats import MIN_SEEDS_FOR_P, Comparison, adjust, adjusted_ci, compare, min_detectable_effect
 
 TABLE_COLUMNS = [
     "variant",
@@ -34,7 +42,11 @@ TABLE_COLUMNS = [
     "ci_high",
     "p_value",
     "p_adjusted",
+    "ci_adj_low",
+    "ci_adj_high",
+    "mde",
     "direction",
+    "epochs",
     "excluded",
     "best",
     "note",
@@ -143,19 +155,24 @@ def _seed_note(runs: pd.DataFrame, variant: str, metric: str, present: set, expe
     return f"n={len(present)} of {len(expected)} seeds ({', '.join(reasons)})"
 
 
-def _last_snapshot_note(runs: pd.DataFrame, variant: str, metric: str, scale: float) -> str:
-    """The single model beside a snapshot ensemble: ``last snapshot alone 92.8 ± 2.1 (n=5)`` over the counted runs.
-
-    A snapshot ensemble's gain mixes its cyclic schedule and its averaging; the last snapshot alone is the schedule's
-    share (Huang et al. 2017 report both).
-    """
+def last_snapshot_values(runs: pd.DataFrame, variant: str, metric: str) -> pd.Series:
+    """Per seed, the metric of the last snapshot alone of a snapshot-ensemble variant's counted runs (empty if none)."""
     stage, _, name = metric.partition("/")
     pattern = re.compile(rf"^{re.escape(stage)}/{re.escape(name)}_snapshot_(\d+)$")
     indices = sorted(int(m.group(1)) for c in runs.columns if (m := pattern.match(c)))
     if not indices:
-        return ""
+        return pd.Series(dtype=float)
     mine = runs[(runs["variant"] == variant) & runs["counted"]]
-    values = pd.to_numeric(mine[snapshot_key(stage, name, indices[-1])], errors="coerce").dropna()
+    values = pd.to_numeric(mine[snapshot_key(stage, name, indices[-1])], errors="coerce")
+    return pd.Series(values.to_numpy(), index=mine["seed"].to_numpy()).dropna()
+
+
+def _last_snapshot_note(values: pd.Series, scale: float) -> str:
+    """The single model beside a snapshot ensemble: ``last snapshot alone 92.8 ± 2.1 (n=5)`` over the counted runs.
+
+    A snapshot ensemble's gain over the baseline mixes its cyclic schedule and its averaging; the last snapshot alone
+    is the schedule's share (Huang et al. 2017 report both).
+    """
     if values.empty:
         return ""
     spread = f" ± {scale * values.std(ddof=1):.1f}" if len(values) > 1 else ""
@@ -183,6 +200,39 @@ def _tested_note(runs: pd.DataFrame, variant: str) -> str:
     phases = sorted({p for p in mine.get("health/tested_phase", pd.Series(dtype=object)) if isinstance(p, str)})
     span = f"{epochs.min()}" if epochs.min() == epochs.max() else f"{epochs.min()}-{epochs.max()}"
     return f"tested: {'/'.join(phases) or '?'} epoch {span}"
+
+
+def _epochs(runs: pd.DataFrame, variant: str) -> str:
+    """The epochs the counted runs of a variant trained: ``3``, ``4-7``, with ``, early stop`` when it ended any."""
+    if "health/epochs_completed" not in runs.columns:
+        return ""
+    mine = runs[(runs["variant"] == variant) & runs["counted"]]
+    epochs = pd.to_numeric(mine["health/epochs_completed"], errors="coerce").dropna().astype(int)
+    if epochs.empty:
+        return ""
+    span = f"{epochs.min()}" if epochs.min() == epochs.max() else f"{epochs.min()}-{epochs.max()}"
+    early = mine.get("health/stopped_early", pd.Series(dtype=object))
+    return span + (", early stop" if any(v is True or v == 1.0 for v in early) else "")
+
+
+def _improving_note(runs: pd.DataFrame, variant: str) -> str:
+    """``still improving at its last epoch: 2 of 5 seeds`` over the counted runs (empty when none was)."""
+    if "health/still_improving" not in runs.columns:
+        return ""
+    mine = runs[(runs["variant"] == variant) & runs["counted"]]
+    rising = sum(1 for v in mine["health/still_improving"] if v is True or v == 1.0)
+    return f"still improving at its last epoch: {rising} of {len(mine)} seeds" if rising else ""
+
+
+def row_delta(values: pd.Series, reference: pd.Series, scale: float) -> float:
+    """Difference of means, scaled (points for fractions); NaN when either side has no value."""
+    return scale * (float(values.mean()) - float(reference.mean())) if len(values) and len(reference) else math.nan
+
+
+def deterministic(series: pd.Series) -> bool:
+    """Whether a variant's per-seed values are one value repeated (two seeds or more, no spread at all)."""
+    values = series.dropna().to_numpy(dtype=float)
+    return len(values) >= 2 and float(np.ptp(values)) == 0.0
 
 
 def _excluded(runs: pd.DataFrame, variant: str, expected: Sequence[int]) -> int:
@@ -216,6 +266,7 @@ def aggregate(
     if seeds is not None:  # runs of seeds the spec no longer lists do not count
         values = values[values["seed"].isin(expected)]
     rows = []
+    comparisons: dict[tuple[str, str], Comparison] = {}
     for metric in metrics:
         by_metric = values[values["metric"] == metric]
         base = by_metric[by_metric["variant"] == baseline].set_index("seed")["value"]
@@ -227,12 +278,14 @@ def aggregate(
             if variant == baseline:
                 notes.append("baseline")
             used = sorted(set(mine["source"]) - {metric})
+            last_snapshot = pd.Series(dtype=float)
             if used:
                 notes.append(f"ensemble: {', '.join(used)}")
                 members = _ensemble_members_note(runs, variant)
                 if members:
                     notes.append(members)
-                single = _last_snapshot_note(runs, variant, metric, scale)
+                last_snapshot = last_snapshot_values(runs, variant, metric)
+                single = _last_snapshot_note(last_snapshot, scale)
                 if single:
                     notes.append(single)
             tested = _tested_note(runs, variant)
@@ -241,38 +294,74 @@ def aggregate(
             seed_note = _seed_note(runs, variant, metric, set(series.index), expected)
             if seed_note:
                 notes.append(seed_note)
+            improving = _improving_note(runs, variant)
+            if improving:
+                notes.append(improving)
+            # a snapshot ensemble's own question: does averaging beat its last snapshot alone (same runs, paired)?
+            against_own = variant != baseline and not last_snapshot.empty
+            if against_own:
+                notes.append(
+                    f"Δ, CI and p: the ensemble against its own last snapshot (Δ against {baseline}: "
+                    f"{row_delta(series, base, scale):+.2f})"
+                )
+            fixed = variant != baseline and deterministic(series)
             row = {
                 "variant": variant,
                 "metric": metric,
-                "n": len(series),
+                "n": 1 if fixed else len(series),
                 "excluded": _excluded(runs, variant, expected),
+                "epochs": _epochs(runs, variant),
             }
             row["mean"] = float(series.mean()) if len(series) else math.nan
-            row["std"] = float(series.std(ddof=1)) if len(series) > 1 else math.nan
-            row["delta"] = scale * (row["mean"] - float(base.mean())) if len(base) and len(series) else math.nan
+            row["std"] = float(series.std(ddof=1)) if len(series) > 1 and not fixed else math.nan
+            row["delta"] = row_delta(series, last_snapshot if against_own else base, scale)
             if variant != baseline:
-                comparison = compare(series, base)
+                comparison = compare(series, last_snapshot if against_own else base)
+                comparisons[(variant, metric)] = comparison
                 row.update(
                     ci_low=scale * comparison.ci_low,
                     ci_high=scale * comparison.ci_high,
-                    p_value=comparison.p_value,
-                    direction=comparison.direction(),
+                    p_value=math.nan if fixed else comparison.p_value,
+                    direction="" if fixed else comparison.direction(),
                 )
                 paired = comparison.n_paired
-                if len(series) and paired < max(len(series), len(base)):
+                if fixed:
+                    notes.append(
+                        f"deterministic: all {len(series)} seeds gave the same value, shown as one run "
+                        "(no per-seed test)"
+                    )
+                if len(series) and paired < max(len(series), len(base)) and not against_own:
                     notes.append(f"Δ over all seeds, CI and p over {paired} paired")
-                if len(series) and 0 < paired < MIN_SEEDS_FOR_P:
+                if len(series) and 0 < paired < MIN_SEEDS_FOR_P and not fixed:
                     notes.append(
                         f"no p-value: {paired} paired seed{'s' * (paired != 1)} (a test needs {MIN_SEEDS_FOR_P})"
                     )
             row["note"] = "; ".join(notes)
             rows.append(row)
-    table = pd.DataFrame(rows, columns=[c for c in TABLE_COLUMNS if c not in ("best", "p_adjusted")])
+    table = pd.DataFrame(
+        rows, columns=[c for c in TABLE_COLUMNS if c not in ("best", "p_adjusted", "ci_adj_low", "ci_adj_high", "mde")]
+    )
     table["direction"] = table["direction"].astype(object).fillna("")
     # one family per metric: every variant's comparison with the baseline on that metric
     families = [adjust(group["p_value"]) for _, group in table.groupby("metric", sort=False)]
     table["p_adjusted"] = pd.concat(families) if families else pd.Series(dtype=float)
+    _add_adjusted(table, comparisons)
     return mark_best(table)[TABLE_COLUMNS]
+
+
+def _add_adjusted(table: pd.DataFrame, comparisons: dict[tuple[str, str], Comparison]) -> None:
+    """Fill ``ci_adj_low``/``ci_adj_high`` (the interval that agrees with the Holm p) and ``mde`` in place."""
+    table["ci_adj_low"] = table["ci_adj_high"] = table["mde"] = math.nan
+    family = table.groupby("metric")["p_value"].transform(lambda p: int(p.notna().sum()))
+    for index, row in table.iterrows():
+        comparison = comparisons.get((row["variant"], row["metric"]))
+        if comparison is None or math.isnan(row["p_value"]):
+            continue
+        scale = 100.0 if is_fraction(row["metric"]) else 1.0
+        low, high = adjusted_ci(comparison, row["p_value"], row["p_adjusted"])
+        table.loc[index, ["ci_adj_low", "ci_adj_high"]] = scale * low, scale * high
+        mde = min_detectable_effect(comparison.sd_diff, comparison.n_paired, int(family[index]))
+        table.loc[index, "mde"] = scale * mde
 
 
 def mark_best(table: pd.DataFrame) -> pd.DataFrame:

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from toolkit import keys
 from toolkit.errors import ToolkitError
+from toolkit.report.health import describe
 from toolkit.report.sources import runs_from_logs
 from toolkit.report.table import higher_is_better, mark_counted
 from toolkit.search import study as studies
@@ -96,8 +97,10 @@ def stage_results(ablation: AblationSpec, folder: Path, metric: str) -> dict[str
         # a pruned trial stopped early on purpose: pruned, whatever the health of its shortened run
         pruned = pd.to_numeric(rows.get(keys.PRUNED_AT, pd.Series(dtype=float)), errors="coerce").dropna()
         out[variant]["pruned_at_epoch"] = int(pruned.iloc[-1]) if len(pruned) else None
-        if not rows["counted"].any():
-            continue  # only a healthy finished run has a score
+        if not rows["counted"].any():  # only a healthy finished run has a score; the trial's row says why not
+            decided = rows.sort_values("start_time", kind="stable", na_position="first").iloc[-1]
+            out[variant]["excluded"] = describe(decided)
+            continue
         values = [v for v in rows.get(metric, pd.Series(dtype=float)) if isinstance(v, float) and math.isfinite(v)]
         out[variant][metric] = best(values) if values else None
         counted = rows[rows["counted"]].iloc[-1]
@@ -126,7 +129,10 @@ def run_search(
                 else:
                     trials = studies.promote(study, previous[1], spec, stage)
                 if not trials:
-                    raise ToolkitError(f"stage '{stage.name}': no trial of stage '{previous[0].name}' finished")
+                    raise ToolkitError(
+                        f"stage '{stage.name}': no trial of stage '{previous[0].name}' finished healthy"
+                        + _exclusions(studies.stage_trials(previous[1]), rows)
+                    )
                 code, results = _run_trials(spec, stage, study, trials, runner, folder, console)
                 if code == 130 or any(r["status"] not in ("done", "failed") for r in results.values()):
                     rows += _rows(stage, studies.stage_trials(study), results)
@@ -175,6 +181,13 @@ def _pruning(spec: SearchSpec, stage: Stage, trial: Any, trials: list[Any], fold
         **spec.pruning,
     }
     return {"search_trial": info}
+
+
+def _exclusions(trials: list[Any], rows: list[dict[str, Any]]) -> str:
+    """`` (trial-000: not learning: ...; ...)``: why the finished trials of the stage before were not scored."""
+    names = {studies.trial_name(t) for t in trials}
+    why = [f"{r['trial']}: {r['excluded']}" for r in rows if r.get("trial") in names and r.get("excluded")]
+    return f" ({'; '.join(why)})" if why else ""
 
 
 def _rows(stage: Stage, trials: list[Any], results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

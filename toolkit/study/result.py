@@ -37,6 +37,8 @@ class RunResult:
             metrics averaged, oldest first (``fine-tune epoch 1, fine-tune epoch 2``); None otherwise.
         best_val: the best validation score (``keys.MONITOR``) of the fit, the one its best checkpoint was chosen by;
             ``tune:`` chooses each variant's value by it (`toolkit.study.tuning`). None: no checkpoint scored.
+        val_scores: the monitored validation score after each epoch of the fit, oldest first (what
+            ``health.still_improving`` was decided on: `toolkit.study.convergence`).
         cpu_threads: the CPU threads the run computed with (``toolkit.threads``; float sums depend on it).
     """
 
@@ -50,6 +52,7 @@ class RunResult:
     finetune_from: int | None = None
     tested_snapshots: str | None = None
     best_val: float | None = None
+    val_scores: list[float] = field(default_factory=list)
     cpu_threads: int | None = None
 
     #: the fields that say which checkpoint was tested (also ``health/<field>`` in the W&B summary and runs.csv)

@@ -87,6 +87,8 @@ class AblationSpec:
     slurm: dict[str, Any] = field(default_factory=dict)
     #: ``{dotted key: [values]}``: each variant's value chosen on val before its seeds run (`toolkit.study.tuning`)
     tune: dict[str, list[Any]] = field(default_factory=dict)
+    #: the variants ``tune`` tunes (None: every one); the others run at the baseline's choice (``tune: auto``)
+    tune_rows: tuple[str, ...] | None = None
     #: the parsed base configs, in ``base`` order: read once when the spec is made (None: read them now), and
     #: handed on by ``dataclasses.replace``, so nothing reads a base config again
     base_data: tuple[Any, ...] | None = field(default=None, repr=False, compare=False)
@@ -168,12 +170,96 @@ def load_spec(path: str | Path) -> AblationSpec:
     slurm = raw.get("slurm") or {}
     if not isinstance(slurm, dict):
         raise ToolkitError(f"{path}: 'slurm' maps sbatch options to values, e.g. slurm: {{account: proj, qos: normal}}")
-    tune = parse_tune(raw.get("tune"), f"{path}: tune")
+    base_data = tuple(read_yaml(Path(p)) for p in base)
+    tune_rows = None
+    if raw.get("tune") == AUTO:
+        tune, tune_rows = auto_tune(base_data, overrides, baseline, variants, path)
+    else:
+        tune = parse_tune(raw.get("tune"), f"{path}: tune")
     spec = AblationSpec(
-        name, base, overrides, seeds, baseline, variants, metrics, project, str(path), factors, design, slurm, tune
-    )
+        name, base, overrides, seeds, baseline, variants, metrics, project, str(path), factors, design, slurm, tune,
+        tune_rows, base_data,
+    )  # fmt: skip
     _check_distinct(spec, path)
     return spec
+
+
+#: override keys (prefixes) whose change alters how a row is optimised (transfer mode, init, BatchNorm mode,
+#: optimiser, schedule, budget): such a row run at the baseline's lr is not a fair row unless tuned
+OPTIMISATION_KEYS = (
+    "model.freeze_backbone",
+    "model.unfreeze_at_epoch",
+    "model.pretrained",
+    "model.batchnorm",
+    "model.probe",
+    "model.backbone_lr_scale",
+    "model.optimizer",
+    "model.lr_scheduler",
+    "trainer.max_epochs",
+)
+#: a callback whose presence changes the schedule (its class path, as written in ``trainer.callbacks``)
+SCHEDULE_CALLBACKS = ("SnapshotEnsemble",)
+
+
+def changes_optimisation(delta: dict[str, Any]) -> list[str]:
+    """The keys of a variant's overrides that alter how it is optimised (`OPTIMISATION_KEYS`, schedule callbacks)."""
+    found = [k for k in delta if k.startswith(OPTIMISATION_KEYS)]
+    found += [k for k, v in delta.items() if k == "trainer.callbacks" and any(c in str(v) for c in SCHEDULE_CALLBACKS)]
+    return found
+
+
+#: ``tune: auto``: the lr of the rows that change the optimisation (and the baseline's), chosen on val around the
+#: baseline's lr; every other row runs at the baseline's choice
+AUTO = "auto"
+LR_KEY = "model.optimizer.init_args.lr"
+#: ``tune: auto``'s grid, as factors of the baseline's lr (the baseline's own first: a tie keeps it)
+AUTO_FACTORS = (1.0, 1 / 3, 3.0)
+
+
+def auto_tune(
+    base_data: tuple[Any, ...], overrides: dict[str, Any], baseline: str, variants: dict[str, Any], path: Path
+) -> tuple[dict[str, list[Any]], tuple[str, ...]]:
+    """``tune: auto``: the lr grid (`AUTO_FACTORS` times the baseline's lr, from the base configs and the common
+    overrides) and the rows it tunes: the baseline and every row whose overrides change the optimisation
+    (`changes_optimisation`)."""
+    lr = _setting(LR_KEY, base_data, overrides)
+    if not isinstance(lr, int | float) or isinstance(lr, bool) or lr <= 0:
+        raise ToolkitError(
+            f"{path}: tune: auto tunes the lr around the baseline's, but no base config sets {LR_KEY}; set it there "
+            f"or give the grid yourself, e.g. tune: {{{LR_KEY}: [1.0e-4, 3.0e-4]}}"
+        )
+    grid = [float(f"{lr * factor:.3g}") for factor in AUTO_FACTORS]
+    rows = tuple(
+        v
+        for v, delta in variants.items()
+        if v == baseline
+        or (changes_optimisation(delta) and LR_KEY not in delta and not _steps_nothing(base_data, overrides, delta))
+    )
+    return {LR_KEY: grid}, rows
+
+
+def _setting(key: str, base_data: tuple[Any, ...], *layers: dict[str, Any]) -> Any:
+    """A dotted key's value: the last override layer that sets it, else the last base config that does (None)."""
+    for layer in reversed(layers):
+        if key in layer:
+            return layer[key]
+    for data in reversed(base_data):
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part, None) if isinstance(node, dict) else None
+        if node is not None:
+            return node
+    return None
+
+
+def _steps_nothing(base_data: tuple[Any, ...], overrides: dict[str, Any], delta: dict[str, Any]) -> bool:
+    """A row that never takes an optimizer step (an L-BFGS probe alone: frozen, never unfrozen) has no lr to tune."""
+
+    def get(key: str) -> Any:
+        return _setting(key, base_data, overrides, delta)
+
+    frozen = get("model.freeze_backbone") is True and get("model.unfreeze_at_epoch") is None
+    return frozen and get("model.probe") == "lbfgs"
 
 
 def _run_id(name: str, variant: str, base_data: list[Any], overrides: dict[str, Any], seed: int) -> str:

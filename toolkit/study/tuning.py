@@ -11,8 +11,15 @@
 3. **run**: every seed of every variant at its chosen values (the study ``<name>`` as usual: the values are part of
    each variant's overrides, so they are part of its run ids).
 
+``tune: auto`` (`toolkit.study.spec.auto_tune`) tunes the lr over the baseline's lr x (1, 1/3, 3) for the baseline and
+the rows that change the optimisation (``AblationSpec.tune_rows``); every other row runs at the value chosen for the
+baseline (``baseline's`` in the table), so it still differs from the baseline in its change alone.
+
 The test split is never read. A variant that sets a tuned key itself keeps its own value (``fixed`` in the table). The
-report reads ``tune.json`` to find the runs and prints the chosen values as a column.
+report reads ``tune.json`` to find the runs and prints the chosen values as a column; a chosen value at either end
+of its grid is marked ``(grid edge)``: the best value may lie beyond what was tried. A study without ``tune:``
+marks the rows whose change alters the optimisation (`toolkit.study.spec.OPTIMISATION_KEYS`) ``not tuned``: they run
+at the baseline's settings, which were chosen for another recipe.
 
 Torch-free: the runner, ``ablate status`` and the report all use it.
 """
@@ -30,7 +37,7 @@ from toolkit import keys
 from toolkit.errors import ToolkitError
 from toolkit.study.layout import RESULT_FILE
 from toolkit.study.result import DONE, RunResult
-from toolkit.study.spec import AblationSpec, Run
+from toolkit.study.spec import AblationSpec, Run, changes_optimisation
 
 TUNE_FILE = "tune.json"
 #: joins a variant and the label of its tuned values in the tune stage's variant names
@@ -50,6 +57,8 @@ class Choice:
     values: dict[str, Any]
     fixed: list[str]
     scores: dict[str, float | None]
+    #: the values are the baseline's choice (a row ``tune: auto`` does not tune)
+    inherited: bool = False
 
 
 def short(key: str) -> str:
@@ -66,7 +75,7 @@ def combinations(spec: AblationSpec, variant: str) -> list[dict[str, Any]]:
     """Every combination of the values ``variant`` is tuned over (keys it sets itself are left out), listed order."""
     # only the variant's own overrides fix a key: the spec's common ones and the base configs are what `tune` replaces
     free = {k: v for k, v in spec.tune.items() if k not in spec.variants[variant]}
-    if not free:
+    if not free or (spec.tune_rows is not None and variant not in spec.tune_rows):
         return []
     return [dict(zip(free, combo, strict=True)) for combo in itertools.product(*free.values())]
 
@@ -78,7 +87,15 @@ def tune_study(spec: AblationSpec) -> AblationSpec:
         for combo in combinations(spec, variant):
             variants[f"{variant}{SEP}{label(combo)}"] = {**spec.variants[variant], **combo}
     baseline = next(iter(v for v in variants if v.split(SEP, 1)[0] == spec.baseline), "")
-    return replace(spec, name=f"{spec.name}-tune", seeds=spec.seeds[:1], variants=variants, baseline=baseline, tune={})
+    return replace(
+        spec,
+        name=f"{spec.name}-tune",
+        seeds=spec.seeds[:1],
+        variants=variants,
+        baseline=baseline,
+        tune={},
+        tune_rows=None,
+    )
 
 
 def choose(spec: AblationSpec, root: str | Path, records: dict[str, dict[str, Any]]) -> dict[str, Choice]:
@@ -106,6 +123,10 @@ def choose(spec: AblationSpec, root: str | Path, records: dict[str, dict[str, An
             )
         values = {k: spec.variants[variant][k] for k in fixed} | (best[1] if best else {})
         chosen[variant] = Choice(values, fixed, scores)
+    for variant, choice in chosen.items():  # rows `tune: auto` leaves alone run at the baseline's choice
+        if spec.tune_rows is not None and variant not in spec.tune_rows:
+            inherited = {k: v for k, v in chosen[spec.baseline].values.items() if k not in choice.fixed}
+            chosen[variant] = Choice({**choice.values, **inherited}, choice.fixed, {}, inherited=True)
     return chosen
 
 
@@ -138,7 +159,10 @@ def write_choices(root: str | Path, spec: AblationSpec, chosen: dict[str, Choice
         "tune": spec.tune,
         "seed": spec.seeds[0],
         "metric": keys.MONITOR,
-        "variants": {v: {"values": c.values, "fixed": c.fixed, "scores": c.scores} for v, c in chosen.items()},
+        "variants": {
+            v: {"values": c.values, "fixed": c.fixed, "scores": c.scores, "inherited": c.inherited}
+            for v, c in chosen.items()
+        },
     }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=1))
@@ -158,7 +182,10 @@ def read_choices(root: str | Path, spec: AblationSpec) -> dict[str, Choice] | No
     found = data.get("variants") or {}
     if set(found) != set(spec.variants):
         return None
-    return {v: Choice(dict(c["values"]), list(c["fixed"]), dict(c["scores"])) for v, c in found.items()}
+    return {
+        v: Choice(dict(c["values"]), list(c["fixed"]), dict(c["scores"]), bool(c.get("inherited", False)))
+        for v, c in found.items()
+    }
 
 
 def resolve(spec: AblationSpec, root: str | Path) -> AblationSpec:
@@ -179,9 +206,38 @@ def resolve(spec: AblationSpec, root: str | Path) -> AblationSpec:
 
 
 def column(spec: AblationSpec, chosen: dict[str, Choice]) -> dict[str, str]:
-    """The table's ``tuned`` cell per variant: ``lr=0.0003`` (``lr=0.003 (fixed)`` for a value the variant sets)."""
+    """The table's ``tuned`` cell per variant: ``lr=0.0003`` (``lr=0.003 (fixed)`` for a value the variant sets,
+    ``lr=0.001 (grid edge)`` for a chosen value at either end of its grid)."""
     cells = {}
     for variant, choice in chosen.items():
-        parts = [f"{short(k)}={v}" + (" (fixed)" if k in choice.fixed else "") for k, v in choice.values.items()]
+        parts = []
+        for key, value in choice.values.items():
+            if key in choice.fixed:
+                mark = " (fixed)"
+            elif choice.inherited:
+                mark = " (baseline's)"
+            else:
+                mark = " (grid edge)" if at_edge(spec.tune.get(key), value) else ""
+            parts.append(f"{short(key)}={value}{mark}")
         cells[variant] = ", ".join(parts)
+    return cells
+
+
+def at_edge(grid: list[Any] | None, value: Any) -> bool:
+    """Whether ``value`` is the smallest or largest of a numeric ``grid`` (the listed first/last otherwise)."""
+    if not grid or value not in grid:
+        return False
+    numbers = [g for g in grid if isinstance(g, int | float) and not isinstance(g, bool)]
+    if len(numbers) == len(grid):
+        return value in (min(numbers), max(numbers))
+    return value in (grid[0], grid[-1])
+
+
+def untuned_column(spec: AblationSpec) -> dict[str, str]:
+    """The ``tuned`` cell of a study without ``tune:``: ``not tuned (model.batchnorm)`` for a row that changes the
+    optimisation at the baseline's settings, empty for the others."""
+    cells = {}
+    for variant, delta in spec.variants.items():
+        keys_ = changes_optimisation(delta) if variant != spec.baseline else []
+        cells[variant] = f"not tuned ({', '.join(keys_)})" if keys_ else ""
     return cells
