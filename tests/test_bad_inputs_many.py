@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import DIGITS, QUICK, ROOT, fit
+from conftest import DIGITS, QUICK, ROOT, fit, payload_checkpoint
 from PIL import Image
 
 from toolkit.cli import main
@@ -49,6 +49,18 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     truncated = inputs / "truncated.ckpt"
     truncated.write_bytes(good_ckpt.read_bytes()[:5000])
     (inputs / "text.ckpt").write_text("this is not a checkpoint\n")
+    marker = base / "PWNED"  # what every payload below would create if it were unpickled
+    payload_checkpoint(good_ckpt, inputs / "evil.ckpt", marker)
+    payload_checkpoint(good_ckpt, inputs / "evil_hparams.ckpt", marker, "hparams")
+    (inputs / "evil_run" / "checkpoints").mkdir(parents=True)
+    payload_checkpoint(good_ckpt, inputs / "evil_run" / "checkpoints" / "last.ckpt", marker)
+    nan = torch.load(good_ckpt, map_location="cpu", weights_only=True)
+    nan["state_dict"]["head.1.weight"].fill_(float("nan"))
+    torch.save(nan, inputs / "nan.ckpt")
+    weights = {k.removeprefix("backbone."): v for k, v in nan["state_dict"].items() if k.startswith("backbone.")}
+    torch.save(weights, inputs / "plain.pth")
+    payload_checkpoint(inputs / "plain.pth", inputs / "evil.pth", marker)
+    (inputs / "plain.pth").unlink()
     (inputs / "garbage.pth").write_bytes(b"\x80\x04garbage that is no pickle" * 10)
     (inputs / "weights.txt").write_text("weights\n")
     _images(inputs / "one_class", {"cats": 6})
@@ -340,6 +352,24 @@ CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
     ("test_config_bomb", _eval("test", "--config", "@bomb.yaml"), "bomb.yaml"),
     ("validate_config_conflict", _eval("validate", "--config", "@vit.yaml"), "backbone"),
     ("search_root_is_file", _with_inputs("search", "@spec_ok.yaml", "--root", "@afile"), "--root"),
+    # issue 30: checkpoints are data (a pickle payload never runs), non-finite weights are refused
+    ("fit_payload_ckpt", lambda c: _fit("--ckpt_path", str(c.inputs / "evil.ckpt"))(c), "evil.ckpt"),
+    (
+        "fit_resume_payload_last",
+        _with_inputs("fit", *QUICK, "--trainer.default_root_dir", "@evil_run", "--ckpt_path", "last"),
+        "evil_run/checkpoints/last.ckpt",
+    ),
+    ("test_payload_ckpt", _eval("test", ckpt="evil.ckpt"), "evil.ckpt"),
+    ("test_payload_in_hparams", _eval("test", ckpt="evil_hparams.ckpt"), "evil_hparams.ckpt"),
+    ("validate_payload_ckpt", _eval("validate", ckpt="evil.ckpt"), "evil.ckpt"),
+    ("predict_payload_ckpt", _eval("predict", ckpt="evil.ckpt"), "evil.ckpt"),
+    ("ensemble_payload_member", _eval("test", "--ensemble_ckpts", "@evil.ckpt"), "evil.ckpt"),
+    ("pretrained_payload", lambda c: _fit("--model.pretrained", str(c.inputs / "evil.pth"))(c), "evil.pth"),
+    ("test_weights_only_false", _eval("test", "--weights_only", "false"), "--weights_only false"),
+    ("test_nan_ckpt", _eval("test", ckpt="nan.ckpt"), "non-finite weights"),
+    ("validate_nan_ckpt", _eval("validate", ckpt="nan.ckpt"), "nan.ckpt"),
+    ("fit_resume_nan_ckpt", lambda c: _fit("--ckpt_path", str(c.inputs / "nan.ckpt"))(c), "nan.ckpt"),
+    ("ensemble_nan_member", _eval("test", "--ensemble_ckpts", "@nan.ckpt"), "nan.ckpt"),
 ]
 
 
@@ -371,6 +401,7 @@ def test_bad_input_gets_one_line(capsys, monkeypatch, ctx, case_id, build, culpr
     monkeypatch.chdir(ctx.base)  # relative defaults (runs/, data/) land in the temporary folder
     line = _one_error_line(capsys, build(ctx))
     assert culprit in line, line
+    assert not (ctx.base / "PWNED").exists()  # no checkpoint's pickle payload ran
     assert _snapshot(ctx.earlier, ctx.inputs) == ctx.before  # nothing of the earlier run (or the inputs) changed
     assert not (ctx.new / "checkpoints").exists() and not (ctx.new / "result.json").exists()
 

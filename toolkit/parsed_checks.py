@@ -85,6 +85,15 @@ def check_root_dir(path: str | None, option: str) -> None:
             return
 
 
+def check_weights_only(value: Any) -> None:
+    """Checkpoints are data: ``--weights_only false`` (Lightning's arbitrary unpickler) is refused."""
+    if value is False:
+        raise ToolkitError(
+            "--weights_only false: the toolkit reads checkpoints as data only (nothing in a checkpoint may run); drop "
+            "--weights_only"
+        )
+
+
 def enforce_import_denylist() -> None:
     """Turn on jsonargparse's import-path denylist now (its default from v5): a config value naming ``os``,
     ``subprocess``, ``builtins.eval`` and the like is refused when parsed, whatever option it is given to."""
@@ -96,6 +105,7 @@ def enforce_import_denylist() -> None:
 def check_parsed(subcommand: str, config: Any) -> None:
     """Every check above on the parsed options of ``subcommand`` (``config[subcommand]``)."""
     check_seed(config.get("seed_everything"), "--seed_everything")
+    check_weights_only(config.get("weights_only"))
     model = config.get("model")
     if model is not None:
         for option in ("model.optimizer", "model.lr_scheduler"):

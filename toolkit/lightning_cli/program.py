@@ -187,6 +187,8 @@ class ToolkitCLI(LightningCLI):
         config = self.config[self.subcommand]
         root = Path(config.trainer.default_root_dir or ".")
         set_checkpoint_dirs(config, root)
+        if "weights_only" in config:  # Lightning's own load as data too, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
+            config.weights_only = True
         check_subcommand_inputs(
             self.subcommand, config.get("ckpt_path"), config.get("ensemble_ckpts"), self.checkpoints
         )
