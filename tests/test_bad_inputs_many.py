@@ -370,6 +370,12 @@ CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
     ("validate_nan_ckpt", _eval("validate", ckpt="nan.ckpt"), "nan.ckpt"),
     ("fit_resume_nan_ckpt", lambda c: _fit("--ckpt_path", str(c.inputs / "nan.ckpt"))(c), "nan.ckpt"),
     ("ensemble_nan_member", _eval("test", "--ensemble_ckpts", "@nan.ckpt"), "nan.ckpt"),
+    # issue 30: nothing is written into the current folder unless asked ('.' asks)
+    ("fit_root_dir_empty", _with_inputs("fit", *QUICK, "--trainer.default_root_dir", ""), "default_root_dir ''"),
+    ("predict_root_dir_empty", _eval("predict", "--trainer.default_root_dir", "  "), "default_root_dir '  '"),
+    ("ablate_root_empty", _with_inputs("ablate", "run", "@spec_ok.yaml", "--root", "", "--dry-run"), "--root ''"),
+    ("report_out_empty", _with_inputs("report", "@spec_ok.yaml", "--out", ""), "--out ''"),
+    ("doctor_out_empty", _with_inputs("doctor", "--config", DIGITS, "--out", ""), "--out ''"),
 ]
 
 

@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from toolkit.atomic import current_umask
 from toolkit.errors import ToolkitError
 from toolkit.image_files import FolderWalk, class_samples
 from toolkit.pixels import check_mode, to_rgb
@@ -352,7 +353,7 @@ def _unpack_fashion_mnist(raw: Path, source: Path) -> None:
         try:
             with os.fdopen(fd, "wb") as out, gzip.open(packed, "rb") as src:
                 shutil.copyfileobj(src, out)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared data root is read by others
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; the umask decides who reads it
             os.replace(tmp, raw / name)
         finally:
             Path(tmp).unlink(missing_ok=True)

@@ -2,7 +2,7 @@
 
 Each check names its option: a seed numpy cannot take, a negative optimizer number, a ``class_path`` that is not the
 kind of class its option builds (a config may name any importable callable: ``class_path: os.system`` would run a
-command when the optimizer is built), a run folder that is a file.
+command when the optimizer is built), a run folder that is a file or empty, ``--weights_only false``.
 """
 
 from __future__ import annotations
@@ -74,9 +74,15 @@ def check_optimizer_args(value: Any) -> None:
 
 
 def check_root_dir(path: str | None, option: str) -> None:
-    """A run folder (or one of its parents) that exists as a file cannot hold the run: name the option."""
-    if not path:
+    """A run folder (or one of its parents) that exists as a file cannot hold the run: name the option. An empty one
+    is refused too: it would write into the current folder without being asked to (``.`` asks for it)."""
+    if path is None:
         return
+    if not str(path).strip():
+        raise ToolkitError(
+            f"{option} {str(path)!r}: an empty folder would put the run's files in the current folder; pass a folder "
+            "(or '.' to mean the current folder)"
+        )
     folder = Path(path).expanduser()
     for candidate in (folder, *folder.parents):
         if candidate.exists():
