@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,8 @@ if opt("--ablation.variant") == "killed" and not os.path.exists(os.path.join(roo
     open(os.path.join(root, "killed-once"), "w").close()
     print("TPU available: False, using: 0 TPU cores", flush=True)  # Lightning's line, last in the log
     os.kill(os.getpid(), 9)
+with open(os.path.join(root, "result.json"), "w") as fh:  # toolkit fit's last act
+    json.dump({"status": "done", "finished_at": time.time()}, fh)
 """
 
 
@@ -296,3 +299,27 @@ def test_a_run_that_completed_while_the_runner_was_down_is_not_run_again(tmp_pat
     assert records[first.id]["status"] == "done" and records[first.id]["attempts"] == 1
     assert records[second.id]["status"] == "done" and records[second.id]["attempts"] == 2
     assert [Path(r["run_dir"]).name for r in received(root)] == ["seed1"]
+
+
+def test_a_done_run_whose_result_is_gone_is_shown_missing_and_redone(tmp_path: Path) -> None:
+    """The disk wins over the ledger: a deleted run folder or a cut result.json is redone, the others are not."""
+    from toolkit.ablation.progress import build_table
+
+    spec = make_spec(tmp_path, {"full": {}}, [0, 1, 2])
+    root = tmp_path / "runs"
+    assert run(spec, root, tmp_path, devices=[], workers=1)[0] == 0
+    gone, cut, kept = spec.runs()
+    shutil.rmtree(gone.directory(root))
+    (cut.directory(root) / "result.json").write_text('{"status": "do')
+    out = io.StringIO()
+    Console(file=out, width=250, color_system=None).print(
+        build_table(spec, Ledger(ledger_path(root, "standin")).read(), root)
+    )
+    rows = {line.split("│")[2].strip(): line for line in out.getvalue().splitlines() if " full " in line}
+    assert "missing" in rows["0"] and "missing" in rows["1"] and "done" in rows["2"], out.getvalue()
+    assert "result.json is missing or unreadable" in rows["0"]
+    code, printed = run(spec, root, tmp_path, devices=[], workers=1)
+    assert code == 0 and "3 done" in printed
+    records = Ledger(ledger_path(root, "standin")).read()
+    assert [records[r.id]["attempts"] for r in (gone, cut, kept)] == [2, 2, 1]
+    assert all(RunResult.read(r.directory(root) / "result.json") for r in (gone, cut, kept))

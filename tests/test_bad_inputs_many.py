@@ -6,6 +6,7 @@ run (a tiny digits fit) lives next to the inputs; after every case its files mus
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -109,8 +110,31 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         "callback_system.yaml": "trainer:\n  callbacks:\n    - class_path: subprocess.run\n      init_args: {args: x}\n",  # noqa: E501
         "negative_lr.yaml": "model:\n  optimizer:\n    class_path: torch.optim.SGD\n    init_args: {lr: -0.1}\n",
     }
+    long = "v" * 300
+    yamls.update(
+        {
+            "spec_variant_ledger.yaml": "name: s10\n" + base_cfg + "seeds: [0]\nvariants: {v: {}, ledger.json: {}}\n",
+            "spec_variant_report.yaml": "name: s11\n" + base_cfg + "seeds: [0]\nvariants: {v: {}, Report: {}}\n",
+            "spec_variant_lock.yaml": "name: s12\n" + base_cfg + "seeds: [0]\nvariants: {v: {}, runner.lock: {}}\n",
+            "spec_variant_newline.yaml": "name: s13\n" + base_cfg + 'seeds: [0]\nvariants: {v: {}, "w\\n": {}}\n',
+            "spec_name_newline.yaml": 'name: "s14\\n"\n' + base_cfg + "seeds: [0]\nvariants: {v: {}}\n",
+            "spec_variant_long.yaml": "name: s15\n" + base_cfg + f"seeds: [0]\nvariants: {{v: {{}}, {long}: {{}}}}\n",
+            "spec_name_long.yaml": f"name: {long}\n" + base_cfg + "seeds: [0]\nvariants: {v: {}}\n",
+        }
+    )
     for name, text in yamls.items():
         (inputs / name).write_text(text)
+    for folder, snapshot, journal in (
+        ("ledger_list", {"r1": [1, 2]}, None),
+        ("ledger_status", {"r2": {"status": "finished"}}, None),
+        ("ledger_attempts", {"r3": {"status": "done", "attempts": "two"}}, None),
+        ("journal_record", {}, {"id": "r4", "record": {"status": "done", "exit_code": "0"}}),
+    ):
+        (inputs / folder / "s4").mkdir(parents=True)
+        (inputs / folder / "s4" / "ledger.json").write_text(json.dumps({"version": 1, "runs": snapshot}))
+        (inputs / folder / "s4" / "ledger.json.lock").touch()  # a reader's lock file: not the ledger's content
+        if journal is not None:
+            (inputs / folder / "s4" / "ledger.journal").write_text(json.dumps(journal) + "\n")
     ns = SimpleNamespace(base=base, earlier=earlier, ckpt=str(good_ckpt), inputs=inputs, new=base / "new")
     ns.before = _snapshot(earlier, inputs)
     return ns
@@ -376,6 +400,24 @@ CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
     ("ablate_root_empty", _with_inputs("ablate", "run", "@spec_ok.yaml", "--root", "", "--dry-run"), "--root ''"),
     ("report_out_empty", _with_inputs("report", "@spec_ok.yaml", "--out", ""), "--out ''"),
     ("doctor_out_empty", _with_inputs("doctor", "--config", DIGITS, "--out", ""), "--out ''"),
+    # issue 30: names that collide with the runner's files, hold line breaks or exceed a file name; bad ledger records
+    ("ablate_variant_ledger", _with_inputs("ablate", "run", "@spec_variant_ledger.yaml", "--dry-run"), "'ledger.json'"),
+    ("ablate_variant_report", _with_inputs("ablate", "status", "@spec_variant_report.yaml"), "'Report'"),
+    ("ablate_variant_lock", _with_inputs("ablate", "run", "@spec_variant_lock.yaml", "--dry-run"), "'runner.lock'"),
+    ("report_variant_ledger", _with_inputs("report", "@spec_variant_ledger.yaml"), "'ledger.json'"),
+    ("ablate_variant_newline", _with_inputs("ablate", "run", "@spec_variant_newline.yaml", "--dry-run"), "'w\\n'"),
+    ("ablate_name_newline", _with_inputs("ablate", "status", "@spec_name_newline.yaml"), "'s14\\n'"),
+    ("ablate_variant_long", _with_inputs("ablate", "run", "@spec_variant_long.yaml", "--dry-run"), "300 characters"),
+    ("ablate_name_long", _with_inputs("ablate", "status", "@spec_name_long.yaml"), "300 characters"),
+    ("report_name_long", _with_inputs("report", "@spec_name_long.yaml"), "300 characters"),
+    ("ledger_record_list", _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@ledger_list"), "'r1'"),
+    ("ledger_record_status", _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@ledger_status"), "'r2'"),
+    ("ledger_record_attempts", _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@ledger_attempts"), "'r3'"),
+    (
+        "ledger_journal_record",
+        _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@journal_record"),
+        "line 1: the record of run 'r4' has exit_code '0'",
+    ),
 ]
 
 

@@ -1,7 +1,8 @@
 """An ablation run's lifecycle, in the order it happens: plan -> check -> start -> finish (each step records).
 
 - **plan**: which runs to start now (:func:`check_stale`, :func:`plan`): pending and interrupted ones, failed ones
-  only with ``--retry-failed``; a run whose ``result.json`` appeared while no runner watched is recorded done.
+  only with ``--retry-failed``; a run whose ``result.json`` appeared while no runner watched is recorded done, and a
+  ``done`` run whose ``result.json`` is gone or unreadable is planned again (the disk wins over the ledger).
 - **check**: every variant parses and builds, and differs from the baseline, before anything starts (:func:`check`).
 - **start**: one attempt begins (:func:`begin`, :func:`header` for ``run.log``), whichever executor runs it.
 - **finish**: how the attempt ended (:func:`finish`). An attempt that ends because it was stopped (Ctrl-C, SIGTERM,
@@ -62,6 +63,10 @@ def plan(
     for run in runs:
         record = records.get(run.id, {})
         status = record.get("status", PENDING)
+        if status == DONE and result_missing(run.directory(root)):
+            # the disk over the ledger's word: a done run whose result is gone (folder deleted, file cut) is redone
+            ledger.update(run.id, status=PENDING, note=f"{RESULT_FILE} was missing or unreadable; run again")
+            status = PENDING
         if status == DONE or (status == FAILED and not retry_failed):
             continue
         if run.id in live and status in unfinished:
@@ -76,6 +81,11 @@ def plan(
             continue
         todo.append(run)
     return todo, attach
+
+
+def result_missing(run_dir: Path) -> bool:
+    """Whether a run folder lacks a readable ``result.json`` (a ``done`` run without one has nothing to report)."""
+    return RunResult.read(run_dir / RESULT_FILE) is None
 
 
 def completed_since(run_dir: Path, started_at: float | None) -> bool:
