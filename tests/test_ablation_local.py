@@ -64,7 +64,8 @@ def run(spec: AblationSpec, root: Path, tmp_path: Path, terminal: bool = False, 
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
     out = io.StringIO()
-    opts = Options(root=root, launcher=[sys.executable, str(script)], validate=False, report=False, **options)
+    settings = {"validate": False, "report": False, **options}
+    opts = Options(root=root, launcher=[sys.executable, str(script)], **settings)
     console = Console(file=out, width=200, force_terminal=terminal, color_system=None)
     return run_ablation(spec, opts, console), out.getvalue()
 
@@ -323,3 +324,34 @@ def test_a_done_run_whose_result_is_gone_is_shown_missing_and_redone(tmp_path: P
     records = Ledger(ledger_path(root, "standin")).read()
     assert [records[r.id]["attempts"] for r in (gone, cut, kept)] == [2, 2, 1]
     assert all(RunResult.read(r.directory(root) / "result.json") for r in (gone, cut, kept))
+
+
+def test_cheap_checks_come_before_the_slow_validation(tmp_path: Path) -> None:
+    """A second runner, an unwritable root: told before the variants are parsed (the variant below would be refused
+    by that parse: it equals its baseline, so reaching it would say so instead)."""
+    from toolkit.study.ledger import runner_lock
+
+    spec = make_spec(tmp_path, {"full": {}, "same": {"model.drop_rate": 0.1}}, [0])
+    root = tmp_path / "runs"
+    with runner_lock(root / "standin"), pytest.raises(ToolkitError, match="is already running this ablation"):
+        run(spec, root, tmp_path, validate=True)
+    if Path("/sys/kernel").is_dir():  # sysfs refuses a new folder even to root (EPERM)
+        with pytest.raises(OSError) as err:
+            run(spec, Path("/sys/toolkit-runs"), tmp_path, validate=True)
+        assert err.value.filename == "/sys/toolkit-runs"
+    with pytest.raises(ToolkitError, match=r"same.*baseline"):
+        run(spec, root, tmp_path, validate=True)  # the lock is free, the root writable: now the parse refuses it
+
+
+def test_a_finished_study_is_not_validated_again(tmp_path: Path) -> None:
+    """Every run done with its result on disk: the re-run plans nothing and parses nothing (the variant would be
+    refused by the parse); once a result is gone there is something to run, and the parse runs first."""
+    spec = make_spec(tmp_path, {"full": {}, "same": {"model.drop_rate": 0.1}}, [0])
+    root = tmp_path / "runs"
+    assert run(spec, root, tmp_path)[0] == 0  # validate=False: the runs are done
+    code, out = run(spec, root, tmp_path, validate=True)
+    assert code == 0 and "2 done, 0 failed, 0 unfinished" in out and len(received(root)) == 2
+    (spec.runs()[1].directory(root) / "result.json").unlink()
+    with pytest.raises(ToolkitError, match=r"same.*baseline"):
+        run(spec, root, tmp_path, validate=True)
+    assert len(received(root)) == 2

@@ -14,8 +14,8 @@ from pathlib import Path
 
 #: write failures a user fixes by freeing space: a full disk, a quota, a file-size limit
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-#: write failures a user fixes by picking another folder: read-only, forbidden
-NO_RIGHTS = frozenset({errno.EROFS, errno.EACCES})
+#: write failures a user fixes by picking another folder: read-only, forbidden (EPERM: a folder no one may create in)
+NO_RIGHTS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:

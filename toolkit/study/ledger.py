@@ -281,24 +281,39 @@ def _checked(record: Any, run_id: Any, where: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def runner_lock(folder: str | Path) -> Iterator[None]:
-    """Hold ``<folder>/runner.lock`` while a runner works on the ablation; fail fast if another runner holds it."""
+    """Hold ``<folder>/runner.lock`` while a runner works on the ablation; fail fast if another runner holds it.
+
+    The runner takes it first, before the slow checks (a second runner is told at once); so that a refused study
+    leaves nothing behind, a body that raises before anything else was written removes the folders this created.
+    """
     folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "runner.lock"
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    try:
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise ToolkitError(
+                    f"{holder} is already running this ablation ({path} is locked); wait for it or stop it first"
+                ) from None
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise ToolkitError(
-                f"{holder} is already running this ablation ({path} is locked); wait for it or stop it first"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"toolkit ablate run (pid {os.getpid()})")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.truncate()
+            fh.write(f"toolkit ablate run (pid {os.getpid()})")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    except BaseException:
+        locks = {path, folder / "ledger.json.lock"}  # the reader's lock of an empty ledger too
+        if created and set(folder.iterdir()) <= locks:  # nothing but locks: leave no trace
+            for lock in locks:
+                lock.unlink(missing_ok=True)
+            for made in created:  # deepest first; a folder something else wrote into stays
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+        raise
