@@ -81,6 +81,10 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     _images(inputs / "empty_class", {"a": 10, "b": 10, "c": 0})
     _images(inputs / "dup_link", {"a": 10, "b": 10})
     (inputs / "dup_link" / "b" / "same.png").symlink_to(inputs / "dup_link" / "a" / "0.png")
+    _images(inputs / "dup_copy", {"a": 10, "b": 10})
+    (inputs / "dup_copy" / "b" / "copy.png").write_bytes((inputs / "dup_copy" / "a" / "0.png").read_bytes())
+    for split, count in (("train", 8), ("val", 3), ("test", 3)):
+        _images(inputs / "dup_split" / split, {"a": count, "b": count})  # the same pictures in every split
     _images(inputs / "float_tif", {"a": 10, "b": 10})
     Image.fromarray(np.full((12, 12), 0.5, np.float32)).save(inputs / "float_tif" / "a" / "depth.tif")
     (inputs / "afile").write_text("a file where a folder belongs\n")
@@ -410,6 +414,9 @@ CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
     ("ablate_variant_long", _with_inputs("ablate", "run", "@spec_variant_long.yaml", "--dry-run"), "300 characters"),
     ("ablate_name_long", _with_inputs("ablate", "status", "@spec_name_long.yaml"), "300 characters"),
     ("report_name_long", _with_inputs("report", "@spec_name_long.yaml"), "300 characters"),
+    ("image_copied_into_two_classes", _folder("dup_copy"), "copy.png"),
+    ("image_copied_across_splits", _folder("dup_split"), "identical bytes"),
+    ("duplicates_literal", _fit("--data.duplicates", "keep"), "duplicates"),
     ("ledger_record_list", _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@ledger_list"), "'r1'"),
     ("ledger_record_status", _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@ledger_status"), "'r2'"),
     ("ledger_record_attempts", _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@ledger_attempts"), "'r3'"),

@@ -25,6 +25,7 @@ from toolkit.datasets import (
     three_way,
     verify_images,
 )
+from toolkit.duplicates import SPLITS, Duplicates, check_duplicates
 from toolkit.errors import ToolkitError
 from toolkit.transforms import (
     Augment,
@@ -62,6 +63,8 @@ class ImageDataModule(pl.LightningDataModule):
         test_split: ``split`` tests on the source's test split (cut to ``eval_subset``); ``rest`` tests on every
             sample not used for training or validation (the test split, and what the train and val subsets left
             out: 1,377 of the 1,797 digits with 300 train / 120 val), at the cost of one forward pass.
+        duplicates: image files with identical bytes in two classes or two splits: ``refuse`` names them;
+            ``drop`` keeps one copy (the first in train, val, test order; none of an image with two labels).
         batch_size: samples per batch.
         num_workers: dataloader worker processes.
         pin_memory: pin host memory; None = only when CUDA is available.
@@ -89,6 +92,7 @@ class ImageDataModule(pl.LightningDataModule):
         train_subset: int | None = None,
         eval_subset: int | None = None,
         test_split: Literal["split", "rest"] = "split",
+        duplicates: Duplicates = "refuse",
         batch_size: int = 64,
         num_workers: int = 0,
         pin_memory: bool | None = None,
@@ -118,6 +122,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.train_subset, self.eval_subset, self.test_split = train_subset, eval_subset, test_split
+        self.duplicates = duplicates
         self.batch_size, self.num_workers = batch_size, num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -206,8 +211,10 @@ class ImageDataModule(pl.LightningDataModule):
             return
         self._ready = True
         splits = self.splits
-        for samples in (splits.train, splits.val, splits.test):
-            verify_images(samples)
+        parts = (splits.train, splits.val, splits.test)
+        digests = [verify_images(samples) for samples in parts]  # decoded and hashed: one read of each file
+        kept = check_duplicates(list(zip(SPLITS, parts, digests, strict=True)), splits.class_names, self.duplicates)
+        splits.train, splits.val, splits.test = kept["train"], kept["val"], kept["test"]
         config = self.data_config
         if self.normalize == "dataset":
             mean, std = dataset_mean_std(splits.train, config)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import inspect
+import io
 import os
 import shutil
 import tempfile
@@ -171,21 +173,32 @@ def _folder_splits(path: Path, walk: FolderWalk, val_fraction: float, test_fract
     return Splits(train, given.get("val", val), given.get("test", test), classes)
 
 
-def verify_images(samples: ImageSamples) -> None:
-    """Decode every file-backed image once, so a broken or truncated file fails before training and is named.
+def verify_images(samples: ImageSamples) -> list[str | None]:
+    """Decode every file-backed image once, so a broken or truncated file fails before training and is named; returns
+    the digest of each image's bytes (None for an in-memory image), for ``duplicates.check_duplicates``.
 
     ``Image.verify`` checks headers and PNG checksums only; a truncated JPEG passes it, so each image is decoded in
     full (``load``), which is what the data loader will do. An image with pixels no 8-bit scaling fits is refused.
+    The bytes are read once, then hashed and decoded from memory.
     """
+    digests: list[str | None] = []
     for image in samples.images:
-        if isinstance(image, (str, Path)):
-            try:
-                with Image.open(image) as handle:
-                    handle.load()
-                    mode = handle.mode
-            except Exception as err:  # PIL raises many types for undecodable files
-                raise ToolkitError(f"cannot decode image {image} ({err}); remove or replace the file") from err
-            check_mode(mode, str(image))
+        if not isinstance(image, (str, Path)):
+            digests.append(None)
+            continue
+        buffer = None
+        try:
+            data = Path(image).read_bytes()
+            buffer = io.BytesIO(data)
+            with Image.open(buffer) as handle:
+                handle.load()
+                mode = handle.mode
+        except Exception as err:  # PIL raises many types for undecodable files
+            detail = str(err).replace(repr(buffer), repr(str(image)))  # PIL names the buffer it was given
+            raise ToolkitError(f"cannot decode image {image} ({detail}); remove or replace the file") from err
+        check_mode(mode, str(image))
+        digests.append(hashlib.blake2b(data, digest_size=16).hexdigest())
+    return digests
 
 
 #: the label of an image whose class is unknown (predicting a folder without class subfolders)
