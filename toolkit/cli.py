@@ -130,6 +130,16 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
 _CANNOT_WRITE = NO_SPACE | NO_RIGHTS
 
 
+def one_line(err: ToolkitError) -> str:
+    """The error's own line. A ToolkitError raised in a DataLoader worker comes back re-raised by torch as
+    ``Caught ToolkitError in DataLoader worker process 0.`` + the worker's traceback: its last line is the message."""
+    text = str(err)
+    if text.startswith("Caught ToolkitError"):
+        last = text.strip().splitlines()[-1]
+        return last.split("ToolkitError: ", 1)[-1]
+    return text
+
+
 def _unexpected(err: BaseException) -> str:
     """Write the traceback of an unexpected error to a private file; return the one line that points to it."""
     path = write_crash_log(err)
@@ -143,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _dispatch(args, argv)
     except ToolkitError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, SystemExit):
         raise

@@ -35,6 +35,10 @@ from toolkit.transforms import (
     resolve_backbone_data_config,
 )
 
+#: the smallest ``eval_subset``: below 20 images one image moves val/acc by more than 5 points, so the best-val
+#: checkpoint is chosen on noise; and each class is seen at least twice (a stratified subset, macro-F1 per class)
+MIN_EVAL_SUBSET, MIN_EVAL_PER_CLASS = 20, 2
+
 
 class ImageDataModule(pl.LightningDataModule):
     """Train/val/test image data for a timm backbone.
@@ -59,7 +63,9 @@ class ImageDataModule(pl.LightningDataModule):
         split_seed: seed of the deterministic train/val/test split (and of the subsets); ``seed`` ties it to the
             run's seed (``seed_everything``), so each seed of a study also draws its own split.
         train_subset: use this many training samples (stratified, drawn from ``split_seed``); None = all.
-        eval_subset: use at most this many validation and this many test samples (stratified); None = all.
+        eval_subset: use at most this many validation and this many test samples (stratified); None = all. At
+            least 20 and 2 per class (below, one image moves val/acc by more than 5 points: the checkpoint would be
+            chosen on noise).
         test_split: ``split`` tests on the source's test split (cut to ``eval_subset``); ``rest`` tests on every
             sample not used for training or validation (the test split, and what the train and val subsets left
             out: 1,377 of the 1,797 digits with 300 train / 120 val), at the cost of one forward pass.
@@ -114,6 +120,8 @@ class ImageDataModule(pl.LightningDataModule):
                 raise ToolkitError(f"{option} must be a positive number of samples, or null for all; got {size}")
         if (mixup_alpha > 0 or cutmix_alpha > 0) and batch_size % 2:
             raise ToolkitError(f"mixup/cutmix pair samples within a batch: use an even batch_size, not {batch_size}")
+        if split_seed != "seed" and not 0 <= split_seed <= 2**32 - 1:  # sklearn's range: else it blames the split
+            raise ToolkitError(f"--data.split_seed {split_seed}: a seed is an integer in [0, 2**32 - 1], or 'seed'")
         if split_seed == "seed":
             split_seed = run_seed()
         self.save_hyperparameters(logger=False)
@@ -180,6 +188,19 @@ class ImageDataModule(pl.LightningDataModule):
     def _subsets(self, splits: Splits) -> Splits:
         """Apply ``train_subset``/``eval_subset``; the class list stays the source's."""
         seed = self.split_seed
+        classes = len(splits.class_names)
+        if self.train_subset is not None and self.train_subset < classes:
+            raise ToolkitError(
+                f"--data.train_subset {self.train_subset} is smaller than the {classes} classes: some classes would "
+                f"get no training image (a stratified subset cannot hold); use at least {classes}"
+            )
+        least = max(MIN_EVAL_SUBSET, MIN_EVAL_PER_CLASS * classes)
+        if self.eval_subset is not None and self.eval_subset < least:
+            raise ToolkitError(
+                f"--data.eval_subset {self.eval_subset}: checkpoints would be chosen and runs tested on so few images "
+                f"that one image moves the accuracy by {100 / self.eval_subset:.0f} points; use at least {least} "
+                f"({MIN_EVAL_PER_CLASS} per class, {MIN_EVAL_SUBSET} in all), or null for all"
+            )
         full = Splits(splits.train, splits.val, splits.test, splits.class_names)
         if self.train_subset is not None:
             splits.train = stratified_subset(splits.train, self.train_subset, seed)

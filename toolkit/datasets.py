@@ -40,8 +40,14 @@ class ImageSamples(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image = self.images[index]
         if isinstance(image, (str, Path)):
-            with Image.open(image) as handle:
-                image = to_rgb(handle)
+            try:
+                with Image.open(image) as handle:
+                    image = to_rgb(handle)
+            except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a file that changed since the check
+                raise ToolkitError(
+                    f"image {image} could not be read during training ({err}); it changed after the check before "
+                    "training (a copy still running, NFS, rsync?): replace it, then resume with --ckpt_path last"
+                ) from None
         return (self.transform(image) if self.transform else image), self.labels[index]
 
     def subset(self, indices: Sequence[int]) -> ImageSamples:

@@ -7,6 +7,7 @@ variant and seed; a resumed fit continues the W&B run its checkpoint names (onli
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,23 @@ from toolkit.tracking import check_init_kwargs
 
 #: the subcommands that evaluate a checkpoint
 EVAL_COMMANDS = ("validate", "test", "predict")
+
+
+def _not_a_file(path: str) -> str:
+    """Why ``path`` is no checkpoint file: it is missing, a folder, or another kind of file (``/dev/null``)."""
+    if Path(path).is_dir():
+        return "is a folder, not a checkpoint file"
+    if Path(path).exists():
+        return "is not a regular file"
+    return "does not exist"
+
+
+def check_writable(root: Path) -> None:
+    """Create the run folder and write a scratch file in it: a read-only or forbidden folder is an ``OSError`` naming
+    it now (the CLI's one line, exit 2), not an error the W&B logger raises inside LightningCLI's instantiation."""
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=root):
+        pass
 
 
 def set_checkpoint_dirs(config: Any, root: Path) -> None:
@@ -47,7 +65,7 @@ def check_subcommand_inputs(
     for member in ensemble_ckpts or []:
         reader = readers.get(member)
         if reader is None:
-            raise ToolkitError(f"--ensemble_ckpts: checkpoint {member} does not exist; pass existing .ckpt files")
+            raise ToolkitError(f"--ensemble_ckpts: checkpoint {member} {_not_a_file(member)}; pass .ckpt files")
         reader.check()
 
 
@@ -72,7 +90,7 @@ def resolve_ckpt(ckpt_path: str, dirpath: str, readers: CheckpointReaders) -> st
         return str(path)
     reader = readers.get(ckpt_path)
     if ckpt_path not in ("best", "hpc", "registry") and reader is None:
-        raise ToolkitError(f"checkpoint {ckpt_path} does not exist; pass an existing .ckpt file or 'last'")
+        raise ToolkitError(f"checkpoint {ckpt_path} {_not_a_file(ckpt_path)}; pass an existing .ckpt file or 'last'")
     if reader is not None:
         reader.check()
     return ckpt_path
