@@ -7,6 +7,7 @@ variant and seed; a resumed fit continues the W&B run its checkpoint names (onli
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,11 +31,18 @@ def _not_a_file(path: str) -> str:
 
 
 def check_writable(root: Path) -> None:
-    """Create the run folder and write a scratch file in it: a read-only or forbidden folder is an ``OSError`` naming
-    it now (the CLI's one line, exit 2), not an error the W&B logger raises inside LightningCLI's instantiation."""
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=root):
-        pass
+    """A run folder this process cannot write (read-only, forbidden) is an ``OSError`` naming it now (the CLI's one
+    line, exit 2), not an error the W&B logger raises inside LightningCLI's instantiation. Nothing is left behind:
+    a folder that does not exist yet is probed by a scratch folder in its nearest existing parent."""
+    existing = next((p for p in (root, *root.parents) if p.exists()), Path("."))
+    try:
+        if existing == root:
+            with tempfile.TemporaryFile(dir=root):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(root)) from err
 
 
 def set_checkpoint_dirs(config: Any, root: Path) -> None:
