@@ -467,7 +467,7 @@ def _one_error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
 
 
 def test_case_list_is_broad() -> None:
-    assert len({case_id for case_id, _, _ in CASES}) == len(CASES) >= 100
+    assert len({case_id for case_id, _, _ in CASES}) == len(CASES) >= 160
     entry_points = {"fit", "validate", "test", "predict", "ablate", "report", "search", "doctor", "weights"}
     reached = {
         build(SimpleNamespace(base=Path("b"), inputs=Path("i"), earlier=Path("e"), new=Path("n"), ckpt="c"))[0]
