@@ -48,6 +48,10 @@ if opt("--ablation.variant") == "killed" and not os.path.exists(os.path.join(roo
     open(os.path.join(root, "killed-once"), "w").close()
     print("TPU available: False, using: 0 TPU cores", flush=True)  # Lightning's line, last in the log
     os.kill(os.getpid(), 9)
+if opt("--ablation.variant") == "nospace" and not os.path.exists(os.path.join(root, "full-once")):
+    open(os.path.join(root, "full-once"), "w").close()
+    print(f"error: cannot write {root}/last.ckpt: No space left on device; free space there", file=sys.stderr)
+    sys.exit(2)
 with open(os.path.join(root, "result.json"), "w") as fh:  # toolkit fit's last act
     json.dump({"status": "done", "finished_at": time.time()}, fh)
 """
@@ -355,3 +359,16 @@ def test_a_finished_study_is_not_validated_again(tmp_path: Path) -> None:
     with pytest.raises(ToolkitError, match=r"same.*baseline"):
         run(spec, root, tmp_path, validate=True)
     assert len(received(root)) == 2
+
+
+def test_a_run_that_failed_on_a_full_disk_resumes_without_retry_failed(tmp_path: Path) -> None:
+    """A full disk is the machine's state, not the run's failure: pending with its reason, redone by a plain re-run."""
+    spec = make_spec(tmp_path, {"full": {}, "nospace": {"model.drop_rate": 0.5}}, [0])
+    root = tmp_path / "runs"
+    code, out = run(spec, root, tmp_path, devices=[], workers=1)
+    records = {r["variant"]: r for r in Ledger(ledger_path(root, "standin")).read().values()}
+    assert code == 1 and records["nospace"]["status"] == "pending"
+    assert "No space left on device" in records["nospace"]["reason"] and "out of space" in out
+    code, out = run(spec, root, tmp_path, devices=[], workers=1)  # no --retry-failed
+    records = {r["variant"]: r for r in Ledger(ledger_path(root, "standin")).read().values()}
+    assert code == 0 and records["nospace"]["status"] == "done" and records["nospace"]["attempts"] == 2

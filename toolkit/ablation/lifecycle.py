@@ -7,7 +7,8 @@
 - **start**: one attempt begins (:func:`begin`, :func:`header` for ``run.log``), whichever executor runs it.
 - **finish**: how the attempt ended (:func:`finish`). An attempt that ends because it was stopped (Ctrl-C, SIGTERM,
   ``scancel``, preemption) is not a failure: the run goes back to ``pending`` and the next ``toolkit ablate run``
-  resumes it from its last checkpoint. Only a process that exits non-zero on its own is ``failed``.
+  resumes it from its last checkpoint. So does a run whose write failed on a full disk or quota (the machine's state,
+  not the run's). Only a process that exits non-zero on its own is ``failed``.
 
 The ledger (:mod:`toolkit.study.ledger`) is the plain storage beneath it; the runner (:mod:`runner`) drives the
 steps and the executors (``local``, ``slurm``) run the processes.
@@ -15,6 +16,8 @@ steps and the executors (``local``, ``slurm``) run the processes.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import signal
 import socket
@@ -172,7 +175,12 @@ def finish(ledger: Ledger, run: Run, root: str | Path, code: int, interrupted: b
         fields.update(status=DONE, note=note, error_tail=None, reason=None)
     else:
         tail = log_tail(run_dir / RUN_LOG)
-        fields.update(status=FAILED, note=note, error_tail=tail, reason=fields.get("reason") or failure_reason(tail))
+        reason = fields.get("reason") or failure_reason(tail)
+        if out_of_space(reason):
+            # a full disk or quota is the machine's state, not the run's failure: it resumes like a killed run
+            fields.update(status=PENDING, error_tail=tail, reason=reason, note="out of space: free space, run again")
+        else:
+            fields.update(status=FAILED, note=note, error_tail=tail, reason=reason)
     wandb = wandb_runs(run_dir)
     if wandb:
         # the newest is this attempt's; a resumed offline run is a new W&B run whose config names the one before
@@ -202,6 +210,15 @@ def killed_by(code: int | None) -> str | None:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+#: what ``toolkit fit``'s one line says when a write failed for want of space (``cli.main``: ``cannot write ...``)
+_NO_SPACE = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
+
+
+def out_of_space(reason: str | None) -> bool:
+    """Whether a failed run's reason is a write that failed on a full disk, a quota or a file-size limit."""
+    return bool(reason) and reason.startswith("cannot write") and any(text in reason for text in _NO_SPACE)
 
 
 def log_tail(log: Path, lines: int = ERROR_LINES) -> list[str]:
