@@ -60,14 +60,15 @@ def test_every_shipped_spec_loads_and_quickstart_covers_each_component() -> None
     # augmentation and dropout left the 5-minute main job; the shipped presets still cover them
     everywhere = {key for spec in specs.values() for delta in spec.variants.values() for key in delta}
     assert {"data.augment", "model.drop_rate"} <= everywhere
-    # each variant changes one thing; `fine-tune` is one transfer mode spelled in two keys (no freeze, no unfreeze);
-    # `random-init` is the from-scratch recipe: no weights, everything trained from step 0, BatchNorm trained (frozen
-    # untrained statistics are refused), its own lr chosen on val
+    # each variant changes one thing; `fine-tune` is one transfer mode spelled in three keys (no freeze, no unfreeze,
+    # so no L-BFGS probe phase: probe sgd); `random-init` is the from-scratch recipe: no weights, everything trained
+    # from step 0, BatchNorm trained (frozen untrained statistics are refused), its own lr chosen on val
     assert quick.variants["full"] == {}  # the baseline changes nothing
     assert all(
         len(delta) == 1 for name, delta in quick.variants.items() if name not in ("full", "fine-tune", "random-init")
     )
-    assert quick.variants["fine-tune"] == {"model.freeze_backbone": False, "model.unfreeze_at_epoch": None}
+    unfrozen = {"model.freeze_backbone": False, "model.unfreeze_at_epoch": None, "model.probe": "sgd"}
+    assert quick.variants["fine-tune"] == unfrozen
     scratch = dict(quick.variants["random-init"])
     assert scratch.pop("model.optimizer.init_args.lr") > 0
     assert scratch == {
@@ -75,6 +76,7 @@ def test_every_shipped_spec_loads_and_quickstart_covers_each_component() -> None
         "model.batchnorm": "on",
         "model.freeze_backbone": False,
         "model.unfreeze_at_epoch": None,
+        "model.probe": "sgd",
     }
     assert any("SnapshotEnsemble" in json.dumps(delta) for delta in quick.variants.values())
     assert "LesionSweep" in json.dumps(specs["lesion-study"].overrides)  # the lesion curve: its own preset
