@@ -70,3 +70,26 @@ def weights_with_trained_statistics(path: Path, backbone: str = "test_resnet", s
 @pytest.fixture
 def run_root(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+class Payload:
+    """Unpickled by an ordinary unpickler, this runs ``touch <marker>`` (as an attacker's ``os.system`` would)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def payload_checkpoint(good: Path, out: Path, marker: Path, where: str = "top") -> Path:
+    """A copy of the checkpoint ``good`` whose pickle also holds a ``__reduce__`` payload that would create ``marker``
+    (``where``: ``top`` = a top-level key, ``hparams`` = inside its hyperparameters, ``state_dict`` = beside the
+    weights)."""
+    import torch
+
+    checkpoint = torch.load(good, map_location="cpu", weights_only=True)
+    target = checkpoint if where == "top" else checkpoint[{"hparams": "hyper_parameters"}.get(where, where)]
+    target["payload"] = Payload(marker)
+    torch.save(checkpoint, out)
+    return out

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,12 @@ if opt("--ablation.variant") == "killed" and not os.path.exists(os.path.join(roo
     open(os.path.join(root, "killed-once"), "w").close()
     print("TPU available: False, using: 0 TPU cores", flush=True)  # Lightning's line, last in the log
     os.kill(os.getpid(), 9)
+if opt("--ablation.variant") == "nospace" and not os.path.exists(os.path.join(root, "full-once")):
+    open(os.path.join(root, "full-once"), "w").close()
+    print(f"error: cannot write {root}/last.ckpt: No space left on device; free space there", file=sys.stderr)
+    sys.exit(2)
+with open(os.path.join(root, "result.json"), "w") as fh:  # toolkit fit's last act
+    json.dump({"status": "done", "finished_at": time.time()}, fh)
 """
 
 
@@ -61,7 +68,8 @@ def run(spec: AblationSpec, root: Path, tmp_path: Path, terminal: bool = False, 
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
     out = io.StringIO()
-    opts = Options(root=root, launcher=[sys.executable, str(script)], validate=False, report=False, **options)
+    settings = {"validate": False, "report": False, **options}
+    opts = Options(root=root, launcher=[sys.executable, str(script)], **settings)
     console = Console(file=out, width=200, force_terminal=terminal, color_system=None)
     return run_ablation(spec, opts, console), out.getvalue()
 
@@ -309,3 +317,71 @@ def test_a_machine_without_a_gpu_driver_counts_no_gpus_without_torch(tmp_path: P
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.split("\n")[0] == "2 [(), ()] False"
+
+
+def test_a_done_run_whose_result_is_gone_is_shown_missing_and_redone(tmp_path: Path) -> None:
+    """The disk wins over the ledger: a deleted run folder or a cut result.json is redone, the others are not."""
+    from toolkit.ablation.progress import build_table
+
+    spec = make_spec(tmp_path, {"full": {}}, [0, 1, 2])
+    root = tmp_path / "runs"
+    assert run(spec, root, tmp_path, devices=[], workers=1)[0] == 0
+    gone, cut, kept = spec.runs()
+    shutil.rmtree(gone.directory(root))
+    (cut.directory(root) / "result.json").write_text('{"status": "do')
+    out = io.StringIO()
+    Console(file=out, width=250, color_system=None).print(
+        build_table(spec, Ledger(ledger_path(root, "standin")).read(), root)
+    )
+    rows = {line.split("│")[2].strip(): line for line in out.getvalue().splitlines() if " full " in line}
+    assert "missing" in rows["0"] and "missing" in rows["1"] and "done" in rows["2"], out.getvalue()
+    assert "result.json is missing or unreadable" in rows["0"]
+    code, printed = run(spec, root, tmp_path, devices=[], workers=1)
+    assert code == 0 and "3 done" in printed
+    records = Ledger(ledger_path(root, "standin")).read()
+    assert [records[r.id]["attempts"] for r in (gone, cut, kept)] == [2, 2, 1]
+    assert all(RunResult.read(r.directory(root) / "result.json") for r in (gone, cut, kept))
+
+
+def test_cheap_checks_come_before_the_slow_validation(tmp_path: Path) -> None:
+    """A second runner, an unwritable root: told before the variants are parsed (the variant below would be refused
+    by that parse: it equals its baseline, so reaching it would say so instead)."""
+    from toolkit.study.ledger import runner_lock
+
+    spec = make_spec(tmp_path, {"full": {}, "same": {"model.drop_rate": 0.1}}, [0])
+    root = tmp_path / "runs"
+    with runner_lock(root / "standin"), pytest.raises(ToolkitError, match="is already running this ablation"):
+        run(spec, root, tmp_path, validate=True)
+    if Path("/sys/kernel").is_dir():  # sysfs refuses a new folder even to root (EPERM)
+        with pytest.raises(OSError) as err:
+            run(spec, Path("/sys/toolkit-runs"), tmp_path, validate=True)
+        assert err.value.filename == "/sys/toolkit-runs"
+    with pytest.raises(ToolkitError, match=r"same.*baseline"):
+        run(spec, root, tmp_path, validate=True)  # the lock is free, the root writable: now the parse refuses it
+
+
+def test_a_finished_study_is_not_validated_again(tmp_path: Path) -> None:
+    """Every run done with its result on disk: the re-run plans nothing and parses nothing (the variant would be
+    refused by the parse); once a result is gone there is something to run, and the parse runs first."""
+    spec = make_spec(tmp_path, {"full": {}, "same": {"model.drop_rate": 0.1}}, [0])
+    root = tmp_path / "runs"
+    assert run(spec, root, tmp_path)[0] == 0  # validate=False: the runs are done
+    code, out = run(spec, root, tmp_path, validate=True)
+    assert code == 0 and "2 done, 0 failed, 0 unfinished" in out and len(received(root)) == 2
+    (spec.runs()[1].directory(root) / "result.json").unlink()
+    with pytest.raises(ToolkitError, match=r"same.*baseline"):
+        run(spec, root, tmp_path, validate=True)
+    assert len(received(root)) == 2
+
+
+def test_a_run_that_failed_on_a_full_disk_resumes_without_retry_failed(tmp_path: Path) -> None:
+    """A full disk is the machine's state, not the run's failure: pending with its reason, redone by a plain re-run."""
+    spec = make_spec(tmp_path, {"full": {}, "nospace": {"model.drop_rate": 0.5}}, [0])
+    root = tmp_path / "runs"
+    code, out = run(spec, root, tmp_path, devices=[], workers=1)
+    records = {r["variant"]: r for r in Ledger(ledger_path(root, "standin")).read().values()}
+    assert code == 1 and records["nospace"]["status"] == "pending"
+    assert "No space left on device" in records["nospace"]["reason"] and "out of space" in out
+    code, out = run(spec, root, tmp_path, devices=[], workers=1)  # no --retry-failed
+    records = {r["variant"]: r for r in Ledger(ledger_path(root, "standin")).read().values()}
+    assert code == 0 and records["nospace"]["status"] == "done" and records["nospace"]["attempts"] == 2

@@ -129,6 +129,23 @@ def test_status_prints_the_ledger_without_importing_torch(finished: tuple[Path, 
     assert sum("done" in r for r in rows) == 4 and sum("failed" in r for r in rows) == 2
 
 
+def test_a_done_run_whose_folder_was_deleted_is_redone(finished: tuple[Path, Path, int, str]) -> None:
+    """The ledger says done, the disk says gone: the re-run redoes that run (one process) and only that one."""
+    import shutil
+
+    spec, root, _, _ = finished
+    before = records_by_run(root, "real")
+    shutil.rmtree(root / "real" / "full" / "seed1")
+    again = ablate("run", str(spec), "--root", str(root), cwd=spec.parent)
+    out, _ = again.communicate(timeout=300)
+    after = records_by_run(root, "real")
+    assert "4 done, 2 failed" in out, out
+    assert after[("full", 1)]["attempts"] == 2 and after[("full", 1)]["status"] == "done"
+    assert (root / "real" / "full" / "seed1" / "result.json").is_file()
+    for key in (("full", 0), ("no-dropout", 0), ("no-dropout", 1), ("broken", 0)):
+        assert after[key]["attempts"] == before[key]["attempts"]
+
+
 def test_a_typo_in_one_variant_fails_before_any_run_starts(tmp_path: Path) -> None:
     variants = {"full": {}, "typo": {"model.dropout_rat": 0.1}}
     spec = load_spec(write_spec(tmp_path, "typo", variants, [0], epochs=1))

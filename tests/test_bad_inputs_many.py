@@ -6,6 +6,7 @@ run (a tiny digits fit) lives next to the inputs; after every case its files mus
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import DIGITS, QUICK, ROOT, fit
+from conftest import DIGITS, QUICK, ROOT, fit, payload_checkpoint
 from PIL import Image
 
 from toolkit.cli import main
@@ -49,6 +50,18 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     truncated = inputs / "truncated.ckpt"
     truncated.write_bytes(good_ckpt.read_bytes()[:5000])
     (inputs / "text.ckpt").write_text("this is not a checkpoint\n")
+    marker = base / "PWNED"  # what every payload below would create if it were unpickled
+    payload_checkpoint(good_ckpt, inputs / "evil.ckpt", marker)
+    payload_checkpoint(good_ckpt, inputs / "evil_hparams.ckpt", marker, "hparams")
+    (inputs / "evil_run" / "checkpoints").mkdir(parents=True)
+    payload_checkpoint(good_ckpt, inputs / "evil_run" / "checkpoints" / "last.ckpt", marker)
+    nan = torch.load(good_ckpt, map_location="cpu", weights_only=True)
+    nan["state_dict"]["head.1.weight"].fill_(float("nan"))
+    torch.save(nan, inputs / "nan.ckpt")
+    weights = {k.removeprefix("backbone."): v for k, v in nan["state_dict"].items() if k.startswith("backbone.")}
+    torch.save(weights, inputs / "plain.pth")
+    payload_checkpoint(inputs / "plain.pth", inputs / "evil.pth", marker)
+    (inputs / "plain.pth").unlink()
     (inputs / "garbage.pth").write_bytes(b"\x80\x04garbage that is no pickle" * 10)
     (inputs / "weights.txt").write_text("weights\n")
     _images(inputs / "one_class", {"cats": 6})
@@ -68,6 +81,10 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     _images(inputs / "empty_class", {"a": 10, "b": 10, "c": 0})
     _images(inputs / "dup_link", {"a": 10, "b": 10})
     (inputs / "dup_link" / "b" / "same.png").symlink_to(inputs / "dup_link" / "a" / "0.png")
+    _images(inputs / "dup_copy", {"a": 10, "b": 10})
+    (inputs / "dup_copy" / "b" / "copy.png").write_bytes((inputs / "dup_copy" / "a" / "0.png").read_bytes())
+    for split, count in (("train", 8), ("val", 3), ("test", 3)):
+        _images(inputs / "dup_split" / split, {"a": count, "b": count})  # the same pictures in every split
     _images(inputs / "float_tif", {"a": 10, "b": 10})
     Image.fromarray(np.full((12, 12), 0.5, np.float32)).save(inputs / "float_tif" / "a" / "depth.tif")
     (inputs / "afile").write_text("a file where a folder belongs\n")
@@ -97,8 +114,31 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
         "callback_system.yaml": "trainer:\n  callbacks:\n    - class_path: subprocess.run\n      init_args: {args: x}\n",  # noqa: E501
         "negative_lr.yaml": "model:\n  optimizer:\n    class_path: torch.optim.SGD\n    init_args: {lr: -0.1}\n",
     }
+    long = "v" * 300
+    yamls.update(
+        {
+            "spec_variant_ledger.yaml": "name: s10\n" + base_cfg + "seeds: [0]\nvariants: {v: {}, ledger.json: {}}\n",
+            "spec_variant_report.yaml": "name: s11\n" + base_cfg + "seeds: [0]\nvariants: {v: {}, Report: {}}\n",
+            "spec_variant_lock.yaml": "name: s12\n" + base_cfg + "seeds: [0]\nvariants: {v: {}, runner.lock: {}}\n",
+            "spec_variant_newline.yaml": "name: s13\n" + base_cfg + 'seeds: [0]\nvariants: {v: {}, "w\\n": {}}\n',
+            "spec_name_newline.yaml": 'name: "s14\\n"\n' + base_cfg + "seeds: [0]\nvariants: {v: {}}\n",
+            "spec_variant_long.yaml": "name: s15\n" + base_cfg + f"seeds: [0]\nvariants: {{v: {{}}, {long}: {{}}}}\n",
+            "spec_name_long.yaml": f"name: {long}\n" + base_cfg + "seeds: [0]\nvariants: {v: {}}\n",
+        }
+    )
     for name, text in yamls.items():
         (inputs / name).write_text(text)
+    for folder, snapshot, journal in (
+        ("ledger_list", {"r1": [1, 2]}, None),
+        ("ledger_status", {"r2": {"status": "finished"}}, None),
+        ("ledger_attempts", {"r3": {"status": "done", "attempts": "two"}}, None),
+        ("journal_record", {}, {"id": "r4", "record": {"status": "done", "exit_code": "0"}}),
+    ):
+        (inputs / folder / "s4").mkdir(parents=True)
+        (inputs / folder / "s4" / "ledger.json").write_text(json.dumps({"version": 1, "runs": snapshot}))
+        (inputs / folder / "s4" / "ledger.json.lock").touch()  # a reader's lock file: not the ledger's content
+        if journal is not None:
+            (inputs / folder / "s4" / "ledger.journal").write_text(json.dumps(journal) + "\n")
     ns = SimpleNamespace(base=base, earlier=earlier, ckpt=str(good_ckpt), inputs=inputs, new=base / "new")
     ns.before = _snapshot(earlier, inputs)
     return ns
@@ -340,6 +380,76 @@ CASES: list[tuple[str, Callable[[SimpleNamespace], list[str]], str]] = [
     ("test_config_bomb", _eval("test", "--config", "@bomb.yaml"), "bomb.yaml"),
     ("validate_config_conflict", _eval("validate", "--config", "@vit.yaml"), "backbone"),
     ("search_root_is_file", _with_inputs("search", "@spec_ok.yaml", "--root", "@afile"), "--root"),
+    # issue 30: checkpoints are data (a pickle payload never runs), non-finite weights are refused
+    ("fit_payload_ckpt", lambda c: _fit("--ckpt_path", str(c.inputs / "evil.ckpt"))(c), "evil.ckpt"),
+    (
+        "fit_resume_payload_last",
+        _with_inputs("fit", *QUICK, "--trainer.default_root_dir", "@evil_run", "--ckpt_path", "last"),
+        "evil_run/checkpoints/last.ckpt",
+    ),
+    ("test_payload_ckpt", _eval("test", ckpt="evil.ckpt"), "evil.ckpt"),
+    ("test_payload_in_hparams", _eval("test", ckpt="evil_hparams.ckpt"), "evil_hparams.ckpt"),
+    ("validate_payload_ckpt", _eval("validate", ckpt="evil.ckpt"), "evil.ckpt"),
+    ("predict_payload_ckpt", _eval("predict", ckpt="evil.ckpt"), "evil.ckpt"),
+    ("ensemble_payload_member", _eval("test", "--ensemble_ckpts", "@evil.ckpt"), "evil.ckpt"),
+    ("pretrained_payload", lambda c: _fit("--model.pretrained", str(c.inputs / "evil.pth"))(c), "evil.pth"),
+    ("test_weights_only_false", _eval("test", "--weights_only", "false"), "--weights_only false"),
+    ("test_nan_ckpt", _eval("test", ckpt="nan.ckpt"), "non-finite weights"),
+    ("validate_nan_ckpt", _eval("validate", ckpt="nan.ckpt"), "nan.ckpt"),
+    ("fit_resume_nan_ckpt", lambda c: _fit("--ckpt_path", str(c.inputs / "nan.ckpt"))(c), "nan.ckpt"),
+    ("ensemble_nan_member", _eval("test", "--ensemble_ckpts", "@nan.ckpt"), "nan.ckpt"),
+    # issue 30: nothing is written into the current folder unless asked ('.' asks)
+    ("fit_root_dir_empty", _with_inputs("fit", *QUICK, "--trainer.default_root_dir", ""), "default_root_dir ''"),
+    ("predict_root_dir_empty", _eval("predict", "--trainer.default_root_dir", "  "), "default_root_dir '  '"),
+    ("ablate_root_empty", _with_inputs("ablate", "run", "@spec_ok.yaml", "--root", "", "--dry-run"), "--root ''"),
+    ("report_out_empty", _with_inputs("report", "@spec_ok.yaml", "--out", ""), "--out ''"),
+    ("doctor_out_empty", _with_inputs("doctor", "--config", DIGITS, "--out", ""), "--out ''"),
+    # issue 30: names that collide with the runner's files, hold line breaks or exceed a file name; bad ledger records
+    ("ablate_variant_ledger", _with_inputs("ablate", "run", "@spec_variant_ledger.yaml", "--dry-run"), "'ledger.json'"),
+    ("ablate_variant_report", _with_inputs("ablate", "status", "@spec_variant_report.yaml"), "'Report'"),
+    ("ablate_variant_lock", _with_inputs("ablate", "run", "@spec_variant_lock.yaml", "--dry-run"), "'runner.lock'"),
+    ("report_variant_ledger", _with_inputs("report", "@spec_variant_ledger.yaml"), "'ledger.json'"),
+    ("ablate_variant_newline", _with_inputs("ablate", "run", "@spec_variant_newline.yaml", "--dry-run"), "'w\\n'"),
+    ("ablate_name_newline", _with_inputs("ablate", "status", "@spec_name_newline.yaml"), "'s14\\n'"),
+    ("ablate_variant_long", _with_inputs("ablate", "run", "@spec_variant_long.yaml", "--dry-run"), "300 characters"),
+    ("ablate_name_long", _with_inputs("ablate", "status", "@spec_name_long.yaml"), "300 characters"),
+    ("report_name_long", _with_inputs("report", "@spec_name_long.yaml"), "300 characters"),
+    ("image_copied_into_two_classes", _folder("dup_copy"), "copy.png"),
+    ("image_copied_across_splits", _folder("dup_split"), "identical bytes"),
+    ("duplicates_literal", _fit("--data.duplicates", "keep"), "duplicates"),
+    # issue 30: every option does what it says or is refused
+    ("probe_lbfgs_unfrozen", _fit("--model.probe", "lbfgs"), "--model.probe lbfgs"),
+    ("train_subset_below_classes", _fit("--data.train_subset", "5"), "train_subset 5"),
+    ("eval_subset_tiny", _fit("--data.eval_subset", "1"), "eval_subset 1"),
+    ("eval_subset_below_two_per_class", _fit("--data.eval_subset", "15"), "use at least 20"),
+    ("seed_true", _fit("--seed_everything", "true"), "--seed_everything true"),
+    ("test_seed_true", _eval("test", "--seed_everything", "true"), "--seed_everything true"),
+    ("accumulate_zero", _fit("--trainer.accumulate_grad_batches", "0"), "accumulate_grad_batches 0"),
+    ("val_check_interval_zero", _fit("--trainer.val_check_interval", "0"), "val_check_interval 0"),
+    ("max_epochs_negative", _fit("--trainer.max_epochs", "-5"), "max_epochs -5"),
+    ("max_epochs_zero", _fit("--trainer.max_epochs", "0"), "max_epochs 0"),
+    ("max_steps_zero", _fit("--trainer.max_steps", "0"), "max_steps 0"),
+    ("check_val_zero", _fit("--trainer.check_val_every_n_epoch", "0"), "check_val_every_n_epoch 0"),
+    ("limit_train_negative", _fit("--trainer.limit_train_batches", "-1"), "limit_train_batches -1"),
+    ("gradient_clip_negative", _fit("--trainer.gradient_clip_val", "-1"), "gradient_clip_val -1"),
+    ("log_every_zero", _fit("--trainer.log_every_n_steps", "0"), "log_every_n_steps 0"),
+    ("batch_size_one_trained_bn", _fit("--data.batch_size", "1"), "batch_size 1"),
+    ("fit_root_dir_forbidden", _with_inputs("fit", *QUICK, "--trainer.default_root_dir", "/sys/toolkit-run"), "/sys"),
+    ("predict_root_dir_forbidden", _eval("predict", "--trainer.default_root_dir", "/sys/toolkit-run"), "/sys"),
+    ("test_ckpt_is_folder", _eval("test", ckpt="empty"), "is a folder"),
+    ("test_ckpt_dev_null", lambda c: [*_eval("test", ckpt=None)(c), "--ckpt_path", "/dev/null"], "not a regular file"),
+    ("ensemble_member_folder", _eval("test", "--ensemble_ckpts", "@empty"), "is a folder"),
+    ("split_seed_negative", _fit("--data.split_seed", "-1"), "split_seed -1"),
+    ("lr_nan", _fit("--model.optimizer.init_args.lr", "nan"), "lr nan is not a finite number"),
+    ("weight_decay_inf", _fit("--model.optimizer.init_args.weight_decay", "inf"), "weight_decay inf"),
+    ("ledger_record_list", _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@ledger_list"), "'r1'"),
+    ("ledger_record_status", _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@ledger_status"), "'r2'"),
+    ("ledger_record_attempts", _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@ledger_attempts"), "'r3'"),
+    (
+        "ledger_journal_record",
+        _with_inputs("ablate", "status", "@spec_ok.yaml", "--root", "@journal_record"),
+        "line 1: the record of run 'r4' has exit_code '0'",
+    ),
 ]
 
 
@@ -357,7 +467,7 @@ def _one_error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
 
 
 def test_case_list_is_broad() -> None:
-    assert len({case_id for case_id, _, _ in CASES}) == len(CASES) >= 100
+    assert len({case_id for case_id, _, _ in CASES}) == len(CASES) >= 160
     entry_points = {"fit", "validate", "test", "predict", "ablate", "report", "search", "doctor", "weights"}
     reached = {
         build(SimpleNamespace(base=Path("b"), inputs=Path("i"), earlier=Path("e"), new=Path("n"), ckpt="c"))[0]
@@ -371,6 +481,7 @@ def test_bad_input_gets_one_line(capsys, monkeypatch, ctx, case_id, build, culpr
     monkeypatch.chdir(ctx.base)  # relative defaults (runs/, data/) land in the temporary folder
     line = _one_error_line(capsys, build(ctx))
     assert culprit in line, line
+    assert not (ctx.base / "PWNED").exists()  # no checkpoint's pickle payload ran
     assert _snapshot(ctx.earlier, ctx.inputs) == ctx.before  # nothing of the earlier run (or the inputs) changed
     assert not (ctx.new / "checkpoints").exists() and not (ctx.new / "result.json").exists()
 
@@ -389,15 +500,15 @@ def test_cifar_config_offline_says_the_data_is_missing(capsys, monkeypatch, tmp_
 
 
 def test_a_last_training_batch_of_one_sample_is_dropped_not_crashed(tmp_path) -> None:
-    """9 training images in batches of 4 leave a last batch of one, on which BatchNorm (1x1 maps at 32 px) fails."""
+    """13 training images in batches of 4 leave a last batch of one, on which BatchNorm (1x1 maps at 32 px) fails."""
     from toolkit.classifier import ImageClassifier
 
     model = ImageClassifier(num_classes=10).train()
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         model(torch.randn(1, 3, 32, 32))  # the crash the data module avoids
-    cli = fit(tmp_path, "--data.train_subset", "9", "--data.batch_size", "4", "--trainer.limit_train_batches", "1.0")
+    cli = fit(tmp_path, "--data.train_subset", "13", "--data.batch_size", "4", "--trainer.limit_train_batches", "1.0")
     sizes = [len(labels) for _, labels in cli.datamodule.train_dataloader()]
-    assert sizes == [4, 4] and cli.trainer.global_step == 2
+    assert sizes == [4, 4, 4] and cli.trainer.global_step == 3
     assert (tmp_path / "result.json").is_file()
 
 

@@ -125,3 +125,23 @@ def test_a_float_image_is_refused_naming_it(tmp_path) -> None:
     Image.fromarray(np.full((4, 4), 0.5, np.float32)).save(path)
     with pytest.raises(ToolkitError, match=r"depth\.tif has 'F' pixels"):
         verify_images(ImageSamples([str(path)], [0]))
+
+
+def test_an_image_that_goes_bad_after_the_check_is_named_during_training(tmp_path) -> None:
+    """Replaced after the decode check (a copy still running, NFS): the loader names the file, in a worker too."""
+    from torch.utils.data import DataLoader
+
+    from toolkit.cli import one_line
+
+    root = _tree(tmp_path / "d", {"a": 4, "b": 4})
+    samples = ImageSamples([str(p) for p in sorted(root.rglob("*.png"))], [0] * 4 + [1] * 4)
+    verify_images(samples)
+    bad = Path(samples.images[5])
+    bad.write_bytes(bad.read_bytes()[:20])  # truncated after the check
+    with pytest.raises(ToolkitError, match=rf"image {bad} could not be read during training .*--ckpt_path last"):
+        samples[5]
+    loader = DataLoader(samples, batch_size=8, num_workers=1, collate_fn=lambda batch: batch)
+    with pytest.raises(ToolkitError) as err:
+        next(iter(loader))
+    line = one_line(err.value)
+    assert "\n" not in line and line.startswith(f"image {bad} could not be read during training")

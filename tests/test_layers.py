@@ -41,6 +41,7 @@ BASE_MODULES = (
     "toolkit.parse_errors",
     "toolkit.safe_yaml",
     "toolkit.atomic",
+    "toolkit.crash_log",
 )
 #: the run contract beside the base: spec, ledger, run-folder layout, RunResult (torch-free)
 CONTRACT = "toolkit.study"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 #: write failures a user fixes by freeing space: a full disk, a quota, a file-size limit
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
-#: write failures a user fixes by picking another folder: read-only, forbidden
-NO_RIGHTS = frozenset({errno.EROFS, errno.EACCES})
+#: write failures a user fixes by picking another folder: read-only, forbidden (EPERM: a folder no one may create in)
+NO_RIGHTS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
@@ -25,13 +25,27 @@ def write_atomically(path: Path, write: Callable[[Path], object]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; outputs are read by others
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; an output gets what open() would give it
         os.replace(tmp, path)
     except OSError as err:  # a full disk: name the output, not the temporary file
         raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def current_umask() -> int:
+    """The process's umask (Linux reports it in ``/proc/self/status``; elsewhere it is read by setting it back)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # the only portable read is a write: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: Path, text: str) -> Path:

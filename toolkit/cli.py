@@ -13,11 +13,9 @@ import io
 import itertools
 import os
 import sys
-import tempfile
-import time
-import traceback
 
 from toolkit.atomic import NO_RIGHTS, NO_SPACE
+from toolkit.crash_log import write_crash_log
 from toolkit.errors import ToolkitError
 
 #: every subcommand, in the order ``toolkit --help`` lists them
@@ -141,14 +139,19 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
 _CANNOT_WRITE = NO_SPACE | NO_RIGHTS
 
 
+def one_line(err: ToolkitError) -> str:
+    """The error's own line. A ToolkitError raised in a DataLoader worker comes back re-raised by torch as
+    ``Caught ToolkitError in DataLoader worker process 0.`` + the worker's traceback: its last line is the message."""
+    text = str(err)
+    if text.startswith("Caught ToolkitError"):
+        last = text.strip().splitlines()[-1]
+        return last.split("ToolkitError: ", 1)[-1]
+    return text
+
+
 def _unexpected(err: BaseException) -> str:
-    """Write the traceback of an unexpected error to a file; return the one line that points to it."""
-    folder = os.path.join(tempfile.gettempdir(), "toolkit-errors")
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f"$ toolkit {' '.join(sys.argv[1:])}\n")
-        traceback.print_exception(err, file=fh)
+    """Write the traceback of an unexpected error to a private file; return the one line that points to it."""
+    path = write_crash_log(err)
     first = (str(err).strip().splitlines() or [""])[0][:300]
     return f"error: unexpected {type(err).__name__}: {first} (full traceback: {path})"
 
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         _dispatch(args, argv)
     except ToolkitError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except (KeyboardInterrupt, SystemExit):
         raise

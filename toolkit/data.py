@@ -26,6 +26,7 @@ from toolkit.datasets import (
     three_way,
     verify_images,
 )
+from toolkit.duplicates import SPLITS, Duplicates, check_duplicates
 from toolkit.errors import ToolkitError
 from toolkit.transforms import (
     Augment,
@@ -34,6 +35,10 @@ from toolkit.transforms import (
     create_train_transform,
     resolve_backbone_data_config,
 )
+
+#: the smallest ``eval_subset``: below 20 images one image moves val/acc by more than 5 points, so the best-val
+#: checkpoint is chosen on noise; and each class is seen at least twice (a stratified subset, macro-F1 per class)
+MIN_EVAL_SUBSET, MIN_EVAL_PER_CLASS = 20, 2
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -59,12 +64,16 @@ class ImageDataModule(pl.LightningDataModule):
         split_seed: seed of the deterministic train/val/test split (and of the subsets); ``seed`` ties it to the
             run's seed (``seed_everything``), so each seed of a study also draws its own split.
         train_subset: use this many training samples (stratified, drawn from ``split_seed``); None = all.
-        eval_subset: use at most this many validation and this many test samples (stratified); None = all.
+        eval_subset: use at most this many validation and this many test samples (stratified); None = all. At
+            least 20 and 2 per class (below, one image moves val/acc by more than 5 points: the checkpoint would be
+            chosen on noise).
         test_split: ``split`` tests on the source's test split (cut to ``eval_subset``); ``rest`` tests on every
             sample not used for training or validation (the test split, and what the train and val subsets left
             out: 1,377 of the 1,797 digits with 300 train / 120 val), at the cost of one forward pass.
         test_subset: test on a stratified subset of this many test samples, drawn from ``split_seed`` after
             ``test_split`` (for sweeps that test many times, e.g. the lesion curve); None = the whole test split.
+        duplicates: image files with identical bytes in two classes or two splits: ``refuse`` names them;
+            ``drop`` keeps one copy (the first in train, val, test order; none of an image with two labels).
         batch_size: samples per training batch.
         eval_batch_size: samples per batch when no gradient is computed: validation, test, predict and feature
             extraction (large batches cost less per image: measured on the quickstart model, ``channels_last``, one
@@ -96,6 +105,7 @@ class ImageDataModule(pl.LightningDataModule):
         eval_subset: int | None = None,
         test_split: Literal["split", "rest"] = "split",
         test_subset: int | None = None,
+        duplicates: Duplicates = "refuse",
         batch_size: int = 64,
         eval_batch_size: int | None = 128,
         num_workers: int = 0,
@@ -128,6 +138,8 @@ class ImageDataModule(pl.LightningDataModule):
                 raise ToolkitError(f"{option} must be a positive number of samples, or null for all; got {size}")
         if (mixup_alpha > 0 or cutmix_alpha > 0) and batch_size % 2:
             raise ToolkitError(f"mixup/cutmix pair samples within a batch: use an even batch_size, not {batch_size}")
+        if split_seed != "seed" and not 0 <= split_seed <= 2**32 - 1:  # sklearn's range: else it blames the split
+            raise ToolkitError(f"--data.split_seed {split_seed}: a seed is an integer in [0, 2**32 - 1], or 'seed'")
         if split_seed == "seed":
             split_seed = run_seed()
         self.save_hyperparameters(logger=False)
@@ -137,6 +149,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_fraction, self.test_fraction, self.split_seed = val_fraction, test_fraction, split_seed
         self.train_subset, self.eval_subset, self.test_split = train_subset, eval_subset, test_split
         self.test_subset = test_subset
+        self.duplicates = duplicates
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
@@ -196,6 +209,19 @@ class ImageDataModule(pl.LightningDataModule):
     def _subsets(self, splits: Splits) -> Splits:
         """Apply ``train_subset``/``eval_subset``; the class list stays the source's."""
         seed = self.split_seed
+        classes = len(splits.class_names)
+        if self.train_subset is not None and self.train_subset < classes:
+            raise ToolkitError(
+                f"--data.train_subset {self.train_subset} is smaller than the {classes} classes: some classes would "
+                f"get no training image (a stratified subset cannot hold); use at least {classes}"
+            )
+        least = max(MIN_EVAL_SUBSET, MIN_EVAL_PER_CLASS * classes)
+        if self.eval_subset is not None and self.eval_subset < least:
+            raise ToolkitError(
+                f"--data.eval_subset {self.eval_subset}: checkpoints would be chosen and runs tested on so few images "
+                f"that one image moves the accuracy by {100 / self.eval_subset:.0f} points; use at least {least} "
+                f"({MIN_EVAL_PER_CLASS} per class, {MIN_EVAL_SUBSET} in all), or null for all"
+            )
         full = Splits(splits.train, splits.val, splits.test, splits.class_names)
         if self.train_subset is not None:
             splits.train = stratified_subset(splits.train, self.train_subset, seed)
@@ -229,8 +255,10 @@ class ImageDataModule(pl.LightningDataModule):
             return
         self._ready = True
         splits = self.splits
-        for samples in (splits.train, splits.val, splits.test):
-            verify_images(samples)
+        parts = (splits.train, splits.val, splits.test)
+        digests = [verify_images(samples) for samples in parts]  # decoded and hashed: one read of each file
+        kept = check_duplicates(list(zip(SPLITS, parts, digests, strict=True)), splits.class_names, self.duplicates)
+        splits.train, splits.val, splits.test = kept["train"], kept["val"], kept["test"]
         config = self.data_config
         if self.normalize == "dataset":
             mean, std = dataset_mean_std(splits.train, config)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import inspect
+import io
 import os
 import shutil
 import tempfile
@@ -19,6 +21,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from toolkit.atomic import current_umask
 from toolkit.errors import ToolkitError
 from toolkit.image_files import FolderWalk, class_samples
 from toolkit.pixels import check_mode, to_rgb
@@ -37,8 +40,14 @@ class ImageSamples(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image = self.images[index]
         if isinstance(image, (str, Path)):
-            with Image.open(image) as handle:
-                image = to_rgb(handle)
+            try:
+                with Image.open(image) as handle:
+                    image = to_rgb(handle)
+            except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for a file that changed since the check
+                raise ToolkitError(
+                    f"image {image} could not be read during training ({err}); it changed after the check before "
+                    "training (a copy still running, NFS, rsync?): replace it, then resume with --ckpt_path last"
+                ) from None
         return (self.transform(image) if self.transform else image), self.labels[index]
 
     def subset(self, indices: Sequence[int]) -> ImageSamples:
@@ -170,21 +179,32 @@ def _folder_splits(path: Path, walk: FolderWalk, val_fraction: float, test_fract
     return Splits(train, given.get("val", val), given.get("test", test), classes)
 
 
-def verify_images(samples: ImageSamples) -> None:
-    """Decode every file-backed image once, so a broken or truncated file fails before training and is named.
+def verify_images(samples: ImageSamples) -> list[str | None]:
+    """Decode every file-backed image once, so a broken or truncated file fails before training and is named; returns
+    the digest of each image's bytes (None for an in-memory image), for ``duplicates.check_duplicates``.
 
     ``Image.verify`` checks headers and PNG checksums only; a truncated JPEG passes it, so each image is decoded in
     full (``load``), which is what the data loader will do. An image with pixels no 8-bit scaling fits is refused.
+    The bytes are read once, then hashed and decoded from memory.
     """
+    digests: list[str | None] = []
     for image in samples.images:
-        if isinstance(image, (str, Path)):
-            try:
-                with Image.open(image) as handle:
-                    handle.load()
-                    mode = handle.mode
-            except Exception as err:  # PIL raises many types for undecodable files
-                raise ToolkitError(f"cannot decode image {image} ({err}); remove or replace the file") from err
-            check_mode(mode, str(image))
+        if not isinstance(image, (str, Path)):
+            digests.append(None)
+            continue
+        buffer = None
+        try:
+            data = Path(image).read_bytes()
+            buffer = io.BytesIO(data)
+            with Image.open(buffer) as handle:
+                handle.load()
+                mode = handle.mode
+        except Exception as err:  # PIL raises many types for undecodable files
+            detail = str(err).replace(repr(buffer), repr(str(image)))  # PIL names the buffer it was given
+            raise ToolkitError(f"cannot decode image {image} ({detail}); remove or replace the file") from err
+        check_mode(mode, str(image))
+        digests.append(hashlib.blake2b(data, digest_size=16).hexdigest())
+    return digests
 
 
 #: the label of an image whose class is unknown (predicting a folder without class subfolders)
@@ -352,7 +372,7 @@ def _unpack_fashion_mnist(raw: Path, source: Path) -> None:
         try:
             with os.fdopen(fd, "wb") as out, gzip.open(packed, "rb") as src:
                 shutil.copyfileobj(src, out)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared data root is read by others
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; the umask decides who reads it
             os.replace(tmp, raw / name)
         finally:
             Path(tmp).unlink(missing_ok=True)

@@ -29,6 +29,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from toolkit.checkpoint_data import load_data
 from toolkit.components.registry import cache_switches
 from toolkit.errors import ToolkitError
 from toolkit.probe import ProbeSolution, solve_probe
@@ -244,7 +245,7 @@ def load_or_extract(
     path = cache_dir() / f"{key}.pt"
     with _locked(path):
         if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True), True
+            return load_data(path, what="feature cache file"), True
         features = extract(
             model, samples, batch_size, num_workers, device
         ).clone()  # a normal tensor, not an inference one

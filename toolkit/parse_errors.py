@@ -36,6 +36,11 @@ def one_line(stderr: str, pointer: str) -> str:
 def rewrite(message: str) -> str:
     """A jsonargparse error message on one line, with a hint for the commonest config mistake."""
     message = re.sub(r"\s+", " ", message).strip()
+    nonfinite = re.search(r"(?:Given|Got) value: ([-+]?(?:nan|inf(?:inity)?))(?:\s|\.|$)", message, re.IGNORECASE)
+    if nonfinite:  # jsonargparse reports it as a failed path or import, not as the number it is not
+        keys = re.findall(r'Parser key "([^"]+)"', message)
+        where = f"--{keys[0]}: {keys[-1]}" if len(keys) > 1 else f"--{keys[0]}" if keys else "a value"
+        return f"{where} {nonfinite.group(1)} is not a finite number; give a number such as 0.001"
     # jsonargparse gives no structured form of a type error (value, expected type): its message is the only source
     if re.search(r"Literal\[.*'(off|on|no|yes)'.*Got value: (False|True)", message):
         # YAML 1.1 reads unquoted off/on/no/yes as booleans: the most common config mistake with Literal switches

@@ -2,7 +2,8 @@
 
 Each check names its option: a seed numpy cannot take, a negative optimizer number, a ``class_path`` that is not the
 kind of class its option builds (a config may name any importable callable: ``class_path: os.system`` would run a
-command when the optimizer is built), a run folder that is a file.
+command when the optimizer is built), a run folder that is a file or empty, ``--weights_only false``, trainer values
+Lightning would take late or loop on, ``probe: lbfgs`` without a frozen backbone.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ NON_NEGATIVE_OPTIMIZER_ARGS = ("lr", "weight_decay", "eps", "momentum", "dampeni
 
 
 def check_seed(value: Any, option: str) -> None:
-    """A seed must be an integer in [0, 2**32 - 1] (``True`` for a random one is fine)."""
-    if isinstance(value, bool) or value is None:
+    """A seed must be an integer in [0, 2**32 - 1] (``false``: not seeded). ``true`` is refused: Lightning then seeds
+    with 0 (not a random seed), so a study's "random" seeds would all be one."""
+    if value is True:
+        raise ToolkitError(f"{option} true: Lightning seeds every such run with 0; pass an integer seed ({option} 1)")
+    if value is False or value is None:
         return
     if not isinstance(value, int) or not SEED_MIN <= value <= SEED_MAX:
         raise ToolkitError(f"{option} {value!r}: a seed must be an integer in [0, 2**32 - 1 = {SEED_MAX}]")
@@ -74,15 +78,77 @@ def check_optimizer_args(value: Any) -> None:
 
 
 def check_root_dir(path: str | None, option: str) -> None:
-    """A run folder (or one of its parents) that exists as a file cannot hold the run: name the option."""
-    if not path:
+    """A run folder (or one of its parents) that exists as a file cannot hold the run: name the option. An empty one
+    is refused too: it would write into the current folder without being asked to (``.`` asks for it)."""
+    if path is None:
         return
+    if not str(path).strip():
+        raise ToolkitError(
+            f"{option} {str(path)!r}: an empty folder would put the run's files in the current folder; pass a folder "
+            "(or '.' to mean the current folder)"
+        )
     folder = Path(path).expanduser()
     for candidate in (folder, *folder.parents):
         if candidate.exists():
             if not candidate.is_dir():
                 raise ToolkitError(f"{option} {path}: {candidate} is a file, not a folder; pass a folder for the run")
             return
+
+
+#: Lightning trainer options the toolkit passes on: (lowest allowed value, what the value means), checked here because
+#: Lightning's own errors come late and without the option's name (accumulate_grad_batches 0: a ZeroDivisionError)
+TRAINER_MINIMUM: dict[str, tuple[float, str]] = {
+    "accumulate_grad_batches": (1, "batches per optimizer step"),
+    "check_val_every_n_epoch": (1, "epochs between validations"),
+    "log_every_n_steps": (1, "steps between logged values"),
+    "min_epochs": (0, "epochs"),
+    "min_steps": (0, "steps"),
+    "num_sanity_val_steps": (-1, "batches (-1: all)"),
+}
+
+
+def check_trainer(trainer: Any) -> None:
+    """Trainer values Lightning would reject late, misread or loop on forever, refused with the option's name."""
+    for key, (low, meaning) in TRAINER_MINIMUM.items():
+        value = trainer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < low:
+            raise ToolkitError(f"--trainer.{key} {value}: must be >= {low} ({meaning})")
+    epochs = trainer.get("max_epochs")
+    if isinstance(epochs, int) and not isinstance(epochs, bool) and (epochs == 0 or epochs < -1):
+        raise ToolkitError(f"--trainer.max_epochs {epochs}: must be >= 1 (or -1 with --trainer.max_steps for no limit)")
+    steps = trainer.get("max_steps")
+    if isinstance(steps, int) and not isinstance(steps, bool) and (steps == 0 or steps < -1):
+        raise ToolkitError(f"--trainer.max_steps {steps}: must be >= 1, or -1 for no limit")
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, (int, float)) and not isinstance(interval, bool) and not interval > 0:
+        raise ToolkitError(
+            f"--trainer.val_check_interval {interval}: must be > 0 (a fraction of an epoch, or a number of batches)"
+        )
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+        value = trainer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= 0:
+            raise ToolkitError(f"--trainer.{key} {value}: must be >= 0 (a fraction of the batches, or a number)")
+    clip = trainer.get("gradient_clip_val")
+    if isinstance(clip, (int, float)) and not isinstance(clip, bool) and not clip >= 0:
+        raise ToolkitError(f"--trainer.gradient_clip_val {clip}: must be >= 0 (0 or null: no clipping)")
+
+
+def check_probe(model: Any) -> None:
+    """``probe: lbfgs`` solves the head of a frozen backbone: without one it would do nothing, yet be recorded."""
+    if model.get("probe") == "lbfgs" and not model.get("freeze_backbone"):
+        raise ToolkitError(
+            "--model.probe lbfgs solves the head on a frozen backbone's features, but freeze_backbone is false (a full "
+            "fine-tune has no probe phase): set --model.probe sgd, or --model.freeze_backbone true"
+        )
+
+
+def check_weights_only(value: Any) -> None:
+    """Checkpoints are data: ``--weights_only false`` (Lightning's arbitrary unpickler) is refused."""
+    if value is False:
+        raise ToolkitError(
+            "--weights_only false: the toolkit reads checkpoints as data only (nothing in a checkpoint may run); drop "
+            "--weights_only"
+        )
 
 
 def enforce_import_denylist() -> None:
@@ -96,11 +162,15 @@ def enforce_import_denylist() -> None:
 def check_parsed(subcommand: str, config: Any) -> None:
     """Every check above on the parsed options of ``subcommand`` (``config[subcommand]``)."""
     check_seed(config.get("seed_everything"), "--seed_everything")
+    check_weights_only(config.get("weights_only"))
     model = config.get("model")
     if model is not None:
         for option in ("model.optimizer", "model.lr_scheduler"):
             check_class_path(model.get(option.split(".")[1]), option)
         check_optimizer_args(model.get("optimizer"))
+        if subcommand == "fit":
+            check_probe(model)
     trainer = config.get("trainer")
     if trainer is not None:
         check_root_dir(trainer.get("default_root_dir"), "--trainer.default_root_dir")
+        check_trainer(trainer)

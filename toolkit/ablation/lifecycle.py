@@ -1,12 +1,14 @@
 """An ablation run's lifecycle, in the order it happens: plan -> check -> start -> finish (each step records).
 
 - **plan**: which runs to start now (:func:`check_stale`, :func:`plan`): pending and interrupted ones, failed ones
-  only with ``--retry-failed``; a run whose ``result.json`` appeared while no runner watched is recorded done.
+  only with ``--retry-failed``; a run whose ``result.json`` appeared while no runner watched is recorded done, and a
+  ``done`` run whose ``result.json`` is gone or unreadable is planned again (the disk wins over the ledger).
 - **check**: every variant parses and builds, and differs from the baseline, before anything starts (:func:`check`).
 - **start**: one attempt begins (:func:`begin`, :func:`header` for ``run.log``), whichever executor runs it.
 - **finish**: how the attempt ended (:func:`finish`). An attempt that ends because it was stopped (Ctrl-C, SIGTERM,
   ``scancel``, preemption) is not a failure: the run goes back to ``pending`` and the next ``toolkit ablate run``
-  resumes it from its last checkpoint. Only a process that exits non-zero on its own is ``failed``.
+  resumes it from its last checkpoint. So does a run whose write failed on a full disk or quota (the machine's state,
+  not the run's). Only a process that exits non-zero on its own is ``failed``.
 
 The ledger (:mod:`toolkit.study.ledger`) is the plain storage beneath it; the runner (:mod:`runner`) drives the
 steps and the executors (``local``, ``slurm``) run the processes.
@@ -14,6 +16,8 @@ steps and the executors (``local``, ``slurm``) run the processes.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import signal
 import socket
@@ -65,6 +69,10 @@ def plan(
     for run in runs:
         record = records.get(run.id, {})
         status = record.get("status", PENDING)
+        if status == DONE and result_missing(run.directory(root)):
+            # the disk over the ledger's word: a done run whose result is gone (folder deleted, file cut) is redone
+            ledger.update(run.id, status=PENDING, note=f"{RESULT_FILE} was missing or unreadable; run again")
+            status = PENDING
         if status == DONE or (status == FAILED and not retry_failed):
             continue
         if run.id in live and status in unfinished:
@@ -79,6 +87,11 @@ def plan(
             continue
         todo.append(run)
     return todo, attach
+
+
+def result_missing(run_dir: Path) -> bool:
+    """Whether a run folder lacks a readable ``result.json`` (a ``done`` run without one has nothing to report)."""
+    return RunResult.read(run_dir / RESULT_FILE) is None
 
 
 def completed_since(run_dir: Path, started_at: float | None) -> bool:
@@ -166,7 +179,12 @@ def finish(ledger: Ledger, run: Run, root: str | Path, code: int, interrupted: b
         fields.update(status=DONE, note=note, error_tail=None, reason=None)
     else:
         tail = log_tail(run_dir / RUN_LOG)
-        fields.update(status=FAILED, note=note, error_tail=tail, reason=fields.get("reason") or failure_reason(tail))
+        reason = fields.get("reason") or failure_reason(tail)
+        if out_of_space(reason):
+            # a full disk or quota is the machine's state, not the run's failure: it resumes like a killed run
+            fields.update(status=PENDING, error_tail=tail, reason=reason, note="out of space: free space, run again")
+        else:
+            fields.update(status=FAILED, note=note, error_tail=tail, reason=reason)
     wandb = wandb_runs(run_dir)
     if wandb:
         # the newest is this attempt's; a resumed offline run is a new W&B run whose config names the one before
@@ -196,6 +214,15 @@ def killed_by(code: int | None) -> str | None:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
+
+
+#: what ``toolkit fit``'s one line says when a write failed for want of space (``cli.main``: ``cannot write ...``)
+_NO_SPACE = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
+
+
+def out_of_space(reason: str | None) -> bool:
+    """Whether a failed run's reason is a write that failed on a full disk, a quota or a file-size limit."""
+    return bool(reason) and reason.startswith("cannot write") and any(text in reason for text in _NO_SPACE)
 
 
 def log_tail(log: Path, lines: int = ERROR_LINES) -> list[str]:

@@ -12,6 +12,7 @@ import os
 import socket
 import statistics
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +22,32 @@ from rich.table import Table
 
 from toolkit.ablation.ckpt_epochs import epochs_done
 from toolkit.epoch_line import last_epoch_line
+from toolkit.study.layout import RESULT_FILE
 from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
+from toolkit.study.result import RunResult
 from toolkit.study.spec import AblationSpec, Run
 
 #: shown for a ``running`` record whose process is gone (never written to the ledger: the next runner resumes it)
 INTERRUPTED = "interrupted"
+#: shown for a ``done`` record whose ``result.json`` is gone or unreadable (the next runner redoes it)
+MISSING = "missing"
 
-_STYLE = {DONE: "green", FAILED: "red", RUNNING: "cyan", PENDING: "dim", INTERRUPTED: "yellow"}
+_STYLE = {DONE: "green", FAILED: "red", RUNNING: "cyan", PENDING: "dim", INTERRUPTED: "yellow", MISSING: "red"}
+
+
+def result_readable(path: Path) -> bool:
+    """Whether ``path`` is a readable ``result.json`` (re-read only when its size or time changed: the live view
+    redraws often)."""
+    try:
+        info = path.stat()
+    except OSError:
+        return False
+    return _readable(str(path), info.st_mtime_ns, info.st_size)
+
+
+@lru_cache(maxsize=1024)
+def _readable(path: str, mtime_ns: int, size: int) -> bool:
+    return RunResult.read(path) is not None
 
 
 def base_max_epochs(spec: AblationSpec) -> int | None:
@@ -89,11 +109,13 @@ def build_table(
     table = Table(title=f"ablation {spec.name}", title_justify="left")
     for column in columns:
         table.add_column(column, no_wrap=column != "note", overflow="fold")
-    counts = dict.fromkeys((DONE, RUNNING, INTERRUPTED, FAILED, PENDING), 0)
+    counts = dict.fromkeys((DONE, RUNNING, INTERRUPTED, MISSING, FAILED, PENDING), 0)
     durations, remaining = [], 0.0
     for run in runs:
         record = records.get(run.id, {})
         status = INTERRUPTED if runner_gone(record) else record.get("status", PENDING)
+        if status == DONE and not result_readable(run.directory(root) / RESULT_FILE):
+            status = MISSING
         counts[status] = counts.get(status, 0) + 1
         eta = elapsed = None
         total = max_epochs(run, base_epochs)
@@ -117,6 +139,9 @@ def build_table(
             note += f"; log: {record.get('log', '')}"
         elif status == INTERRUPTED:
             note = "its runner is gone; run `toolkit ablate run` again to resume"
+        elif status == MISSING:
+            note = f"done, but its {RESULT_FILE} is missing or unreadable; `toolkit ablate run` redoes it"
+            remaining += 1
         val = latest[1].get("val/acc") if latest else None
         cells = {
             "variant": run.variant,

@@ -64,77 +64,109 @@ def run_ablation(spec: AblationSpec, options: Options, console: Console | None =
 
     A spec with ``tune:`` first runs its tune stage (`toolkit.study.tuning`: every variant at every value, first
     seed), chooses each variant's values on validation, records them, then runs the study at them.
+
+    Cheap checks first: the runner locks (a second runner is told at once), which also creates the study's folder
+    (an unwritable root is one line now, not after the variants were validated); the names were checked when the spec
+    was loaded. Only then are the variants validated (the slow parse), and not at all when every run is already done
+    with its result on disk: a finished study's re-run only summarises and reports.
     """
     console = console or Console()
     root = Path(options.root).absolute()
-    executor = make_executor(options, spec)
-    preload = _preload_report() if options.report and not options.dry_run else None
-    try:
-        if options.validate:
-            lifecycle.check(spec, root, executor.gpus, prestarted_pool())  # before anything is created or started
-    finally:
-        if preload is not None:
-            preload.join()  # no thread is alive when runs start (a fresh run's preexec_fn needs that)
-    untuned = [v for v, cell in tuning.untuned_column(spec).items() if cell] if not spec.tune else []
-    if untuned:  # said before anything runs, and again in the table
-        console.print(
-            f"note: {', '.join(untuned)} change how the model is optimised but run at the baseline's settings (not "
-            "tuned on val); `tune: auto` in the spec tunes their lr",
-            soft_wrap=True,
-            markup=False,
-            highlight=False,
-        )
-    if spec.tune:
-        stage = tuning.tune_study(spec)
-        if options.validate:
-            lifecycle.check_parses(stage, root, executor.gpus)
-        code = _run_stage(stage, options, executor, root, console)
-        if code != 0 or options.dry_run:
-            if options.dry_run:
-                console.print(f"then every seed of {spec.name} at each variant's values chosen on val")
-            return code
-        tune_ledger = Ledger(ledger_path(root, stage.name))
-        if _summarise(stage, stage.runs(), tune_ledger, root, options, console, report=False) != 0:
-            console.print(f"{spec.name}: not started; every tune run must finish before values are chosen")
-            return 1
-        records = tune_ledger.read()
-        chosen = tuning.choose(spec, root, records)
-        path = tuning.write_choices(root, spec, chosen)
-        cells = tuning.column(spec, chosen)
-        console.print(f"tune: chosen on {keys.MONITOR} (seed {spec.seeds[0]}), recorded in {path}", soft_wrap=True)
-        for variant, cell in cells.items():
-            console.print(f"  {variant}: {cell}", soft_wrap=True, markup=False, highlight=False)
-        spec = tuning.tuned(spec, chosen)
-    code = _run_stage(spec, options, executor, root, console)
-    if code == 0 and not options.dry_run:
-        code = _summarise(spec, spec.runs(), Ledger(ledger_path(root, spec.name)), root, options, console)
+    stage = tuning.tune_study(spec) if spec.tune else None
+    with contextlib.ExitStack() as locks:
+        for study in (stage, spec):
+            if study is not None:
+                locks.enter_context(runner_lock(root / study.name))
+        if not options.dry_run and _finished(spec, stage, root):
+            # nothing to run: no validation, and no executor (counting GPUs imports torch)
+            if stage is not None:
+                console.print(f"tune: values chosen earlier, in {tuning.tune_path(root, spec)}", soft_wrap=True)
+                spec = tuning.tuned(spec, tuning.read_choices(root, spec) or {})
+            return _summarise(spec, spec.runs(), Ledger(ledger_path(root, spec.name)), root, options, console)
+        executor = make_executor(options, spec)  # bad --workers/--devices fail here
+        preload = _preload_report() if options.report and not options.dry_run else None
+        try:
+            if options.validate:
+                lifecycle.check(spec, root, executor.gpus, prestarted_pool())  # before anything is started
+                if stage is not None:
+                    lifecycle.check_parses(stage, root, executor.gpus)
+        finally:
+            if preload is not None:
+                preload.join()  # no thread is alive when runs start (a fresh run's preexec_fn needs that)
+        untuned = [v for v, cell in tuning.untuned_column(spec).items() if cell] if not spec.tune else []
+        if untuned:  # said before anything runs, and again in the table
+            console.print(
+                f"note: {', '.join(untuned)} change how the model is optimised but run at the baseline's settings "
+                "(not tuned on val); `tune: auto` in the spec tunes their lr",
+                soft_wrap=True,
+                markup=False,
+                highlight=False,
+            )
+        if stage is not None:
+            code = _run_stage(stage, options, executor, root, console)
+            if code != 0 or options.dry_run:
+                if options.dry_run:
+                    console.print(f"then every seed of {spec.name} at each variant's values chosen on val")
+                return code
+            tune_ledger = Ledger(ledger_path(root, stage.name))
+            if _summarise(stage, stage.runs(), tune_ledger, root, options, console, report=False) != 0:
+                console.print(f"{spec.name}: not started; every tune run must finish before values are chosen")
+                return 1
+            records = tune_ledger.read()
+            chosen = tuning.choose(spec, root, records)
+            path = tuning.write_choices(root, spec, chosen)
+            cells = tuning.column(spec, chosen)
+            console.print(f"tune: chosen on {keys.MONITOR} (seed {spec.seeds[0]}), recorded in {path}", soft_wrap=True)
+            for variant, cell in cells.items():
+                console.print(f"  {variant}: {cell}", soft_wrap=True, markup=False, highlight=False)
+            spec = tuning.tuned(spec, chosen)
+        code = _run_stage(spec, options, executor, root, console)
+        if code == 0 and not options.dry_run:
+            code = _summarise(spec, spec.runs(), Ledger(ledger_path(root, spec.name)), root, options, console)
     return code
 
 
+def _all_done(spec: AblationSpec, root: Path) -> bool:
+    """Every run of ``spec`` recorded done, with its ``result.json`` readable on disk."""
+    records = Ledger(ledger_path(root, spec.name)).read()
+    return all(
+        records.get(run.id, {}).get("status") == DONE and not lifecycle.result_missing(run.directory(root))
+        for run in spec.runs()
+    )
+
+
+def _finished(spec: AblationSpec, stage: AblationSpec | None, root: Path) -> bool:
+    """Nothing left to run: the study (and its tune stage, at the values it chose) is done."""
+    if stage is None:
+        return _all_done(spec, root)
+    chosen = tuning.read_choices(root, spec)
+    return chosen is not None and _all_done(stage, root) and _all_done(tuning.tuned(spec, chosen), root)
+
+
 def _run_stage(spec: AblationSpec, options: Options, executor: Executor, root: Path, console: Console) -> int:
-    """Plan and run the runs of one study (the tune stage or the study itself); 0 when none of them is unfinished."""
+    """Plan and run the runs of one study (the tune stage or the study itself; its runner lock is held); 0 when none
+    of them is unfinished."""
     ledger = Ledger(ledger_path(root, spec.name))
     runs = spec.runs()
-    with runner_lock(root / spec.name):
-        lifecycle.check_stale(spec, runs, ledger, root)
-        todo, attach = lifecycle.plan(runs, ledger, root, options.retry_failed, executor)
-        if attach and not executor.attaches:
-            names = ", ".join(f"{r.variant} seed {r.seed}" for r in attach)
-            raise ToolkitError(f"{names} still queued or running on Slurm; wait for them (--executor slurm) or scancel")
-        if options.dry_run:
-            _print_plan(spec, runs, todo, attach, root, options, executor.gpus, console)
-            return 0
-        with ledger.edit() as records:
-            for run in runs:
-                record = records.setdefault(run.id, {**lifecycle.describe(run, root), "status": PENDING, "attempts": 0})
-                if options.changes:
-                    record["cli_changes"] = options.changes
-        try:
-            with LiveView(spec, ledger, root, executor.parallel, console) as view:
-                executor.start(spec, todo, attach, root, ledger, view)
-        except KeyboardInterrupt:
-            console.print(f"interrupted: {executor.interrupted}run the same command again to resume", soft_wrap=True)
-            return 130
+    lifecycle.check_stale(spec, runs, ledger, root)
+    todo, attach = lifecycle.plan(runs, ledger, root, options.retry_failed, executor)
+    if attach and not executor.attaches:
+        names = ", ".join(f"{r.variant} seed {r.seed}" for r in attach)
+        raise ToolkitError(f"{names} still queued or running on Slurm; wait for them (--executor slurm) or scancel")
+    if options.dry_run:
+        _print_plan(spec, runs, todo, attach, root, options, executor.gpus, console)
+        return 0
+    with ledger.edit() as records:
+        for run in runs:
+            record = records.setdefault(run.id, {**lifecycle.describe(run, root), "status": PENDING, "attempts": 0})
+            if options.changes:
+                record["cli_changes"] = options.changes
+    try:
+        with LiveView(spec, ledger, root, executor.parallel, console) as view:
+            executor.start(spec, todo, attach, root, ledger, view)
+    except KeyboardInterrupt:
+        console.print(f"interrupted: {executor.interrupted}run the same command again to resume", soft_wrap=True)
+        return 130
     return 0
 
 

@@ -20,6 +20,7 @@ from torchmetrics import MetricCollection
 from typing_extensions import override
 
 from toolkit import keys
+from toolkit.checkpoint_data import check_finite, load_data
 from toolkit.errors import ToolkitError
 from toolkit.metrics import classification_metrics
 
@@ -188,8 +189,9 @@ class CheckpointEnsemble(EnsembleEvaluator):
         return list(enumerate(self.ckpts))
 
     def read_state_dict(self, path: Path) -> dict[str, torch.Tensor]:
-        # a full Lightning checkpoint (the user's own file, as trusted as --ckpt_path); only its weights are used
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        if "state_dict" not in checkpoint:
+        # a full Lightning checkpoint, read as data (nothing in it runs); only its weights are used
+        checkpoint = load_data(path, what="ensemble checkpoint")
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
             raise ToolkitError(f"{path} is not a Lightning checkpoint (no state_dict); pass a .ckpt saved by fit")
+        check_finite(checkpoint["state_dict"], path, what="ensemble checkpoint")
         return checkpoint["state_dict"]

@@ -22,6 +22,7 @@ from typing_extensions import override
 from toolkit import keys
 from toolkit.callbacks.early_stop import EarlyStop
 from toolkit.callbacks.ensemble import EnsembleEvaluator
+from toolkit.checkpoint_data import check_finite, load_data
 from toolkit.errors import ToolkitError
 
 __all__ = ["CyclicSchedule", "SnapshotEnsemble", "cycle_length", "cyclic_cosine_lr", "snapshot_dir"]
@@ -271,7 +272,9 @@ class SnapshotEnsemble(EnsembleEvaluator):
         return own
 
     def read_state_dict(self, path: Path) -> dict[str, torch.Tensor]:
-        return _state_of(torch.load(path, map_location="cpu", weights_only=True))
+        state = _state_of(load_data(path, what="snapshot"))
+        check_finite(state, path, what="snapshot")
+        return state
 
 
 def _probe_steps(trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
@@ -323,5 +326,7 @@ def _run_of(path: Path) -> str | None:
 def _header_of(path: Path) -> dict[str, Any]:
     """The fields beside the weights of a snapshot file (``run``, ``epoch``; {} for a plain state dict of older
     versions); memory-mapped: the weights are not read."""
-    saved = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    saved = load_data(path, what="snapshot", mmap=True)
+    if not isinstance(saved, dict):
+        raise ToolkitError(f"snapshot {path} is not a state dict; delete it (it is not one this toolkit wrote)")
     return {k: v for k, v in saved.items() if k != "state_dict"} if "state_dict" in saved else {}

@@ -1,9 +1,9 @@
 """A checkpoint given to a command, opened once: is it readable, and what does it say (run id, step, hparams, classes).
 
 ``toolkit test --ckpt_path X`` used to open the same file five times (validity twice, hyperparameters, classes,
-...). A :class:`CheckpointReader` opens it once, with ``torch.load(..., mmap=True)`` (the zip archive and its index,
-not the tensors), keeps the few small facts the command asks about and lets the mapping go (a resumed fit rewrites
-the file it came from). ``ToolkitCLI`` keeps one reader per path for the whole command.
+...). A :class:`CheckpointReader` opens it once, as data only (``checkpoint_data.load_data``: nothing in it can run),
+memory-mapped, keeps the few small facts the command asks about and lets the mapping go (a resumed fit rewrites the
+file it came from); its weights must be finite. ``ToolkitCLI`` keeps one reader per path for the whole command.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from toolkit.checkpoint_data import check_finite, load_data
 from toolkit.ckpt_model import check_against_checkpoint
 from toolkit.errors import ToolkitError
 from toolkit.tracking import CKPT_RUN_ID
@@ -103,10 +102,11 @@ class CheckpointReaders:
 
 
 def _load(path: str) -> dict[str, Any]:
-    """The checkpoint's top-level dict, or a ToolkitError saying it is truncated or not a Lightning checkpoint.
+    """The checkpoint's top-level dict, or a ToolkitError saying it is truncated, not a Lightning checkpoint, not
+    plain data (it would need an arbitrary unpickler: refused before anything in it runs) or holds non-finite weights.
 
-    ``mmap`` opens the zip archive and its index without reading the tensors, so the check is cheap; a truncated file
-    has lost the archive's index at its end and fails here rather than as a traceback deep inside Lightning.
+    ``mmap`` opens the zip archive and its index without reading the tensors up front; a truncated file has lost the
+    archive's index at its end and fails here rather than as a traceback deep inside Lightning.
     """
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive whose index is at the end of the file
         raise ToolkitError(
@@ -114,13 +114,16 @@ def _load(path: str) -> dict[str, Any]:
             "complete .ckpt file (copy it again, or use another one)"
         )
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        checkpoint = load_data(path, mmap=True)
+    except ToolkitError:
+        raise
     except Exception as err:  # torch raises RuntimeError, pickle errors, EOFError... for a broken file
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
         raise ToolkitError(
             f"checkpoint {path} cannot be read ({first}); it is truncated or not a Lightning checkpoint: pass a "
             "complete .ckpt file (copy it again, or use another one)"
         ) from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
         raise ToolkitError(f"checkpoint {path} holds no state_dict: not a Lightning checkpoint; pass a .ckpt file")
+    check_finite(checkpoint["state_dict"], path)
     return checkpoint

@@ -37,12 +37,14 @@ from toolkit.checkpoint_io import OneWritePerState
 from toolkit.ckpt_model import check_resume_folder, evaluated_run
 from toolkit.classifier import ImageClassifier
 from toolkit.data import ImageDataModule
+from toolkit.errors import ToolkitError
 from toolkit.lightning_cli.checkpoint import CheckpointReaders
 from toolkit.lightning_cli.parsing import check_config_files, help_pointer, model_args_given
 from toolkit.lightning_cli.run_home import (
     EVAL_COMMANDS,
     check_run_home,
     check_subcommand_inputs,
+    check_writable,
     is_toolkit_logger,
     name_wandb_run,
     resolve_ckpt,
@@ -108,6 +110,8 @@ class ToolkitCLI(LightningCLI):
             args=args,
             run=run,
             auto_configure_optimizers=False,  # the model's optimizer/lr_scheduler arguments own this
+            # what Lightning's default `true` gave (no PL_GLOBAL_SEED: seed 0), said as it is; `true` is refused
+            seed_everything_default=0,
         )
 
     @override
@@ -191,9 +195,12 @@ class ToolkitCLI(LightningCLI):
         config = self.config[self.subcommand]
         root = Path(config.trainer.default_root_dir or ".")
         set_checkpoint_dirs(config, root)
+        if "weights_only" in config:  # Lightning's own load as data too, whatever TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD says
+            config.weights_only = True
         check_subcommand_inputs(
             self.subcommand, config.get("ckpt_path"), config.get("ensemble_ckpts"), self.checkpoints
         )
+        check_writable(root)  # every subcommand writes its W&B run (and config) there
         if self.subcommand == "fit" and not config.get("ckpt_path"):
             check_run_home(root, Path(config.checkpoint.dirpath))
         logger = config.trainer.logger
@@ -298,6 +305,7 @@ class ToolkitCLI(LightningCLI):
 
     def fit(self, **kwargs: Any) -> None:
         """``toolkit fit``; a run stopped by the divergence guard is recorded as diverged before the error exits."""
+        _check_batch_of_one(self.model, self.datamodule)
         reader = self.checkpoints.get(kwargs.get("ckpt_path"))
         self._resumed_step = reader.global_step if reader is not None else None
         try:
@@ -332,6 +340,21 @@ class ToolkitCLI(LightningCLI):
             for logger in self.trainer.loggers:
                 logger.log_hyperparams({"tested_checkpoint": "final weights"})
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def _check_batch_of_one(model: Any, datamodule: Any) -> None:
+    """Batches of one sample with BatchNorm that trains: its batch statistics would be one image's (and a 1x1 map
+    cannot be normalised at all: PyTorch raises mid-epoch); refused before training with the options to change."""
+    hparams = getattr(model, "hparams", {})
+    if getattr(datamodule, "batch_size", None) != 1 or hparams.get("batchnorm") != "on":
+        return
+    if hparams.get("freeze_backbone") and hparams.get("unfreeze_at_epoch") is None:
+        return  # a linear probe: the backbone's BatchNorm stays in eval mode
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        raise ToolkitError(
+            "--data.batch_size 1 with BatchNorm that trains (model.batchnorm: on): one image per batch cannot be "
+            "batch-normalised; use --data.batch_size 2 or more, or --model.batchnorm frozen"
+        )
 
 
 def _weights_from_checkpoints(subcommand: str | None, config: Any) -> bool:

@@ -7,6 +7,8 @@ variant and seed; a resumed fit continues the W&B run its checkpoint names (onli
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,30 @@ from toolkit.tracking import check_init_kwargs
 
 #: the subcommands that evaluate a checkpoint
 EVAL_COMMANDS = ("validate", "test", "predict")
+
+
+def _not_a_file(path: str) -> str:
+    """Why ``path`` is no checkpoint file: it is missing, a folder, or another kind of file (``/dev/null``)."""
+    if Path(path).is_dir():
+        return "is a folder, not a checkpoint file"
+    if Path(path).exists():
+        return "is not a regular file"
+    return "does not exist"
+
+
+def check_writable(root: Path) -> None:
+    """A run folder this process cannot write (read-only, forbidden) is an ``OSError`` naming it now (the CLI's one
+    line, exit 2), not an error the W&B logger raises inside LightningCLI's instantiation. Nothing is left behind:
+    a folder that does not exist yet is probed by a scratch folder in its nearest existing parent."""
+    existing = next((p for p in (root, *root.parents) if p.exists()), Path("."))
+    try:
+        if existing == root:
+            with tempfile.TemporaryFile(dir=root):
+                pass
+        else:
+            os.rmdir(tempfile.mkdtemp(dir=existing))
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(root)) from err
 
 
 def set_checkpoint_dirs(config: Any, root: Path) -> None:
@@ -47,7 +73,7 @@ def check_subcommand_inputs(
     for member in ensemble_ckpts or []:
         reader = readers.get(member)
         if reader is None:
-            raise ToolkitError(f"--ensemble_ckpts: checkpoint {member} does not exist; pass existing .ckpt files")
+            raise ToolkitError(f"--ensemble_ckpts: checkpoint {member} {_not_a_file(member)}; pass .ckpt files")
         reader.check()
 
 
@@ -72,7 +98,7 @@ def resolve_ckpt(ckpt_path: str, dirpath: str, readers: CheckpointReaders) -> st
         return str(path)
     reader = readers.get(ckpt_path)
     if ckpt_path not in ("best", "hpc", "registry") and reader is None:
-        raise ToolkitError(f"checkpoint {ckpt_path} does not exist; pass an existing .ckpt file or 'last'")
+        raise ToolkitError(f"checkpoint {ckpt_path} {_not_a_file(ckpt_path)}; pass an existing .ckpt file or 'last'")
     if reader is not None:
         reader.check()
     return ckpt_path

@@ -21,7 +21,7 @@ from toolkit.errors import ToolkitError
 from toolkit.report.wandb_log import RunLog, read_run
 from toolkit.study.layout import RESULT_FILE
 from toolkit.study.ledger import FAILED, Ledger, ledger_path
-from toolkit.study.result import RunResult
+from toolkit.study.result import DONE, RunResult
 
 #: history keys the learning-curve plots use; the others are not decoded
 HISTORY_KEYS = (
@@ -183,7 +183,9 @@ def runs_from_logs(root: Path, name: str) -> RunSet:
 
 
 def _with_results(runs: pd.DataFrame) -> pd.DataFrame:
-    """Fill ``health/*`` from the ``result.json`` of each run's folder where it names the run and the log did not."""
+    """Fill ``health/*`` from the ``result.json`` of each run's folder where it names the run and the log did not;
+    a run whose result says done but whose log is cut or open is finished, with its result's test metrics and a
+    ``source_note`` saying so (nothing a run finished is lost to a damaged log)."""
     runs = runs.copy()
     for index, row in runs.iterrows():
         log = Path(str(row["source"]))
@@ -197,6 +199,16 @@ def _with_results(runs: pd.DataFrame) -> pd.DataFrame:
             column = HEALTH_PREFIX + key
             if column not in runs or pd.isna(runs.at[index, column]):
                 runs.loc[index, column] = value if value is not None else math.nan
+        if result.status == DONE and row["state"] in ("unfinished", "corrupt"):
+            # the fit finished (result.json is its last act) but its W&B log was cut or left open (a full disk, a
+            # killed W&B service): count it from its result, and say so
+            for key, value in result.metrics.items():
+                number = summary_number(key, value)
+                if number is not None and (key not in runs or pd.isna(runs.at[index, key])):
+                    runs.loc[index, key] = number
+            damage = f" ({row['damage']})" if isinstance(row["damage"], str) else ""
+            runs.loc[index, "source_note"] = f"W&B log {row['state']}{damage}: counted from its {RESULT_FILE}"
+            runs.loc[index, ["state", "exit_code"]] = ["finished", 0]
     return runs
 
 

@@ -64,6 +64,12 @@ def is_fraction(metric: str) -> bool:
     return name.startswith(("acc", "f1"))
 
 
+def _source_note(row: pd.Series) -> str:
+    """What ``report.sources`` says about where a finished run's numbers came from (a cut log: its result.json)."""
+    note = row.get("source_note")
+    return note if isinstance(note, str) else ""
+
+
 def mark_counted(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     """Add ``health``, ``reason``, ``counted`` and ``note``: only a healthy finished run counts, the others say why.
 
@@ -73,7 +79,7 @@ def mark_counted(runs: pd.DataFrame, baseline: str | None = None) -> pd.DataFram
     of the seed (interrupted attempts, a finished run redone) are ``superseded``. Others never count.
     """
     runs = classify(runs, baseline)
-    runs["note"] = [describe(row) if row["health"] != FINISHED else "" for _, row in runs.iterrows()]
+    runs["note"] = [describe(row) if row["health"] != FINISHED else _source_note(row) for _, row in runs.iterrows()]
     runs["note"] = runs["note"].astype(object)
     known = runs["variant"].notna() & runs["seed"].notna()
     runs.loc[~known, "note"] = (

@@ -117,9 +117,9 @@ def run_search(
     parameters and scores)."""
     console = console or Console()
     folder = (Path(root) / spec.name).absolute()
-    validate(spec, folder, runner.check)
     rows: list[dict[str, Any]] = []
-    with runner_lock(folder):
+    with runner_lock(folder):  # first: a second search of the same name is told at once, not after the validation
+        validate(spec, folder, runner.check)
         previous: tuple[Stage, Any] | None = None
         for stage in spec.stages:
             study = studies.open_study(spec, folder, stage)

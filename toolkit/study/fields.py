@@ -17,7 +17,9 @@ from typing_extensions import override
 from toolkit.errors import ToolkitError
 from toolkit.safe_yaml import BoundedLoader, read_config_text
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
+#: the longest name: a folder's name has at most 255 bytes (NAME_MAX), and a study's tune stage adds ``-tune``
+MAX_NAME = 200
 DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -65,9 +67,15 @@ def resolve_base(entry: str, spec_path: Path) -> str:
 
 
 def check_name(value: Any, what: str) -> str:
-    """``value`` if it can name a folder (letters, digits and ``. _ + = -``), else a ToolkitError about ``what``."""
-    if not isinstance(value, str) or not NAME.match(value):
+    """``value`` if it can name a folder (letters, digits and ``. _ + = -``, at most :data:`MAX_NAME` of them), else
+    a ToolkitError about ``what``."""
+    if not isinstance(value, str) or not NAME.fullmatch(value):  # fullmatch: `$` would let a trailing line break in
         raise ToolkitError(f"{what} {value!r} must be a word of letters, digits and . _ + = - (it names folders)")
+    if len(value) > MAX_NAME:
+        raise ToolkitError(
+            f"{what} '{value[:40]}...' is {len(value)} characters long; use at most {MAX_NAME} (it names a folder, "
+            "and a file name has at most 255 bytes)"
+        )
     return value
 
 

@@ -11,14 +11,26 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from toolkit.keys import RESULT_FILE
+from toolkit.keys import REPORT_DIR, RESULT_FILE
 
 RUN_LOG = "run.log"
 CONFIG_FILE = "config.yaml"
 CHECKPOINTS = "checkpoints"
 LAST_CHECKPOINT = "last.ckpt"
 WANDB_DIR = "wandb"
-__all__ = ["CHECKPOINTS", "CONFIG_FILE", "LAST_CHECKPOINT", "RESULT_FILE", "RUN_LOG", "WANDB_DIR", "run_dir"]
+#: what the runner keeps in ``<root>/<ablation>/`` beside the variant folders (the ledger, its journal and locks, the
+#: tune stage's choices, the report): a variant of one of these names would mix its runs with them
+STUDY_FILES = ("ledger.json", "ledger.journal", "ledger.json.lock", "runner.lock", "tune.json", REPORT_DIR)
+__all__ = [
+    "CHECKPOINTS",
+    "CONFIG_FILE",
+    "LAST_CHECKPOINT",
+    "RESULT_FILE",
+    "RUN_LOG",
+    "STUDY_FILES",
+    "WANDB_DIR",
+    "run_dir",
+]
 
 #: a W&B run folder: ``[offline-]run-<YYYYmmdd_HHMMSS>-<id>``
 _WANDB_RUN = re.compile(r"^(?:offline-)?run-\d{8}_\d{6}-(?P<id>[a-z0-9]+)$")

@@ -199,12 +199,13 @@ class Ledger:
             run_id = entry["id"]
             if entry.get("deleted"):
                 self._runs.pop(run_id, None)
-            else:
-                self._runs[run_id] = dict(entry["record"])
-        except (ValueError, KeyError, TypeError) as err:
+                return
+            record = entry["record"]
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
             raise ToolkitError(
                 f"ledger journal {self.journal} line {number} is damaged ({err!r}); restore it or move it away"
             ) from None
+        self._runs[str(run_id)] = _checked(record, run_id, f"ledger journal {self.journal} line {number}")
 
     def _load_snapshot(self) -> dict[str, dict[str, Any]]:
         try:
@@ -215,7 +216,7 @@ class Ledger:
             raise ToolkitError(f"ledger {self.path} is not valid JSON ({err}); restore it or move it away") from None
         if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
             raise ToolkitError(f"{self.path} is not an ablation ledger; move it away or use another --root")
-        return data["runs"]
+        return {run_id: _checked(record, run_id, f"ledger {self.path}") for run_id, record in data["runs"].items()}
 
     def _append(self, lines: list[dict[str, Any]]) -> None:
         """Journal ``lines`` (the lock is held and the cache is current), compacting when the journal is long."""
@@ -248,26 +249,71 @@ class Ledger:
         self._snapshot_key, self._offset, self._lines = (st.st_ino, st.st_mtime_ns, st.st_size), 0, 0
 
 
+#: a record's fields whose type the runner relies on (the others are shown, never computed with)
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,),
+    "attempts": (int,),
+    "started_at": (int, float, type(None)),
+    "finished_at": (int, float, type(None)),
+    "exit_code": (int, type(None)),
+}
+
+
+def _checked(record: Any, run_id: Any, where: str) -> dict[str, Any]:
+    """``record`` if it is a run record the runner can act on, else one ToolkitError line naming it."""
+    problem = None
+    if not isinstance(record, dict):
+        problem = f"is a {type(record).__name__}, not a mapping"
+    elif record.get("status", PENDING) not in (PENDING, RUNNING, DONE, FAILED):
+        problem = f"has status {record['status']!r} (one of {PENDING}, {RUNNING}, {DONE}, {FAILED})"
+    else:
+        for key, types in _FIELD_TYPES.items():
+            value = record.get(key)
+            if key in record and (not isinstance(value, types) or isinstance(value, bool)):
+                problem = f"has {key} {value!r}"
+                break
+    if problem:
+        raise ToolkitError(
+            f"{where}: the record of run {run_id!r} {problem}; restore it, delete that record, or move the ledger away"
+        )
+    return dict(record)
+
+
 @contextlib.contextmanager
 def runner_lock(folder: str | Path) -> Iterator[None]:
-    """Hold ``<folder>/runner.lock`` while a runner works on the ablation; fail fast if another runner holds it."""
+    """Hold ``<folder>/runner.lock`` while a runner works on the ablation; fail fast if another runner holds it.
+
+    The runner takes it first, before the slow checks (a second runner is told at once); so that a refused study
+    leaves nothing behind, a body that raises before anything else was written removes the folders this created.
+    """
     folder = Path(folder)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "runner.lock"
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    try:
+        with open(path, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise ToolkitError(
+                    f"{holder} is already running this ablation ({path} is locked); wait for it or stop it first"
+                ) from None
             fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            raise ToolkitError(
-                f"{holder} is already running this ablation ({path} is locked); wait for it or stop it first"
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"toolkit ablate run (pid {os.getpid()})")
-        fh.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.truncate()
+            fh.write(f"toolkit ablate run (pid {os.getpid()})")
+            fh.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    except BaseException:
+        locks = {path, folder / "ledger.json.lock"}  # the reader's lock of an empty ledger too
+        if created and set(folder.iterdir()) <= locks:  # nothing but locks: leave no trace
+            for lock in locks:
+                lock.unlink(missing_ok=True)
+            for made in created:  # deepest first; a folder something else wrote into stays
+                with contextlib.suppress(OSError):
+                    made.rmdir()
+        raise

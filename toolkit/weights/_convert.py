@@ -17,6 +17,7 @@ import timm
 import torch
 from torch import nn
 
+from toolkit.atomic import current_umask
 from toolkit.errors import ToolkitError
 from toolkit.weights._registry import OfflineWeights, require_source, sha256_of
 
@@ -87,7 +88,7 @@ def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache may be shared
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes it 0600; the umask decides who reads it
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
