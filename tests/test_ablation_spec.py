@@ -273,6 +273,8 @@ def test_status_table_shows_every_run_of_the_spec(tmp_path: Path) -> None:
         runs[1].id: {"id": runs[1].id, "status": "failed", "attempts": 2, "exit_code": 2, "log": "/x/run.log"},
         runs[2].id: {"id": runs[2].id, "status": "running", "attempts": 1, "started_at": now - 30},
     }
+    runs[0].directory(tmp_path).mkdir(parents=True)
+    (runs[0].directory(tmp_path) / "result.json").write_text('{"status": "done", "finished_at": 1.0}')  # its result
     console = Console(file=io.StringIO(), width=200)
     console.print(build_table(spec, records, tmp_path, width=200))
     text = console.file.getvalue()
