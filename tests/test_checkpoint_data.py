@@ -31,7 +31,8 @@ def marker(tmp_path: Path) -> Path:
 
 def _nan_checkpoint(good: Path, out: Path, key: str = "backbone.conv1.0.weight", value: float = math.nan) -> Path:
     checkpoint = torch.load(good, map_location="cpu", weights_only=True)
-    checkpoint["state_dict"][key].view(-1)[0] = value
+    tensor = checkpoint["state_dict"][key]
+    tensor[(0,) * tensor.ndim] = value  # its first element, whatever its memory format (channels_last weights)
     torch.save(checkpoint, out)
     return out
 
