@@ -64,7 +64,10 @@ def add_runner_options(parser: ArgumentParser, what: str = "runs") -> None:
     )
     parser.add_argument("--devices", type=str | None, default=None, help="GPU ids like 0,1,2,3, or cpu (default: all)")
     parser.add_argument(
-        "--gpus-per-run", type=int | None, default=None, help="GPUs per run, DDP above 1 (default: 1 local, 0 slurm)"
+        "--gpus-per-run",
+        type=int | None,
+        default=None,
+        help="GPUs per run, DDP above 1 (default: 1 local; slurm: trainer.devices on gpu, else 0)",
     )
     parser.add_argument(
         "--cpus-per-run", type=int | None, default=None, help="CPU threads per run (default: 1 on CPU; GPU: split)"
@@ -111,6 +114,15 @@ def add_runner_options(parser: ArgumentParser, what: str = "runs") -> None:
     parser.add_argument(
         "--tasks-per-node", type=int | None, default=None, help=slurm + "DDP processes per node, one Slurm task each"
     )
+    parser.add_argument(
+        "--signal-delay-s",
+        type=int | None,
+        default=None,
+        help=slurm + "seconds before the time limit a run saves a checkpoint and requeues (90)",
+    )
+    parser.add_argument(
+        "--max-num-timeout", type=int | None, default=None, help=slurm + "requeues after a time limit per run (3)"
+    )
 
 
 def parse_devices(text: str | None) -> list[str] | None:
@@ -142,6 +154,8 @@ def runner_options(args: Any) -> Options:
         "additional": parse_slurm_params(args.slurm_param) or None,
         "nodes": args.nodes,
         "tasks_per_node": args.tasks_per_node,
+        "signal_delay_s": args.signal_delay_s,
+        "max_num_timeout": args.max_num_timeout,
     }
     return Options(
         root=Path(args.root),

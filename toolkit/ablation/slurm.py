@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -56,12 +58,17 @@ class SlurmTask:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _proc=None, _stopped=False)
 
+    def args(self) -> list[str]:
+        """The ``toolkit fit`` arguments this task runs (resuming when the run has a checkpoint)."""
+        per_process = self.settings.task_per_process(self.gpus)
+        ddp = (self.settings.nodes, self.settings.tasks(self.gpus)) if per_process else None
+        return resume_args(self.spec, self.run, self.root, gpus=self.gpus, ddp=ddp)
+
     def __call__(self) -> int:
         """Train, test and log the run; returns its exit code (the ledger holds the outcome)."""
         run_dir = self.run.directory(self.root)
         per_process = self.settings.task_per_process(self.gpus)
-        ddp = (self.settings.nodes, self.settings.tasks(self.gpus)) if per_process else None
-        args = resume_args(self.spec, self.run, self.root, gpus=self.gpus, ddp=ddp)
+        args = self.args()
         command = shell_command(self.launcher, args)
         threads = os.environ.get("SLURM_CPUS_PER_TASK", "1")
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
@@ -164,20 +171,16 @@ class SlurmRuns(Executor):
 
     Args:
         launcher: the program each run starts.
-        gpus: GPUs per run (per node).
-        settings: the sbatch options of every run's job.
-        array_parallelism: how many tasks of the array run at once (None: Slurm's limit).
+        settings: the sbatch options of every run's job (its GPUs per run and node, array parallelism, ...).
     """
 
     attaches = True
     interrupted = "the Slurm jobs go on; "
 
-    def __init__(
-        self, launcher: list[str], gpus: int, settings: SlurmSettings, array_parallelism: int | None = None
-    ) -> None:
-        self.launcher, self.gpus, self.settings = launcher, gpus, settings
-        self.array_parallelism = array_parallelism
-        self.parallel = array_parallelism or 1
+    def __init__(self, launcher: list[str], settings: SlurmSettings) -> None:
+        self.launcher, self.settings = launcher, settings
+        self.gpus = settings.gpus
+        self.parallel = settings.array_parallelism or 1
 
     @override
     def start(
@@ -187,6 +190,33 @@ class SlurmRuns(Executor):
         _submit(spec, todo, root, self, ledger, view)
         _wait(todo + attach, ledger, view)
 
+    @override
+    def dry_run(self, spec: AblationSpec, todo: list[Run], root: Path) -> list[str]:
+        """The job script submitit would submit (its own sbatch writer), then each task's ``toolkit fit`` command."""
+        if not todo:
+            return []
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        # submitit's SlurmExecutor writes its script with this function (`_make_submission_file_text`); the
+        # executor itself cannot be built where there is no srun, and a dry run must work on a laptop
+        folder = _folder(root, spec)
+        params = self.settings.parameters(f"ablate-{spec.name}")
+        if len(todo) > 1:  # submitit submits one run as a plain job, several as an array
+            params["map_count"] = len(todo)
+        command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+        header = _make_sbatch_string(command=command, folder=folder, **params)
+        tasks = [self.task(spec, run, root) for run in todo]
+        return [header.rstrip("\n"), *(shell_command(self.launcher, task.args()) for task in tasks)]
+
+    def task(self, spec: AblationSpec, run: Run, root: Path) -> SlurmTask:
+        """The callable one array task runs for ``run``."""
+        return SlurmTask(spec, run, str(root), self.launcher, self.gpus, self.settings)
+
+
+def _folder(root: Path, spec: AblationSpec) -> Path:
+    """submitit's folder for the study's jobs (``%j``: the job id), absolute as submitit makes it."""
+    return (root / spec.name / "slurm" / "%j").expanduser().absolute()
+
 
 def _submit(spec: AblationSpec, todo: list[Run], root: Path, options: SlurmRuns, ledger: Ledger, view: Any) -> None:
     """Submit ``todo`` as one submitit job array and record each run's job id."""
@@ -194,18 +224,19 @@ def _submit(spec: AblationSpec, todo: list[Run], root: Path, options: SlurmRuns,
         return
     import submitit
 
-    executor = submitit.AutoExecutor(folder=root / spec.name / "slurm" / "%j", cluster="slurm")
-    params = options.settings.parameters(f"ablate-{spec.name}", options.gpus, options.array_parallelism)
+    settings = options.settings
+    limits = {} if settings.max_num_timeout is None else {"slurm_max_num_timeout": settings.max_num_timeout}
+    executor = submitit.AutoExecutor(folder=_folder(root, spec), cluster="slurm", **limits)
+    params = settings.parameters(f"ablate-{spec.name}")
     executor.update_parameters(**{f"slurm_{key}": value for key, value in params.items()})
     try:
         with executor.batch():
-            tasks = [SlurmTask(spec, run, str(root), options.launcher, options.gpus, options.settings) for run in todo]
-            jobs = [executor.submit(task) for task in tasks]
+            jobs = [executor.submit(options.task(spec, run, root)) for run in todo]
     except submitit.core.utils.FailedJobError as err:
         reason = " ".join(str(err).split())
         raise ToolkitError(
             f"Slurm refused the job array ({reason}); check --partition, --account, --qos, --mem, --constraint, "
-            "--gpus-per-run and --time-min"
+            "--gpus-per-run, --time-min and --slurm-param"
         ) from None
     for run, job in zip(todo, jobs, strict=True):
         with ledger.edit() as records:
