@@ -115,8 +115,9 @@ def test_cancelled_and_preempted_tasks_resume_from_their_checkpoints(tmp_path: P
 
 
 def test_job_carries_cluster_settings_and_one_run_trains_ddp_over_two_tasks(tmp_path: Path) -> None:
-    """account/qos/mem/setup/pass-through options reach the job (read back from Slurm), and ``--tasks-per-node 2``
-    makes one run a 2-process DDP fit, one Slurm task per process (what multi-node DDP is, on one node)."""
+    """account/qos/mem/setup/pass-through options reach the job (read back from Slurm), ``--tasks-per-node 2``
+    makes one run a 2-process DDP fit, one Slurm task per process (what multi-node DDP is, on one node), and the
+    dry run shows exactly the job script and the command that were then submitted and run."""
     overrides = {
         "trainer.max_epochs": 1,
         "trainer.limit_train_batches": 4,
@@ -140,16 +141,24 @@ def test_job_carries_cluster_settings_and_one_run_trains_ddp_over_two_tasks(tmp_
     args += ["--time-min", "15", "--qos", "normal", "--mem", "2G", "--slurm-param", "comment=toolkit-ddp"]
     args += ["--tasks-per-node", "2", "--no-warm"]
     env = {**os.environ, "WANDB_MODE": "offline"}
+    dry = subprocess.run([TOOLKIT, *args, "--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
     done = subprocess.run([TOOLKIT, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (record,) = Ledger(ledger_path(root, "cluster")).read().values()
+    # the dry run printed the job script submitit submitted and the command the task ran, to the byte
+    (script,) = (root / "cluster" / "slurm").rglob("*_submission.sh")
+    printed = dry.stdout.splitlines()
+    start = printed.index("#!/bin/bash")
+    end = next(i for i, line in enumerate(printed) if "submitit.core._submit" in line)
+    assert "\n".join(printed[start : end + 1]) == script.read_text().rstrip("\n")
+    assert printed[end + 1] == record["command"] and "--trainer.num_nodes 1" in record["command"]
     assert record["status"] == "done" and record["attempts"] == 1
     job = subprocess.run(["scontrol", "show", "job", record["slurm_job_id"]], capture_output=True, text=True)
     shown = job.stdout
     assert "Account=proj42" in shown and "Comment=toolkit-ddp" in shown, shown
     assert "MinMemoryNode=2G" in shown and "NumTasks=2" in shown, shown
     # without an accounting database Slurm does not keep a QOS on the job: read it from the submitted script
-    (script,) = (root / "cluster" / "slurm").rglob("*_submission.sh")
     assert "#SBATCH --qos=normal" in script.read_text()
     assert marker.read_text().strip() == record["slurm_job_id"].split("_")[0]  # the setup line ran in the job
     run_dir = Path(record["run_dir"])

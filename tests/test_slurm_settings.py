@@ -153,3 +153,19 @@ def test_variants_asking_for_different_jobs_are_refused(tmp_path: Path) -> None:
     variants = {"full": {}, "wide": {"trainer.devices": 2}}
     with pytest.raises(ToolkitError, match="variants 'full' and 'wide' ask for different Slurm jobs"):
         _executor(tmp_path, [], variants=variants)
+
+
+def test_the_dry_run_prints_submitits_job_script_and_each_tasks_command(tmp_path: Path) -> None:
+    """Multi-node: the script asks for 2 nodes x 2 tasks with 2 GPUs each, and each task's command trains on them."""
+    trainer = {"trainer.accelerator": "gpu", "trainer.devices": 2, "trainer.num_nodes": 2}
+    executor = _executor(tmp_path, ["--signal-delay-s", "120"], seeds=[0, 1], overrides=trainer)
+    spec = load_spec(tmp_path / "s.yaml")
+    header, *commands = executor.dry_run(spec, spec.runs(), tmp_path / "runs")
+    lines = header.splitlines()
+    for flag in ("--nodes=2", "--ntasks-per-node=2", "--gpus-per-node=2", "--array=0-1%2", "--signal=USR2@120"):
+        assert f"#SBATCH {flag}" in lines, header
+    assert lines[-1].startswith("srun --unbuffered --output ") and "-m submitit.core._submit" in lines[-1]
+    assert len(commands) == 2 and all("\n" not in c for c in commands)
+    for command, run in zip(commands, spec.runs(), strict=True):
+        assert command.endswith("--trainer.accelerator gpu --trainer.devices 2 --trainer.num_nodes 2 --trainer.strategy ddp")
+        assert f"--seed_everything {run.seed} " in command
