@@ -32,6 +32,10 @@ from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
 from toolkit.study.spec import AblationSpec, Run
 
 
+#: submitit's default lead of the pre-timeout signal on the time limit, seconds (``--signal-delay-s``)
+SIGNAL_DELAY_S = 90
+
+
 class SlurmTask:
     """The callable submitit runs on a node: one attempt of one run.
 
@@ -124,7 +128,9 @@ class SlurmTask:
 
         self._stopped = True
         if self._proc is not None:
-            _stop_child(self._proc.pid, grace_s=60)
+            # Lightning stops a single-process fit on SIGTERM at the end of its epoch, after writing last.ckpt:
+            # give it all of the signal's lead on the time limit but a margin for the requeue
+            _stop_child(self._proc.pid, grace_s=max(10, (self.settings.signal_delay_s or SIGNAL_DELAY_S) - 15))
         again = SlurmTask(self.spec, self.run, self.root, self.launcher, self.gpus, self.settings)
         if int(os.environ.get("SLURM_PROCID", "0")):
             return submitit.helpers.DelayedSubmission(again)  # task 0 records the requeue
