@@ -31,7 +31,6 @@ from toolkit.errors import ToolkitError
 from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
 from toolkit.study.spec import AblationSpec, Run
 
-
 #: submitit's default lead of the pre-timeout signal on the time limit, seconds (``--signal-delay-s``)
 SIGNAL_DELAY_S = 90
 
