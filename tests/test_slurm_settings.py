@@ -166,6 +166,7 @@ def test_the_dry_run_prints_submitits_job_script_and_each_tasks_command(tmp_path
         assert f"#SBATCH {flag}" in lines, header
     assert lines[-1].startswith("srun --unbuffered --output ") and "-m submitit.core._submit" in lines[-1]
     assert len(commands) == 2 and all("\n" not in c for c in commands)
+    ddp = "--trainer.accelerator gpu --trainer.devices 2 --trainer.num_nodes 2 --trainer.strategy ddp"
     for command, run in zip(commands, spec.runs(), strict=True):
-        assert command.endswith("--trainer.accelerator gpu --trainer.devices 2 --trainer.num_nodes 2 --trainer.strategy ddp")
+        assert command.endswith(ddp)
         assert f"--seed_everything {run.seed} " in command
