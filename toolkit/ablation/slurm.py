@@ -102,9 +102,7 @@ class SlurmTask:
             log.write(lifecycle.header(self.run, self.root, n, command).encode())
             log.write(f"# slurm job {job_id} on {os.uname().nodename}\n".encode())
             log.flush()
-            self._proc = subprocess.Popen(
-                [*self.launcher, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+            self._proc = _start(self.launcher, args, log, env)
         ledger.update(self.run.id, pid=self._proc.pid)
         code = self._proc.wait()
         note = f"slurm job {job_id} was stopped; run again to resume" if self._stopped else ""
@@ -116,9 +114,7 @@ class SlurmTask:
         run_dir.mkdir(parents=True, exist_ok=True)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         with open(run_dir / f"run.rank{rank}.log", "ab") as log:
-            self._proc = subprocess.Popen(
-                [*self.launcher, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+            self._proc = _start(self.launcher, args, log, env)
         return self._proc.wait()
 
     def checkpoint(self) -> Any:
@@ -140,6 +136,24 @@ class SlurmTask:
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self._stopped = True
+
+
+def _start(launcher: list[str], args: list[str], log: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start the training process with Slurm's USR2 ignored: Slurm signals every process of the job step, and
+    USR2's default action would kill the run before it saves; submitit's handler in this process stops it with
+    SIGTERM instead (:meth:`SlurmTask.checkpoint`), on which it saves (``toolkit.callbacks.signal_save``)."""
+    return subprocess.Popen(
+        [*launcher, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        preexec_fn=_ignore_usr2,  # an ignored signal stays ignored across exec
+    )
+
+
+def _ignore_usr2() -> None:
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def _stop_child(pid: int, grace_s: float) -> None:
