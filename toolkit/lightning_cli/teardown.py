@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
 from toolkit import keys
 from toolkit.callbacks.health import FINISHED, RunHealth, health_summary
+from toolkit.callbacks.run_facts import RunFacts
 from toolkit.callbacks.snapshot import tested_snapshots
 from toolkit.study.layout import RESULT_FILE, WANDB_DIR
 from toolkit.study.result import DONE, RunResult
@@ -33,15 +34,18 @@ def write_result(trainer: Trainer, status: str = FINISHED, reason: str | None = 
     describe = getattr(trainer.lightning_module, "tested_checkpoint", None)
     tested = describe() if callable(describe) else {}
     tested["tested_snapshots"] = tested_snapshots(trainer)
+    facts_cb = next((c for c in trainer.callbacks if isinstance(c, RunFacts)), None)
+    facts = facts_cb.summary() if facts_cb is not None else {}
     loggers = [lg for lg in trainer.loggers if is_wandb(lg)]
     for logger in loggers:
         logger.experiment.summary.update(health_summary({**health, **tested}))
+        logger.experiment.summary.update({f"facts/{k}": v for k, v in facts.items()})
     run_id = next((getattr(lg.experiment, "id", None) for lg in loggers), None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     done = DONE if status == FINISHED else status
     score = getattr(trainer.checkpoint_callback, "best_model_score", None)
     best_val = float(score) if score is not None else None
-    record = RunResult(done, time.time(), run_id, metrics, health, **tested, best_val=best_val)
+    record = RunResult(done, time.time(), run_id, metrics, health, **tested, best_val=best_val, facts=facts)
     record.write(Path(trainer.default_root_dir) / RESULT_FILE)
 
 

@@ -37,6 +37,9 @@ class RunResult:
             metrics averaged, oldest first (``fine-tune epoch 1, fine-tune epoch 2``); None otherwise.
         best_val: the best validation score (``keys.MONITOR``) of the fit, the one its best checkpoint was chosen by;
             ``tune:`` chooses each variant's value by it (`toolkit.study.tuning`). None: no checkpoint scored.
+        facts: what the fit ran on, measured inside it (``callbacks.run_facts.RunFacts``): ``device`` (``cpu`` or
+            the GPU's UUID), ``precision``, ``autocast_dtype``, ``compile``, ``compiled_graphs``, ``recompiles``,
+            ``world_size``...; also ``facts/<name>`` in the W&B summary.
     """
 
     status: str
@@ -49,6 +52,7 @@ class RunResult:
     finetune_from: int | None = None
     tested_snapshots: str | None = None
     best_val: float | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
 
     #: the fields that say which checkpoint was tested (also ``health/<field>`` in the W&B summary and runs.csv)
     TESTED_FIELDS = ("tested_epoch", "tested_phase", "finetune_from", "tested_snapshots")
@@ -71,7 +75,7 @@ class RunResult:
         if not isinstance(data, dict) or not isinstance(data.get("status"), str):
             return None
         known = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        for name in ("metrics", "health"):
+        for name in ("metrics", "health", "facts"):
             if not isinstance(known.get(name, {}), dict):
                 known[name] = {}
         return cls(**known)
