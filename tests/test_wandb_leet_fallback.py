@@ -10,8 +10,7 @@ import pytest
 from report_fixtures import write_run
 
 from toolkit.errors import ToolkitError
-from toolkit.report.wandb_leet import read_run_leet
-from toolkit.report.wandb_log import read_run
+from toolkit.report.wandb_log import read_run, read_run_leet
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,12 @@
 """Read a W&B run log through wandb's own reader, ``wandb leet inspect --json``, when the toolkit's reader cannot.
 
-`toolkit.report.wandb_log` decodes the ``.wandb`` format of the wandb versions it was tested on (fast: ~1.0 s a run
-against ~1.7 s for a ``wandb`` subprocess). A log it cannot decode — another format version from a newer wandb, a
-record the installed protobuf schema does not parse, or a wandb whose Python package no longer ships that schema —
-is read here instead: the installed wandb's ``leet inspect --json`` prints one JSON object per record, which maps
-onto the same ``RunLog``. When that is not possible either, :func:`read_run_leet` raises one line saying exactly
-why (no ``leet`` in this wandb, or what it answered).
+`toolkit.report.wandb_log` decodes the ``.wandb`` format of the wandb versions it was tested on, in this process (a
+``wandb`` subprocess per log costs more: issue 29 measured 1.68 s against 1.03 s a run). A log it cannot decode
+(another format version from a newer wandb, a record the installed protobuf schema does not parse, or a wandb
+whose Python package no longer ships that schema) is read here instead: the installed wandb's ``leet inspect
+--json`` prints one JSON object per record, which maps onto the fields of the same ``RunLog``
+(``wandb_log.read_run_leet`` builds it). When that is not possible either, :func:`read_run_leet` raises one line
+saying exactly why (this wandb has no ``leet inspect --json``, or what it answered).
 """
 
 from __future__ import annotations
@@ -61,47 +62,40 @@ def _seconds(stamp: Any) -> float:
     return 0.0
 
 
-def _flat(update: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Summary updates keyed as the toolkit's reader keys them (``nested_key`` parts joined with ``.``)."""
-    return {f"{prefix}{k}": v for k, v in update.items()}
-
-
-def read_run_leet(path: Path, history_keys: Iterable[str] | None = None) -> Any:
-    """The run log at ``path`` as a ``wandb_log.RunLog``, decoded by the installed wandb (see the module docstring).
+def read_run_leet(path: Path, history_keys: Iterable[str] | None = None) -> dict[str, Any]:
+    """The fields of a ``wandb_log.RunLog`` for the log at ``path``, decoded by the installed wandb.
 
     Raises:
         ToolkitError: it cannot be read this way either (why, in one line).
     """
-    from toolkit.report.wandb_log import RunLog
-
     records, skipped = read_records(Path(path))
-    run = RunLog(path=Path(path))
+    run: dict[str, Any] = {"path": Path(path), "config": {}, "summary": {}, "history": [], "n_records": 0}
     wanted = None if history_keys is None else set(history_keys)
     for record in records:
-        run.n_records += 1
+        run["n_records"] += 1
         kind = record.get("type")
         body = record.get(kind) or {}
         if kind == "history":
             items = body.get("item") or {}
             row = {k: v for k, v in items.items() if wanted is None or k in wanted}
             if row:
-                run.history.append(row)
+                run["history"].append(row)
         elif kind == "summary":
-            run.summary.update(_flat(body.get("update") or {}))
+            run["summary"].update(body.get("update") or {})
             for key in body.get("remove") or {}:
-                run.summary.pop(key, None)
+                run["summary"].pop(key, None)
         elif kind == "config":
-            run.config.update(body.get("update") or {})
+            run["config"].update(body.get("update") or {})
             for key in body.get("remove") or {}:
-                run.config.pop(key, None)
+                run["config"].pop(key, None)
         elif kind == "run":
-            run.run_id, run.group = body.get("run_id", ""), body.get("run_group", "")
-            run.job_type, run.tags = body.get("job_type", ""), list(body.get("tags") or [])
-            run.start_time = _seconds(body.get("start_time"))
-            run.config.update((body.get("config") or {}).get("update") or {})
-            run.summary.update(_flat((body.get("summary") or {}).get("update") or {}))
+            run.update(run_id=body.get("run_id", ""), group=body.get("run_group", ""))
+            run.update(job_type=body.get("job_type", ""), tags=list(body.get("tags") or []))
+            run["start_time"] = _seconds(body.get("start_time"))
+            run["config"].update((body.get("config") or {}).get("update") or {})
+            run["summary"].update((body.get("summary") or {}).get("update") or {})
         elif kind == "exit":
-            run.exit_code = int((body or {}).get("exit_code", 0))
+            run["exit_code"] = int(body.get("exit_code", 0))
     if skipped:  # wandb read on past damage; the run stays corrupt for the report, with what wandb recovered
-        run.damage, run.truncated = f"{skipped} (read through wandb leet inspect)", False
+        run.update(damage=f"{skipped} (read through wandb leet inspect)", truncated=False)
     return run

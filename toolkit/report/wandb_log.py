@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ToolkitError
-from toolkit.report.wandb_leet import read_run_leet
+from toolkit.report import wandb_leet
 
 try:
     from wandb.proto import wandb_internal_pb2 as pb
@@ -105,6 +105,15 @@ class RunLog:
         if self.exit_code is None:
             return "unfinished"
         return "finished" if self.exit_code == 0 else "failed"
+
+
+def read_run_leet(path: Path, history_keys: Iterable[str] | None = None) -> RunLog:
+    """The run log read by the installed wandb (``wandb leet inspect --json``, :mod:`toolkit.report.wandb_leet`).
+
+    Raises:
+        ToolkitError: wandb cannot read it either, or has no ``leet inspect --json`` (one line saying which).
+    """
+    return RunLog(**wandb_leet.read_run_leet(Path(path), history_keys))
 
 
 def _chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
