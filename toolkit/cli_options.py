@@ -160,23 +160,13 @@ def parse_devices(text: str | None) -> list[str] | None:
 def runner_options(args: Any) -> Options:
     """The runner's :class:`Options` from a command line parsed with :func:`add_runner_options`."""
     from toolkit.ablation.runner import Options
-    from toolkit.ablation.slurm_settings import parse_slurm_params
+    from toolkit.ablation.slurm_settings import parse_slurm_params, slurm_field_names
 
-    slurm = {
-        "partition": args.partition,
-        "time_min": args.time_min,
-        "account": args.account,
-        "qos": args.qos,
-        "mem": args.mem,
-        "mem_per_gpu": args.mem_per_gpu,
-        "constraint": args.constraint,
-        "setup": tuple(args.setup) if args.setup else None,
-        "additional": parse_slurm_params(args.slurm_param) or None,
-        "nodes": args.nodes,
-        "tasks_per_node": args.tasks_per_node,
-        "signal_delay_s": args.signal_delay_s,
-        "max_num_timeout": args.max_num_timeout,
-    }
+    # the Slurm options named like SlurmSettings' fields, read by those names (one list: the dataclass);
+    # the options with their own names (--gpus-per-run, --cpus-per-run, --array-parallelism) go through Options
+    slurm = {name: getattr(args, name) for name in slurm_field_names() if name in args}
+    slurm["setup"] = tuple(args.setup) if args.setup else None
+    slurm["additional"] = parse_slurm_params(args.slurm_param) or None
     return Options(
         root=Path(args.root),
         executor=args.executor,

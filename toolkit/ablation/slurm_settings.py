@@ -165,13 +165,18 @@ class SlurmSettings:
         return dataclasses.replace(self, **changes)
 
 
+def slurm_field_names() -> list[str]:
+    """The settings' field names: the spec's ``slurm:`` keys, and (dashed) the command line's Slurm options."""
+    return [f.name for f in dataclasses.fields(SlurmSettings)]
+
+
 def settings_from_spec(block: Any, where: str) -> SlurmSettings:
     """A spec's ``slurm:`` mapping as settings; an unknown key or a wrong type is one line naming it."""
     if block is None:
         return SlurmSettings()
     if not isinstance(block, dict):
         raise ToolkitError(f"{where}: 'slurm' maps options to values, e.g. slurm: {{account: proj, qos: normal}}")
-    names = [f.name for f in dataclasses.fields(SlurmSettings)]
+    names = slurm_field_names()
     for key in block:
         if key not in names:
             raise ToolkitError(f"{where}: slurm: unknown key {key!r}; allowed: {', '.join(names)}")
