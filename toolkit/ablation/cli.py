@@ -63,8 +63,10 @@ def _add_scaling(parser: ArgumentParser) -> None:
 
 def main(argv: list[str]) -> int:
     """Run ``toolkit ablate <argv>``; returns the exit status (0: every run done)."""
-    short = ("-h" in argv or "--help" in argv) and "full" not in argv  # `run --help full` lists every option
-    cfg = parse(build_parser(full=not short), [a for a in argv if a != "full"], "ablate <run|status>")
+    helping = "-h" in argv or "--help" in argv  # `run --help` on one screen, `run --help full` every option
+    full = helping and "full" in argv
+    argv = [a for a in argv if not (full and a == "full")]
+    cfg = parse(build_parser(full=full or not helping), argv, "ablate <run|status>")
     command = cfg.command
     args = cfg[command]
     check_root_dir(args.root, "--root")

@@ -95,7 +95,7 @@ def _shape(
             "(or drop one: the other gives both)"
         )
     nodes = settings.nodes
-    if stated_nodes:
+    if stated_nodes or (isinstance(num_nodes, int) and not isinstance(num_nodes, bool) and num_nodes > 1):
         if not isinstance(num_nodes, int) or isinstance(num_nodes, bool) or num_nodes < 1:
             raise ToolkitError(f"{where}: trainer.num_nodes {num_nodes!r}: give a whole number >= 1")
         if nodes not in (1, num_nodes):
