@@ -219,3 +219,12 @@ def test_a_run_signalled_mid_epoch_saves_resumes_from_that_batch_and_ends_with_t
     results = [json.loads((Path(r["run_dir"]) / "result.json").read_text()) for r in (cut, whole)]
     assert results[0]["metrics"] == results[1]["metrics"] and results[0]["best_val"] == results[1]["best_val"]
     assert results[0]["tested_epoch"] == results[1]["tested_epoch"]
+
+
+def test_a_partition_without_gpus_is_told_apart_by_sinfo() -> None:
+    """The CI's partition has no GPU GRES: a CPU run there is accepted (the tests above run there); a partition
+    Slurm does not know falls back to its name (``--partition gpu`` without GPUs is refused, test_slurm_settings)."""
+    from toolkit.ablation.squeue import partition_gres
+
+    assert partition_gres("debug") == ""
+    assert partition_gres("no-such-partition") is None
