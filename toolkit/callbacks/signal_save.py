@@ -7,13 +7,15 @@ SIGTERM is what a run gets before its Slurm time limit (submitit turns Slurm's p
 is longer than what is left loses it. Lightning's ``SLURMEnvironment`` auto-requeue, the bar, saves on its signal
 with ``trainer.save_checkpoint``; so does :class:`SaveOnSignal`, at the next batch end where the state is whole
 (after the optimizer step of a gradient-accumulation window), then raises Lightning's own ``SIGTERMException``.
+Under DDP (world size > 1) it does nothing: a DDP run stops as Lightning stops it (a save at a batch boundary,
+with its collectives, hung a 2-process CPU run against the broadcast Lightning's SIGTERM handler makes).
 
 Resuming mid-epoch exactly needs what Lightning leaves to the data loader (it restarts the loader from the start,
 and skips ``on_train_epoch_start``): the checkpoint records how many batches of the epoch were trained, and the
 resumed fit gives the training sampler its (seed, epoch) generator (``RandomStateCheckpoint.seed_loaders``) and
 has it skip that many batches' indices without loading them, so no augmentation draw is made for them. The random
 state saved with the checkpoint is the one after the last trained batch, and the states of the model's torchmetrics
-metrics (the epoch's ``train/acc`` so far; Lightning does not checkpoint them) travel with it, each rank's own.
+metrics (the epoch's ``train/acc`` so far; Lightning does not checkpoint them) travel with it.
 
 With ``num_workers > 0`` the loader hands indices to its workers when its iterator is made, before any callback
 runs, and the workers' augmentation streams depend on which batches they loaded: such a fit is not stopped
@@ -74,16 +76,12 @@ def _last_path(trainer: pl.Trainer) -> str | None:
 
 
 def _metric_states(pl_module: pl.LightningModule) -> dict[str, dict[str, torch.Tensor]]:
-    """Every torchmetrics metric's tensor states, stacked over the ranks (``[world_size, ...]``), on the CPU."""
+    """Every torchmetrics metric's tensor states, on the CPU, with a leading rank axis (one rank: no DDP here)."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     for name, module in pl_module.named_modules():
         if isinstance(module, Metric):
             states = {k: v for k, v in module.metric_state.items() if isinstance(v, torch.Tensor)}
-            if pl_module.trainer.world_size > 1:
-                states = {k: pl_module.all_gather(v) for k, v in states.items()}
-            else:
-                states = {k: v.unsqueeze(0) for k, v in states.items()}
-            out[name] = {k: v.detach().cpu() for k, v in states.items()}
+            out[name] = {k: v.detach().cpu().unsqueeze(0) for k, v in states.items()}
     return out
 
 
@@ -106,6 +104,7 @@ class SaveOnSignal(pl.Callback):
         self._metrics: dict[str, dict[str, torch.Tensor]] = {}
         self._restored: tuple[int, int] | None = None
         self._restored_metrics: dict[str, dict[str, torch.Tensor]] = {}
+        self._done = 0  # batches of the current epoch trained so far
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -139,22 +138,33 @@ class SaveOnSignal(pl.Callback):
         rank_zero_info(f"resuming epoch {epoch} after its batch {batches} (saved on a stop signal)")
 
     @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._done = 0
+
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        stop = trainer.received_sigterm
-        if trainer.world_size > 1:  # every rank saves and stops at the same batch, or none does
-            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
-        if not stop or (batch_idx + 1) % trainer.accumulate_grad_batches:
-            return  # a gradient-accumulation window is saved whole, at its optimizer step
+        self._done = batch_idx + 1
+        # not under DDP: Lightning's SIGTERM handler broadcasts from inside the signal handler, and a save with its
+        # collectives at this point (or in on_exception) hung a 2-process run; DDP stops as Lightning stops it
+        if trainer.world_size > 1 or not trainer.received_sigterm:
+            return
+        if self._save(trainer, pl_module):
+            raise SIGTERMException()
+
+    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """``last.ckpt`` after the epoch's ``self._done`` batches, where that resumes exactly; whether it saved."""
+        if self._done % trainer.accumulate_grad_batches:
+            return False  # a gradient-accumulation window is saved whole, at its optimizer step
         path = _last_path(trainer)
         if path is None or any(loader.num_workers > 0 for loader in _train_loaders(trainer)):
-            return  # Lightning stops at the end of the epoch (see the module docstring)
-        self._saving = (trainer.current_epoch, batch_idx + 1)
+            return False  # Lightning stops at the end of the epoch (see the module docstring)
+        self._saving = (trainer.current_epoch, self._done)
         self._metrics = _metric_states(pl_module)
         try:
             trainer.save_checkpoint(path)
         finally:
             self._saving, self._metrics = None, {}
-        rank_zero_info(f"stop signal: saved {path} after batch {batch_idx + 1} of epoch {trainer.current_epoch}")
-        raise SIGTERMException()
+        rank_zero_info(f"stop signal: saved {path} after batch {self._done} of epoch {trainer.current_epoch}")
+        return True
