@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import QUICK, ROOT, toolkit_cmd
 
+from toolkit.study.result import RunResult
+
 pytestmark = pytest.mark.slow
 
 
@@ -61,6 +63,9 @@ def test_ddp_linear_probe_keeps_backbone_frozen(tmp_path: Path) -> None:
     dumps = _ddp_fit(tmp_path)
     for rank in (0, 1):
         assert all(torch.equal(dumps[rank][k], dumps[-1][k]) for k in dumps[-1])
+    # the in-run facts: measured inside the run, 2 processes
+    facts = RunResult.read(tmp_path / "run" / "result.json").facts
+    assert (facts["device"], facts["world_size"], facts["num_nodes"]) == ("cpu", 2, 1)
 
 
 def test_ddp_lp_to_ft_unfreezes_and_keeps_replicas_in_sync(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 import tomllib
 from conftest import DIGITS, ROOT
 
+import toolkit
 from toolkit.cli import EXTRAS
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -77,13 +78,14 @@ run_cli(["fit", "--config", {digits!r}, "--trainer.max_epochs", "1", "--trainer.
 print("FIT-OK")
 from toolkit.cli import main
 for argv in (["report", "s.yaml"], ["ablate", "run", "s.yaml"], ["search", "s.yaml"],
-             ["ablate", "run", "s.yaml", "--executor", "slurm"]):
-    err = io.StringIO()
+             ["ablate", "run", "s.yaml", "--executor", "slurm"], ["search", "--help"], ["report", "--help"],
+             ["ablate", "run", "--help"], ["ablate", "run", "--help", "full"], ["--version"]):
+    err, out = io.StringIO(), io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             main(argv)
     except SystemExit as exit_:
-        print("EXIT", exit_.code, err.getvalue().strip())
+        print("EXIT", exit_.code, err.getvalue().strip() or out.getvalue().splitlines()[0])
 """
 
 
@@ -106,9 +108,44 @@ def test_training_without_extras(tmp_path: Path) -> None:
     assert "FIT-OK" in out.stdout, out.stderr[-3000:]
     assert (tmp_path / "run" / "result.json").is_file()
     lines = [line for line in out.stdout.splitlines() if line.startswith("EXIT")]
+    report = "needs statsmodels, from the 'report' extra: pip install 'toolkit-ablate[report]'"
     assert lines == [
-        "EXIT 2 error: toolkit report needs statsmodels, from the 'report' extra: pip install 'toolkit[report]'",
-        "EXIT 2 error: toolkit ablate run needs statsmodels, from the 'report' extra: pip install 'toolkit[report]'",
-        "EXIT 2 error: toolkit search needs optuna, from the 'search' extra: pip install 'toolkit[search]'",
-        "EXIT 2 error: toolkit ablate run needs statsmodels, from the 'report' extra: pip install 'toolkit[report]'",
+        f"EXIT 2 error: toolkit report {report}",
+        f"EXIT 2 error: toolkit ablate run {report}",
+        "EXIT 2 error: toolkit search needs optuna, from the 'search' extra: pip install 'toolkit-ablate[search]'",
+        f"EXIT 2 error: toolkit ablate run {report}",
+        "EXIT 0 usage: toolkit search [--root ROOT] [--executor {local,slurm}]",
+        "EXIT 0 usage: toolkit report [--root ROOT] [--out OUT] [--seeds SEEDS]",
+        "EXIT 0 usage: toolkit ablate run SPEC [options]",
+        "EXIT 0 usage: toolkit ablate run SPEC [options]",
+        f"EXIT 0 toolkit {toolkit.__version__} (toolkit-ablate)",
     ], out.stdout
+
+
+def test_the_distribution_has_a_free_name_and_its_extras_use_it() -> None:
+    """``toolkit`` on the package index is an unrelated 2015 project: the distribution is ``toolkit-ablate`` (checked
+    free with ``pip index versions``), every extra that names another extra names it, and so does every install hint."""
+    from toolkit.cli import DISTRIBUTION, missing_extra_message
+
+    assert PYPROJECT["name"] == DISTRIBUTION == "toolkit-ablate"
+    for extra, requirements in PYPROJECT["optional-dependencies"].items():
+        own = [r for r in requirements if r.split("[")[0] in ("toolkit", DISTRIBUTION)]
+        assert all(r.startswith(f"{DISTRIBUTION}[") for r in own), (extra, own)
+    assert "optuna-dashboard" in _names(PYPROJECT["optional-dependencies"]["search"])
+    assert "pip install 'toolkit-ablate[search]'" in missing_extra_message("search", "optuna", "search")
+
+
+def test_ablate_run_help_fits_a_screen_and_full_lists_every_option() -> None:
+    from toolkit.ablation.cli import build_parser
+    from toolkit.cli_options import RARE_SLURM
+
+    def run_help(full: bool) -> str:
+        parser = build_parser(full=full)
+        return parser._subcommands_action._name_parser_map["run"].format_help()
+
+    short, full = run_help(False), run_help(True)
+    assert len(short.splitlines()) <= 50, short
+    for title in ("general:", "local executor:", "slurm executor:", "--help full"):
+        assert title in short
+    assert not any(name in short for name in RARE_SLURM)
+    assert all(name in full for name in RARE_SLURM)

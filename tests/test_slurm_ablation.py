@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -115,8 +116,9 @@ def test_cancelled_and_preempted_tasks_resume_from_their_checkpoints(tmp_path: P
 
 
 def test_job_carries_cluster_settings_and_one_run_trains_ddp_over_two_tasks(tmp_path: Path) -> None:
-    """account/qos/mem/setup/pass-through options reach the job (read back from Slurm), and ``--tasks-per-node 2``
-    makes one run a 2-process DDP fit, one Slurm task per process (what multi-node DDP is, on one node)."""
+    """account/qos/mem/setup/pass-through options reach the job (read back from Slurm), ``--tasks-per-node 2``
+    makes one run a 2-process DDP fit, one Slurm task per process (what multi-node DDP is, on one node), and the
+    dry run shows exactly the job script and the command that were then submitted and run."""
     overrides = {
         "trainer.max_epochs": 1,
         "trainer.limit_train_batches": 4,
@@ -140,19 +142,89 @@ def test_job_carries_cluster_settings_and_one_run_trains_ddp_over_two_tasks(tmp_
     args += ["--time-min", "15", "--qos", "normal", "--mem", "2G", "--slurm-param", "comment=toolkit-ddp"]
     args += ["--tasks-per-node", "2", "--no-warm"]
     env = {**os.environ, "WANDB_MODE": "offline"}
+    dry = subprocess.run([TOOLKIT, *args, "--dry-run"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
     done = subprocess.run([TOOLKIT, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (record,) = Ledger(ledger_path(root, "cluster")).read().values()
+    # the dry run printed the job script submitit submitted and the command the task ran, to the byte
+    (script,) = (root / "cluster" / "slurm").rglob("*_submission.sh")
+    printed = dry.stdout.splitlines()
+    start = printed.index("#!/bin/bash")
+    end = next(i for i, line in enumerate(printed) if "submitit.core._submit" in line)
+    assert "\n".join(printed[start : end + 1]) == script.read_text().rstrip("\n")
+    assert printed[end + 1] == record["command"] and "--trainer.num_nodes 1" in record["command"]
     assert record["status"] == "done" and record["attempts"] == 1
     job = subprocess.run(["scontrol", "show", "job", record["slurm_job_id"]], capture_output=True, text=True)
     shown = job.stdout
     assert "Account=proj42" in shown and "Comment=toolkit-ddp" in shown, shown
     assert "MinMemoryNode=2G" in shown and "NumTasks=2" in shown, shown
     # without an accounting database Slurm does not keep a QOS on the job: read it from the submitted script
-    (script,) = (root / "cluster" / "slurm").rglob("*_submission.sh")
     assert "#SBATCH --qos=normal" in script.read_text()
     assert marker.read_text().strip() == record["slurm_job_id"].split("_")[0]  # the setup line ran in the job
     run_dir = Path(record["run_dir"])
     assert "MEMBER: 1/2" in (run_dir / "run.log").read_text()  # rank 0, recorded by task 0
     assert "MEMBER: 2/2" in (run_dir / "run.rank1.log").read_text()  # rank 1, the second Slurm task
     assert json.loads((run_dir / "result.json").read_text())["status"] == "done"
+
+
+def test_a_run_signalled_mid_epoch_saves_resumes_from_that_batch_and_ends_with_the_uninterrupted_result(
+    tmp_path: Path,
+) -> None:
+    """Slurm's pre-timeout signal (``scancel --signal=USR2``, as Slurm sends it ``--signal-delay-s`` before the time
+    limit) arrives mid-epoch: the run saves after its current batch, the requeued attempt resumes from that batch,
+    and its result equals that of the same run never stopped (a second study, submitted beside it)."""
+    overrides = {
+        "trainer.max_epochs": 2,
+        "trainer.limit_train_batches": 60,
+        "trainer.limit_val_batches": 2,
+        "trainer.limit_test_batches": 2,
+        "trainer.enable_progress_bar": False,
+        "data.image_size": 192,  # epochs of ~10 s: the signal lands inside one
+        "data.batch_size": 16,
+        "data.augment": "basic",
+    }
+    root = tmp_path / "runs"
+    runners = {}
+    for name in ("whole", "cut"):
+        raw = {"name": name, "base": [str(ROOT / "configs" / "digits.yaml")], "overrides": overrides}
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(json.dumps({**raw, "seeds": [0], "variants": {"full": {}}}))
+        runners[name] = ablate(spec, root, tmp_path)
+    signalled = None
+    deadline = time.time() + 300
+    while signalled is None and time.time() < deadline and runners["cut"].poll() is None:
+        path = ledger_path(root, "cut")
+        (record,) = Ledger(path).read().values() if path.exists() else [{}]
+        log = Path(record["log"]) if record.get("log") else None
+        if record.get("status") == "running" and log and "parameters:" in log.read_text(errors="replace"):
+            time.sleep(3)  # a few batches into epoch 0
+            subprocess.run(["scancel", "--signal=USR2", record["slurm_job_id"]], check=True, timeout=30)
+            signalled = record["slurm_job_id"]
+        time.sleep(0.2)
+    outs = {name: runner.communicate(timeout=600)[0] for name, runner in runners.items()}
+    assert signalled, outs["cut"]
+    assert all(runner.returncode == 0 for runner in runners.values()), outs
+    (cut,) = Ledger(ledger_path(root, "cut")).read().values()
+    (whole,) = Ledger(ledger_path(root, "whole")).read().values()
+    assert (cut["status"], cut["attempts"], cut["resumed"], cut["slurm_job_id"]) == ("done", 2, True, signalled)
+    text = Path(cut["log"]).read_text()
+    saved = re.search(r"stop signal: saved \S+ after batch (\d+) of epoch (\d+)", text)
+    resumed = re.search(r"resuming epoch (\d+) after its batch (\d+)", text)
+    assert saved and resumed, text[-3000:]
+    assert 0 < int(saved.group(1)) < 60 and (resumed.group(1), resumed.group(2)) == (saved.group(2), saved.group(1))
+    lines = [re.findall(r"^(epoch \d+/\d+: .*) \([\d.]+ s\)$", Path(r["log"]).read_text(), re.M) for r in (cut, whole)]
+    assert len(lines[0]) == 2 and lines[0] == lines[1]  # the epoch lines too (the interrupted epoch's mean loss)
+    assert epochs_done(Path(cut["ckpt_dir"]) / "last.ckpt") == 2
+    results = [json.loads((Path(r["run_dir"]) / "result.json").read_text()) for r in (cut, whole)]
+    assert results[0]["metrics"] == results[1]["metrics"] and results[0]["best_val"] == results[1]["best_val"]
+    assert results[0]["tested_epoch"] == results[1]["tested_epoch"]
+
+
+def test_a_partition_without_gpus_is_told_apart_by_sinfo() -> None:
+    """The CI's partition has no GPU GRES: a CPU run there is accepted (the tests above run there); a partition
+    Slurm does not know falls back to its name (``--partition gpu`` without GPUs is refused, test_slurm_settings)."""
+    from toolkit.ablation.squeue import partition_gres
+
+    assert partition_gres("debug") == ""
+    assert partition_gres("no-such-partition") is None

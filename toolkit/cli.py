@@ -43,7 +43,7 @@ def print_help() -> None:
     width = max(len(name) for name in SUBCOMMANDS)
     lines = [USAGE, "subcommands:"]
     lines += [f"  {name.ljust(width)}  {text}" for name, text in SUBCOMMANDS.items()]
-    lines += ["", "toolkit <subcommand> --help shows its options."]
+    lines += ["", "toolkit <subcommand> --help shows its options; toolkit --version the installed version."]
     print("\n".join(lines))
 
 
@@ -75,9 +75,14 @@ def extra_of(module: str | None) -> str | None:
     return next((extra for extra, packages in EXTRAS.items() if top in packages), None)
 
 
+#: the distribution users install (``toolkit`` on the package index is an unrelated project); the import package and
+#: the command are ``toolkit``
+DISTRIBUTION = "toolkit-ablate"
+
+
 def missing_extra_message(command: str, module: str, extra: str) -> str:
     """The one line for a command whose optional dependency is not installed."""
-    return f"toolkit {command} needs {module}, from the '{extra}' extra: pip install 'toolkit[{extra}]'"
+    return f"toolkit {command} needs {module}, from the '{extra}' extra: pip install '{DISTRIBUTION}[{extra}]'"
 
 
 def needed_extras(args: list[str]) -> tuple[str, list[str]]:
@@ -107,6 +112,11 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print_help()
         sys.exit(0 if args else 2)
+    if args[0] in ("-V", "--version"):
+        from toolkit import __version__
+
+        print(f"toolkit {__version__} ({DISTRIBUTION})")
+        sys.exit(0)
     check_extras(args)
     if args[0] in _COMMANDS:
         module = importlib.import_module(_COMMANDS[args[0]])  # lazily: `report` must not import torch

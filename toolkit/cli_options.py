@@ -13,10 +13,13 @@ Imports neither torch nor Lightning.
 
 from __future__ import annotations
 
+import shutil
+from argparse import SUPPRESS, Action
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from jsonargparse import ActionYesNo, ArgumentParser
+from jsonargparse import ActionYesNo, ArgumentParser, DefaultHelpFormatter
+from typing_extensions import override
 
 from toolkit.errors import ToolkitError
 from toolkit.parse_errors import parse_quietly
@@ -55,62 +58,91 @@ def parse(parser: ArgumentParser, argv: list[str], command: str) -> Any:
 SPELLING = "every option takes dashes or underscores alike (--an-option or --an_option)"
 
 
-def add_runner_options(parser: ArgumentParser, what: str = "runs") -> None:
-    """The options of every command that starts runs (``ablate run``, ``search``): executor, slots, Slurm."""
-    parser.add_argument("--root", type=str, default="runs", help="runs folder: <root>/<name>/...")
-    parser.add_argument("--executor", type=Literal["local", "slurm"], default="local", help=f"where {what} execute")
-    parser.add_argument(
-        "--workers", type=int | None, default=None, help=f"{what} at once (CPU default 1; GPU: all slots)"
+class CompactHelp(DefaultHelpFormatter):
+    """``--help`` on one screen: each option's own text (which states its default), without the type and default
+    that jsonargparse appends, the help column at 34 and 120 columns wide."""
+
+    def __init__(self, prog: str, **kwargs: Any) -> None:
+        super().__init__(prog, max_help_position=34, width=min(120, shutil.get_terminal_size().columns), **kwargs)
+
+    @override
+    def _get_help_string(self, action: Action) -> str:
+        return action.help or ""
+
+    @override
+    def _format_args(self, action: Action, default_metavar: str) -> str:
+        return super()._format_args(action, "VALUE")
+
+
+#: the Slurm options a short ``--help`` leaves out (``--help full`` lists them)
+RARE_SLURM = (
+    "--mem-per-gpu",
+    "--constraint",
+    "--slurm-param",
+    "--tasks-per-node",
+    "--signal-delay-s",
+    "--max-num-timeout",
+)
+
+
+def add_runner_options(parser: ArgumentParser, what: str = "runs", full: bool = True) -> None:
+    """The options of every command that starts runs (``ablate run``, ``search``), grouped: general, local, Slurm.
+
+    Args:
+        parser: the command's parser.
+        what: what the command's runs are called in the help (runs, trials).
+        full: list every option in ``--help``; False leaves out the rare Slurm ones (they still parse).
+    """
+    general = parser.add_argument_group("general")
+    general.add_argument("--root", type=str, default="runs", help="runs folder: <root>/<name>/...")
+    general.add_argument("--executor", type=Literal["local", "slurm"], default="local", help=f"where {what} execute")
+    general.add_argument(
+        "--gpus-per-run",
+        type=int | None,
+        default=None,
+        help="GPUs per run, DDP above 1 (default: 1 local; slurm: trainer.devices on gpu, else 0)",
     )
-    parser.add_argument("--devices", type=str | None, default=None, help="GPU ids like 0,1,2,3, or cpu (default: all)")
-    parser.add_argument(
-        "--gpus-per-run", type=int | None, default=None, help="GPUs per run, DDP above 1 (default: 1 local, 0 slurm)"
-    )
-    parser.add_argument(
+    general.add_argument(
         "--cpus-per-run", type=int | None, default=None, help="CPU threads per run (default: 1 on CPU; GPU: split)"
     )
-    parser.add_argument(
+    yes_no = ActionYesNo(no_prefix="no-")
+    general.add_argument("--dry-run", action=yes_no, default=False, help="validate, print what would start, start none")
+    general.add_argument("--retry-failed", action=yes_no, default=False, help="run failed runs again (resuming)")
+    local = parser.add_argument_group("local executor")
+    local.add_argument(
+        "--workers", type=int | None, default=None, help=f"{what} at once (CPU default 1; GPU: all slots)"
+    )
+    local.add_argument("--devices", type=str | None, default=None, help="GPU ids like 0,1,2,3, or cpu (default: all)")
+    local.add_argument(
         "--warm",
-        action=ActionYesNo(no_prefix="no-"),
+        action=yes_no,
         default=True,
-        help="local: fork each run from a parent that imported torch once (starts in <1 s); --no-warm: fresh processes",
+        help="fork each run from a parent that imported torch once (starts in <1 s); --no-warm: fresh processes",
     )
-    parser.add_argument(
-        "--dry-run",
-        action=ActionYesNo(no_prefix="no-"),
-        default=False,
-        help="validate, print the commands, start nothing",
+    slurm = parser.add_argument_group(
+        "slurm executor", "also in the spec's slurm: block (same names, underscores); the command line wins"
     )
-    parser.add_argument(
-        "--retry-failed", action=ActionYesNo(no_prefix="no-"), default=False, help="run failed runs again (resuming)"
-    )
-    slurm = "slurm (also in the spec's slurm: block; the command line wins): "
-    parser.add_argument("--partition", type=str | None, default=None, help=slurm + "partition")
-    parser.add_argument("--time-min", type=int | None, default=None, help=slurm + "time limit per run, minutes (60)")
-    parser.add_argument("--array-parallelism", type=int | None, default=None, help=slurm + "array tasks at once")
-    parser.add_argument("--account", type=str | None, default=None, help=slurm + "account to charge")
-    parser.add_argument("--qos", type=str | None, default=None, help=slurm + "quality of service")
-    parser.add_argument("--mem", type=str | None, default=None, help=slurm + "memory per node, e.g. 32G")
-    parser.add_argument("--mem-per-gpu", type=str | None, default=None, help=slurm + "memory per GPU, e.g. 16G")
-    parser.add_argument("--constraint", type=str | None, default=None, help=slurm + "node features, e.g. a100")
-    parser.add_argument(
-        "--setup",
-        type=str,
-        action="append",
-        default=None,
-        help=slurm + "a shell line run before each run (module load ...); repeat the option for more",
-    )
-    parser.add_argument(
-        "--slurm-param",
-        type=str,
-        action="append",
-        default=None,
-        help=slurm + "any other sbatch option as key=value (exclude=node7); repeat the option for more",
-    )
-    parser.add_argument("--nodes", type=int | None, default=None, help=slurm + "nodes per run (multi-node DDP)")
-    parser.add_argument(
-        "--tasks-per-node", type=int | None, default=None, help=slurm + "DDP processes per node, one Slurm task each"
-    )
+
+    def option(name: str, kind: Any, text: str, **more: Any) -> None:
+        shown = text if full or name not in RARE_SLURM else SUPPRESS
+        slurm.add_argument(name, type=kind, default=None, help=shown, **more)
+
+    option("--partition", str | None, "partition")
+    option("--time-min", int | None, "time limit per run, minutes (60)")
+    option("--array-parallelism", int | None, "array tasks at once")
+    option("--account", str | None, "account to charge")
+    option("--qos", str | None, "quality of service")
+    option("--mem", str | None, "memory per node, e.g. 32G")
+    option("--mem-per-gpu", str | None, "memory per GPU, e.g. 16G")
+    option("--constraint", str | None, "node features, e.g. a100")
+    option("--setup", str, "a shell line run before each run (module load ...); repeatable", action="append")
+    option("--slurm-param", str, "any other sbatch option as key=value (exclude=node7); repeatable", action="append")
+    option("--nodes", int | None, "nodes per run (multi-node DDP; default: trainer.num_nodes)")
+    option("--tasks-per-node", int | None, "DDP processes per node, one Slurm task each")
+    option("--signal-delay-s", int | None, "seconds before the time limit a run saves and requeues (90)")
+    option("--max-num-timeout", int | None, "requeues after a time limit per run (3)")
+    if not full:
+        parser.epilog = (parser.epilog or "") + "\ntoolkit ablate run --help full: every Slurm option"
 
 
 def parse_devices(text: str | None) -> list[str] | None:
@@ -128,21 +160,13 @@ def parse_devices(text: str | None) -> list[str] | None:
 def runner_options(args: Any) -> Options:
     """The runner's :class:`Options` from a command line parsed with :func:`add_runner_options`."""
     from toolkit.ablation.runner import Options
-    from toolkit.ablation.slurm_settings import parse_slurm_params
+    from toolkit.ablation.slurm_settings import parse_slurm_params, slurm_field_names
 
-    slurm = {
-        "partition": args.partition,
-        "time_min": args.time_min,
-        "account": args.account,
-        "qos": args.qos,
-        "mem": args.mem,
-        "mem_per_gpu": args.mem_per_gpu,
-        "constraint": args.constraint,
-        "setup": tuple(args.setup) if args.setup else None,
-        "additional": parse_slurm_params(args.slurm_param) or None,
-        "nodes": args.nodes,
-        "tasks_per_node": args.tasks_per_node,
-    }
+    # the Slurm options named like SlurmSettings' fields, read by those names (one list: the dataclass);
+    # the options with their own names (--gpus-per-run, --cpus-per-run, --array-parallelism) go through Options
+    slurm = {name: getattr(args, name) for name in slurm_field_names() if name in args}
+    slurm["setup"] = tuple(args.setup) if args.setup else None
+    slurm["additional"] = parse_slurm_params(args.slurm_param) or None
     return Options(
         root=Path(args.root),
         executor=args.executor,

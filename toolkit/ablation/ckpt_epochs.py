@@ -60,7 +60,8 @@ class _HeaderUnpickler(pickle.Unpickler):
 
 
 def epochs_done(ckpt: Path) -> int | None:
-    """Epochs a Lightning checkpoint has finished (its ``epoch`` + 1), or None if it cannot be read right now."""
+    """Epochs a Lightning checkpoint has finished (its ``epoch`` + 1, or its ``epoch`` when it was saved mid-epoch on a
+    stop signal), or None if it cannot be read right now."""
     try:
         stat = ckpt.stat()
     except OSError:
@@ -78,4 +79,10 @@ def _epochs_done(path: str, mtime_ns: int, size: int) -> int | None:
     except (OSError, zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, EOFError, ValueError):
         return None  # being written, or not a zip checkpoint
     epoch = data.get("epoch") if isinstance(data, dict) else None
-    return epoch + 1 if isinstance(epoch, int) else None
+    if not isinstance(epoch, int):
+        return None
+    callbacks = data.get("callbacks")
+    states = callbacks.values() if isinstance(callbacks, dict) else []
+    # saved mid-epoch on a stop signal (toolkit.callbacks.signal_save): that epoch has not finished
+    mid_epoch = any(isinstance(s, dict) and s.get("mid_epoch") for s in states)
+    return epoch if mid_epoch else epoch + 1

@@ -10,7 +10,7 @@ from jsonargparse import ArgumentParser
 from rich.console import Console
 
 from toolkit.ablation import cli_changes
-from toolkit.cli_options import SPELLING, add_runner_options, parse, runner_options
+from toolkit.cli_options import SPELLING, CompactHelp, add_runner_options, parse, runner_options
 from toolkit.parsed_checks import check_root_dir
 from toolkit.study import tuning
 from toolkit.study.spec import load_spec
@@ -26,13 +26,17 @@ examples:
 """
 
 
-def build_parser() -> ArgumentParser:
-    """The ``toolkit ablate`` parser with its ``run`` and ``status`` subcommands."""
+def build_parser(full: bool = True) -> ArgumentParser:
+    """The ``toolkit ablate`` parser with its ``run`` and ``status`` subcommands (``full``: every option's help)."""
     parser = ArgumentParser(prog="toolkit ablate", description="Run ablation studies: variants x seeds.")
     parser.epilog = EXAMPLES
-    run = ArgumentParser(description="Run every variant x seed of a spec that is not done yet (resumable).")
+    run = ArgumentParser(
+        description="Run every variant x seed of a spec that is not done yet (resumable).",
+        usage="toolkit ablate run SPEC [options]",
+        formatter_class=CompactHelp,
+    )
     run.add_argument("spec", type=str, help="ablation spec, e.g. ablations/quickstart.yaml")
-    add_runner_options(run)
+    add_runner_options(run, full=full)
     _add_scaling(run)
     status = ArgumentParser(description="Print the ablation's runs from its ledger (imports no torch).")
     status.add_argument("spec", type=str, help="ablation spec")
@@ -40,6 +44,7 @@ def build_parser() -> ArgumentParser:
     _add_scaling(status)
     subcommands = parser.add_subcommands(dest="command")
     subcommands.add_subcommand("run", run, help="run an ablation")
+    run.formatter_class = CompactHelp  # after add_subcommand, which gives a subcommand its parent's formatter
     subcommands.add_subcommand("status", status, help="show an ablation's runs")
     return parser
 
@@ -58,7 +63,10 @@ def _add_scaling(parser: ArgumentParser) -> None:
 
 def main(argv: list[str]) -> int:
     """Run ``toolkit ablate <argv>``; returns the exit status (0: every run done)."""
-    cfg = parse(build_parser(), argv, "ablate <run|status>")
+    helping = "-h" in argv or "--help" in argv  # `run --help` on one screen, `run --help full` every option
+    full = helping and "full" in argv
+    argv = [a for a in argv if not (full and a == "full")]
+    cfg = parse(build_parser(full=full or not helping), argv, "ablate <run|status>")
     command = cfg.command
     args = cfg[command]
     check_root_dir(args.root, "--root")

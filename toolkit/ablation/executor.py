@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from toolkit.ablation.command import DEFAULT_LAUNCHER, resume_args, shell_command
 from toolkit.ablation.squeue import alive_jobs
 from toolkit.study.ledger import PENDING, RUNNING, Ledger
 from toolkit.study.spec import AblationSpec, Run
@@ -42,6 +43,11 @@ class Executor(ABC):
         self, spec: AblationSpec, todo: list[Run], attach: list[Run], root: Path, ledger: Ledger, view: Any
     ) -> None:
         """Run ``todo`` (and wait for ``attach``) until each is recorded done, failed or pending again."""
+
+    def dry_run(self, spec: AblationSpec, todo: list[Run], root: Path) -> list[str]:
+        """What ``--dry-run`` prints for ``todo``: each run's ``toolkit fit`` command (an executor adds its job)."""
+        launcher = getattr(self, "launcher", DEFAULT_LAUNCHER)
+        return [shell_command(launcher, resume_args(spec, run, root, gpus=self.gpus)) for run in todo]
 
     def alive(self, records: Mapping[str, Mapping[str, Any]]) -> set[str]:
         """Ids of the unfinished runs whose Slurm job is still queued or running (asks ``squeue``)."""

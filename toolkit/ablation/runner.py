@@ -23,7 +23,7 @@ from rich.markup import escape
 
 from toolkit import keys
 from toolkit.ablation import lifecycle
-from toolkit.ablation.command import DEFAULT_LAUNCHER, resume_args, shell_command
+from toolkit.ablation.command import DEFAULT_LAUNCHER
 from toolkit.ablation.executor import Executor
 from toolkit.ablation.local import LocalRuns, make_slots, prestarted_pool
 from toolkit.ablation.progress import LiveView
@@ -41,7 +41,8 @@ class Options:
     executor: str = "local"
     workers: int | None = None
     devices: list[str] | None = None
-    #: GPUs per run; None: 1 on a local machine with GPUs, 0 (CPU tasks) on Slurm
+    #: GPUs per run; None: 1 on a local machine with GPUs; on Slurm the spec's slurm: gpus_per_node, else the runs'
+    #: trainer.accelerator/devices, else 0 (CPU tasks)
     gpus_per_run: int | None = None
     cpus_per_run: int | None = None
     dry_run: bool = False
@@ -154,7 +155,7 @@ def _run_stage(spec: AblationSpec, options: Options, executor: Executor, root: P
         names = ", ".join(f"{r.variant} seed {r.seed}" for r in attach)
         raise ToolkitError(f"{names} still queued or running on Slurm; wait for them (--executor slurm) or scancel")
     if options.dry_run:
-        _print_plan(spec, runs, todo, attach, root, options, executor.gpus, console)
+        _print_plan(spec, runs, todo, attach, root, executor, console)
         return 0
     with ledger.edit() as records:
         for run in runs:
@@ -184,13 +185,17 @@ def make_executor(options: Options, spec: AblationSpec | None = None) -> Executo
         )
         return LocalRuns(slots, options.launcher, options.warm, max(len(slots), options.array_parallelism or 1))
     if options.executor == "slurm":
+        from toolkit.ablation import slurm_request
         from toolkit.ablation.slurm import SlurmRuns  # lazily: only a Slurm run needs it
         from toolkit.ablation.slurm_settings import settings_from_spec
 
         where = spec.path if spec is not None else "spec"
         settings = settings_from_spec(spec.slurm if spec is not None else None, where)
-        settings = settings.merged({**options.slurm, "cpus_per_task": options.cpus_per_run})
-        return SlurmRuns(options.launcher, options.gpus_per_run or 0, settings, options.array_parallelism)
+        given = {"cpus_per_task": options.cpus_per_run, "gpus_per_node": options.gpus_per_run}
+        settings = settings.merged({**options.slurm, **given, "array_parallelism": options.array_parallelism})
+        if spec is not None:  # GPUs, nodes and CPUs from the runs' trainer settings; a contradiction is refused
+            settings = slurm_request.resolve(spec, settings)
+        return SlurmRuns(options.launcher, settings)
     raise ToolkitError(f"--executor {options.executor!r}: use local or slurm")
 
 
@@ -200,14 +205,12 @@ def _print_plan(
     todo: list[Run],
     attach: list[Run],
     root: Path,
-    options: Options,
-    gpus: int,
+    executor: Executor,
     console: Console,
 ) -> None:
     console.print(f"[bold]{spec.name}[/]: {len(runs)} runs, {len(todo)} to start, {len(attach)} already queued")
-    for run in todo:
-        command = shell_command(options.launcher, resume_args(spec, run, root, gpus=gpus))
-        console.print(command, soft_wrap=True, markup=False, highlight=False)  # one line: it pastes into a shell
+    for text in executor.dry_run(spec, todo, root):
+        console.print(text, soft_wrap=True, markup=False, highlight=False)  # a command is one line: it pastes
 
 
 def _summarise(

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,9 @@ from toolkit.ablation.squeue import ALIVE, job_states
 from toolkit.errors import ToolkitError
 from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
 from toolkit.study.spec import AblationSpec, Run
+
+#: submitit's default lead of the pre-timeout signal on the time limit, seconds (``--signal-delay-s``)
+SIGNAL_DELAY_S = 90
 
 
 class SlurmTask:
@@ -56,12 +61,17 @@ class SlurmTask:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state, _proc=None, _stopped=False)
 
+    def args(self) -> list[str]:
+        """The ``toolkit fit`` arguments this task runs (resuming when the run has a checkpoint)."""
+        per_process = self.settings.task_per_process(self.gpus)
+        ddp = (self.settings.nodes, self.settings.tasks(self.gpus)) if per_process else None
+        return resume_args(self.spec, self.run, self.root, gpus=self.gpus, ddp=ddp)
+
     def __call__(self) -> int:
         """Train, test and log the run; returns its exit code (the ledger holds the outcome)."""
         run_dir = self.run.directory(self.root)
         per_process = self.settings.task_per_process(self.gpus)
-        ddp = (self.settings.nodes, self.settings.tasks(self.gpus)) if per_process else None
-        args = resume_args(self.spec, self.run, self.root, gpus=self.gpus, ddp=ddp)
+        args = self.args()
         command = shell_command(self.launcher, args)
         threads = os.environ.get("SLURM_CPUS_PER_TASK", "1")
         env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
@@ -92,9 +102,7 @@ class SlurmTask:
             log.write(lifecycle.header(self.run, self.root, n, command).encode())
             log.write(f"# slurm job {job_id} on {os.uname().nodename}\n".encode())
             log.flush()
-            self._proc = subprocess.Popen(
-                [*self.launcher, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+            self._proc = _start(self.launcher, args, log, env)
         ledger.update(self.run.id, pid=self._proc.pid)
         code = self._proc.wait()
         note = f"slurm job {job_id} was stopped; run again to resume" if self._stopped else ""
@@ -106,9 +114,7 @@ class SlurmTask:
         run_dir.mkdir(parents=True, exist_ok=True)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         with open(run_dir / f"run.rank{rank}.log", "ab") as log:
-            self._proc = subprocess.Popen(
-                [*self.launcher, *args], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+            self._proc = _start(self.launcher, args, log, env)
         return self._proc.wait()
 
     def checkpoint(self) -> Any:
@@ -117,7 +123,9 @@ class SlurmTask:
 
         self._stopped = True
         if self._proc is not None:
-            _stop_child(self._proc.pid, grace_s=60)
+            # Lightning stops a single-process fit on SIGTERM at the end of its epoch, after writing last.ckpt:
+            # give it all of the signal's lead on the time limit but a margin for the requeue
+            _stop_child(self._proc.pid, grace_s=max(10, (self.settings.signal_delay_s or SIGNAL_DELAY_S) - 15))
         again = SlurmTask(self.spec, self.run, self.root, self.launcher, self.gpus, self.settings)
         if int(os.environ.get("SLURM_PROCID", "0")):
             return submitit.helpers.DelayedSubmission(again)  # task 0 records the requeue
@@ -128,6 +136,24 @@ class SlurmTask:
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         self._stopped = True
+
+
+def _start(launcher: list[str], args: list[str], log: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start the training process with Slurm's USR2 ignored: Slurm signals every process of the job step, and
+    USR2's default action would kill the run before it saves; submitit's handler in this process stops it with
+    SIGTERM instead (:meth:`SlurmTask.checkpoint`), on which it saves (``toolkit.callbacks.signal_save``)."""
+    return subprocess.Popen(
+        [*launcher, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        preexec_fn=_ignore_usr2,  # an ignored signal stays ignored across exec
+    )
+
+
+def _ignore_usr2() -> None:
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
 
 
 def _stop_child(pid: int, grace_s: float) -> None:
@@ -164,20 +190,16 @@ class SlurmRuns(Executor):
 
     Args:
         launcher: the program each run starts.
-        gpus: GPUs per run (per node).
-        settings: the sbatch options of every run's job.
-        array_parallelism: how many tasks of the array run at once (None: Slurm's limit).
+        settings: the sbatch options of every run's job (its GPUs per run and node, array parallelism, ...).
     """
 
     attaches = True
     interrupted = "the Slurm jobs go on; "
 
-    def __init__(
-        self, launcher: list[str], gpus: int, settings: SlurmSettings, array_parallelism: int | None = None
-    ) -> None:
-        self.launcher, self.gpus, self.settings = launcher, gpus, settings
-        self.array_parallelism = array_parallelism
-        self.parallel = array_parallelism or 1
+    def __init__(self, launcher: list[str], settings: SlurmSettings) -> None:
+        self.launcher, self.settings = launcher, settings
+        self.gpus = settings.gpus
+        self.parallel = settings.array_parallelism or 1
 
     @override
     def start(
@@ -187,6 +209,33 @@ class SlurmRuns(Executor):
         _submit(spec, todo, root, self, ledger, view)
         _wait(todo + attach, ledger, view)
 
+    @override
+    def dry_run(self, spec: AblationSpec, todo: list[Run], root: Path) -> list[str]:
+        """The job script submitit would submit (its own sbatch writer), then each task's ``toolkit fit`` command."""
+        if not todo:
+            return []
+        from submitit.slurm.slurm import _make_sbatch_string
+
+        # submitit's SlurmExecutor writes its script with this function (`_make_submission_file_text`); the
+        # executor itself cannot be built where there is no srun, and a dry run must work on a laptop
+        folder = _folder(root, spec)
+        params = self.settings.parameters(f"ablate-{spec.name}")
+        if len(todo) > 1:  # submitit submits one run as a plain job, several as an array
+            params["map_count"] = len(todo)
+        command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(str(folder))])
+        header = _make_sbatch_string(command=command, folder=folder, **params)
+        tasks = [self.task(spec, run, root) for run in todo]
+        return [header.rstrip("\n"), *(shell_command(self.launcher, task.args()) for task in tasks)]
+
+    def task(self, spec: AblationSpec, run: Run, root: Path) -> SlurmTask:
+        """The callable one array task runs for ``run``."""
+        return SlurmTask(spec, run, str(root), self.launcher, self.gpus, self.settings)
+
+
+def _folder(root: Path, spec: AblationSpec) -> Path:
+    """submitit's folder for the study's jobs (``%j``: the job id), absolute as submitit makes it."""
+    return (root / spec.name / "slurm" / "%j").expanduser().absolute()
+
 
 def _submit(spec: AblationSpec, todo: list[Run], root: Path, options: SlurmRuns, ledger: Ledger, view: Any) -> None:
     """Submit ``todo`` as one submitit job array and record each run's job id."""
@@ -194,18 +243,19 @@ def _submit(spec: AblationSpec, todo: list[Run], root: Path, options: SlurmRuns,
         return
     import submitit
 
-    executor = submitit.AutoExecutor(folder=root / spec.name / "slurm" / "%j", cluster="slurm")
-    params = options.settings.parameters(f"ablate-{spec.name}", options.gpus, options.array_parallelism)
+    settings = options.settings
+    limits = {} if settings.max_num_timeout is None else {"slurm_max_num_timeout": settings.max_num_timeout}
+    executor = submitit.AutoExecutor(folder=_folder(root, spec), cluster="slurm", **limits)
+    params = settings.parameters(f"ablate-{spec.name}")
     executor.update_parameters(**{f"slurm_{key}": value for key, value in params.items()})
     try:
         with executor.batch():
-            tasks = [SlurmTask(spec, run, str(root), options.launcher, options.gpus, options.settings) for run in todo]
-            jobs = [executor.submit(task) for task in tasks]
+            jobs = [executor.submit(options.task(spec, run, root)) for run in todo]
     except submitit.core.utils.FailedJobError as err:
         reason = " ".join(str(err).split())
         raise ToolkitError(
             f"Slurm refused the job array ({reason}); check --partition, --account, --qos, --mem, --constraint, "
-            "--gpus-per-run and --time-min"
+            "--gpus-per-run, --time-min and --slurm-param"
         ) from None
     for run, job in zip(todo, jobs, strict=True):
         with ledger.edit() as records:

@@ -19,8 +19,35 @@ from toolkit.errors import ToolkitError
 #: CPUs per GPU when a GPU run does not say (data loading feeds the GPU); a CPU run gets 1 (its thread count is
 #: part of its numbers)
 CPUS_PER_GPU = 4
-#: sbatch options that have an option of their own here (a pass-through of them would contradict it)
-_OWN = ("partition", "time", "account", "qos", "mem", "mem-per-gpu", "constraint", "nodes", "ntasks-per-node")
+#: sbatch options a ``--slurm-param``/``additional:`` pass-through may not set, and what to use instead: those with an
+#: option of their own here (a pass-through would contradict it), and those the executor writes itself (submitit's
+#: job array, its requeue signal, one task per run or per DDP process, its log files)
+_OWN = {
+    "partition": "use --partition",
+    "time": "use --time-min",
+    "account": "use --account",
+    "qos": "use --qos",
+    "mem": "use --mem",
+    "mem-per-gpu": "use --mem-per-gpu",
+    "constraint": "use --constraint",
+    "nodes": "use --nodes (or trainer.num_nodes)",
+    "ntasks": "use --nodes and --tasks-per-node",
+    "ntasks-per-node": "use --tasks-per-node",
+    "gpus": "use --gpus-per-run (gpus_per_node in the spec's slurm: block, or trainer.devices)",
+    "gpus-per-node": "use --gpus-per-run (gpus_per_node in the spec's slurm: block, or trainer.devices)",
+    "gpus-per-task": "use --gpus-per-run (gpus_per_node in the spec's slurm: block, or trainer.devices)",
+    "gres": "use --gpus-per-run (gpus_per_node in the spec's slurm: block, or trainer.devices)",
+    "cpus-per-task": "use --cpus-per-run",
+    "cpus-per-gpu": "use --cpus-per-run",
+    "array": "the executor submits one array task per run; use --array-parallelism to limit how many run at once",
+    "signal": "the executor's requeue needs submitit's signal; use --signal-delay-s to say how early it comes",
+    "requeue": "the executor requeues on timeout and preemption; use --max-num-timeout to bound it",
+    "no-requeue": "the executor requeues on timeout and preemption; use --max-num-timeout to bound it",
+    "output": "submitit writes the job's logs under <root>/<name>/slurm/ and each run its run.log",
+    "error": "submitit writes the job's logs under <root>/<name>/slurm/ and each run its run.log",
+    "open-mode": "submitit writes the job's logs under <root>/<name>/slurm/ and each run its run.log",
+    "job-name": "the executor names the job ablate-<name>",
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +68,13 @@ class SlurmSettings:
         tasks_per_node: DDP processes per node when a run is one task per process (default: its GPUs per node
             when ``nodes > 1``, else 1: one task that starts its own DDP processes).
         cpus_per_task: CPUs per task (default: 1 on CPU, ``CPUS_PER_GPU`` per GPU of the task).
+        gpus_per_node: GPUs per run and node (``--gpus-per-run``; default: from the run's ``trainer.accelerator``
+            and ``trainer.devices``, else 0).
+        array_parallelism: how many runs of the job array run at once (default: Slurm's limit).
+        signal_delay_s: how many seconds before the time limit Slurm signals the job, which then saves a checkpoint
+            and requeues (submitit's default: 90).
+        max_num_timeout: how many times a run is requeued after a timeout (submitit's default: 3; preemptions do
+            not count).
     """
 
     partition: str | None = None
@@ -55,26 +89,39 @@ class SlurmSettings:
     nodes: int = 1
     tasks_per_node: int | None = None
     cpus_per_task: int | None = None
+    gpus_per_node: int | None = None
+    array_parallelism: int | None = None
+    signal_delay_s: int | None = None
+    max_num_timeout: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("time_min", "nodes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ToolkitError(f"slurm {name.replace('_', '-')} {value!r}: give a whole number >= 1")
-        for name in ("tasks_per_node", "cpus_per_task"):
+        for name in ("tasks_per_node", "cpus_per_task", "array_parallelism", "signal_delay_s"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ToolkitError(f"slurm {name.replace('_', '-')} {value!r}: give a whole number >= 1")
+        for name in ("gpus_per_node", "max_num_timeout"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ToolkitError(f"slurm {name.replace('_', '-')} {value!r}: give a whole number >= 0")
         if self.mem and self.mem_per_gpu:
             raise ToolkitError(
                 f"slurm mem {self.mem!r} and mem-per-gpu {self.mem_per_gpu!r}: Slurm takes one of them; drop the other"
             )
         clash = sorted(k for k in self.additional if str(k).replace("_", "-") in _OWN)
         if clash:
-            raise ToolkitError(
-                f"slurm parameter {clash[0]!r} has an option of its own: use --{clash[0].replace('_', '-')} "
-                "(or the spec's slurm: block) instead of passing it through"
-            )
+            key = clash[0]
+            hint = _OWN[str(key).replace("_", "-")]
+            kind = "has an option of its own" if hint.startswith("use ") else "belongs to the executor"
+            raise ToolkitError(f"slurm parameter {key!r} {kind}: {hint} (not --slurm-param or slurm: additional)")
+
+    @property
+    def gpus(self) -> int:
+        """GPUs per run and node (0: a CPU run)."""
+        return self.gpus_per_node or 0
 
     def tasks(self, gpus: int) -> int:
         """Tasks per node of one run's job."""
@@ -84,8 +131,9 @@ class SlurmSettings:
         """Whether the run is one Slurm task per DDP process (multi-node or several tasks per node)."""
         return self.nodes > 1 or self.tasks(gpus) > 1
 
-    def parameters(self, name: str, gpus: int, array_parallelism: int | None) -> dict[str, Any]:
-        """submitit's ``SlurmExecutor`` parameters for the job array of a study's runs (``gpus`` per node)."""
+    def parameters(self, name: str) -> dict[str, Any]:
+        """submitit's ``SlurmExecutor`` parameters for the job array of a study's runs."""
+        gpus = self.gpus
         tasks = self.tasks(gpus)
         gpus_per_task = max(1, gpus // tasks) if gpus else 0
         params: dict[str, Any] = {
@@ -102,8 +150,9 @@ class SlurmSettings:
             params["gpus_per_node"] = gpus
         if self.setup:
             params["setup"] = list(self.setup)
-        if array_parallelism:
-            params["array_parallelism"] = array_parallelism
+        for key in ("array_parallelism", "signal_delay_s"):
+            if getattr(self, key):
+                params[key] = getattr(self, key)
         if self.additional:
             params["additional_parameters"] = {str(k).replace("-", "_"): v for k, v in self.additional.items()}
         return params
@@ -116,13 +165,18 @@ class SlurmSettings:
         return dataclasses.replace(self, **changes)
 
 
+def slurm_field_names() -> list[str]:
+    """The settings' field names: the spec's ``slurm:`` keys, and (dashed) the command line's Slurm options."""
+    return [f.name for f in dataclasses.fields(SlurmSettings)]
+
+
 def settings_from_spec(block: Any, where: str) -> SlurmSettings:
     """A spec's ``slurm:`` mapping as settings; an unknown key or a wrong type is one line naming it."""
     if block is None:
         return SlurmSettings()
     if not isinstance(block, dict):
         raise ToolkitError(f"{where}: 'slurm' maps options to values, e.g. slurm: {{account: proj, qos: normal}}")
-    names = [f.name for f in dataclasses.fields(SlurmSettings)]
+    names = slurm_field_names()
     for key in block:
         if key not in names:
             raise ToolkitError(f"{where}: slurm: unknown key {key!r}; allowed: {', '.join(names)}")

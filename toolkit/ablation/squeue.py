@@ -1,7 +1,7 @@
-"""Ask Slurm (``squeue``) which jobs are still queued or running; no submitit, no toolkit state.
+"""Ask Slurm which jobs are still queued or running (``squeue``), and what a partition's nodes hold (``sinfo``).
 
-The runner asks before it plans (a run whose job is alive is waited for, never submitted twice), whichever executor
-runs this time, and the Slurm executor asks while it waits.
+No submitit, no toolkit state. The runner asks before it plans (a run whose job is alive is waited for, never
+submitted twice), whichever executor runs this time, and the Slurm executor asks while it waits.
 """
 
 from __future__ import annotations
@@ -44,3 +44,20 @@ def alive_jobs(job_ids: list[str]) -> set[str]:
             "run is submitted twice"
         )
     return {j for j, state in states.items() if state in ALIVE}
+
+
+def partition_gres(partition: str) -> str | None:
+    """The generic resources of a partition's nodes as ``sinfo`` prints them (``gpu:a100:4``, ``(null)``); None when
+    Slurm cannot be asked here or does not know the partition."""
+    if shutil.which("sinfo") is None:
+        return None
+    try:
+        done = subprocess.run(
+            ["sinfo", "-h", "-p", partition, "-o", "%G"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = sorted({line.strip() for line in done.stdout.splitlines() if line.strip()})
+    if done.returncode != 0 or not lines:
+        return None
+    return ",".join(line for line in lines if line != "(null)")

@@ -39,6 +39,19 @@ class EpochLog(pl.Callback):
         self._loss_sum = self._loss_count = 0.0
 
     @override
+    def state_dict(self) -> dict[str, Any]:
+        # a fit stopped mid-epoch (toolkit.callbacks.signal_save) resumes without on_train_epoch_start: the epoch's
+        # line then goes on from the loss sums and time of the batches before the stop (rank 0's under DDP)
+        elapsed = time.monotonic() - self._started if self._started else 0.0
+        return {"loss_sum": self._loss_sum, "loss_count": self._loss_count, "elapsed_s": elapsed}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._loss_sum = float(state_dict.get("loss_sum", 0.0))
+        self._loss_count = float(state_dict.get("loss_count", 0.0))
+        self._started = time.monotonic() - float(state_dict.get("elapsed_s", 0.0))
+
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:

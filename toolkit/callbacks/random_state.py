@@ -93,6 +93,14 @@ class RandomStateCheckpoint(pl.Callback):
 
     @override
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.seed_loaders(trainer)
+
+    def seed_loaders(self, trainer: pl.Trainer) -> None:
+        """Give the training sampler and loader their private generators for (seed, current epoch).
+
+        Lightning skips ``on_train_epoch_start`` when it restarts mid-epoch; `toolkit.callbacks.signal_save` calls
+        this then, before the epoch's first batch is drawn.
+        """
         if self.data_seed is None or trainer.train_dataloader is None:
             return
         for loader in CombinedLoader(trainer.train_dataloader).flattened:

@@ -33,6 +33,8 @@ from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.callbacks.health import DIVERGED, Diverged, DivergenceGuard, RunHealth
 from toolkit.callbacks.pruning import SearchTrial, TrialPruning
 from toolkit.callbacks.random_state import RandomStateCheckpoint
+from toolkit.callbacks.run_facts import RunFacts
+from toolkit.callbacks.signal_save import SaveOnSignal
 from toolkit.checkpoint_io import OneWritePerState
 from toolkit.ckpt_model import check_resume_folder, evaluated_run
 from toolkit.classifier import ImageClassifier
@@ -248,7 +250,9 @@ class ToolkitCLI(LightningCLI):
         if not any(isinstance(c, EpochLog) for c in listed):
             callbacks.append(EpochLog())
         callbacks.append(RandomStateCheckpoint())  # a resumed fit continues the same random stream
+        callbacks.append(SaveOnSignal())  # SIGTERM (Slurm's time limit, preemption): last.ckpt mid-epoch, exact resume
         callbacks.append(RunHealth())  # what result.json and the report's run-health classes need
+        callbacks.append(RunFacts())  # device, precision, autocast, compile, world size: measured, into result.json
         if self.subcommand == "fit" and config.get("search_trial") is not None:
             callbacks.append(TrialPruning(config.search_trial))
         if self.subcommand == "test" and config.get("ensemble_ckpts"):

@@ -17,6 +17,7 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 
 from toolkit import keys
 from toolkit.callbacks.health import FINISHED, RunHealth, health_summary
+from toolkit.callbacks.run_facts import RunFacts
 from toolkit.callbacks.snapshot import tested_snapshots
 from toolkit.study.layout import RESULT_FILE, WANDB_DIR
 from toolkit.study.result import DONE, RunResult
@@ -34,9 +35,12 @@ def write_result(trainer: Trainer, status: str = FINISHED, reason: str | None = 
     describe = getattr(trainer.lightning_module, "tested_checkpoint", None)
     tested = describe() if callable(describe) else {}
     tested["tested_snapshots"] = tested_snapshots(trainer)
+    facts_cb = next((c for c in trainer.callbacks if isinstance(c, RunFacts)), None)
+    facts = facts_cb.summary() if facts_cb is not None else {}
     loggers = [lg for lg in trainer.loggers if is_wandb(lg)]
     for logger in loggers:
         logger.experiment.summary.update(health_summary({**health, **tested}))
+        logger.experiment.summary.update({f"facts/{k}": v for k, v in facts.items()})
     run_id = next((getattr(lg.experiment, "id", None) for lg in loggers), None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
     done = DONE if status == FINISHED else status
@@ -45,8 +49,9 @@ def write_result(trainer: Trainer, status: str = FINISHED, reason: str | None = 
     scores = [round(v, 6) for v in health_cb.val_scores] if health_cb is not None else []
     threads = torch.get_num_threads()  # toolkit.threads: part of what the numbers depend on
     record = RunResult(
-        done, time.time(), run_id, metrics, health, **tested, best_val=best_val, val_scores=scores, cpu_threads=threads
-    )
+        done, time.time(), run_id, metrics, health, **tested, best_val=best_val, val_scores=scores,
+        cpu_threads=threads, facts=facts,
+    )  # fmt: skip
     record.write(Path(trainer.default_root_dir) / RESULT_FILE)
 
 

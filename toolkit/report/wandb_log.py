@@ -11,8 +11,10 @@ format with a W&B file header, holding protobuf ``Record`` messages from ``wandb
 * the checksum is CRC-32 (IEEE, what ``zlib.crc32`` computes) of the type byte followed by the data, unmasked. This
   is not LevelDB's masked CRC-32C: wandb kept the checksum of its earlier Python writer (checked on real logs).
 
-A damaged log (bad header, checksum mismatch, truncated chunk, record that does not parse) yields the records read
-before the damage, sets ``RunLog.damage`` and emits a ``LogDamageWarning``; it never raises.
+A damaged log (bad header, checksum mismatch, truncated chunk) yields the records read before the damage, sets
+``RunLog.damage`` and emits a ``LogDamageWarning``; it never raises. A log this reader cannot decode (another format
+version, a record the installed protobuf schema does not parse, a wandb without that schema) is read through the
+installed wandb's own reader instead (:mod:`toolkit.report.wandb_leet`), or refused with its reason.
 """
 
 from __future__ import annotations
@@ -26,13 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wandb.proto import wandb_internal_pb2 as pb
-
 from toolkit.errors import ToolkitError
+from toolkit.report import wandb_leet
+
+try:
+    from wandb.proto import wandb_internal_pb2 as pb
+except ImportError:  # a wandb without the Python schema: every log is read through wandb leet inspect
+    pb = None
 
 FILE_HEADER = struct.pack("<4sHB", b":W&B", 0xBEE1, 0)
 #: the wandb versions whose logs this reader is tested on (pyproject pins wandb to them)
-TESTED_WANDB = "0.30-0.31"
+TESTED_WANDB = "0.22-0.31"
 BLOCK_SIZE = 32 * 1024
 CHUNK_HEADER = struct.Struct("<IHB")
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
@@ -101,6 +107,15 @@ class RunLog:
         return "finished" if self.exit_code == 0 else "failed"
 
 
+def read_run_leet(path: Path, history_keys: Iterable[str] | None = None) -> RunLog:
+    """The run log read by the installed wandb (``wandb leet inspect --json``, :mod:`toolkit.report.wandb_leet`).
+
+    Raises:
+        ToolkitError: wandb cannot read it either, or has no ``leet inspect --json`` (one line saying which).
+    """
+    return RunLog(**wandb_leet.read_run_leet(Path(path), history_keys))
+
+
 def _chunks(data: bytes) -> Iterator[tuple[int, bytes]]:
     """Yield (type, payload) of each chunk after the file header; raise ``_Damage`` where the stream breaks."""
     pos, end = len(FILE_HEADER), len(data)
@@ -142,7 +157,7 @@ def check_format(path: Path, header: bytes) -> None:
         )
 
 
-def iter_records(path: Path, damage: list[Exception] | None = None) -> Iterator[pb.Record]:
+def iter_records(path: Path, damage: list[Exception] | None = None) -> Iterator[Any]:
     """Yield the protobuf records of a run log in order, stopping quietly at the first damage.
 
     Args:
@@ -217,11 +232,40 @@ def _apply_config(config: dict[str, Any], record: Any) -> None:
 def read_run(path: Path, history_keys: Iterable[str] | None = None) -> RunLog:
     """Read a run log into a ``RunLog``; a damaged log gives what precedes the damage and a ``LogDamageWarning``.
 
+    A log this reader cannot decode is read through ``wandb leet inspect --json`` (see the module docstring).
+
     Args:
         path: a ``run-<id>.wandb`` file.
         history_keys: history keys to keep (others are skipped undecoded, which keeps large sweeps fast);
             None keeps every key.
+
+    Raises:
+        ToolkitError: neither this reader nor wandb's can decode the log (both reasons).
     """
+    if pb is None:
+        return read_run_leet(Path(path), history_keys)
+    try:
+        run = _read_run(path, history_keys)
+    except ToolkitError as refused:  # a format this reader does not know: the installed wandb may
+        try:
+            return read_run_leet(Path(path), history_keys)
+        except ToolkitError as err:
+            raise ToolkitError(f"{refused}; {err}") from None
+    if run.damage is not None and run.damage.startswith("record does not parse"):
+        try:  # a schema newer than this reader's protobuf: wandb's own reader knows it
+            other = read_run_leet(Path(path), history_keys)
+        except ToolkitError:
+            other = None
+        if other is not None and other.damage is None:
+            return other
+    if run.damage is not None:
+        warnings.warn(
+            f"{run.path}: {run.damage}; kept the {run.n_records} records before it", LogDamageWarning, stacklevel=2
+        )
+    return run
+
+
+def _read_run(path: Path, history_keys: Iterable[str] | None) -> RunLog:
     run = RunLog(path=Path(path))
     wanted = None if history_keys is None else set(history_keys)
     summary_json: dict[str, str] = {}  # decoded once at the end: most summary updates are overwritten
@@ -256,7 +300,4 @@ def read_run(path: Path, history_keys: Iterable[str] | None = None) -> RunLog:
     run.summary = {key: json.loads(value) for key, value in summary_json.items() if value}
     if damage:
         run.damage, run.truncated = str(damage[0]), bool(getattr(damage[0], "truncated", False))
-        warnings.warn(
-            f"{run.path}: {run.damage}; kept the {run.n_records} records before it", LogDamageWarning, stacklevel=2
-        )
     return run

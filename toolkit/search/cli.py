@@ -57,10 +57,10 @@ def stage_runner(options: Options) -> StageRunner:
 
 def main(argv: list[str]) -> int:
     """Run ``toolkit search``; 0 when every stage finished."""
+    args = parse(build_parser(), argv, "search")  # before Optuna is imported: --help works without it
     from toolkit.search.output import write_outputs
     from toolkit.search.run import run_search, validate
 
-    args = parse(build_parser(), argv, "search")
     check_root_dir(args.root, "--root")
     spec = load_search(args.spec)
     options = runner_options(args)  # the trials are ablation runs: the runner's own options

@@ -40,6 +40,9 @@ class RunResult:
         val_scores: the monitored validation score after each epoch of the fit, oldest first (what
             ``health.still_improving`` was decided on: `toolkit.study.convergence`).
         cpu_threads: the CPU threads the run computed with (``toolkit.threads``; float sums depend on it).
+        facts: what the fit ran on, measured inside it (``callbacks.run_facts.RunFacts``): ``device`` (``cpu`` or
+            the GPU's UUID), ``precision``, ``autocast_dtype``, ``compile``, ``compiled_graphs``, ``recompiles``,
+            ``world_size``...; also ``facts/<name>`` in the W&B summary.
     """
 
     status: str
@@ -54,6 +57,7 @@ class RunResult:
     best_val: float | None = None
     val_scores: list[float] = field(default_factory=list)
     cpu_threads: int | None = None
+    facts: dict[str, Any] = field(default_factory=dict)
 
     #: the fields that say which checkpoint was tested (also ``health/<field>`` in the W&B summary and runs.csv)
     TESTED_FIELDS = ("tested_epoch", "tested_phase", "finetune_from", "tested_snapshots")
@@ -76,7 +80,7 @@ class RunResult:
         if not isinstance(data, dict) or not isinstance(data.get("status"), str):
             return None
         known = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        for name in ("metrics", "health"):
+        for name in ("metrics", "health", "facts"):
             if not isinstance(known.get(name, {}), dict):
                 known[name] = {}
         return cls(**known)
