@@ -183,12 +183,15 @@ class RunHealth(Callback):
         # after the epoch's metrics are computed (as EarlyStopping reads them); not in the sanity check
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        if self.val_n is None and self._val_labels:
-            labels = trainer.strategy.reduce(
-                torch.tensor([sum(self._val_labels.values()), max(self._val_labels.values())], dtype=torch.float64),
-                reduce_op="sum",
-            )
-            self.val_n, self.val_chance = int(labels[0]), float(labels[1] / labels[0])
+        classes = int(getattr(pl_module, "hparams", {}).get("num_classes") or 0)
+        if self.val_n is None and classes:  # every rank takes part in the reduce, whatever batches it saw
+            # per-class counts summed over the ranks, then the majority (a rank's own majority may be another class)
+            counts = torch.zeros(classes, dtype=torch.float64)
+            for label, count in self._val_labels.items():
+                counts[label] = count
+            counts = trainer.strategy.reduce(counts, reduce_op="sum")
+            if counts.sum() > 0:
+                self.val_n, self.val_chance = int(counts.sum()), float(counts.max() / counts.sum())
         score = trainer.callback_metrics.get(keys.MONITOR)
         if score is not None:
             self.val_scores.append(float(score))
