@@ -128,7 +128,7 @@ class RunHealth(Callback):
         self._restored: dict[str, Any] | None = None  # a checkpoint's record, applied when a fit resumes
         #: whether early stopping ended the fit (read when training ends: testing a checkpoint restores the
         #: early-stopping callback's state of that checkpoint's epoch)
-        self.stopped_early: bool | None = None
+        self._stopped_early: bool | None = None
 
     @override
     def on_train_batch_end(
@@ -222,7 +222,7 @@ class RunHealth(Callback):
         """The health record of the run: status, epochs, losses, test prediction spread and chance level."""
         total = sum(self._labels.values())
         noise = 1 / self.val_n if self.val_n and keys.MONITOR.rsplit("/", 1)[-1].startswith("acc") else 0.0
-        early = self.stopped_early if self.stopped_early is not None else stopped_early(trainer)
+        early = self._stopped_early if self._stopped_early is not None else stopped_early(trainer)
         improving = False if early else still_improving(self.val_scores, noise, keys.MONITOR_MODE == "max")
         record: dict[str, Any] = {
             "status": status,
@@ -258,7 +258,7 @@ class RunHealth(Callback):
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.stopped_early = stopped_early(trainer)
+        self._stopped_early = stopped_early(trainer)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
