@@ -6,10 +6,8 @@ start fast: this module imports neither torch nor Lightning at import time; each
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.util
-import io
 import itertools
 import os
 import sys
@@ -20,22 +18,18 @@ from toolkit.errors import ToolkitError
 
 #: every subcommand, in the order ``toolkit --help`` lists them
 SUBCOMMANDS = {
-    "fit": "train a model (LightningCLI; --help lists every model, data and trainer option)",
+    "fit": "train a model: a timm backbone and a linear head (LightningCLI)",
     "validate": "evaluate a checkpoint on the validation split",
     "test": "evaluate a checkpoint on the test split (also checkpoint ensembles)",
     "predict": "write predictions.csv for a checkpoint",
     "ablate": "run an ablation spec (variants x seeds), or show its status",
     "report": "build an ablation's table and plots from its W&B logs",
-    "doctor": "check a config before tuning: initial loss, overfit a sample, learning-rate range",
-    "search": "hyperparameter search (Optuna, coarse -> fine) whose trials are ablation runs",
-    "weights": "list the backbones with offline pretrained weights (package, licence, cache)",
+    "doctor": "check a config before tuning: initial loss, overfit, lr range",
+    "search": "hyperparameter search (Optuna, coarse -> fine) of ablation runs",
+    "weights": "list the backbones with offline pretrained weights",
 }
 
-USAGE = (
-    "usage: toolkit {"
-    + ",".join(SUBCOMMANDS)
-    + "} ...\n\nTransfer learning and honest ablations with timm backbones.\n"
-)
+USAGE = "usage: toolkit <subcommand> ...\n\nTransfer learning and honest ablations with timm backbones.\n"
 
 
 def print_help() -> None:
@@ -43,7 +37,7 @@ def print_help() -> None:
     width = max(len(name) for name in SUBCOMMANDS)
     lines = [USAGE, "subcommands:"]
     lines += [f"  {name.ljust(width)}  {text}" for name, text in SUBCOMMANDS.items()]
-    lines += ["", "toolkit <subcommand> --help shows its options; toolkit --version the installed version."]
+    lines += ["", "toolkit <subcommand> --help: its options; toolkit --version: the version."]
     print("\n".join(lines))
 
 
@@ -121,6 +115,13 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if args[0] in _COMMANDS:
         module = importlib.import_module(_COMMANDS[args[0]])  # lazily: `report` must not import torch
         sys.exit(module.main(args[1:]))
+    from toolkit import short_help
+
+    if args[0] in _LIGHTNING and short_help.wants_short_help(
+        args
+    ):  # by hand, so it imports neither torch nor Lightning
+        print(short_help.render(args[0]))
+        sys.exit(0)
     shows_only = any(a in ("-h", "--help") or a.startswith(("--print_config", "--print-config")) for a in args)
     if args[0] in _LIGHTNING and not shows_only:  # help and --print_config print only what they are asked for
         from toolkit.threads import apply_threads, choose_threads
@@ -128,16 +129,9 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
         threads = choose_threads()  # before torch loads; every run's entry point, hand-run or the runner's
         apply_threads(threads)
         print(threads.line(), flush=True)
-    from toolkit import short_help
     from toolkit.cli_options import snake
     from toolkit.lightning_cli import run_cli
 
-    if args[0] in _LIGHTNING and short_help.wants_short_help(args):
-        text = io.StringIO()
-        with contextlib.suppress(SystemExit), contextlib.redirect_stdout(text):
-            run_cli(args)
-        print(short_help.condense(text.getvalue(), args[0]))
-        sys.exit(0)
     if args[0] in _LIGHTNING and "full" in args:
         args = argv = short_help.full_help_args(args)
     # LightningCLI declares snake_case keys; --trainer.max-epochs works as well as --trainer.max_epochs

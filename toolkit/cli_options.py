@@ -14,7 +14,7 @@ Imports neither torch nor Lightning.
 from __future__ import annotations
 
 import shutil
-from argparse import SUPPRESS, Action
+from argparse import SUPPRESS, Action, RawDescriptionHelpFormatter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -58,12 +58,13 @@ def parse(parser: ArgumentParser, argv: list[str], command: str) -> Any:
 SPELLING = "every option takes dashes or underscores alike (--an-option or --an_option)"
 
 
-class CompactHelp(DefaultHelpFormatter):
+class CompactHelp(DefaultHelpFormatter, RawDescriptionHelpFormatter):
     """``--help`` on one screen: each option's own text (which states its default), without the type and default
-    that jsonargparse appends, the help column at 34 and 120 columns wide."""
+    that jsonargparse appends, the help column at 30 and 120 columns wide; the description and the epilog as written
+    (argparse's ``RawDescriptionHelpFormatter``: examples stay one per line, copyable)."""
 
     def __init__(self, prog: str, **kwargs: Any) -> None:
-        super().__init__(prog, max_help_position=34, width=min(120, shutil.get_terminal_size().columns), **kwargs)
+        super().__init__(prog, max_help_position=30, width=min(120, shutil.get_terminal_size().columns), **kwargs)
 
     @override
     def _get_help_string(self, action: Action) -> str:
@@ -100,10 +101,10 @@ def add_runner_options(parser: ArgumentParser, what: str = "runs", full: bool = 
         "--gpus-per-run",
         type=int | None,
         default=None,
-        help="GPUs per run, DDP above 1 (default: 1 local; slurm: trainer.devices on gpu, else 0)",
+        help="GPUs a run, >1: DDP (1; Slurm: trainer.devices)",
     )
     general.add_argument(
-        "--cpus-per-run", type=int | None, default=None, help="CPU threads per run (default: 1 on CPU; GPU: split)"
+        "--cpus-per-run", type=int | None, default=None, help="CPU threads per run (CPU: 1; GPU: split)"
     )
     yes_no = ActionYesNo(no_prefix="no-")
     general.add_argument("--dry-run", action=yes_no, default=False, help="validate, print what would start, start none")
@@ -117,10 +118,10 @@ def add_runner_options(parser: ArgumentParser, what: str = "runs", full: bool = 
         "--warm",
         action=yes_no,
         default=True,
-        help="fork each run from a parent that imported torch once (starts in <1 s); --no-warm: fresh processes",
+        help="fork runs from a parent with torch loaded (<1 s)",
     )
     slurm = parser.add_argument_group(
-        "slurm executor", "also in the spec's slurm: block (same names, underscores); the command line wins"
+        "slurm executor", "also in the spec's slurm: block (same names); the command line wins"
     )
 
     def option(name: str, kind: Any, text: str, **more: Any) -> None:
@@ -135,11 +136,11 @@ def add_runner_options(parser: ArgumentParser, what: str = "runs", full: bool = 
     option("--mem", str | None, "memory per node, e.g. 32G")
     option("--mem-per-gpu", str | None, "memory per GPU, e.g. 16G")
     option("--constraint", str | None, "node features, e.g. a100")
-    option("--setup", str, "a shell line run before each run (module load ...); repeatable", action="append")
-    option("--slurm-param", str, "any other sbatch option as key=value (exclude=node7); repeatable", action="append")
-    option("--nodes", int | None, "nodes per run (multi-node DDP; default: trainer.num_nodes)")
+    option("--setup", str, "a shell line before each run; repeatable", action="append")
+    option("--slurm-param", str, "another sbatch option key=value; repeatable", action="append")
+    option("--nodes", int | None, "nodes per run (DDP; default trainer.num_nodes)")
     option("--tasks-per-node", int | None, "DDP processes per node, one Slurm task each")
-    option("--signal-delay-s", int | None, "seconds before the time limit a run saves and requeues (90)")
+    option("--signal-delay-s", int | None, "save and requeue this long before the limit (90)")
     option("--max-num-timeout", int | None, "requeues after a time limit per run (3)")
     if not full:
         parser.epilog = (parser.epilog or "") + "\ntoolkit ablate run --help full: every Slurm option"

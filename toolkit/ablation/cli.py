@@ -19,16 +19,19 @@ EXAMPLES = f"""{SPELLING}
 
 examples:
   toolkit ablate run ablations/quickstart.yaml --workers 2
-  toolkit ablate run ablations/quickstart.yaml --devices 0,1,2,3 --gpus-per-run 2
-  toolkit ablate run ablations/quickstart.yaml --executor slurm --partition gpu --time-min 120 \\
-      --account proj42 --qos normal --mem-per-gpu 16G --setup "module load cuda/12.4"
+  toolkit ablate run ablations/quickstart.yaml --devices 0,1 --gpus-per-run 2
+  toolkit ablate run ablations/quickstart.yaml --executor slurm \\
+      --partition gpu --time-min 120 --account proj42 --mem-per-gpu 16G \\
+      --setup "module load cuda/12.4"
   toolkit ablate status ablations/quickstart.yaml
 """
 
 
 def build_parser(full: bool = True) -> ArgumentParser:
     """The ``toolkit ablate`` parser with its ``run`` and ``status`` subcommands (``full``: every option's help)."""
-    parser = ArgumentParser(prog="toolkit ablate", description="Run ablation studies: variants x seeds.")
+    parser = ArgumentParser(
+        prog="toolkit ablate", description="Run ablation studies: variants x seeds.", formatter_class=CompactHelp
+    )
     parser.epilog = EXAMPLES
     run = ArgumentParser(
         description="Run every variant x seed of a spec that is not done yet (resumable).",
@@ -38,7 +41,10 @@ def build_parser(full: bool = True) -> ArgumentParser:
     run.add_argument("spec", type=str, help="ablation spec, e.g. ablations/quickstart.yaml")
     add_runner_options(run, full=full)
     _add_scaling(run)
-    status = ArgumentParser(description="Print the ablation's runs from its ledger (imports no torch).")
+    status = ArgumentParser(
+        description="Print the ablation's runs from its ledger (imports no torch).",
+        usage="toolkit ablate status SPEC [options]",
+    )
     status.add_argument("spec", type=str, help="ablation spec")
     status.add_argument("--root", type=str, default="runs", help="runs folder")
     _add_scaling(status)
@@ -46,6 +52,7 @@ def build_parser(full: bool = True) -> ArgumentParser:
     subcommands.add_subcommand("run", run, help="run an ablation")
     run.formatter_class = CompactHelp  # after add_subcommand, which gives a subcommand its parent's formatter
     subcommands.add_subcommand("status", status, help="show an ablation's runs")
+    status.formatter_class = CompactHelp
     return parser
 
 
@@ -57,7 +64,7 @@ def _add_scaling(parser: ArgumentParser) -> None:
         type=str,
         nargs="+",
         default=None,
-        help="add common overrides key=value [key=value ...] (recorded in the ledger), e.g. --set trainer.max_epochs=5",
+        help="add overrides key=value ... (trainer.max_epochs=5)",
     )
 
 

@@ -180,12 +180,18 @@ def small_sample(loader: DataLoader, batches: int) -> DataLoader:
 
 
 def overfit(
-    model: pl.LightningModule, sample: DataLoader, max_steps: int, accelerator: str = "cpu"
+    model: pl.LightningModule,
+    sample: DataLoader,
+    max_steps: int,
+    accelerator: str = "cpu",
+    callbacks: list[Callback] | None = None,
 ) -> tuple[Step, Curve]:
     """Step 2: train on the small sample (configured lr, no weight decay, no schedule) until 100 % train accuracy."""
     curve = Curve("overfit")
     recorder = CurveRecorder(curve, stop_at_full=True)
-    _trainer(max_steps, [recorder], accelerator).fit(with_optimizer(model, None, 0.0), train_dataloaders=sample)
+    _trainer(max_steps, [recorder, *(callbacks or [])], accelerator).fit(
+        with_optimizer(model, None, 0.0), train_dataloaders=sample
+    )
     size = len(sample.dataset)
     name = f"2 overfit {size} samples"
     values = {"steps": len(curve.loss), "epoch_acc": recorder.epoch_accs, "final_loss": curve.loss[-1]}
@@ -209,10 +215,14 @@ def overfit(
 
 
 def lr_range_test(
-    model: pl.LightningModule, datamodule: pl.LightningDataModule, steps: int, accelerator: str = "cpu"
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule,
+    steps: int,
+    accelerator: str = "cpu",
+    callbacks: list[Callback] | None = None,
 ) -> float | None:
     """Lightning's lr range test on the training data; its suggested lr (None when it cannot suggest one)."""
-    trainer = _trainer(steps, [], accelerator)
+    trainer = _trainer(steps, list(callbacks or []), accelerator)
     finder = Tuner(trainer).lr_find(
         with_optimizer(model, None, CHECK_WEIGHT_DECAY),
         datamodule=datamodule,
@@ -232,6 +242,7 @@ def check_lrs(
     steps: int,
     lrs: tuple[float, ...] = CANDIDATE_LRS,
     accelerator: str = "cpu",
+    callbacks: list[Callback] | None = None,
 ) -> list[Curve]:
     """Step 3's short runs: each candidate lr for ``steps`` steps from the same init, then validated once."""
     curves = []
@@ -239,7 +250,7 @@ def check_lrs(
         curve = Curve(f"lr={lr:g}")
         ratios = UpdateRatioMonitor(every_n_steps=max(1, steps // 10))
         candidate = with_optimizer(model, lr, CHECK_WEIGHT_DECAY)
-        trainer = _trainer(steps, [CurveRecorder(curve), ratios], accelerator)
+        trainer = _trainer(steps, [CurveRecorder(curve), ratios, *(callbacks or [])], accelerator)
         trainer.fit(candidate, train_dataloaders=train)
         if all(math.isfinite(v) for v in curve.loss):
             metrics = trainer.validate(candidate, dataloaders=val, verbose=False)

@@ -11,18 +11,18 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning.pytorch as pl
 from jsonargparse import ArgumentParser
-from rich.console import Console
-from torch.utils.data import DataLoader
 
-from toolkit.cli_options import SPELLING, parse, snake
-from toolkit.doctor import checks
-from toolkit.doctor.report import render, write_outputs
+from toolkit.cli_options import SPELLING, CompactHelp, parse, snake
 from toolkit.errors import ToolkitError
 from toolkit.parsed_checks import check_root_dir
+
+if TYPE_CHECKING:  # imported where used: `toolkit doctor --help` loads neither torch nor Lightning
+    import lightning.pytorch as pl
+
+    from toolkit.doctor import checks
 
 #: what "regularisation off" means for the classifier and the data
 REGULARISATION_OFF = [
@@ -84,19 +84,44 @@ def build(configs: list[str], overrides: list[str]) -> tuple[pl.LightningModule,
 def diagnose(
     model: pl.LightningModule, datamodule: pl.LightningDataModule, options: DoctorOptions, accelerator: str = "cpu"
 ) -> Diagnosis:
-    """Run steps 1-3 (and record step 6's curves) on copies of ``model``; ``model`` itself is left untrained."""
+    """Run steps 1-3 (and record step 6's curves) on copies of ``model``; ``model`` itself is left untrained.
+
+    Before it starts it says its step budget; after its first steps and each phase, the time left (:mod:`.budget`).
+    """
+    from torch.utils.data import DataLoader
+
+    from toolkit.doctor import checks
+    from toolkit.doctor.budget import Budget, StepClock
+
     datamodule.setup("fit")
     batch = datamodule.batch_size
     ordered = DataLoader(datamodule.splits.train, batch_size=batch, shuffle=False)  # the same batches every time
-    steps = [checks.initial_loss(model, ordered, datamodule.num_classes)]
-    sample = checks.small_sample(ordered, options.sample_batches)
-    overfit_step, overfit_curve = checks.overfit(model, sample, options.overfit_steps, accelerator)
-    steps.append(overfit_step)
-    lr_find = checks.lr_range_test(model, datamodule, options.lr_find_steps, accelerator)
-    train = datamodule.train_dataloader()
+    train, val = datamodule.train_dataloader(), datamodule.val_dataloader()
     unfreeze = model.hparams.get("unfreeze_at_epoch") if model.hparams.get("freeze_backbone") else None
     check_steps = checks.steps_before_unfreeze(options.check_steps, unfreeze, len(train))
-    curves = checks.check_lrs(model, train, datamodule.val_dataloader(), check_steps, accelerator=accelerator)
+    budget = Budget(
+        options.overfit_steps,
+        options.lr_find_steps,
+        check_steps,
+        len(checks.CANDIDATE_LRS),
+        len(val),
+        batch,
+        val.batch_size or batch,
+    )
+    print(budget.line(), flush=True)
+    clock = StepClock(budget, say=lambda line: print(line, flush=True))
+    steps = [checks.initial_loss(model, ordered, datamodule.num_classes)]
+    sample = checks.small_sample(ordered, options.sample_batches)
+    clock.start("step 2 (overfit)", options.overfit_steps)
+    overfit_step, overfit_curve = checks.overfit(model, sample, options.overfit_steps, accelerator, [clock])
+    clock.end()
+    steps.append(overfit_step)
+    clock.start("the lr range test", options.lr_find_steps)
+    lr_find = checks.lr_range_test(model, datamodule, options.lr_find_steps, accelerator, [clock])
+    clock.end()
+    clock.start("step 3 (lr checks)", budget.lrs * check_steps)
+    curves = checks.check_lrs(model, train, val, check_steps, accelerator=accelerator, callbacks=[clock])
+    clock.end()
     lr_step, lr = checks.choose_lr(curves)
     if check_steps < options.check_steps:
         lr_step.measured += f" (over {check_steps} steps: the probe phase, before the unfreeze at epoch {unfreeze})"
@@ -113,6 +138,8 @@ def _ratio_step(curves: list[checks.Curve], lr: float | None, zero_head: bool = 
     A zero-initialised head starts with parameters of norm 0: its update/parameter ratio is huge by construction over
     a short check, not a sign of a wrong lr, so it gets no advice.
     """
+    from toolkit.doctor import checks
+
     chosen = next((c for c in curves if lr is not None and c.name == f"lr={lr:g}"), None)
     if chosen is None:
         return checks.Step("6 curves", False, "no lr to read", "fix steps 1-3 first")
@@ -151,14 +178,25 @@ def split_fit_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def build_parser() -> ArgumentParser:
     """The doctor's own options (``toolkit fit`` overrides are split off first: :func:`split_fit_overrides`)."""
-    parser = ArgumentParser(prog="toolkit doctor", description="Check a config with the tuning recipe.")
-    parser.epilog = f"{SPELLING}; --model.*, --data.*, --trainer.* options are toolkit fit overrides"
+    parser = ArgumentParser(
+        prog="toolkit doctor",
+        usage="toolkit doctor --config FILE [options] [--<fit option> VALUE ...]",
+        description="Check a config with the tuning recipe: initial loss, overfit, lr range (README).",
+        formatter_class=CompactHelp,
+    )
+    parser.epilog = f"""--model.*, --data.*, --trainer.*: toolkit fit overrides (toolkit fit --help)
+{SPELLING}
+
+examples:
+  toolkit doctor --config configs/quickstart.yaml
+  toolkit doctor --config configs/digits.yaml --model.head_init zeros
+"""
     parser.add_argument("--config", type=str, action="append", required=True, help="config file(s), as for fit")
-    parser.add_argument("--out", type=str, default="runs/doctor", help="folder for doctor.json, ranges.yaml, curves")
-    parser.add_argument("--sample-batches", type=int, default=5, help="step 2: batches in the small sample")
-    parser.add_argument("--overfit-steps", type=int, default=100, help="step 2: most steps to reach 100 %")
-    parser.add_argument("--check-steps", type=int, default=30, help="step 3: steps per candidate lr")
-    parser.add_argument("--lr-find-steps", type=int, default=40, help="step 3: steps of the lr range test")
+    parser.add_argument("--out", type=str, default="runs/doctor", help="doctor.json, ranges.yaml, curves (runs/doctor)")
+    parser.add_argument("--sample-batches", type=int, default=5, help="step 2: batches in the small sample (5)")
+    parser.add_argument("--overfit-steps", type=int, default=100, help="step 2: most steps to reach 100 % (100)")
+    parser.add_argument("--check-steps", type=int, default=30, help="step 3: steps per candidate lr (30)")
+    parser.add_argument("--lr-find-steps", type=int, default=40, help="step 3: steps of the lr range test (40)")
     return parser
 
 
@@ -184,6 +222,10 @@ def main(argv: list[str]) -> int:
     options = DoctorOptions(
         Path(args.out), args.sample_batches, args.overfit_steps, args.check_steps, args.lr_find_steps
     )
+    from rich.console import Console
+
+    from toolkit.doctor.report import render, write_outputs
+
     model, datamodule = build(args.config, overrides)
     result = diagnose(model, datamodule, options, model.doctor_accelerator)
     console = Console()

@@ -11,28 +11,33 @@ from pathlib import Path
 
 from jsonargparse import ActionYesNo, ArgumentParser
 
-from toolkit.cli_options import SPELLING, parse
+from toolkit.cli_options import SPELLING, CompactHelp, parse
 
 
 def build_parser() -> ArgumentParser:
     """The ``toolkit report`` argument parser."""
     parser = ArgumentParser(
         prog="toolkit report",
-        description="Ablation table (mean ± std over seeds, Δ vs the baseline) and plots from the runs' W&B logs.",
+        usage="toolkit report SPEC [options]",
+        description="The ablation table (mean ± std over seeds, Δ vs the baseline) and plots.",
+        formatter_class=CompactHelp,
     )
-    parser.epilog = SPELLING
+    parser.epilog = f"""{SPELLING}
+
+examples:
+  toolkit report ablations/quickstart.yaml
+  toolkit report ablations/quickstart.yaml --root runs --out my_report/
+"""
     parser.add_argument("spec", type=str, help="ablation spec (ablations/<name>.yaml)")
-    parser.add_argument("--root", type=str, default="runs", help="runs root: logs are read from <root>/<name>/")
-    parser.add_argument("--out", type=str | None, default=None, help="report folder (default <root>/<name>/report/)")
-    parser.add_argument(
-        "--seeds", type=str | None, default=None, help="the seeds of a study run with ablate run --seeds (0-9)"
-    )
+    parser.add_argument("--root", type=str, default="runs", help="runs folder: logs read from <root>/<name>/ (runs)")
+    parser.add_argument("--out", type=str | None, default=None, help="report folder (<root>/<name>/report/)")
+    parser.add_argument("--seeds", type=str | None, default=None, help="the seeds, if not the ledger's: 0,1,2 or 0-9")
     parser.add_argument(
         "--set",
         type=str,
         nargs="+",
         default=None,
-        help="the overrides of a study run with ablate run --set key=value [...] (checked against its ledger)",
+        help="the overrides key=value, if not the ledger's",
     )
     parser.add_argument(
         "--wandb", type=str | None, default=None, help="read the runs from this W&B project (entity/project)"
@@ -41,7 +46,7 @@ def build_parser() -> ArgumentParser:
         "--log-to-wandb",
         action=ActionYesNo(no_prefix="no-"),
         default=False,
-        help="log the table and the plots to W&B as an analysis run",
+        help="log the table and plots to W&B (an analysis run)",
     )
     return parser
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from argparse import SUPPRESS
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jsonargparse import ArgumentParser
 from rich.console import Console
 
-from toolkit.cli_options import SPELLING, add_runner_options, parse, runner_options
+from toolkit.cli_options import SPELLING, CompactHelp, add_runner_options, parse, runner_options
 from toolkit.parsed_checks import check_root_dir
 from toolkit.search.spec import load_search
 
@@ -19,20 +20,26 @@ if TYPE_CHECKING:
     from toolkit.study.spec import AblationSpec
 
 EXAMPLES = f"""{SPELLING}
+toolkit search --help full: every Slurm option
 
 examples:
   toolkit search searches/digits.yaml --workers 2
-  toolkit search searches/digits.yaml --dry-run
-  toolkit search searches/digits.yaml --executor slurm --partition gpu --account proj42 --qos normal
+  toolkit search searches/digits.yaml --executor slurm --partition gpu
 """
 
 
-def build_parser() -> ArgumentParser:
-    """The ``toolkit search`` parser: the spec and the runner's own options (the trials are ablation runs)."""
-    parser = ArgumentParser(prog="toolkit search", description="Staged hyperparameter search on Optuna (resumable).")
+def build_parser(full: bool = True) -> ArgumentParser:
+    """The ``toolkit search`` parser: the spec and the runner's own options (the trials are ablation runs); ``full``:
+    every option in ``--help`` (else the rare Slurm ones are left out of it; they still parse)."""
+    parser = ArgumentParser(
+        prog="toolkit search",
+        usage="toolkit search SPEC [options]",
+        description="Staged hyperparameter search on Optuna (resumable); SPEC: searches/x.yaml",
+        formatter_class=CompactHelp,
+    )
+    parser.add_argument("spec", type=str, help=SUPPRESS)  # said in the usage and description: one screen
+    add_runner_options(parser, what="trials", full=full)
     parser.epilog = EXAMPLES
-    parser.add_argument("spec", type=str, help="search spec, e.g. searches/digits.yaml")
-    add_runner_options(parser, what="trials")
     return parser
 
 
@@ -57,7 +64,10 @@ def stage_runner(options: Options) -> StageRunner:
 
 def main(argv: list[str]) -> int:
     """Run ``toolkit search``; 0 when every stage finished."""
-    args = parse(build_parser(), argv, "search")  # before Optuna is imported: --help works without it
+    helping = "-h" in argv or "--help" in argv  # --help on one screen, --help full every option
+    full = helping and "full" in argv
+    argv = [a for a in argv if not (full and a == "full")]
+    args = parse(build_parser(full=full or not helping), argv, "search")  # before Optuna: --help works without it
     from toolkit.search.output import write_outputs
     from toolkit.search.run import run_search, validate
 
