@@ -84,8 +84,8 @@ def test_fit_help_fits_a_screen_and_help_full_has_every_option(capsys) -> None:
     with pytest.raises(SystemExit) as done:
         main(["fit", "--help"])
     short = capsys.readouterr().out
-    assert done.value.code == 0 and len(short.splitlines()) < 80
-    assert "model: A headless timm backbone" in short and "--model.backbone" in short and "--data.augment" in short
+    assert done.value.code == 0 and len(short.splitlines()) <= 40  # tests/test_help.py: every subcommand's
+    assert "model:" in short and "--model.backbone" in short and "--data.augment" in short
     assert "toolkit fit --help full" in short and "(type:" not in short
     with pytest.raises(SystemExit):
         main(["fit", "--help", "full"])

@@ -61,6 +61,10 @@ def test_doctor_command_writes_report_curves_and_ranges_the_search_takes(tmp_pat
     quick = ["--sample-batches", "1", "--overfit-steps", "20", "--check-steps", "6", "--lr-find-steps", "12"]
     code = main(["--config", DIGITS, "--out", str(out), *quick, "--data.image_size=16", "--data.batch_size=32"])
     printed = capsys.readouterr().out
+    # the budget before it starts (20 overfit + 12 lr range test + 4 lrs x 6), then the time left as measured
+    assert "doctor: at most 56 training steps of 32 images" in printed.splitlines()[0], printed[:500]
+    assert "doctor: at most about" in printed and "s per step so far" in printed
+    assert "doctor: step 2 (overfit) took" in printed and "doctor: step 3 (lr checks) took" in printed
     report = json.loads((out / "doctor.json").read_text())
     assert [s["name"].split()[0] for s in report["steps"]] == ["1", "2", "3", "6"]
     assert code == (0 if all(s["passed"] for s in report["steps"][:3]) else 1)
@@ -82,6 +86,34 @@ def test_doctor_command_writes_report_curves_and_ranges_the_search_takes(tmp_pat
         )
     )
     assert set(load_search(spec).ranges) == set(ranges)
+
+
+def test_the_time_left_is_the_time_per_unit_of_work_so_far_times_the_work_left():
+    from types import SimpleNamespace
+
+    from toolkit.doctor.budget import Budget, StepClock
+
+    now = [0.0]
+    said: list[str] = []
+    budget = Budget(
+        overfit_steps=10, lr_find_steps=12, check_steps=5, lrs=4, val_batches=2, batch_size=32, eval_batch_size=64
+    )
+    assert budget.train_steps == 10 + 12 + 4 * 5 and budget.val_weight == pytest.approx(64 / 96)
+    clock = StepClock(budget, say=said.append, clock=lambda: now[0])
+    clock.start("overfit", 10)
+    for _ in range(6):  # 6 steps of 2 s; it reaches 100 % after 6 of its 10
+        now[0] += 2.0
+        clock.on_train_batch_end(None, None, None, None, 0)
+    # after 5 steps (10 s): 2 s per unit x (37 steps + 8 validation batches x 2/3 of a step)
+    assert said == [f"doctor: at most about {(37 + 8 * 64 / 96) * 2:.0f} s left (2.00 s per step so far)"]
+    clock.end()  # the 4 steps it did not take leave the budget
+    assert clock.left_steps == 42 - 10
+    assert clock.seconds_left() == pytest.approx((32 + 8 * 64 / 96) * 2.0)
+    for _ in range(3):  # a validation batch at 1 s: weighed as 2/3 of a step
+        now[0] += 1.0
+        clock.on_validation_batch_end(SimpleNamespace(validating=True), None, None, None, 0)
+    per_unit = 15.0 / (6 + 3 * 64 / 96)
+    assert clock.seconds_left() == pytest.approx(per_unit * (32 + 5 * 64 / 96))
 
 
 def test_doctor_refuses_a_missing_config(tmp_path):

@@ -137,7 +137,7 @@ _EXAMPLES = {
 MORE_GROUPS = {
     "fit": "--model.*, --data.*, --trainer.*, --checkpoint.*, --last_checkpoint.*, --early_stopping.*, "
     "--lr_monitor.*, --divergence_guard.*",
-    "eval": "--model.*, --data.*, --trainer.*",
+    "eval": "--data.*, --trainer.*",
 }
 #: the column the one-line texts start at
 _COLUMN = 34
