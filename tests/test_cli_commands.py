@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,13 @@ def test_fit_then_test_checkpoint_as_subprocesses(tmp_path: Path) -> None:
     assert fit.returncode == 0, fit.stderr[-2000:]
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
+    # one data line, early: the split sizes add up to scikit-learn's digits (the reference), 15 % held out twice
+    from sklearn.datasets import load_digits
+
+    (line,) = [line for line in fit.stdout.splitlines() if line.startswith("data: ")]
+    sizes = [int(n) for n in re.findall(r"(?:train|val|test) (\d+) ", line.split(" (")[0] + " ")]
+    assert line.startswith("data: digits, 10 classes, train ") and sum(sizes) == len(load_digits().target), line
+    assert "val 15% + test 15% held out, split seed 0" in line and "warning: the test split" not in fit.stderr
     test = toolkit_cmd("test", *QUICK, "--trainer.default_root_dir", str(tmp_path / "test"), "--ckpt_path", str(ckpt))
     assert test.returncode == 0, test.stderr[-2000:]
     assert "test/acc" in test.stdout and "test/f1" in test.stdout

@@ -95,3 +95,26 @@ def test_mixup_gives_soft_targets_in_training_only() -> None:
     assert not torch.equal(mixed_images, images)
     data.trainer.training = False
     assert data.on_after_batch_transfer((images, labels), 0)[1] is labels
+
+
+def test_setup_says_the_split_sizes_and_warns_when_one_test_image_is_worth_points(tmp_path: Path, capsys) -> None:
+    # a 120-image folder under the defaults (15 % val, 15 % test): 18 test images, one is 100/18 = 5.6 points
+    folder = ImageDataModule(source="folder", root=str(_folder(tmp_path, classes=3, per_class=40)), image_size=16)
+    folder.setup("fit")
+    out, err = capsys.readouterr()
+    sizes = [len(folder.splits.train), len(folder.splits.val), len(folder.splits.test)]
+    assert sizes == [84, 18, 18]
+    assert out.splitlines() == [
+        f"data: folder {tmp_path}, 3 classes, train 84 / val 18 / test 18 (val 15% + test 15% held out, split seed 0)"
+    ]
+    assert "test split has 18 images: one image is 5.6 points" in err and "--data.test_fraction (now 0.15)" in err
+    # a cut test split is named with the option that tests on everything left over; rest leaves no warning
+    subset = ImageDataModule(image_size=16, train_subset=300, eval_subset=30)
+    subset.setup("test")
+    out, err = capsys.readouterr()
+    assert "train 300 / val 30 / test 30" in out and "one image is 3.3 points" in err
+    assert "--data.test_split rest" in err
+    rest = ImageDataModule(image_size=16, train_subset=300, eval_subset=30, test_split="rest")
+    rest.setup("fit")
+    out, err = capsys.readouterr()
+    assert f"test {1797 - 300 - 30}" in out and "test_split rest" in out and err == ""
