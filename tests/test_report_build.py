@@ -7,6 +7,7 @@ import math
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.image import imread
@@ -14,7 +15,7 @@ from report_fixtures import SYNTH_FINISHED, synthetic_ablation
 
 from toolkit.errors import ToolkitError
 from toolkit.report.build import ReportResult, build_report
-from toolkit.report.plots import clipped_error, smoothing_window, variant_colors
+from toolkit.report.plots import clipped_ends, clipped_error, smoothing_window, val_overlay, variant_colors
 from toolkit.report.wandb_log import read_run
 
 METRICS = ["test/acc", "test/f1"]
@@ -159,6 +160,26 @@ def test_error_bars_stop_at_the_metric_range() -> None:
     # by hand: 0.95 ± 0.1 stops at 1.0 (up 5 points); 0.02 has no spread (one seed)
     assert low == pytest.approx([10.0, 10.0, 0.0]) and high == pytest.approx([5.0, 10.0, 0.0])
     assert clipped_error(pd.Series([5.0]), pd.Series([9.0]), 1.0, bounded=False) == [[9.0], [9.0]]
+    # which were cut, so the chart marks them: 0.95 + 0.1 passes 1.0; 0.02 - 0.05 would pass 0
+    assert clipped_ends(mean, std, bounded=True) == ([False, False, False], [True, False, False])
+    assert clipped_ends(pd.Series([0.02]), pd.Series([0.05]), bounded=True) == ([True], [False])
+
+
+def test_a_curve_at_100_percent_stands_clear_of_the_frame(tmp_path: Path) -> None:
+    rows = [
+        {"variant": "full", "run": f"r{seed}", "key": "val/acc", "epoch": epoch, "step": epoch, "value": value}
+        for seed in range(2)
+        for epoch, value in enumerate([0.5, 1.0, 1.0, 1.0])
+    ]
+    colors = {"full": "#1f77b4"}
+    png = val_overlay(pd.DataFrame(rows), ["full"], tmp_path, "full", colors=colors)
+    pixels = (imread(png)[..., :3] * 255).round().astype(int)
+    frame = np.all(pixels < 40, axis=2)  # the black axes frame
+    line = np.all(np.abs(pixels - [0x1F, 0x77, 0xB4]) < 8, axis=2)
+    frame_rows = [r for r in range(len(frame)) if frame[r].sum() > 0.5 * frame.shape[1]]
+    top = min(frame_rows)  # the top spine: a black row across the axes
+    highest = min(r for r in range(len(line)) if line[r].any())  # the curve's top edge at 100 %
+    assert highest > top + 4, (top, highest)  # pixels of background between the frame and the curve
 
 
 def test_the_loss_moving_average_smooths() -> None:

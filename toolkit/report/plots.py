@@ -14,8 +14,11 @@ from toolkit.report.figure import pyplot, save, slug
 from toolkit.report.render import display_name
 from toolkit.report.table import is_fraction
 
-#: the top of a percent axis: a little above 100, so a curve or an error bar at 100 % is not hidden by the frame
-PERCENT_TOP = 102.0
+#: the top of a percent axis: above 100 by a margin, so a curve, marker or error bar at 100 % stands clear of the
+#: frame (its ticks stop at 100: nothing is drawn above the metric's range but the margin)
+PERCENT_TOP = 108.0
+#: the marker on an error bar cut at the metric's range: the std reaches past 0 or 100 %
+CLIPPED_UP, CLIPPED_DOWN = "^", "v"
 
 
 def clipped_error(mean: pd.Series, std: pd.Series, scale: float, bounded: bool) -> list[list[float]]:
@@ -25,6 +28,14 @@ def clipped_error(mean: pd.Series, std: pd.Series, scale: float, bounded: bool) 
     if bounded:
         low, high = low.clip(lower=0.0), high.clip(upper=1.0)
     return [list((mean - low) * scale), list((high - mean) * scale)]
+
+
+def clipped_ends(mean: pd.Series, std: pd.Series, bounded: bool) -> tuple[list[bool], list[bool]]:
+    """Which error bars :func:`clipped_error` cut: (at the bottom of the range, at the top)."""
+    if not bounded:
+        return [False] * len(mean), [False] * len(mean)
+    std = std.fillna(0.0)
+    return list(mean - std < 0.0), list(mean + std > 1.0)
 
 
 def variant_colors(variants: Sequence[str]) -> dict[str, str]:
@@ -75,6 +86,13 @@ def bar_charts(
             labels, rows["mean"] * scale, yerr=clipped_error(rows["mean"], rows["std"], scale, bounded), capsize=4,
             color=bar_colors,
         )  # fmt: skip
+        low_cut, high_cut = clipped_ends(rows["mean"], rows["std"], bounded)
+        for cut, level, marker in ((high_cut, 100.0, CLIPPED_UP), (low_cut, 0.0, CLIPPED_DOWN)):
+            xs = [bar.get_x() + bar.get_width() / 2 for bar, c in zip(bars, cut, strict=True) if c]
+            if xs:  # the std runs past the metric's range: the bar stops there, and a marker beyond it says so
+                beyond = level + (3.0 if level else -3.0)
+                ax.plot(xs, [beyond] * len(xs), marker, color="black", markersize=6, linestyle="none", clip_on=False,
+                        label=f"std past {level:.0f} %: error bar cut", zorder=5)  # fmt: skip
         for bar, is_ensemble, variant in zip(bars, ensemble, rows["variant"], strict=True):
             if is_ensemble:
                 bar.set_hatch("//")
@@ -83,11 +101,14 @@ def bar_charts(
                 bar.set_linewidth(1.5)
         if bounded:
             ax.set_ylim(0, PERCENT_TOP)
+            ax.set_yticks(range(0, 101, 20))
             if chance is not None and "acc" in metric:
                 ax.axhline(
                     100 * chance, color="grey", linestyle="--", linewidth=1, label=f"chance {100 * chance:.0f} %"
                 )
-                ax.legend(fontsize=8, loc="lower right")
+        if ax.get_legend_handles_labels()[0]:  # beside the axes: bars fill it from the bottom up
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+            fig.set_figwidth(fig.get_figwidth() + 2.2)
         ax.set_ylabel(display_name(metric) + (" (%)" if scale != 1 else ""))
         title = f"{display_name(metric)} by variant (mean ± std over seeds)"
         ax.set_title(title + ("\n† snapshot/checkpoint ensemble" if ensemble.any() else ""), fontsize=10)
@@ -108,11 +129,12 @@ def _percent_axes(ax: object, chance: float | None, xlabel: str, ylabel: str, ti
     if chance is not None:
         ax.axhline(100 * chance, color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set_ylim(0, PERCENT_TOP)
+    ax.set_yticks(range(0, 101, 20))
     ax.set_xlabel(xlabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=7, ncol=ncol)
+    ax.legend(fontsize=7, ncol=ncol, loc="best", framealpha=0.9)
 
 
 def val_overlay(
@@ -183,6 +205,7 @@ def learning_curves(
         color = palette.get(variant)  # the variant's colour, as in the overlay and the bars
         fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
         acc_ax.set_ylim(0, PERCENT_TOP)  # every variant's figure on the same accuracy scale
+        acc_ax.set_yticks(range(0, 101, 20))
 
         loss = mine[(mine["key"] == keys.TRAIN_LOSS) & mine["step"].notna()].sort_values("step")
         if not loss.empty:
@@ -194,22 +217,24 @@ def learning_curves(
             loss_ax.legend(fontsize=8)
         loss_ax.set_xlabel("step")
         loss_ax.set_ylabel("train loss")
-        # train and val tell apart without colour too: dashes and hollow squares vs a solid line and filled circles
-        for key, label, style, marker, face in (
-            (keys.TRAIN_ACC, "train acc", "--", "s", "none"),
-            (keys.VAL_ACC, "val acc", "-", "o", color),
+        # train and val tell apart without colour too: dashes and big hollow squares vs a solid line and small filled
+        # circles (where they coincide, the circle sits inside the square)
+        for key, label, style, marker, face, size in (
+            (keys.TRAIN_ACC, "train acc", "--", "s", "none", 8),
+            (keys.VAL_ACC, "val acc", "-", "o", color, 4),
         ):
             curve = _by_epoch(mine, key)
             if curve.empty:
                 continue
             x = curve.index  # epochs counted from 0, as W&B's epoch and the epoch lines
             acc_ax.plot(
-                x, curve["mean"] * 100, marker=marker, markerfacecolor=face, linestyle=style, color=color, label=label
-            )
+                x, curve["mean"] * 100, marker=marker, markerfacecolor=face, markersize=size, linestyle=style,
+                color=color, label=label,
+            )  # fmt: skip
             low, high = (curve["mean"] - curve["std"]).clip(lower=0), (curve["mean"] + curve["std"]).clip(upper=1)
             acc_ax.fill_between(x, low * 100, high * 100, alpha=0.15 if style == "-" else 0.08, color=color)
         if acc_ax.lines:
-            acc_ax.legend(fontsize=8)
+            acc_ax.legend(fontsize=8, loc="lower right", framealpha=0.9)  # curves rise to the top: the legend below
         acc_ax.set_xlabel("epoch")
         acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         acc_ax.set_ylabel("accuracy (%) mean ± std over seeds")
