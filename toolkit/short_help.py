@@ -135,8 +135,7 @@ _EXAMPLES = {
 
 #: the option groups ``--help full`` explains (every one of them is a group of the parser: the test checks)
 MORE_GROUPS = {
-    "fit": "--model.*, --data.*, --trainer.*, --checkpoint.*, --last_checkpoint.*, --early_stopping.*, "
-    "--lr_monitor.*, --divergence_guard.*",
+    "fit": "--model.*, --data.*, --trainer.*, --checkpoint.*, --early_stopping.*, --lr_monitor.*, ...",
     "eval": "--data.*, --trainer.*",
 }
 #: the column the one-line texts start at
@@ -169,8 +168,8 @@ def render(subcommand: str) -> str:
             out.append(f"  {option}{gap}{text}")
     more = MORE_GROUPS["fit" if subcommand == "fit" else "eval"]
     out += [
-        f"toolkit {subcommand} --help full: every option ({more}) with its type, default and text; "
-        "README.md, Training: how they combine. Either spelling: --a_b or --a-b.",
+        f"toolkit {subcommand} --help full: every option ({more}) with type, default, text; README.md, "
+        "Training. --a_b = --a-b.",
         "examples:",
         *(f"  {example}" for example in _EXAMPLES[subcommand]),
     ]

@@ -6,6 +6,8 @@ child process (:mod:`toolkit.ablation.check_process`), so the runner stays small
 
 from __future__ import annotations
 
+from argparse import SUPPRESS
+
 from jsonargparse import ArgumentParser
 from rich.console import Console
 
@@ -34,11 +36,11 @@ def build_parser(full: bool = True) -> ArgumentParser:
     )
     parser.epilog = EXAMPLES
     run = ArgumentParser(
-        description="Run every variant x seed of a spec that is not done yet (resumable).",
+        description="Run every variant x seed of SPEC (ablations/x.yaml) not done yet; resumable.",
         usage="toolkit ablate run SPEC [options]",
         formatter_class=CompactHelp,
     )
-    run.add_argument("spec", type=str, help="ablation spec, e.g. ablations/quickstart.yaml")
+    run.add_argument("spec", type=str, help=SUPPRESS)  # said in the usage and description: one screen
     add_runner_options(run, full=full)
     _add_scaling(run)
     status = ArgumentParser(

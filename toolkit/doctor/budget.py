@@ -49,7 +49,8 @@ class Budget:
         return (
             f"doctor: at most {self.train_steps} training steps of {self.batch_size} images (overfit <= "
             f"{self.overfit_steps}, lr range test {self.lr_find_steps}, {self.lrs} lrs x {self.check_steps}) and "
-            f"{self.lrs} validations of {self.val_batches} batches; time estimated after {FIRST_STEPS} steps"
+            f"{self.lrs} validations of {self.val_batches} batch{'es' if self.val_batches != 1 else ''}; time "
+            f"estimated after {FIRST_STEPS} steps"
         )
 
 
