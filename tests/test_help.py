@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shlex
 import subprocess
 import sys
 
@@ -112,6 +113,40 @@ def test_every_listed_option_parses_with_its_example_value() -> None:
         assert config.model.backbone == ("resnet18" if subcommand == "fit" else "test_resnet")
     for more in short_help.MORE_GROUPS.values():
         assert {g.strip(" -.*") for g in more.split(",")} - {""} <= groups
+
+
+def _examples(text: str) -> list[list[str]]:
+    """The example command lines of a help text (continuation lines joined, comments dropped), without `toolkit`."""
+    block = text[text.index("examples:") :].split("\n", 1)[1]
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [shlex.split(line.split("#")[0])[1:] for line in joined.splitlines() if line.strip().startswith("toolkit ")]
+
+
+def test_every_example_parses(capsys) -> None:
+    from toolkit.ablation.cli import build_parser as ablate
+    from toolkit.cli_options import parse
+    from toolkit.doctor.cli import parse_args as doctor
+    from toolkit.report.cli import build_parser as report
+    from toolkit.search.cli import build_parser as search
+
+    torch_free = {
+        "ablate": lambda argv: parse(ablate(), argv, "ablate"),
+        "search": lambda argv: parse(search(), argv, "search"),
+        "report": lambda argv: parse(report(), argv, "report"),
+        "doctor": doctor,
+    }
+    parser = None
+    seen = 0
+    for args in (["ablate"], ["search"], ["report"], ["doctor"], ["fit"], ["validate"], ["test"], ["predict"]):
+        for example in _examples(_help(capsys, args)):
+            assert example[0] == args[0], example
+            if example[0] in torch_free:
+                torch_free[example[0]](example[1:])  # raises ToolkitError naming an option it does not take
+            else:
+                parser = parser or _lightning_parser()
+                parser.parse_args(example)
+            seen += 1
+    assert seen >= 14
 
 
 def test_help_imports_neither_torch_nor_lightning() -> None:
