@@ -62,8 +62,10 @@ def test_doctor_command_writes_report_curves_and_ranges_the_search_takes(tmp_pat
     code = main(["--config", DIGITS, "--out", str(out), *quick, "--data.image_size=16", "--data.batch_size=32"])
     printed = capsys.readouterr().out
     # the budget before it starts (20 overfit + 12 lr range test + 4 lrs x 6), then the time left as measured
-    assert "doctor: at most 56 training steps of 32 images" in printed.splitlines()[0], printed[:500]
-    assert "doctor: at most about" in printed and "s per step so far" in printed
+    data, budget = printed.splitlines()[:2]
+    assert data.startswith("data: digits, 10 classes, train ") and "val 15% + test 15% held out" in data
+    assert budget.startswith("doctor: at most 56 training steps of 32 images"), printed[:500]
+    assert "left (" in printed and "s per step so far)" in printed  # the time left, measured
     assert "doctor: step 2 (overfit) took" in printed and "doctor: step 3 (lr checks) took" in printed
     report = json.loads((out / "doctor.json").read_text())
     assert [s["name"].split()[0] for s in report["steps"]] == ["1", "2", "3", "6"]

@@ -57,7 +57,7 @@ class Budget:
 def duration(seconds: float) -> str:
     """``45 s``, ``3.2 min``, ``1.5 h``."""
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
@@ -82,6 +82,7 @@ class StepClock(Callback):
         self._allowance = 0
         self._phase = ""
         self._phase_started = self.started
+        self._estimated = False  # the time left was said already (a phase may end before FIRST_STEPS steps)
 
     def start(self, phase: str, steps: int) -> None:
         """A phase that may take up to ``steps`` training steps begins."""
@@ -93,6 +94,7 @@ class StepClock(Callback):
         self._allowance = 0
         took = duration(self.clock() - self._phase_started)
         self.say(f"doctor: {self._phase} took {took}; {self.left()}")
+        self._estimated = self._estimated or self.steps > 0
 
     def seconds_left(self) -> float | None:
         """The estimated time left (None before a training step was measured)."""
@@ -117,7 +119,8 @@ class StepClock(Callback):
         self.steps += 1
         self.left_steps -= 1
         self._allowance = max(0, self._allowance - 1)
-        if self.steps == FIRST_STEPS:
+        if self.steps == FIRST_STEPS and not self._estimated:
+            self._estimated = True
             self.say(f"doctor: {self.left()}")
 
     @override
