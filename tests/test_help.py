@@ -115,6 +115,36 @@ def test_every_listed_option_parses_with_its_example_value() -> None:
         assert {g.strip(" -.*") for g in more.split(",")} - {""} <= groups
 
 
+#: option-like words of help prose that name no option: the spelling note's placeholders
+PLACEHOLDERS = {"--an-option", "--an_option", "--a_b", "--a-b", "--help"}
+
+
+def _declared(args: list[str]) -> set[str]:
+    """Every option string the parser of ``toolkit <args>`` (a torch-free command) takes."""
+    from toolkit.ablation.cli import build_parser as ablate
+    from toolkit.doctor.cli import build_parser as doctor
+    from toolkit.report.cli import build_parser as report
+    from toolkit.search.cli import build_parser as search
+
+    parsers = {"ablate": ablate, "search": search, "report": report, "doctor": doctor}
+    if args[0] not in parsers:
+        return set()
+    parser = parsers[args[0]]()
+    if len(args) > 1:
+        parser = parser._subcommands_action._name_parser_map[args[1]]
+    return set(parser._option_string_actions)
+
+
+@pytest.mark.parametrize("args", [a for a in HELPS if a[:1] in (["ablate"], ["search"], ["report"], ["doctor"])])
+def test_torch_free_help_names_only_options_its_command_takes(capsys, args: list[str]) -> None:
+    text = _help(capsys, args)
+    prose = text.split("examples:")[0]  # the examples are parsed whole (test_every_example_parses)
+    named = set(re.findall(r"--[a-z][\w-]*(?![\w.*-])", prose)) - PLACEHOLDERS
+    assert named <= _declared(args), named - _declared(args)
+    if args == ["doctor"]:  # toolkit fit overrides, passed on: named by their groups only
+        assert {"--model.*", "--data.*", "--trainer.*"} <= set(re.findall(r"--[a-z]+\.\*", prose))
+
+
 def _examples(text: str) -> list[list[str]]:
     """The example command lines of a help text (continuation lines joined, comments dropped), without `toolkit`."""
     block = text[text.index("examples:") :].split("\n", 1)[1]

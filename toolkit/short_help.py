@@ -23,7 +23,7 @@ _HARDWARE: list[Line] = [
 ]
 _SOURCE: list[Line] = [
     ("--data.source NAME", "digits, folder, torchvision or fashion_mnist", "folder"),
-    ("--data.root DIR", "the image folder: one subfolder per class", "images"),
+    ("--data.root DIR", "folder of class folders (or train/ val/ test/)", "images"),
     ("--data.name NAME", "the torchvision dataset, e.g. CIFAR10", "CIFAR10"),
 ]
 _EVAL_DATA: list[Line] = [
@@ -59,8 +59,8 @@ _FIT: list[tuple[str, list[Line]]] = [
         "data",
         [
             *_SOURCE,
-            ("--data.val_fraction F", "share held out for val if no val split", "0.2"),
-            ("--data.test_fraction F", "share held out for test if no test split", "0.2"),
+            ("--data.val_fraction F", "held out for val without a val split (0.15)", "0.2"),
+            ("--data.test_fraction F", "held out for test without a test split (0.15)", "0.2"),
             ("--data.train_subset N", "train on N images (stratified)", "300"),
             ("--data.image_size PX", "input size (default: the backbone's)", "64"),
             ("--data.augment LEVEL", "none, mild, basic, randaugment, trivialaugment", "mild"),
