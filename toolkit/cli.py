@@ -117,10 +117,8 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
         sys.exit(module.main(args[1:]))
     from toolkit import short_help
 
-    if args[0] in _LIGHTNING and short_help.wants_short_help(
-        args
-    ):  # by hand, so it imports neither torch nor Lightning
-        print(short_help.render(args[0]))
+    if args[0] in _LIGHTNING and short_help.wants_short_help(args):
+        print(short_help.render(args[0]))  # written by hand: it imports neither torch nor Lightning
         sys.exit(0)
     shows_only = any(a in ("-h", "--help") or a.startswith(("--print_config", "--print-config")) for a in args)
     if args[0] in _LIGHTNING and not shows_only:  # help and --print_config print only what they are asked for

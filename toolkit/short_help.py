@@ -9,6 +9,8 @@ cannot linger here). ``--help full`` is jsonargparse's whole help.
 
 from __future__ import annotations
 
+import textwrap
+
 #: (the option and its value's name, what it does in one line, a value the parser accepts: the test parses it)
 Line = tuple[str, str, str]
 
@@ -180,8 +182,6 @@ def _wrap(line: str, width: int = 80) -> str:
     """A prose line wrapped at ``width`` (option lines and examples are written to fit; they are left as they are)."""
     if len(line) <= width or line.startswith(" "):
         return line
-    import textwrap
-
     return "\n".join(textwrap.wrap(line, width))
 
 
