@@ -2,7 +2,7 @@
 
 LightningCLI's help lists every option of the model, the data, the Trainer and each callback with its description:
 over five hundred lines, and building it imports torch and Lightning (seconds). This help is written by hand, per
-subcommand, so it lists only what that subcommand uses and imports nothing: a table of option, value, one-line text
+subcommand, so it lists only what that subcommand uses and imports neither: a table of option, value, one-line text
 and a value the parser accepts (``tests/test_help.py`` parses every listed option with it, so a renamed option
 cannot linger here). ``--help full`` is jsonargparse's whole help.
 """
