@@ -31,13 +31,13 @@ examples:
     parser.add_argument("spec", type=str, help="ablation spec (ablations/<name>.yaml)")
     parser.add_argument("--root", type=str, default="runs", help="runs folder: logs read from <root>/<name>/ (runs)")
     parser.add_argument("--out", type=str | None, default=None, help="report folder (<root>/<name>/report/)")
-    parser.add_argument("--seeds", type=str | None, default=None, help="the seeds, if not the ledger's: 0,1,2 or 0-9")
+    parser.add_argument("--seeds", type=str | None, default=None, help="as given to ablate run (default: the ledger's)")
     parser.add_argument(
         "--set",
         type=str,
         nargs="+",
         default=None,
-        help="the overrides key=value, if not the ledger's",
+        help="as given to ablate run (default: the ledger's)",
     )
     parser.add_argument(
         "--wandb", type=str | None, default=None, help="read the runs from this W&B project (entity/project)"
