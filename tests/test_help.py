@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import subprocess
@@ -64,6 +65,9 @@ def test_help_fits_one_screen_of_80_columns(capsys, monkeypatch, args: list[str]
     assert len(lines) <= 40, text
     assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
     assert "%%" not in text and "(type:" not in text
+    for above, line in itertools.pairwise(lines):  # one line per option: no description wrapped onto a second
+        wrapped = re.match(r"^ {12,}\S", line) and re.match(r"^  -.*\S {2,}\S", above)
+        assert not wrapped, f"{above}\n{line}"
     if args in (["ablate"], ["search"], ["doctor"], ["report"], ["fit"], ["test"]):
         # examples as written: each command on its own line, not reflowed into a paragraph
         examples = text[text.index("examples:") :].splitlines()[1:]

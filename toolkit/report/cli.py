@@ -40,7 +40,7 @@ examples:
         help="as given to ablate run (default: the ledger's)",
     )
     parser.add_argument(
-        "--wandb", type=str | None, default=None, help="read the runs from this W&B project (entity/project)"
+        "--wandb", type=str | None, default=None, help="read the runs from a W&B project (entity/project)"
     )
     parser.add_argument(
         "--log-to-wandb",
