@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import shlex
@@ -89,6 +90,7 @@ class _Built(Exception):
         self.parser = parser
 
 
+@functools.cache  # built once for the tests that parse with it (~1.5 s)
 def _lightning_parser() -> object:
     """The parser `toolkit fit|validate|test|predict` parses with (LightningCLI's, built by ToolkitCLI)."""
     from toolkit.lightning_cli import ToolkitCLI
