@@ -330,6 +330,17 @@ _GROUPS = {
 }
 
 
+def failure_lines(spec: AblationSpec, records: dict[str, dict[str, Any]]) -> list[str]:
+    """A line per failed run with its whole reason and log (the table's note column ends in an ellipsis)."""
+    lines = []
+    for run in spec.runs():
+        record = records.get(run.id, {})
+        if record.get("status") == FAILED:
+            reason = record.get("reason") or f"exit {record.get('exit_code')}"
+            lines.append(f"failed {run.variant} seed {run.seed}: {reason} (log: {record.get('log', '')})")
+    return lines
+
+
 class LiveView:
     """Redraw the table as the ledger changes (terminal), or print a line per start and finish (elsewhere).
 
