@@ -33,6 +33,7 @@ from rich.text import Text
 
 from toolkit.ablation.ckpt_epochs import epochs_done
 from toolkit.epoch_line import last_epoch_line
+from toolkit.quiet import QUIET, verbosity
 from toolkit.study.layout import RESULT_FILE
 from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger, runner_active
 from toolkit.study.result import RunResult
@@ -358,7 +359,7 @@ class LiveView:
         self._last = 0.0
 
     def __enter__(self) -> LiveView:
-        if self.console.is_terminal:
+        if self.console.is_terminal and verbosity() > QUIET:  # -q: the summary at the end only
             # redrawn by tick() from the runner's loop: no refresh thread beside the forks of the local executor
             self._live = Live(self._table(), console=self.console, auto_refresh=False, transient=False)
             self._live.__enter__()
@@ -371,7 +372,7 @@ class LiveView:
 
     def event(self, run: Run, status: str, detail: str = "") -> None:
         """A run started or finished."""
-        if self._live is None:
+        if self._live is None and verbosity() > QUIET:
             style = _STYLE.get(status, "")
             line = f"[{style}]{status:>8}[/] {run.variant} seed {run.seed} {detail}"
             self.console.print(line, highlight=False, soft_wrap=True)

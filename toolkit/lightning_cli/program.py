@@ -20,6 +20,7 @@ import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -31,6 +32,7 @@ from toolkit.backbone import weights_from_checkpoint
 from toolkit.callbacks.early_stop import EarlyStop
 from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.callbacks.health import DIVERGED, Diverged, DivergenceGuard, RunHealth
+from toolkit.callbacks.model_summary import ModelSummary
 from toolkit.callbacks.pruning import SearchTrial, TrialPruning
 from toolkit.callbacks.random_state import RandomStateCheckpoint
 from toolkit.callbacks.run_facts import RunFacts
@@ -56,7 +58,7 @@ from toolkit.lightning_cli.run_home import (
 from toolkit.lightning_cli.teardown import finish_wandb, fit_summary, write_result
 from toolkit.parse_errors import parse_quietly
 from toolkit.parsed_checks import check_parsed, enforce_import_denylist
-from toolkit.quiet import quiet_third_party
+from toolkit.quiet import QUIET, quiet_third_party, verbosity
 from toolkit.study.layout import RESULT_FILE
 from toolkit.tracking import RunIdCheckpoint
 
@@ -242,8 +244,19 @@ class ToolkitCLI(LightningCLI):
         given = config.trainer.get("callbacks") or []
         listed = list(given) if isinstance(given, list) else [given]
         callbacks = [*listed]
-        if config.trainer.get("enable_progress_bar", True) is not False and not any(
-            isinstance(c, ProgressBar) for c in listed
+        if verbosity() <= QUIET:  # -q: no progress bar or model summary the config does not list (only not shown)
+            if not any(isinstance(c, ProgressBar) for c in listed):
+                kwargs.setdefault("enable_progress_bar", False)
+            if not any(isinstance(c, LightningModelSummary) for c in listed):
+                kwargs.setdefault("enable_model_summary", False)
+        elif config.trainer.get("enable_model_summary", True) is not False and not any(
+            isinstance(c, LightningModelSummary) for c in listed
+        ):
+            callbacks.append(ModelSummary())  # Lightning's, less the FLOPs column it never counts here (always 0)
+        if (
+            verbosity() > QUIET
+            and config.trainer.get("enable_progress_bar", True) is not False
+            and not any(isinstance(c, ProgressBar) for c in listed)
         ):
             callbacks.append(RichProgressBar())
         callbacks.append(RunIdCheckpoint())
