@@ -53,6 +53,8 @@ _LOG_DROPS = {
         *_ADVERTS,
         r"Restoring states from the checkpoint path at " + _LR_FIND,
         r"Restored all states from the checkpoint at " + _LR_FIND,
+        # said before every fit with an lr schedule (the schedules need the step count): nothing for the user to do
+        r"Loading `train_dataloader` to estimate number of stepping batches",
         # the toolkit's summary (`callbacks.model_summary`) stands in for Lightning's default on purpose
         r"Trainer already configured with model summary callbacks: \[<class 'toolkit\.callbacks\.model_summary\.",
     ),
