@@ -147,7 +147,7 @@ def run_state(record: dict[str, Any], runner: bool | None) -> str:
 _COLUMNS = ("variant", "seed", "status", "epochs", "val/acc", "time", "ETA", "attempts", "W&B run", "note")
 _OPTIONAL = ("W&B run", "attempts")
 #: the columns of the per-variant summary (a live view too short for a row per run): val/acc is the mean best val/acc
-#: of the done runs, best the best val/acc any run reached so far
+#: of the done runs, best the highest of the done runs' best and the running runs' latest val/acc
 _SUMMARY = ("variant", "done", "running", "queued", "failed", "val/acc", "best")
 #: lines a table takes besides its rows: title, top border, header, header rule, bottom border, caption (footer)
 _CHROME = 6
@@ -194,7 +194,8 @@ def _run_rows(
             this_attempt = epoch - (record.get("start_epoch") or 0)
             if this_attempt > 0 and total and status == RUNNING:
                 eta = elapsed / this_attempt * max(total - epoch, 0)
-            remaining += 1 - epoch / total if total and status == RUNNING else 0.0 if status == FINISHING else 0.5
+            if status == RUNNING:  # a finishing run has nothing left to do
+                remaining += 1 - epoch / total if total else 0.5
         elif status == DONE:
             elapsed = record.get("duration_s")
             durations.append(elapsed or 0.0)
@@ -297,8 +298,8 @@ def build_table(
 
 def variant_table(title: str, footer: str, rows: list[_RunRow], height: int) -> Table:
     """A row per variant: how many of its runs are done, running, queued (pending, interrupted, missing) and
-    failed, the mean best val/acc of its done runs (with their count) and the best val/acc any of its runs reached
-    so far. Variants beyond ``height`` are summed up in one last row (``+N variants``)."""
+    failed, the mean best val/acc of its done runs (with their count) and the highest val/acc so far (a done run's
+    best, a running run's latest). Variants beyond ``height`` are summed up in one last row (``+N variants``)."""
     by_variant: dict[str, list[_RunRow]] = {}
     for row in rows:
         by_variant.setdefault(row.run.variant, []).append(row)
