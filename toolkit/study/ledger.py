@@ -17,7 +17,8 @@ the file, and nothing is overwritten.
 An advisory ``flock`` on ``ledger.json.lock`` serialises writers (the local runner, and Slurm tasks that report their
 own state from the compute nodes; readers take it shared, so they never see a compaction half done). A second
 lock, held for the runner's lifetime, stops two ``toolkit ablate run`` processes from running the same ablation at
-once; the kernel drops both locks when their holder dies.
+once; the kernel drops both locks when their holder dies, so :func:`runner_active` (a probe of the second) tells
+whether a ``running`` record still has its runner (the live view and ``toolkit ablate status`` ask it).
 
 Run states: ``pending`` (not started, or interrupted and resumable), ``running``, ``done``, ``failed``. A failed
 record's ``reason`` is one line saying why (``toolkit.ablation.lifecycle.failure_reason``); the runner's summary and the
