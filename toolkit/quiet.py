@@ -6,7 +6,7 @@ Three levels, set once per process by the ``toolkit`` entry point (:func:`take_v
   message it drops, so a new warning from the same library still shows), a warning or Lightning message already
   shown is not shown again, a warning is one line (no source line such as ``rank_zero_warn(``), and W&B is
   ``quiet`` (no version banner, no 20-line run history and summary at the end, no sync hint: the toolkit prints the
-  W&B run's folder itself); tqdm's progress bars (Lightning's lr finder) only on a terminal.
+  W&B run's folder itself); progress bars (Lightning's, tqdm's) only on a terminal.
 - **quiet** (``-q``): errors and the final result lines only: no warnings, no logging below ERROR, W&B ``silent``;
   the commands leave out their progress (bars, epoch lines, model summary, the live table).
 - **verbose** (``-v``): everything, as the libraries print it (no filter at all).
