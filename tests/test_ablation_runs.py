@@ -127,6 +127,10 @@ def test_status_prints_the_ledger_without_importing_torch(finished: tuple[Path, 
     assert "jsonargparse" in imported and not imported & {"torch", "lightning", "timm", "wandb"}
     rows = [line for line in done.stdout.splitlines() if "│" in line and " seed" not in line]
     assert sum("done" in r for r in rows) == 4 and sum("failed" in r for r in rows) == 2
+    records = records_by_run(root, "real")
+    for seed in (0, 1):  # each failure's whole reason below the table, whose note column ends in an ellipsis
+        record = records[("broken", seed)]
+        assert f"failed broken seed {seed}: {record['reason']} (log: {record['log']})" in done.stdout.splitlines()
 
 
 def test_a_done_run_whose_folder_was_deleted_is_redone(finished: tuple[Path, Path, int, str]) -> None:

@@ -12,8 +12,18 @@ pytestmark = pytest.mark.slow
 
 
 def test_fit_then_test_checkpoint_as_subprocesses(tmp_path: Path) -> None:
-    fit = toolkit_cmd("fit", *QUICK, "--trainer.default_root_dir", str(tmp_path))
+    """Also what they print (issue 31): a toolkit warning as one line, once, without its source line; no Lightning
+    advert; a model summary without the FLOPs it never counts; and with -q only the test's results."""
+    # a monitor that warns at any update/parameter ratio (high=1e-9): a toolkit rank_zero_warn in a real fit
+    monitor = "toolkit.callbacks.training_health.UpdateRatioMonitor"
+    warns = [f"--trainer.callbacks+={monitor}", "--trainer.callbacks.every_n_steps=1", "--trainer.callbacks.high=1e-9"]
+    summary = ["--trainer.enable_model_summary", "true"]
+    fit = toolkit_cmd("fit", *QUICK, *summary, *warns, "--trainer.default_root_dir", str(tmp_path))
     assert fit.returncode == 0, fit.stderr[-2000:]
+    warned = [line for line in fit.stderr.splitlines() if "update/parameter ratio of param group 'head'" in line]
+    assert len(warned) == 1 and "rank_zero_warn(" not in fit.stderr, fit.stderr
+    assert "litlogger" not in fit.stdout + fit.stderr and "Tip:" not in fit.stderr
+    assert "┃ Name" in fit.stdout and "FLOPs" not in fit.stdout, fit.stdout  # the summary, less its always-0 column
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
     # one data line, early: the split sizes add up to scikit-learn's digits (the reference), 15 % held out twice
@@ -23,9 +33,12 @@ def test_fit_then_test_checkpoint_as_subprocesses(tmp_path: Path) -> None:
     sizes = [int(n) for n in re.findall(r"(?:train|val|test) (\d+) ", line.split(" (")[0] + " ")]
     assert line.startswith("data: digits, 10 classes, train ") and sum(sizes) == len(load_digits().target), line
     assert "val 15% + test 15% held out, split seed 0" in line and "warning: the test split" not in fit.stderr
-    test = toolkit_cmd("test", *QUICK, "--trainer.default_root_dir", str(tmp_path / "test"), "--ckpt_path", str(ckpt))
+    test = toolkit_cmd(
+        "test", "-q", *QUICK, "--trainer.default_root_dir", str(tmp_path / "test"), "--ckpt_path", str(ckpt)
+    )
     assert test.returncode == 0, test.stderr[-2000:]
     assert "test/acc" in test.stdout and "test/f1" in test.stdout
+    assert test.stderr == "" and "threads:" not in test.stdout, test.stderr  # -q: errors and results only
 
 
 def test_help_lists_model_and_data_arguments_with_types_and_defaults() -> None:

@@ -137,6 +137,11 @@ def test_report_takes_the_set_and_seeds_of_ablate_run_and_checks_them_against_th
     assert "the runs were made with --seeds 0,1,2 --set trainer.max_epochs=1" in capsys.readouterr().err
     plain = pd.read_csv(tmp_path / "plain" / "table.csv")
     assert int(plain.loc[plain["variant"] == "full", "n"].iloc[0]) == 3
+    # a study run without --seeds: other seeds than the spec's are refused, naming the spec's
+    with Ledger(ledger_path(synth["root"], "synth")).edit() as records:
+        records["x"] = {"id": "x", "variant": "full", "seed": 0}
+    with pytest.raises(ToolkitError, match=r"--seeds 0,1: the runs of synth .* were made with the spec's seeds \(0\);"):
+        main([str(path), "--root", str(synth["root"]), "--out", str(out), "--seeds", "0,1"])
     # runs made by two command lines: the report will not guess which table is meant
     with Ledger(ledger_path(synth["root"], "synth")).edit() as records:
         records["y"] = {"id": "y", "variant": "full", "seed": 1, "cli_changes": {"seeds": [0, 1]}}

@@ -16,6 +16,7 @@ import torch.nn as nn
 from typing_extensions import override
 
 from toolkit.errors import ToolkitError
+from toolkit.quiet import QUIET, verbosity
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
@@ -196,7 +197,7 @@ _SAID: set[str] = set()
 def _say(line: str) -> None:
     # one line on stderr, like Lightning's own notices; this layer has no Lightning logger to use. Once per process:
     # the ablation runner builds every variant's model to check it, and the notice is the same for each
-    if line not in _SAID:
+    if line not in _SAID and verbosity() > QUIET:  # -q: results only
         _SAID.add(line)
         print(line, file=sys.stderr)
 

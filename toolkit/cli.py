@@ -38,6 +38,7 @@ def print_help() -> None:
     lines = [USAGE, "subcommands:"]
     lines += [f"  {name.ljust(width)}  {text}" for name, text in SUBCOMMANDS.items()]
     lines += ["", "toolkit <subcommand> --help: its options; toolkit --version: the version."]
+    lines += ["Every subcommand takes -q/--quiet (errors and results only), -v/--verbose (everything)."]
     print("\n".join(lines))
 
 
@@ -103,6 +104,12 @@ _LIGHTNING = ("fit", "validate", "test", "predict")
 
 
 def _dispatch(args: list[str], argv: list[str] | None) -> None:
+    from toolkit import quiet
+
+    plain, level = quiet.take_verbosity(args)  # -q/-v: every subcommand, filtered in one place
+    if plain != args:
+        args = argv = plain
+    quiet.set_verbosity(level)
     if not args or args[0] in ("-h", "--help"):
         print_help()
         sys.exit(0 if args else 2)
@@ -126,7 +133,8 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
 
         threads = choose_threads()  # before torch loads; every run's entry point, hand-run or the runner's
         apply_threads(threads)
-        print(threads.line(), flush=True)
+        if level > quiet.QUIET:
+            print(threads.line(), flush=True)
     from toolkit.cli_options import snake
     from toolkit.lightning_cli import run_cli
 

@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
     spec, changes = cli_changes.apply(load_spec(args.spec), args.seeds, args.set)
     console = Console()
     if command == "status":
-        from toolkit.ablation.progress import build_table
+        from toolkit.ablation.progress import build_table, failure_lines
         from toolkit.study.ledger import Ledger, ledger_path
 
         if spec.tune:  # its tune stage first, then the study at the chosen values once they are recorded
@@ -93,8 +93,10 @@ def main(argv: list[str]) -> int:
                 console.print(f"{spec.name}: its seeds start once the tune stage has finished and values are chosen")
                 return 0
             spec = tuning.tuned(spec, chosen)
-        ledger = Ledger(ledger_path(args.root, spec.name))
-        console.print(build_table(spec, ledger.read(), args.root, width=console.width))
+        records = Ledger(ledger_path(args.root, spec.name)).read()
+        console.print(build_table(spec, records, args.root, width=console.width))
+        for line in failure_lines(spec, records):  # in full: the table's notes end in an ellipsis
+            console.print(line, soft_wrap=True, markup=False, highlight=False)
         return 0
     if args.executor == "local" and args.warm and not args.dry_run:
         from toolkit.ablation.local import prestart_warm_parent

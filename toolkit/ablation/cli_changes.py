@@ -90,7 +90,8 @@ def check_recorded(spec: AblationSpec, root: Path, changes: dict[str, Any]) -> N
         default = spec.seeds if key == "seeds" else {}
         made = [r.get(key, default) for r in recorded]
         if changes[key] not in made:
-            shown = " or ".join(dict.fromkeys(_shown({key: m}) if m != default else "none" for m in made))
+            plain = f"the spec's seeds ({','.join(map(str, default))})" if key == "seeds" else "no --set"
+            shown = " or ".join(dict.fromkeys(_shown({key: m}) if m != default else plain for m in made))
             raise ToolkitError(
                 f"{_shown({key: changes[key]})}: the runs of {spec.name} under {root} were made with {shown}; "
                 f"pass the same --{key} as ablate run (or none)"

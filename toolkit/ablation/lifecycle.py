@@ -85,6 +85,8 @@ def plan(
             # teardown, before recording it
             finish(ledger, run, root, 0, False, note="completed while the runner was down")
             continue
+        if status == RUNNING:  # its runner died: queued again, not running, until this runner starts it
+            ledger.update(run.id, status=PENDING, pid=None, note="interrupted (its runner was gone); resumes")
         todo.append(run)
     return todo, attach
 

@@ -17,6 +17,7 @@ from typing_extensions import override
 
 from toolkit import keys
 from toolkit.epoch_line import format_epoch_line
+from toolkit.quiet import QUIET, verbosity
 
 
 class EpochLog(pl.Callback):
@@ -77,7 +78,7 @@ class EpochLog(pl.Callback):
             totals = trainer.strategy.reduce(totals, reduce_op="sum")  # every rank: the mean over all ranks' batches
             metrics[keys.TRAIN_LOSS] = float(totals[0] / totals[1])
         stream = self.stream or sys.stdout
-        if not trainer.is_global_zero or (self.only_without_tty and stream.isatty()):
+        if not trainer.is_global_zero or (self.only_without_tty and stream.isatty()) or verbosity() <= QUIET:
             return
         line = format_epoch_line(trainer.current_epoch, trainer.max_epochs, metrics, time.monotonic() - self._started)
         print(line, file=stream, flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,7 +126,14 @@ def with_optimizer(model: pl.LightningModule, lr: float | None, weight_decay: fl
     return model
 
 
+#: warnings of the doctor's own trainers that do not apply: step 2 trains on a sample without a val loop on purpose, and
+#: step 6 measures and tabulates every update/parameter ratio itself (`callbacks.training_health` warns in a fit)
+DOCTOR_WARNINGS = (r"You defined a `validation_step` but have no `val_dataloader`", r"update/parameter ratio of param")
+
+
 def _trainer(max_steps: int, callbacks: list[Callback], accelerator: str = "cpu", **kwargs: Any) -> pl.Trainer:
+    for message in DOCTOR_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     # lr_find saves and restores a checkpoint in default_root_dir: a private temporary folder, never the cwd
     kwargs.setdefault("default_root_dir", tempfile.gettempdir())  # its file name is unique
     return pl.Trainer(

@@ -20,6 +20,7 @@ import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -31,6 +32,7 @@ from toolkit.backbone import weights_from_checkpoint
 from toolkit.callbacks.early_stop import EarlyStop
 from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.callbacks.health import DIVERGED, Diverged, DivergenceGuard, RunHealth
+from toolkit.callbacks.model_summary import ModelSummary
 from toolkit.callbacks.pruning import SearchTrial, TrialPruning
 from toolkit.callbacks.random_state import RandomStateCheckpoint
 from toolkit.callbacks.run_facts import RunFacts
@@ -56,7 +58,7 @@ from toolkit.lightning_cli.run_home import (
 from toolkit.lightning_cli.teardown import finish_wandb, fit_summary, write_result
 from toolkit.parse_errors import parse_quietly
 from toolkit.parsed_checks import check_parsed, enforce_import_denylist
-from toolkit.quiet import quiet_third_party
+from toolkit.quiet import QUIET, VERBOSE, quiet_third_party, verbosity
 from toolkit.study.layout import RESULT_FILE
 from toolkit.tracking import RunIdCheckpoint
 
@@ -242,10 +244,19 @@ class ToolkitCLI(LightningCLI):
         given = config.trainer.get("callbacks") or []
         listed = list(given) if isinstance(given, list) else [given]
         callbacks = [*listed]
-        if config.trainer.get("enable_progress_bar", True) is not False and not any(
-            isinstance(c, ProgressBar) for c in listed
-        ):
+        bar_listed = any(isinstance(c, ProgressBar) for c in listed)
+        summary_listed = any(isinstance(c, LightningModelSummary) for c in listed)
+        # a progress bar on a terminal only (in a CI log or an ablation's run.log the epoch lines say the same, and a
+        # bar is a frame of box characters); -q: neither it nor the model summary. The config stays as given.
+        bar = verbosity() >= VERBOSE or (verbosity() > QUIET and sys.stdout.isatty())
+        if not bar and not bar_listed:
+            kwargs.setdefault("enable_progress_bar", False)
+        elif not bar_listed and config.trainer.get("enable_progress_bar", True) is not False:
             callbacks.append(RichProgressBar())
+        if verbosity() <= QUIET and not summary_listed:
+            kwargs.setdefault("enable_model_summary", False)
+        elif not summary_listed and config.trainer.get("enable_model_summary", True) is not False:
+            callbacks.append(ModelSummary())  # Lightning's, less the FLOPs column it never counts here (always 0)
         callbacks.append(RunIdCheckpoint())
         if not any(isinstance(c, EpochLog) for c in listed):
             callbacks.append(EpochLog())

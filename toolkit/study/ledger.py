@@ -17,7 +17,8 @@ the file, and nothing is overwritten.
 An advisory ``flock`` on ``ledger.json.lock`` serialises writers (the local runner, and Slurm tasks that report their
 own state from the compute nodes; readers take it shared, so they never see a compaction half done). A second
 lock, held for the runner's lifetime, stops two ``toolkit ablate run`` processes from running the same ablation at
-once; the kernel drops both locks when their holder dies.
+once; the kernel drops both locks when their holder dies, so :func:`runner_active` (a probe of the second) tells
+whether a ``running`` record still has its runner (the live view and ``toolkit ablate status`` ask it).
 
 Run states: ``pending`` (not started, or interrupted and resumable), ``running``, ``done``, ``failed``. A failed
 record's ``reason`` is one line saying why (``toolkit.ablation.lifecycle.failure_reason``); the runner's summary and the
@@ -292,14 +293,12 @@ def runner_lock(folder: str | Path) -> Iterator[None]:
     path = folder / "runner.lock"
     try:
         with open(path, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _try_lock(fh, fcntl.LOCK_EX):
                 fh.seek(0)
                 holder = fh.read().strip() or "another process"
                 raise ToolkitError(
                     f"{holder} is already running this ablation ({path} is locked); wait for it or stop it first"
-                ) from None
+                )
             fh.seek(0)
             fh.truncate()
             fh.write(f"toolkit ablate run (pid {os.getpid()})")
@@ -317,3 +316,40 @@ def runner_lock(folder: str | Path) -> Iterator[None]:
                 with contextlib.suppress(OSError):
                     made.rmdir()
         raise
+
+
+def _try_lock(fh: Any, kind: int, patience_s: float = 0.5) -> bool:
+    """Take ``kind`` on ``fh`` without blocking, trying again for ``patience_s``: a `runner_active` probe holds the
+    lock shared for a moment, which must not make a starting runner believe another one is running."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(fh, kind | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
+def runner_active(folder: str | Path) -> bool | None:
+    """Whether a runner holds the study's lock (`runner_lock`) in ``folder`` now; None when that cannot be read.
+
+    A probe: takes the lock shared without waiting and lets it go at once (a runner holds it exclusively, and the
+    kernel drops it when the runner dies, however it dies). Creates nothing.
+    """
+    try:
+        fh = open(Path(folder) / "runner.lock")  # noqa: SIM115 (closed below); read-only: a probe writes nothing
+    except FileNotFoundError:
+        return False  # no runner ever ran here
+    except OSError:
+        return None
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
