@@ -38,7 +38,7 @@ def print_help() -> None:
     lines = [USAGE, "subcommands:"]
     lines += [f"  {name.ljust(width)}  {text}" for name, text in SUBCOMMANDS.items()]
     lines += ["", "toolkit <subcommand> --help: its options; toolkit --version: the version."]
-    lines += ["-q/--quiet: errors and results only; -v/--verbose: everything (every subcommand)."]
+    lines += ["-q/--quiet: errors and results only; -v/--verbose: everything (any subcommand)"]
     print("\n".join(lines))
 
 
