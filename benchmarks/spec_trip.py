@@ -39,7 +39,7 @@ def dry_run(spec_path: str, root: str, validate: bool = False) -> int:
     from toolkit.ablation import cli, cli_changes
     from toolkit.ablation.runner import run_ablation
     from toolkit.cli_options import parse, runner_options
-    from toolkit.parsed_checks import check_root_dir
+    from toolkit.lightning_cli.parsed_checks import check_root_dir
     from toolkit.study.spec import load_spec
 
     args = parse(cli.build_parser(), ["run", spec_path, "--dry-run", "--root", root], "ablate <run|status>").run

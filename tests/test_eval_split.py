@@ -8,7 +8,7 @@ import pytest
 from lightning.pytorch import seed_everything
 from sklearn.datasets import load_digits
 
-from toolkit.data import ImageDataModule
+from toolkit.data.datamodule import ImageDataModule
 from toolkit.errors import ToolkitError
 
 SMALL = {"source": "digits", "train_subset": 300, "eval_subset": 120, "batch_size": 16}
@@ -43,8 +43,8 @@ def test_split_seed_seed_ties_the_split_to_the_run_seed() -> None:
 
 
 def test_rest_needs_one_pool_of_images() -> None:
-    from toolkit.data import unused_samples
-    from toolkit.datasets import ImageSamples, Splits
+    from toolkit.data.datamodule import unused_samples
+    from toolkit.data.datasets import ImageSamples, Splits
 
     class Other(ImageSamples):
         pass

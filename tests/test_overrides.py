@@ -36,5 +36,8 @@ def framework_overrides() -> dict[str, bool]:
 
 def test_every_framework_hook_carries_override() -> None:
     found = framework_overrides()
-    assert "toolkit.data.ImageDataModule.setup" in found and "toolkit.classifier.ImageClassifier.setup" in found
+    assert (
+        "toolkit.data.datamodule.ImageDataModule.setup" in found
+        and "toolkit.model.classifier.ImageClassifier.setup" in found
+    )
     assert [name for name, marked in found.items() if not marked] == []

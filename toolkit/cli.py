@@ -128,9 +128,8 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
         threads = choose_threads()  # before torch loads; every run's entry point, hand-run or the runner's
         apply_threads(threads)
         print(threads.line(), flush=True)
-    from toolkit import short_help
     from toolkit.cli_options import snake
-    from toolkit.lightning_cli import run_cli
+    from toolkit.lightning_cli import run_cli, short_help
 
     if args[0] in _LIGHTNING and short_help.wants_short_help(args):
         text = io.StringIO()

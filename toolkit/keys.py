@@ -1,6 +1,6 @@
 """Metric keys shared by training, ablations and reports (defined once; imports nothing heavy).
 
-The metrics behind ``<stage>/acc`` and ``<stage>/f1`` are built in one place, :mod:`toolkit.metrics`.
+The metrics behind ``<stage>/acc`` and ``<stage>/f1`` are built in one place, :mod:`toolkit.model.metrics`.
 """
 
 TRAIN_LOSS = "train/loss"

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from toolkit.ablation import cli_changes
 from toolkit.cli_options import SPELLING, CompactHelp, add_runner_options, parse, runner_options
-from toolkit.parsed_checks import check_root_dir
+from toolkit.lightning_cli.parsed_checks import check_root_dir
 from toolkit.study import tuning
 from toolkit.study.spec import load_spec
 

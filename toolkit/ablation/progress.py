@@ -21,7 +21,7 @@ from rich.live import Live
 from rich.table import Table
 
 from toolkit.ablation.ckpt_epochs import epochs_done
-from toolkit.epoch_line import last_epoch_line
+from toolkit.study.epoch_line import last_epoch_line
 from toolkit.study.layout import RESULT_FILE
 from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
 from toolkit.study.result import RunResult

@@ -22,7 +22,7 @@ from toolkit.cli_options import SPELLING, parse, snake
 from toolkit.doctor import checks
 from toolkit.doctor.report import render, write_outputs
 from toolkit.errors import ToolkitError
-from toolkit.parsed_checks import check_root_dir
+from toolkit.lightning_cli.parsed_checks import check_root_dir
 
 #: what "regularisation off" means for the classifier and the data
 REGULARISATION_OFF = [

@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
         ToolkitError: a bad spec, or no runs of the ablation.
     """
     args = parse(build_parser(), argv, "report")
-    from toolkit.parsed_checks import check_root_dir
+    from toolkit.lightning_cli.parsed_checks import check_root_dir
     from toolkit.report.build import print_report, report_spec
     from toolkit.study.spec import load_spec  # imported here to keep --help instant
 

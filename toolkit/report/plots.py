@@ -220,7 +220,7 @@ def learning_curves(
 
 #: ``test/acc_lesion_k<k>`` of ``toolkit.callbacks.lesion.LesionSweep`` (matched here: the report imports no torch)
 _LESION_K = re.compile(r"^test/acc_lesion_k(\d+)$")
-#: the ``residual`` switch's column: its ``plot_key`` in ``toolkit.components.registry`` (a test keeps them equal)
+#: the ``residual`` switch's column: its ``plot_key`` in ``toolkit.model.components.registry`` (a test keeps them equal)
 RESIDUAL_KEY = "config.model.residual"
 
 

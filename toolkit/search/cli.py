@@ -10,7 +10,7 @@ from jsonargparse import ArgumentParser
 from rich.console import Console
 
 from toolkit.cli_options import SPELLING, add_runner_options, parse, runner_options
-from toolkit.parsed_checks import check_root_dir
+from toolkit.lightning_cli.parsed_checks import check_root_dir
 from toolkit.search.spec import load_search
 
 if TYPE_CHECKING:

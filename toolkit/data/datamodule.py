@@ -13,7 +13,7 @@ from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from toolkit.datasets import (
+from toolkit.data.datasets import (
     ImageSamples,
     Splits,
     load_digits_samples,
@@ -26,15 +26,15 @@ from toolkit.datasets import (
     three_way,
     verify_images,
 )
-from toolkit.duplicates import SPLITS, Duplicates, check_duplicates
-from toolkit.errors import ToolkitError
-from toolkit.transforms import (
+from toolkit.data.duplicates import SPLITS, Duplicates, check_duplicates
+from toolkit.data.transforms import (
     Augment,
     DataConfig,
     create_eval_transform,
     create_train_transform,
     resolve_backbone_data_config,
 )
+from toolkit.errors import ToolkitError
 
 #: the smallest ``eval_subset``: below 20 images one image moves val/acc by more than 5 points, so the best-val
 #: checkpoint is chosen on noise; and each class is seen at least twice (a stratified subset, macro-F1 per class)
@@ -156,9 +156,9 @@ class ImageDataModule(pl.LightningDataModule):
         self._splits: Splits | None = None
         self.data_config: DataConfig = resolve_backbone_data_config(backbone, image_size)
         self._mixup: Mixup | None = None
-        #: split name -> cached backbone features standing in for its images (set by toolkit.features)
+        #: split name -> cached backbone features standing in for its images (set by toolkit.model.features)
         self.feature_splits: dict[str, Dataset] = {}
-        #: the test split's cached features, looked up when the test loader is built (set by toolkit.features)
+        #: the test split's cached features, looked up when the test loader is built (set by toolkit.model.features)
         self.test_features: Callable[[], Dataset] | None = None
         self._ready = False
         self.predict_root = predict_root

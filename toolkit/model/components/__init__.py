@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from toolkit.components._batchnorm import BN_FAMILIES, NormFreeAct, find_batchnorms, require_batchnorms
-from toolkit.components._dropout import active_dropout_modules
-from toolkit.components._init_guard import (
+from toolkit.errors import ToolkitError
+from toolkit.model.components._batchnorm import BN_FAMILIES, NormFreeAct, find_batchnorms, require_batchnorms
+from toolkit.model.components._dropout import active_dropout_modules
+from toolkit.model.components._init_guard import (
     check_drop_path,
     check_untrained_statistics,
     check_zero_init,
@@ -20,16 +21,15 @@ from toolkit.components._init_guard import (
     untrained_batchnorms,
     zero_init_gammas,
 )
-from toolkit.components._liveness import check_liveness
-from toolkit.components._residual import (
+from toolkit.model.components._liveness import check_liveness
+from toolkit.model.components._residual import (
     RESIDUAL_FAMILIES,
     check_block_indices,
     list_residual_blocks,
     require_blocks,
     switch_block,
 )
-from toolkit.components.registry import batchnorm_level
-from toolkit.errors import ToolkitError
+from toolkit.model.components.registry import batchnorm_level
 
 __all__ = [
     "BN_FAMILIES",

@@ -15,14 +15,14 @@ from typing import Any
 
 from torch import nn
 
-from toolkit.components._batchnorm import (
+from toolkit.errors import ToolkitError
+from toolkit.model.components._batchnorm import (
     freeze_batchnorms,
     freeze_statistics,
     fuse_batchnorms,
     plan_fusion,
     remove_batchnorms,
 )
-from toolkit.errors import ToolkitError
 
 
 def _names(backbone: nn.Module, bn_names: list[str]) -> list[str]:
