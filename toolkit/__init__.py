@@ -12,6 +12,9 @@ from typing import Any
 from toolkit import _moved
 
 __version__ = "0.1.0"
+#: the distribution users install (``toolkit`` on the package index is an unrelated project); the import package
+#: and the command are ``toolkit``
+DISTRIBUTION = "toolkit-ablate"
 
 _moved.install()  # the old flat paths (``toolkit.schedules``, ...) still import: see toolkit/_moved.py
 

@@ -10,10 +10,10 @@ import contextlib
 import importlib
 import importlib.util
 import io
-import itertools
 import os
 import sys
 
+from toolkit import DISTRIBUTION
 from toolkit.atomic import NO_RIGHTS, NO_SPACE
 from toolkit.crash_log import write_crash_log
 from toolkit.errors import ToolkitError
@@ -75,22 +75,17 @@ def extra_of(module: str | None) -> str | None:
     return next((extra for extra, packages in EXTRAS.items() if top in packages), None)
 
 
-#: the distribution users install (``toolkit`` on the package index is an unrelated project); the import package and
-#: the command are ``toolkit``
-DISTRIBUTION = "toolkit-ablate"
-
-
 def missing_extra_message(command: str, module: str, extra: str) -> str:
     """The one line for a command whose optional dependency is not installed."""
     return f"toolkit {command} needs {module}, from the '{extra}' extra: pip install '{DISTRIBUTION}[{extra}]'"
 
 
 def needed_extras(args: list[str]) -> tuple[str, list[str]]:
-    """The command's name and the extras it needs before it starts (``--executor slurm`` adds ``slurm``)."""
+    """The command's name and the extras it needs before it starts (an executor's own, such as Slurm's submitit,
+    is checked when the executor is built)."""
     for prefix, extras in _NEEDS.items():
         if tuple(args[: len(prefix)]) == prefix:
-            slurm = "--executor=slurm" in args or ("--executor", "slurm") in itertools.pairwise(args)
-            return " ".join(prefix), [*extras, *(["slurm"] if slurm else [])]
+            return " ".join(prefix), list(extras)
     return (args[0] if args else ""), []
 
 

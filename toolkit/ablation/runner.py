@@ -14,50 +14,21 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
 from toolkit import keys
 from toolkit.ablation import lifecycle
-from toolkit.ablation.command import DEFAULT_LAUNCHER
-from toolkit.ablation.executor import Executor
-from toolkit.ablation.local import LocalRuns, make_slots, prestarted_pool
+from toolkit.ablation.executor import Executor, executor_class
+from toolkit.ablation.local import prestarted_pool
+from toolkit.ablation.options import Options
 from toolkit.ablation.progress import LiveView
 from toolkit.errors import ToolkitError
 from toolkit.study import tuning
 from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path, runner_lock
 from toolkit.study.spec import AblationSpec, Run
-
-
-@dataclass
-class Options:
-    """How to run an ablation (the options of ``toolkit ablate run``)."""
-
-    root: Path = Path("runs")
-    executor: str = "local"
-    workers: int | None = None
-    devices: list[str] | None = None
-    #: GPUs per run; None: 1 on a local machine with GPUs; on Slurm the spec's slurm: gpus_per_node, else the runs'
-    #: trainer.accelerator/devices, else 0 (CPU tasks)
-    gpus_per_run: int | None = None
-    cpus_per_run: int | None = None
-    dry_run: bool = False
-    retry_failed: bool = False
-    #: Slurm options given on the command line (``SlurmSettings`` fields; None: not given), over the spec's block
-    slurm: dict[str, Any] = field(default_factory=dict)
-    array_parallelism: int | None = None
-    #: the program each run starts; tests inject a stand-in, users never change it
-    launcher: list[str] = field(default_factory=lambda: list(DEFAULT_LAUNCHER))
-    validate: bool = True
-    report: bool = True
-    #: local: fork runs from a parent that imported torch/Lightning/timm/wandb once (see toolkit.ablation.warm)
-    warm: bool = True
-    #: ``--seeds``/``--set`` of the command line (`toolkit.ablation.cli_changes`), recorded in each run's ledger entry
-    changes: dict[str, Any] = field(default_factory=dict)
 
 
 def run_ablation(spec: AblationSpec, options: Options, console: Console | None = None) -> int:
@@ -150,12 +121,9 @@ def _run_stage(spec: AblationSpec, options: Options, executor: Executor, root: P
     ledger = Ledger(ledger_path(root, spec.name))
     runs = spec.runs()
     lifecycle.check_stale(spec, runs, ledger, root)
-    todo, attach = lifecycle.plan(runs, ledger, root, options.retry_failed, executor)
-    if attach and not executor.attaches:
-        names = ", ".join(f"{r.variant} seed {r.seed}" for r in attach)
-        raise ToolkitError(f"{names} still queued or running on Slurm; wait for them (--executor slurm) or scancel")
+    todo, following = lifecycle.plan(runs, ledger, root, options.retry_failed, executor)
     if options.dry_run:
-        _print_plan(spec, runs, todo, attach, root, executor, console)
+        _print_plan(spec, runs, todo, following, root, executor, console)
         return 0
     with ledger.edit() as records:
         for run in runs:
@@ -164,7 +132,7 @@ def _run_stage(spec: AblationSpec, options: Options, executor: Executor, root: P
                 record["cli_changes"] = options.changes
     try:
         with LiveView(spec, ledger, root, executor.parallel, console) as view:
-            executor.start(spec, todo, attach, root, ledger, view)
+            executor.start(spec, todo, following, root, ledger, view)
     except KeyboardInterrupt:
         console.print(f"interrupted: {executor.interrupted}run the same command again to resume", soft_wrap=True)
         return 130
@@ -172,43 +140,20 @@ def _run_stage(spec: AblationSpec, options: Options, executor: Executor, root: P
 
 
 def make_executor(options: Options, spec: AblationSpec | None = None) -> Executor:
-    """The executor ``options`` name (the one place that knows the kinds); bad ``--workers``/``--devices`` fail here.
-
-    On Slurm the spec's ``slurm:`` block gives the job's settings and the command line's options go over it.
-    """
-    if options.executor == "local":
-        slots = make_slots(
-            workers=options.workers,
-            devices=options.devices,
-            gpus_per_run=options.gpus_per_run or 1,
-            cpus_per_run=options.cpus_per_run,
-        )
-        return LocalRuns(slots, options.launcher, options.warm, max(len(slots), options.array_parallelism or 1))
-    if options.executor == "slurm":
-        from toolkit.ablation import slurm_request
-        from toolkit.ablation.slurm import SlurmRuns  # lazily: only a Slurm run needs it
-        from toolkit.ablation.slurm_settings import settings_from_spec
-
-        where = spec.path if spec is not None else "spec"
-        settings = settings_from_spec(spec.slurm if spec is not None else None, where)
-        given = {"cpus_per_task": options.cpus_per_run, "gpus_per_node": options.gpus_per_run}
-        settings = settings.merged({**options.slurm, **given, "array_parallelism": options.array_parallelism})
-        if spec is not None:  # GPUs, nodes and CPUs from the runs' trainer settings; a contradiction is refused
-            settings = slurm_request.resolve(spec, settings)
-        return SlurmRuns(options.launcher, settings)
-    raise ToolkitError(f"--executor {options.executor!r}: use local or slurm")
+    """The executor ``options`` name, built by its kind (bad ``--workers``/``--devices`` fail here)."""
+    return executor_class(options.executor).build(options, spec)
 
 
 def _print_plan(
     spec: AblationSpec,
     runs: list[Run],
     todo: list[Run],
-    attach: list[Run],
+    following: list[Run],
     root: Path,
     executor: Executor,
     console: Console,
 ) -> None:
-    console.print(f"[bold]{spec.name}[/]: {len(runs)} runs, {len(todo)} to start, {len(attach)} already queued")
+    console.print(f"[bold]{spec.name}[/]: {len(runs)} runs, {len(todo)} to start, {len(following)} already queued")
     for text in executor.dry_run(spec, todo, root):
         console.print(text, soft_wrap=True, markup=False, highlight=False)  # a command is one line: it pastes
 

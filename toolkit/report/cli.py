@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     check_root_dir(args.root, "--root")
     check_root_dir(args.out, "--out")
     spec = load_spec(Path(args.spec))
-    from toolkit.ablation.cli_changes import apply, check_recorded, recorded_changes
+    from toolkit.study.cli_changes import apply, check_recorded, recorded_changes
 
     if args.seeds or args.set:
         asked, changes = apply(spec, args.seeds, args.set)
