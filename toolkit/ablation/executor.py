@@ -127,6 +127,12 @@ def register(cls: type[Executor]) -> type[Executor]:
     return cls
 
 
+def unregister(name: str) -> None:
+    """Remove a kind added by :func:`register` (the built-ins stay)."""
+    if name not in ("local", "slurm"):
+        _KINDS.pop(name, None)
+
+
 def executor_names() -> list[str]:
     """The registered kinds, ``local`` first."""
     return list(_KINDS)
