@@ -55,6 +55,29 @@ def new_name(old: str) -> str | None:
     return None
 
 
+#: the short names ``toolkit`` exports (``toolkit.WarmupSchedule``) and the flat module that defined each
+_SHORT = {
+    "toolkit.ImageClassifier": "toolkit.classifier.ImageClassifier",
+    "toolkit.ImageDataModule": "toolkit.data.ImageDataModule",
+    "toolkit.WarmupSchedule": "toolkit.schedules.WarmupSchedule",
+    "toolkit.WandbLogger": "toolkit.tracking.WandbLogger",
+    "toolkit.data.datamodule.ImageDataModule": "toolkit.data.ImageDataModule",
+}
+
+
+def flat_path(class_path: str) -> str:
+    """The spelling of a class path in the flat layout, whichever spelling was given (new module, old module or
+    short name): what run ids hash and what code compares, so that a run's id and identity do not depend on where
+    the class lives (``toolkit.model.schedules.WarmupSchedule`` -> ``toolkit.schedules.WarmupSchedule``)."""
+    if class_path in _SHORT:
+        return _SHORT[class_path]
+    module, _, name = class_path.rpartition(".")
+    for before, after in MOVED.items():
+        if module == after or module.startswith(after + "."):
+            return before + module[len(after) :] + "." + name
+    return class_path
+
+
 class _Alias(importlib.abc.Loader):
     def __init__(self, target: str) -> None:
         self.target = target

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from toolkit._moved import flat_path
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli.checkpoint import CheckpointReaders
 from toolkit.lightning_cli.tracking import check_init_kwargs
@@ -106,7 +107,8 @@ def resolve_ckpt(ckpt_path: str, dirpath: str, readers: CheckpointReaders) -> st
 
 def is_toolkit_logger(logger: Any) -> bool:
     """Whether the configured logger is the toolkit's W&B logger (whose run this module names)."""
-    return logger is not None and getattr(logger, "class_path", None) == "toolkit.lightning_cli.tracking.WandbLogger"
+    path = getattr(logger, "class_path", None) if logger is not None else None
+    return isinstance(path, str) and flat_path(path) == "toolkit.tracking.WandbLogger"  # however it is spelled
 
 
 def name_wandb_run(logger: Any, root: Path, ablation: Any) -> None:
