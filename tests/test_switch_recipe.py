@@ -20,6 +20,7 @@ from conftest import fit
 from test_spec_checks import dry_run, write_spec
 from torch import nn
 
+from toolkit import keys
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli import parse_config
 from toolkit.model.classifier import ImageClassifier
@@ -50,7 +51,7 @@ def test_the_signature_literal_and_the_report_key_follow_the_registry() -> None:
         == tuple(BATCHNORM_LEVELS)
         == ("on", "frozen", "frozen-stats", "fused", "off")
     )
-    assert SWITCHES["residual"].plot_key == RESIDUAL_KEY
+    assert keys.config_key(f"model.{SWITCHES['residual'].name}") == RESIDUAL_KEY  # the report's column of it
     assert [s.name for s in SWITCHES.values()] == ["batchnorm", "residual", "residual_blocks", "lesion_blocks"]
     assert all(name in hints for name in SWITCHES)  # every switch is an argument of the model
 

@@ -26,9 +26,10 @@ from toolkit.study.layout import RESULT_FILE
 from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
 from toolkit.study.result import RunResult
 from toolkit.study.spec import AblationSpec, Run
+from toolkit.study.states import Health
 
 #: shown for a ``running`` record whose process is gone (never written to the ledger: the next runner resumes it)
-INTERRUPTED = "interrupted"
+INTERRUPTED = Health.INTERRUPTED
 #: shown for a ``done`` record whose ``result.json`` is gone or unreadable (the next runner redoes it)
 MISSING = "missing"
 

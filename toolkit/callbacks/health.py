@@ -25,10 +25,11 @@ from toolkit.callbacks.early_stop import stopped_early
 from toolkit.errors import ToolkitError
 from toolkit.model.freezing import BackboneFreezer
 from toolkit.study.convergence import still_improving
+from toolkit.study.states import Health
 
 #: prefix of the health keys in the W&B summary (``health/status``, ``health/epochs_completed``, ...)
 HEALTH_PREFIX = "health/"
-FINISHED, DIVERGED = "finished", "diverged"
+FINISHED, DIVERGED = Health.FINISHED, Health.DIVERGED
 
 
 class Diverged(ToolkitError):

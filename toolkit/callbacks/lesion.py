@@ -30,18 +30,9 @@ from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from toolkit.errors import ToolkitError
+from toolkit.keys import lesion_k_key, lesion_key
 from toolkit.model.components import list_residual_blocks
 from toolkit.model.components._residual import switch_block
-
-
-def lesion_key(block: int) -> str:
-    """Test accuracy with block ``block`` lesioned."""
-    return f"test/acc_lesion_{block}"
-
-
-def lesion_k_key(k: int) -> str:
-    """Mean test accuracy with ``k`` blocks lesioned."""
-    return f"test/acc_lesion_k{k}"
 
 
 def lesion_sets(blocks: int, max_k: int, samples: int, seed: int) -> dict[int, list[tuple[int, ...]]]:

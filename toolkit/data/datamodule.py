@@ -16,17 +16,13 @@ from typing_extensions import override
 from toolkit.data.datasets import (
     ImageSamples,
     Splits,
-    load_digits_samples,
-    load_fashion_mnist_splits,
-    load_folder_splits,
     load_predict_samples,
-    load_torchvision_splits,
     sample_ids,
     stratified_subset,
-    three_way,
     verify_images,
 )
 from toolkit.data.duplicates import SPLITS, Duplicates, check_duplicates
+from toolkit.data.sources import SOURCES, SourceArgs, get_source
 from toolkit.data.transforms import (
     Augment,
     DataConfig,
@@ -45,9 +41,9 @@ class ImageDataModule(pl.LightningDataModule):
     """Train/val/test image data for a timm backbone.
 
     Args:
-        source: ``digits`` (scikit-learn's bundled 8x8 digits, no download), ``folder`` (an ImageFolder root),
-            ``torchvision`` (a named torchvision dataset) or ``fashion_mnist`` (Fashion-MNIST from Debian's
-            ``dataset-fashion-mnist`` package, offline).
+        source: a source of ``data/sources.py``: ``digits`` (scikit-learn's bundled 8x8 digits, no download),
+            ``folder`` (an ImageFolder root), ``torchvision`` (a named torchvision dataset) or ``fashion_mnist``
+            (Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package, offline).
         root: image folder root (``folder``), download directory (``torchvision``) or where Fashion-MNIST is
             unpacked (default ``$TOOLKIT_CACHE/data``).
         name: torchvision dataset class name, e.g. ``CIFAR10``.
@@ -88,7 +84,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        source: Literal["digits", "folder", "torchvision", "fashion_mnist"] = "digits",
+        source: Literal[tuple(SOURCES)] = "digits",  # type: ignore[valid-type]
         root: str | None = None,
         name: str | None = None,
         download: bool = False,
@@ -172,20 +168,11 @@ class ImageDataModule(pl.LightningDataModule):
     def splits(self) -> Splits:
         """The train/val/test samples, loaded once."""
         if self._splits is None:
-            if self.source == "digits":
-                samples, classes = load_digits_samples()
-                train, val, test = three_way(samples, self.val_fraction, self.test_fraction, self.split_seed)
-                self._splits = Splits(train, val, test, classes)
-            elif self.source == "folder":
-                self._splits = load_folder_splits(self.root, self.val_fraction, self.test_fraction, self.split_seed)
-            elif self.source == "fashion_mnist":
-                self._splits = load_fashion_mnist_splits(self.root, self.val_fraction, self.split_seed)
-            else:
-                self._splits = load_torchvision_splits(
-                    self.name, self.root, self.download, self.val_fraction, self.split_seed
-                )
-            self._splits = self._subsets(self._splits)
+            self._splits = self._subsets(get_source(self.source).load(self._source_args()))
         return self._splits
+
+    def _source_args(self) -> SourceArgs:
+        return SourceArgs(self.root, self.name, self.download, self.val_fraction, self.test_fraction, self.split_seed)
 
     def _drop_last(self) -> bool:
         """Whether training drops its last, incomplete batch.
@@ -246,8 +233,9 @@ class ImageDataModule(pl.LightningDataModule):
 
     @override
     def prepare_data(self) -> None:
-        if self.source == "torchvision" and self.download:
-            load_torchvision_splits(self.name, self.root, True, self.val_fraction, self.split_seed)
+        fetch = get_source(self.source).fetch
+        if fetch is not None:
+            fetch(self._source_args())
 
     @override
     def setup(self, stage: str) -> None:
