@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Literal
@@ -136,8 +135,11 @@ class ImageDataModule(pl.LightningDataModule):
             raise ToolkitError(f"mixup/cutmix pair samples within a batch: use an even batch_size, not {batch_size}")
         if split_seed != "seed" and not 0 <= split_seed <= 2**32 - 1:  # sklearn's range: else it blames the split
             raise ToolkitError(f"--data.split_seed {split_seed}: a seed is an integer in [0, 2**32 - 1], or 'seed'")
-        if split_seed == "seed":
-            split_seed = run_seed()
+        if split_seed == "seed":  # `toolkit fit` gives it the run's seed_everything before building this
+            raise ToolkitError(
+                "data.split_seed: seed means the run's seed_everything, which toolkit fit passes in; give the seed "
+                "itself (an integer) when building the data module in Python"
+            )
         self.save_hyperparameters(logger=False)
         self.source, self.root, self.name, self.download = source, root, name, download
         self.backbone, self.image_size, self.normalize, self.augment = backbone, image_size, normalize, augment
@@ -313,15 +315,6 @@ class ImageDataModule(pl.LightningDataModule):
             images, targets = batch
             return self._mixup(images, targets)
         return batch
-
-
-def run_seed() -> int:
-    """The run's seed for ``split_seed: seed``: what ``seed_everything`` set (Lightning exports it as
-    ``PL_GLOBAL_SEED``, the documented variable its dataloader workers seed from)."""
-    seed = os.environ.get("PL_GLOBAL_SEED")
-    if seed is None:
-        raise ToolkitError("data.split_seed: seed needs the run's seed; set seed_everything (an integer)")
-    return int(seed)
 
 
 def unused_samples(full: Splits, used: Splits) -> ImageSamples:

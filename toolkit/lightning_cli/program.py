@@ -228,7 +228,16 @@ class ToolkitCLI(LightningCLI):
 
     @override
     def instantiate_classes(self) -> None:
-        """Build the model; with a checkpoint to evaluate, without pretrained weights (the checkpoint has them all)."""
+        """Build the model; with a checkpoint to evaluate, without pretrained weights (the checkpoint has them all).
+
+        ``data.split_seed: seed`` is given the run's ``seed_everything`` here, explicitly, before the data module is
+        built (the doctor's build too)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if "data" in config and config.data is not None and config.data.get("split_seed") == "seed":
+            seed = config.get("seed_everything")
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise ToolkitError("data.split_seed: seed needs the run's seed; set seed_everything (an integer)")
+            config.data.split_seed = seed
         if _weights_from_checkpoints(self.subcommand, self.config):
             with weights_from_checkpoint():
                 super().instantiate_classes()
