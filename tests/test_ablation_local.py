@@ -90,7 +90,7 @@ def overlapping(a: dict, b: dict) -> bool:
 
 def test_gpu_slots_give_each_run_its_own_devices_and_ddp(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, {"full": {}, "other": {"model.drop_rate": 0.0}}, [0, 1, 2])
-    code, _ = run(spec, tmp_path / "runs", tmp_path, devices=["0", "1", "2", "3"], gpus_per_run=2, cpus_per_run=3)
+    code, _ = run(spec, tmp_path / "runs", tmp_path, devices="0,1,2,3", gpus_per_run=2, cpus_per_run=3)
     assert code == 0
     got = received(tmp_path / "runs")
     assert len(got) == 6 and len({g["run_dir"] for g in got}) == 6
@@ -202,12 +202,12 @@ def test_slots_that_do_not_fit_are_refused() -> None:
     with pytest.raises(ToolkitError, match="--gpus-per-run 3 does not fit on GPUs 0,1"):
         make_slots(workers=None, devices=["0", "1"], gpus_per_run=3)
     with pytest.raises(ToolkitError, match="--workers 0"):
-        make_slots(workers=0, devices="cpu")
+        make_slots(workers=0, devices=[])
     assert [s.gpus for s in make_slots(workers=1, devices=["0", "1", "2", "3"], gpus_per_run=2)] == [("0", "1")]
-    assert [s.threads for s in make_slots(workers=3, devices="cpu", cpu_count=8)] == [1, 1, 1]
-    assert [s.threads for s in make_slots(workers=3, devices="cpu", cpus_per_run=2, cpu_count=8)] == [2, 2, 2]
+    assert [s.threads for s in make_slots(workers=3, devices=[], cpu_count=8)] == [1, 1, 1]
+    assert [s.threads for s in make_slots(workers=3, devices=[], cpus_per_run=2, cpu_count=8)] == [2, 2, 2]
     with pytest.raises(ToolkitError, match="--cpus-per-run 0"):
-        make_slots(workers=1, devices="cpu", cpus_per_run=0)
+        make_slots(workers=1, devices=[], cpus_per_run=0)
 
 
 def _group(pgid: int) -> dict[int, str]:
