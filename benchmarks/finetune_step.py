@@ -109,7 +109,7 @@ def toolkit_round(root: Path, batch_size: int) -> tuple[list[float], float]:
 
 def quickstart_test_images() -> tuple[torch.Tensor, torch.Tensor]:
     """The quickstart's 1,377 test digits as one tensor (its data options), and their labels."""
-    from toolkit.data import ImageDataModule
+    from toolkit.data.datamodule import ImageDataModule
 
     data = ImageDataModule(backbone=MODEL, image_size=SIZE, augment="none", train_subset=300, eval_subset=120,
                            test_split="rest")  # fmt: skip

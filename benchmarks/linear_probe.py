@@ -31,7 +31,7 @@ from typing import Any
 import lightning.pytorch as pl
 from typing_extensions import override
 
-from toolkit.features import CACHE_ENV
+from toolkit.model.features import CACHE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBE = [

@@ -80,7 +80,7 @@ def toolkit_epochs(model: str, epochs: int, root: Path) -> list[float]:
 
 
 def plain_epochs(model_name: str, epochs: int) -> tuple[list[float], float]:
-    from toolkit.data import ImageDataModule
+    from toolkit.data.datamodule import ImageDataModule
 
     data = ImageDataModule(backbone=model_name, image_size=32, augment="basic", batch_size=64)
     data.setup("fit")

@@ -92,7 +92,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import timm
 
-    from toolkit.features import CACHE_ENV
+    from toolkit.model.features import CACHE_ENV
 
     print(f"load before: {'/'.join(f'{x:.1f}' for x in os.getloadavg())}, torch threads {torch.get_num_threads()}")
     kit: list[float] = []

@@ -36,10 +36,12 @@ def dry_run(spec_path: str, root: str, validate: bool = False) -> int:
     validating the variants (that builds every model: torch's trip, not the spec's; the command line has no switch)."""
     from rich.console import Console
 
-    from toolkit.ablation import cli, cli_changes
+    from toolkit.ablation import cli
+    from toolkit.ablation.options import runner_options
     from toolkit.ablation.runner import run_ablation
-    from toolkit.cli_options import parse, runner_options
-    from toolkit.parsed_checks import check_root_dir
+    from toolkit.cli_options import parse
+    from toolkit.lightning_cli.parsed_checks import check_root_dir
+    from toolkit.study import cli_changes
     from toolkit.study.spec import load_spec
 
     args = parse(cli.build_parser(), ["run", spec_path, "--dry-run", "--root", root], "ablate <run|status>").run

@@ -23,7 +23,8 @@ from rich.console import Console
 
 from toolkit.ablation.executor import kill_leftovers
 from toolkit.ablation.local import make_slots
-from toolkit.ablation.runner import Options, run_ablation
+from toolkit.ablation.options import Options
+from toolkit.ablation.runner import run_ablation
 from toolkit.errors import ToolkitError
 from toolkit.study.ledger import Ledger, ledger_path
 from toolkit.study.result import RunResult
@@ -68,8 +69,9 @@ def run(spec: AblationSpec, root: Path, tmp_path: Path, terminal: bool = False, 
     script = tmp_path / "stand_in.py"
     script.write_text(STAND_IN)
     out = io.StringIO()
-    settings = {"validate": False, "report": False, **options}
-    opts = Options(root=root, launcher=[sys.executable, str(script)], **settings)
+    local = {k: options.pop(k) for k in ("workers", "devices", "warm") if k in options}
+    settings = {"validate": False, "report": False, "executor_options": local, **options}
+    opts = Options(root=root, launcher=[sys.executable, str(script)], **settings)  # type: ignore[arg-type]
     console = Console(file=out, width=200, force_terminal=terminal, color_system=None)
     return run_ablation(spec, opts, console), out.getvalue()
 
@@ -88,7 +90,7 @@ def overlapping(a: dict, b: dict) -> bool:
 
 def test_gpu_slots_give_each_run_its_own_devices_and_ddp(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, {"full": {}, "other": {"model.drop_rate": 0.0}}, [0, 1, 2])
-    code, _ = run(spec, tmp_path / "runs", tmp_path, devices=["0", "1", "2", "3"], gpus_per_run=2, cpus_per_run=3)
+    code, _ = run(spec, tmp_path / "runs", tmp_path, devices="0,1,2,3", gpus_per_run=2, cpus_per_run=3)
     assert code == 0
     got = received(tmp_path / "runs")
     assert len(got) == 6 and len({g["run_dir"] for g in got}) == 6
@@ -110,7 +112,7 @@ def test_gpu_slots_give_each_run_its_own_devices_and_ddp(tmp_path: Path) -> None
 
 def test_cpu_workers_get_a_fixed_thread_count_and_run_side_by_side(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, {"full": {}}, [0, 1, 2, 3])
-    code, out = run(spec, tmp_path / "runs", tmp_path, terminal=True, devices=[], workers=2)
+    code, out = run(spec, tmp_path / "runs", tmp_path, terminal=True, devices="cpu", workers=2)
     assert code == 0
     table = out[out.rindex("ablation standin") :]  # the live view's last frame
     assert table.count("│ done") == 4 and "4 done" in table
@@ -124,7 +126,7 @@ def test_cpu_workers_get_a_fixed_thread_count_and_run_side_by_side(tmp_path: Pat
 def test_a_crashing_run_is_failed_the_others_finish_and_retry_is_explicit(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, {"full": {}, "crash": {"model.drop_rate": 0.5}}, [0, 1])
     root = tmp_path / "runs"
-    code, out = run(spec, root, tmp_path, devices=[], workers=2)
+    code, out = run(spec, root, tmp_path, devices="cpu", workers=2)
     assert code == 1
     records = {(r["variant"], r["seed"]): r for r in Ledger(ledger_path(root, "standin")).read().values()}
     assert {k: r["status"] for k, r in records.items()} == {
@@ -140,9 +142,9 @@ def test_a_crashing_run_is_failed_the_others_finish_and_retry_is_explicit(tmp_pa
         assert f"failed crash seed {seed}: {failed['reason']} (exit 1, log {failed['log']})" in out
     assert "2 done, 2 failed, 0 unfinished" in out and "--retry-failed" in out
 
-    code, out = run(spec, root, tmp_path, devices=[], workers=2)  # the same command again: nothing to do
+    code, out = run(spec, root, tmp_path, devices="cpu", workers=2)  # the same command again: nothing to do
     assert code == 1 and len(received(root)) == 4
-    code, out = run(spec, root, tmp_path, devices=[], workers=2, retry_failed=True)
+    code, out = run(spec, root, tmp_path, devices="cpu", workers=2, retry_failed=True)
     assert code == 1 and len(received(root)) == 6
     attempts = {(r["variant"], r["seed"]): r["attempts"] for r in Ledger(ledger_path(root, "standin")).read().values()}
     assert attempts == {("full", 0): 1, ("full", 1): 1, ("crash", 0): 2, ("crash", 1): 2}
@@ -151,13 +153,13 @@ def test_a_crashing_run_is_failed_the_others_finish_and_retry_is_explicit(tmp_pa
 def test_a_run_killed_by_sigkill_is_recorded_as_killed_and_resumes_without_retry_failed(tmp_path: Path) -> None:
     spec = make_spec(tmp_path, {"full": {}, "killed": {"model.drop_rate": 0.5}}, [0])
     root = tmp_path / "runs"
-    code, out = run(spec, root, tmp_path, devices=[], workers=1)
+    code, out = run(spec, root, tmp_path, devices="cpu", workers=1)
     records = {r["variant"]: r for r in Ledger(ledger_path(root, "standin")).read().values()}
     killed = records["killed"]
     assert code == 1 and killed["status"] == "pending" and killed["exit_code"] == -signal.SIGKILL
     assert killed["reason"] == "killed by SIGKILL" and "TPU" not in out
     assert "unfinished killed seed 0: killed by SIGKILL; run again to resume" in out
-    code, out = run(spec, root, tmp_path, devices=[], workers=1)  # no --retry-failed: a killed run resumes
+    code, out = run(spec, root, tmp_path, devices="cpu", workers=1)  # no --retry-failed: a killed run resumes
     records = {r["variant"]: r for r in Ledger(ledger_path(root, "standin")).read().values()}
     assert code == 0 and records["killed"]["status"] == "done" and records["killed"]["attempts"] == 2
 
@@ -172,13 +174,13 @@ def test_the_signal_is_read_from_the_exit_status(code: int, name: str | None) ->
 
 
 def test_seeds_and_set_from_the_command_line_scale_the_study_and_are_recorded_in_the_ledger(tmp_path: Path) -> None:
-    from toolkit.ablation import cli_changes
+    from toolkit.study import cli_changes
 
     spec = make_spec(tmp_path, {"full": {}, "no-drop": {"model.drop_rate": 0.0}}, [0])
     scaled, changes = cli_changes.apply(spec, "1-2,5", ["trainer.max_epochs=4", "model.drop_rate=0.3"])
     assert changes == {"seeds": [1, 2, 5], "set": {"trainer.max_epochs": 4, "model.drop_rate": 0.3}}
     root = tmp_path / "runs"
-    code, _ = run(scaled, root, tmp_path, devices=[], workers=2, changes=changes)
+    code, _ = run(scaled, root, tmp_path, devices="cpu", workers=2, changes=changes)
     assert code == 0
     records = list(Ledger(ledger_path(root, "standin")).read().values())
     assert sorted((r["variant"], r["seed"]) for r in records) == [
@@ -250,11 +252,13 @@ RUNNER = """
 import sys
 from pathlib import Path
 from rich.console import Console
-from toolkit.ablation.runner import Options, run_ablation
+from toolkit.ablation.options import Options
+from toolkit.ablation.runner import run_ablation
 from toolkit.study.spec import load_spec
 spec_path, root, script = sys.argv[1:]
 launcher = [sys.executable, script]
-options = Options(root=Path(root), launcher=launcher, validate=False, report=False, workers=2, devices=[])
+options = Options(root=Path(root), launcher=launcher, validate=False, report=False,
+                  executor_options={"workers": 2, "devices": "cpu"})
 sys.exit(run_ablation(load_spec(spec_path), options, Console(width=200)))
 """
 
@@ -325,7 +329,7 @@ def test_a_done_run_whose_result_is_gone_is_shown_missing_and_redone(tmp_path: P
 
     spec = make_spec(tmp_path, {"full": {}}, [0, 1, 2])
     root = tmp_path / "runs"
-    assert run(spec, root, tmp_path, devices=[], workers=1)[0] == 0
+    assert run(spec, root, tmp_path, devices="cpu", workers=1)[0] == 0
     gone, cut, kept = spec.runs()
     shutil.rmtree(gone.directory(root))
     (cut.directory(root) / "result.json").write_text('{"status": "do')
@@ -336,7 +340,7 @@ def test_a_done_run_whose_result_is_gone_is_shown_missing_and_redone(tmp_path: P
     rows = {line.split("│")[2].strip(): line for line in out.getvalue().splitlines() if " full " in line}
     assert "missing" in rows["0"] and "missing" in rows["1"] and "done" in rows["2"], out.getvalue()
     assert "result.json is missing or unreadable" in rows["0"]
-    code, printed = run(spec, root, tmp_path, devices=[], workers=1)
+    code, printed = run(spec, root, tmp_path, devices="cpu", workers=1)
     assert code == 0 and "3 done" in printed
     records = Ledger(ledger_path(root, "standin")).read()
     assert [records[r.id]["attempts"] for r in (gone, cut, kept)] == [2, 2, 1]
@@ -378,10 +382,10 @@ def test_a_run_that_failed_on_a_full_disk_resumes_without_retry_failed(tmp_path:
     """A full disk is the machine's state, not the run's failure: pending with its reason, redone by a plain re-run."""
     spec = make_spec(tmp_path, {"full": {}, "nospace": {"model.drop_rate": 0.5}}, [0])
     root = tmp_path / "runs"
-    code, out = run(spec, root, tmp_path, devices=[], workers=1)
+    code, out = run(spec, root, tmp_path, devices="cpu", workers=1)
     records = {r["variant"]: r for r in Ledger(ledger_path(root, "standin")).read().values()}
     assert code == 1 and records["nospace"]["status"] == "pending"
     assert "No space left on device" in records["nospace"]["reason"] and "out of space" in out
-    code, out = run(spec, root, tmp_path, devices=[], workers=1)  # no --retry-failed
+    code, out = run(spec, root, tmp_path, devices="cpu", workers=1)  # no --retry-failed
     records = {r["variant"]: r for r in Ledger(ledger_path(root, "standin")).read().values()}
     assert code == 0 and records["nospace"]["status"] == "done" and records["nospace"]["attempts"] == 2

@@ -9,8 +9,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from toolkit.backbone import create_backbone
-from toolkit.heads import create_head
+from toolkit.model.backbone import create_backbone
+from toolkit.model.heads import create_head
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth", ".bin"])

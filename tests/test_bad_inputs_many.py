@@ -501,7 +501,7 @@ def test_cifar_config_offline_says_the_data_is_missing(capsys, monkeypatch, tmp_
 
 def test_a_last_training_batch_of_one_sample_is_dropped_not_crashed(tmp_path) -> None:
     """13 training images in batches of 4 leave a last batch of one, on which BatchNorm (1x1 maps at 32 px) fails."""
-    from toolkit.classifier import ImageClassifier
+    from toolkit.model.classifier import ImageClassifier
 
     model = ImageClassifier(num_classes=10).train()
     with pytest.raises(ValueError, match="more than 1 value per channel"):

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from conftest import fit, weights_with_trained_statistics
 from torch import nn
 
-from toolkit.classifier import ImageClassifier
-from toolkit.components import find_batchnorms
+from toolkit.model.classifier import ImageClassifier
+from toolkit.model.components import find_batchnorms
 
 
 def _bn_state(model: ImageClassifier) -> dict[str, dict[str, torch.Tensor]]:

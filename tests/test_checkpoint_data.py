@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import QUICK, Payload, fit, payload_checkpoint, toolkit_cmd
 
-from toolkit.checkpoint_data import check_finite, load_data
 from toolkit.errors import ToolkitError
+from toolkit.model.checkpoint_data import check_finite, load_data
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_the_torch_free_epoch_reader_never_runs_a_payload(good, tmp_path, marker
 
 
 def test_pretrained_weights_with_a_payload_are_refused(good, tmp_path, marker) -> None:
-    from toolkit.backbone import create_backbone
+    from toolkit.model.backbone import create_backbone
 
     weights = tmp_path / "weights.pth"
     state = torch.load(good, weights_only=True)["state_dict"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from conftest import fit
 
-from toolkit.checkpoint_io import OneWritePerState
+from toolkit.lightning_cli.checkpoint_io import OneWritePerState
 
 
 def _state(step: int, value: float) -> dict:

@@ -12,7 +12,7 @@ from conftest import QUICK, fit
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli import run_cli
 from toolkit.lightning_cli.checkpoint import CheckpointReader
-from toolkit.tracking import CKPT_RUN_ID
+from toolkit.lightning_cli.tracking import CKPT_RUN_ID
 
 
 @pytest.fixture(scope="module")

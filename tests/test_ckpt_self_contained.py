@@ -10,9 +10,9 @@ import timm
 import torch
 from conftest import QUICK, fit
 
-from toolkit.components._residual import SwitchedInvertedResidual
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli import run_cli
+from toolkit.model.components._residual import SwitchedInvertedResidual
 from toolkit.weights import OFFLINE_WEIGHTS
 
 NO_LOGGER = ["--trainer.logger", "false"]

@@ -20,7 +20,7 @@ from rich.console import Console
 import toolkit.cli
 from toolkit.ablation.progress import build_table
 from toolkit.cli import main
-from toolkit.epoch_line import format_epoch_line, last_epoch_line, parse_epoch_line
+from toolkit.study.epoch_line import format_epoch_line, last_epoch_line, parse_epoch_line
 from toolkit.study.ledger import RUNNING, Ledger, ledger_path
 from toolkit.study.spec import load_spec
 

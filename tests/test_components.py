@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from toolkit.components import apply_switches, find_batchnorms
 from toolkit.errors import ToolkitError
+from toolkit.model.components import apply_switches, find_batchnorms
 
 BN_MODELS = ["test_resnet", "test_efficientnet"]
 ANY_BN = (nn.modules.batchnorm._BatchNorm, FrozenBatchNorm2d, FrozenBatchNormAct2d)

@@ -10,8 +10,8 @@ import torch
 from timm.models.resnet import BasicBlock, Bottleneck
 from torch import nn
 
-from toolkit.components import active_dropout_modules, apply_switches, list_residual_blocks
 from toolkit.errors import ToolkitError
+from toolkit.model.components import active_dropout_modules, apply_switches, list_residual_blocks
 
 
 def create(name: str, seed: int = 0, **kwargs) -> nn.Module:

@@ -13,9 +13,9 @@ import torch
 from conftest import QUICK, fit, weights_with_trained_statistics
 from torch.nn import functional as F
 
-from toolkit.classifier import ImageClassifier
-from toolkit.components import active_dropout_modules
 from toolkit.lightning_cli import run_cli
+from toolkit.model.classifier import ImageClassifier
+from toolkit.model.components import active_dropout_modules
 from toolkit.report.wandb_log import read_run
 
 # what a study sets for all its variants: timm's zero-init of the last BN gamma would make these switches refused

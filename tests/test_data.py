@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from toolkit.data import ImageDataModule
+from toolkit.data.datamodule import ImageDataModule
 
 
 def _folder(root: Path, classes: int = 3, per_class: int = 10, seed: int = 0) -> Path:

@@ -26,7 +26,7 @@ class RankDump(pl.Callback):
 
 
 def _ddp_fit(tmp_path: Path, *extra: str) -> dict[int, dict[str, torch.Tensor]]:
-    from toolkit.classifier import ImageClassifier
+    from toolkit.model.classifier import ImageClassifier
 
     weights = tmp_path / "init.pth"
     torch.save(ImageClassifier().backbone.state_dict(), weights)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.data import ImageDataModule
+from toolkit.data.datamodule import ImageDataModule
 from toolkit.errors import ToolkitError
 
 

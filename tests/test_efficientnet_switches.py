@@ -10,9 +10,9 @@ import torch
 from timm.models._efficientnet_blocks import DepthwiseSeparableConv, EdgeResidual, InvertedResidual
 from torch import nn
 
-from toolkit.backbone import create_backbone
-from toolkit.components import apply_switches, list_residual_blocks
 from toolkit.errors import ToolkitError
+from toolkit.model.backbone import create_backbone
+from toolkit.model.components import apply_switches, list_residual_blocks
 
 
 def _same_shape_blocks(model: nn.Module) -> list[str]:

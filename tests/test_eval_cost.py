@@ -14,9 +14,9 @@ from conftest import DIGITS, fit
 from sklearn.metrics import accuracy_score, f1_score
 from torch.utils.data import DataLoader
 
-from toolkit.data import ImageDataModule
-from toolkit.features import CACHE_ENV, CachedSplit
+from toolkit.data.datamodule import ImageDataModule
 from toolkit.lightning_cli import run_cli
+from toolkit.model.features import CACHE_ENV, CachedSplit
 
 PROBE = ["--model.freeze_backbone", "true", "--data.augment", "none", "--model.drop_rate", "0.0"]
 TEST_KEYS = ("test/acc", "test/f1", "test/loss")

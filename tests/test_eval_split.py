@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
-from lightning.pytorch import seed_everything
+from conftest import fit
 from sklearn.datasets import load_digits
 
-from toolkit.data import ImageDataModule
+from toolkit.data.datamodule import ImageDataModule
 from toolkit.errors import ToolkitError
 
 SMALL = {"source": "digits", "train_subset": 300, "eval_subset": 120, "batch_size": 16}
@@ -32,19 +33,24 @@ def test_rest_tests_on_every_digit_not_used_for_training_or_validation() -> None
     assert not Counter(img.tobytes() for img in default.test.images) - pixels
 
 
-def test_split_seed_seed_ties_the_split_to_the_run_seed() -> None:
-    seed_everything(3)
-    tied = ImageDataModule(**SMALL, split_seed="seed")
+def test_split_seed_seed_ties_the_split_to_the_run_seed(tmp_path: Path) -> None:
+    def built(seed: int) -> ImageDataModule:  # toolkit fit passes the run's seed in (no environment variable)
+        args = ["--seed_everything", str(seed), "--data.split_seed", "seed", "--trainer.limit_train_batches", "1"]
+        args += [f"--data.{key}={value}" for key, value in SMALL.items() if key != "source"]
+        return fit(tmp_path / str(seed), *args).datamodule
+
+    tied = built(3)
     assert tied.split_seed == 3
     assert tied.splits.train.labels == ImageDataModule(**SMALL, split_seed=3).splits.train.labels
-    seed_everything(4)
-    other = ImageDataModule(**SMALL, split_seed="seed").splits
+    other = built(4).splits
     assert [img.tobytes() for img in other.test.images] != [img.tobytes() for img in tied.splits.test.images]
+    with pytest.raises(ToolkitError, match="give the seed itself"):  # in Python the seed is passed, not looked up
+        ImageDataModule(**SMALL, split_seed="seed")
 
 
 def test_rest_needs_one_pool_of_images() -> None:
-    from toolkit.data import unused_samples
-    from toolkit.datasets import ImageSamples, Splits
+    from toolkit.data.datamodule import unused_samples
+    from toolkit.data.datasets import ImageSamples, Splits
 
     class Other(ImageSamples):
         pass

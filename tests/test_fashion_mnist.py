@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toolkit.data import ImageDataModule
-from toolkit.datasets import DEBIAN_FASHION_MNIST, load_fashion_mnist_splits
+from toolkit.data.datamodule import ImageDataModule
+from toolkit.data.datasets import DEBIAN_FASHION_MNIST, load_fashion_mnist_splits
 from toolkit.errors import ToolkitError
 
 pytestmark = pytest.mark.skipif(

@@ -12,10 +12,10 @@ import timm
 import torch
 from conftest import fit
 
-from toolkit.classifier import ImageClassifier
-from toolkit.data import ImageDataModule
+from toolkit.data.datamodule import ImageDataModule
 from toolkit.errors import ToolkitError
-from toolkit.features import CACHE_ENV, CachedSplit, blockers, decide
+from toolkit.model.classifier import ImageClassifier
+from toolkit.model.features import CACHE_ENV, CachedSplit, blockers, decide
 
 PROBE = ["--model.freeze_backbone", "true", "--data.augment", "none", "--model.drop_rate", "0.0"]
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from toolkit.callbacks.health import Diverged, DivergenceGuard
-from toolkit.classifier import ImageClassifier
-from toolkit.data import ImageDataModule
+from toolkit.data.datamodule import ImageDataModule
+from toolkit.model.classifier import ImageClassifier
 
 
 class Poison(pl.Callback):

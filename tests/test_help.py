@@ -13,8 +13,8 @@ import pytest
 from conftest import DIGITS, ROOT
 from typing_extensions import override
 
-from toolkit import short_help
 from toolkit.cli import SUBCOMMANDS, main
+from toolkit.lightning_cli import short_help
 
 #: every command line whose --help a user reads (`toolkit --help` lists the subcommands)
 HELPS = [

@@ -10,9 +10,9 @@ import torch
 from conftest import fit, weights_with_trained_statistics
 from safetensors.torch import save_file
 
-from toolkit.classifier import ImageClassifier
-from toolkit.components import check_liveness, zero_init_gammas
 from toolkit.errors import ToolkitError
+from toolkit.model.classifier import ImageClassifier
+from toolkit.model.components import check_liveness, zero_init_gammas
 from toolkit.report.wandb_log import read_run
 
 STUDY_FIX = "set model.zero_init_last: false for the whole study (base config or spec overrides)"

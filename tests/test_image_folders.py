@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.datasets import ImageSamples, load_folder_splits, load_predict_samples, verify_images
+from toolkit.data.datasets import ImageSamples, load_folder_splits, load_predict_samples, verify_images
 from toolkit.errors import ToolkitError
 
 

@@ -13,40 +13,32 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "toolkit"
 
-#: floor of each module, lowest first; a module may import its own floor and the floors below it:
-#: cli > ablation | search | doctor > report > Lightning system > plain torch/timm > run contract (study) + base
-CLI, PEERS, REPORT, SYSTEM, TORCH, BASE = 5, 4, 3, 2, 1, 0
-#: the plain torch/timm layer: no Lightning, no W&B
-PLAIN_TORCH = (
-    "toolkit.backbone",
-    "toolkit.components",
-    "toolkit.heads",
-    "toolkit.transforms",
-    "toolkit.weights",
-    "toolkit.metrics",
-    "toolkit.schedules",
-    "toolkit.freezing",
-    "toolkit.datasets",
-    "toolkit.probe",
-    "toolkit.image_files",
-    "toolkit.pixels",
-    "toolkit.threads",
-)
-BASE_MODULES = (
-    "toolkit",
-    "toolkit.errors",
-    "toolkit.keys",
-    "toolkit.quiet",
-    "toolkit.epoch_line",
-    "toolkit.parse_errors",
-    "toolkit.safe_yaml",
-    "toolkit.atomic",
-    "toolkit.crash_log",
-)
-#: the run contract beside the base: spec, ledger, run-folder layout, RunResult (torch-free)
-CONTRACT = "toolkit.study"
+#: the floors, lowest first; a module may import its own floor and the floors below it:
+#: cli > ablation | search | doctor > report > Lightning system > model + data > weights > run contract + base
+CLI, PEERS, REPORT, SYSTEM, DOMAIN, TORCH, BASE = 6, 5, 4, 3, 2, 1, 0
+#: the floor of each package of toolkit/, by folder: a module's floor is its folder's (the modules directly in
+#: toolkit/ are the base, except the entry points); a new package must be given its floor here
+FLOORS = {
+    "study": BASE,
+    "weights": TORCH,
+    "model": DOMAIN,
+    "data": DOMAIN,
+    "callbacks": SYSTEM,
+    "lightning_cli": SYSTEM,
+    "report": REPORT,
+    "ablation": PEERS,
+    "search": PEERS,
+    "doctor": PEERS,
+}
+#: entry points: the console command, `python -m toolkit`, the option layer of the torch-free commands, the warm
+#: worker parent that forks runs of the command; and every package's ``cli.py``
+ENTRY_POINTS = ("toolkit.cli", "toolkit.cli_options", "toolkit.__main__", "toolkit.worker")
+#: the Lightning side of the domain packages; every other module of model/, data/ and weights/ is plain torch/timm
+LIGHTNING_SIDE = ("toolkit.model.classifier", "toolkit.model.features", "toolkit.data.datamodule")
 #: packages on one floor: none imports another (they share through the contract or a lower floor)
-PEER_PACKAGES = ("toolkit.ablation", "toolkit.search", "toolkit.doctor")
+PEER_PACKAGES = tuple(f"toolkit.{name}" for name, floor in FLOORS.items() if floor == PEERS)
+#: at most this many modules directly in toolkit/ (the base and the entry points): the rest lives in its package
+MAX_TOP_MODULES = 14
 
 
 def _in(module: str, package: str) -> bool:
@@ -54,21 +46,13 @@ def _in(module: str, package: str) -> bool:
 
 
 def layer(module: str) -> int:
-    """The floor of a ``toolkit`` module (by name; a new module lands in its package's floor)."""
-    if module in BASE_MODULES or _in(module, CONTRACT):
-        return BASE
-    # entry points: the console command, `python -m toolkit`, the warm worker parent that forks runs of the command
-    if module in ("toolkit.cli", "toolkit.cli_options", "toolkit.__main__", "toolkit.worker") or module.endswith(
-        ".cli"
-    ):
+    """The floor of a ``toolkit`` module, from its folder."""
+    parts = module.split(".")
+    if module in ENTRY_POINTS or parts[-1] == "cli":
         return CLI
-    if any(_in(module, p) for p in PEER_PACKAGES):
-        return PEERS
-    if _in(module, "toolkit.report"):
-        return REPORT
-    if any(_in(module, p) for p in PLAIN_TORCH):
-        return TORCH
-    return SYSTEM  # classifier, data, callbacks, tracking, lightning_cli, features: the Lightning system
+    if len(parts) <= 2 and parts[-1] not in FLOORS:
+        return BASE
+    return FLOORS[parts[1]]
 
 
 def peer_package(module: str) -> str | None:
@@ -133,12 +117,23 @@ def toolkit_imports(path: Path, typing: bool = True) -> set[str]:
     return {_resolve(m) for m in imports_of(path, typing) if _in(m, "toolkit")} - {module_name(path)}
 
 
+PLAIN_TORCH = sorted(m for m in MODULES if layer(m) in (DOMAIN, TORCH) and m not in LIGHTNING_SIDE)
+
+
 def test_the_layers_are_known() -> None:
     assert layer("toolkit.ablation.cli") == CLI and layer("toolkit.ablation.runner") == PEERS
     assert layer("toolkit.search.run") == PEERS and layer("toolkit.report.sources") == REPORT
-    assert layer("toolkit.lightning_cli") == SYSTEM and layer("toolkit.components._residual") == TORCH
+    assert layer("toolkit.lightning_cli") == SYSTEM and layer("toolkit.model.components._residual") == DOMAIN
     assert layer("toolkit.keys") == BASE and layer("toolkit.study.result") == BASE and len(FILES) > 40
     assert peer_package("toolkit.search.run") == "toolkit.search" and peer_package("toolkit.search.cli") is None
+    assert "toolkit.data.datasets" in PLAIN_TORCH and "toolkit.model.backbone" in PLAIN_TORCH
+
+
+def test_every_package_has_a_floor_and_the_top_holds_only_the_base() -> None:
+    packages = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+    assert packages == sorted(FLOORS), f"give each package of toolkit/ its floor in FLOORS: {packages}"
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= MAX_TOP_MODULES, f"{len(top)} modules directly in toolkit/ (at most {MAX_TOP_MODULES}): {top}"
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -209,7 +204,9 @@ def test_no_import_cycles() -> None:
     assert not _cycles(graph), _cycles(graph)
 
 
-@pytest.mark.parametrize("path", [p for p in FILES if layer(module_name(p)) <= TORCH], ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", [p for p in FILES if module_name(p) in PLAIN_TORCH or layer(module_name(p)) == BASE], ids=lambda p: p.stem
+)
 def test_plain_torch_modules_import_no_lightning_or_wandb(path: Path) -> None:
     heavy = sorted(m for m in imports_of(path) if m.split(".")[0] in ("lightning", "pytorch_lightning", "wandb"))
     assert not heavy, f"{module_name(path)} is plain torch/timm but imports {heavy}"

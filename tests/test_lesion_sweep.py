@@ -10,7 +10,7 @@ import torch
 from conftest import fit
 
 from toolkit.callbacks.lesion import lesion_k_key, lesion_key, lesion_sets
-from toolkit.components import apply_switches, list_residual_blocks
+from toolkit.model.components import apply_switches, list_residual_blocks
 
 
 def _accuracy(model: torch.nn.Module, loader, batches: int) -> float:

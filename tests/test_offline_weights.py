@@ -16,8 +16,8 @@ from PIL import Image
 from sklearn.datasets import load_sample_image
 from timm.data import ImageNetInfo, create_transform, resolve_data_config
 
-from toolkit.backbone import create_backbone
 from toolkit.errors import ToolkitError
+from toolkit.model.backbone import create_backbone
 from toolkit.weights import OFFLINE_WEIGHTS, hub_reachable, offline_weights_file, require_source
 
 LITE0 = "tf_efficientnet_lite0"

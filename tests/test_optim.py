@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import fit
 
-from toolkit.schedules import WarmupSchedule
+from toolkit.model.schedules import WarmupSchedule
 
 
 def _sched(schedule: str, **kwargs) -> tuple[WarmupSchedule, torch.optim.Optimizer]:
@@ -53,7 +53,7 @@ def test_sgd_nesterov_with_backbone_lr_scale_from_the_cli(tmp_path: Path) -> Non
         "--model.optimizer.nesterov",
         "true",
         "--model.lr_scheduler",
-        "toolkit.schedules.WarmupSchedule",
+        "toolkit.model.schedules.WarmupSchedule",
         "--model.lr_scheduler.schedule",
         "constant",
         "--model.lr_scheduler.warmup_steps",
@@ -90,7 +90,7 @@ def test_other_optimizers_with_a_torch_step_scheduler(tmp_path: Path, optimizer:
 def test_schedules_sized_in_steps_get_the_trainers_estimate_unless_configured() -> None:
     from functools import partial
 
-    from toolkit.schedules import build_lr_scheduler
+    from toolkit.model.schedules import build_lr_scheduler
 
     def optimizer() -> torch.optim.Optimizer:
         return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)

@@ -137,7 +137,12 @@ def test_the_distribution_has_a_free_name_and_its_extras_use_it() -> None:
 
 def test_ablate_run_help_fits_a_screen_and_full_lists_every_option() -> None:
     from toolkit.ablation.cli import build_parser
-    from toolkit.cli_options import RARE_SLURM
+    from toolkit.ablation.options import cli_fields
+    from toolkit.ablation.slurm_settings import SlurmSettings
+
+    rare = [f.metadata.get("option", "--" + f.name.replace("_", "-")) for f, _ in cli_fields(SlurmSettings)]
+    rare = [name for name, (f, _) in zip(rare, cli_fields(SlurmSettings), strict=True) if f.metadata.get("rare")]
+    assert "--slurm-param" in rare and "--constraint" in rare
 
     def run_help(full: bool) -> str:
         parser = build_parser(full=full)
@@ -147,5 +152,5 @@ def test_ablate_run_help_fits_a_screen_and_full_lists_every_option() -> None:
     assert len(short.splitlines()) <= 50, short
     for title in ("general:", "local executor:", "slurm executor:", "--help full"):
         assert title in short
-    assert not any(name in short for name in RARE_SLURM)
-    assert all(name in full for name in RARE_SLURM)
+    assert not any(name in short for name in rare)
+    assert all(name in full for name in rare)

@@ -12,9 +12,9 @@ from conftest import QUICK, fit, toolkit_cmd
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from toolkit.classifier import ImageClassifier
+from toolkit.data.transforms import create_eval_transform, resolve_backbone_data_config
 from toolkit.lightning_cli import run_cli
-from toolkit.transforms import create_eval_transform, resolve_backbone_data_config
+from toolkit.model.classifier import ImageClassifier
 
 
 @pytest.fixture(scope="module")

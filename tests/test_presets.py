@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import ROOT, toolkit_cmd
 
-from toolkit.datasets import DEBIAN_FASHION_MNIST
+from toolkit.data.datasets import DEBIAN_FASHION_MNIST
 from toolkit.study.spec import load_spec
 
 pytestmark = pytest.mark.slow

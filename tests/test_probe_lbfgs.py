@@ -19,8 +19,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import log_loss
 from torch.utils.data import DataLoader
 
-from toolkit.features import CACHE_ENV
-from toolkit.probe import DEFAULT_L2_GRID
+from toolkit.model.features import CACHE_ENV
+from toolkit.model.probe import DEFAULT_L2_GRID
 
 LBFGS = ["--model.freeze_backbone", "true", "--model.probe", "lbfgs", "--model.drop_rate", "0.0"]
 STOP = json.dumps(
@@ -98,8 +98,8 @@ def test_lbfgs_lp_ft_resumes_exactly_and_fine_tunes_from_the_solved_head(tmp_pat
 def test_a_solved_probe_is_cached_by_its_inputs_and_a_damaged_entry_is_solved_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from toolkit.features import solve_probe_cached
-    from toolkit.probe import solve_probe
+    from toolkit.model.features import solve_probe_cached
+    from toolkit.model.probe import solve_probe
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     gen = torch.Generator().manual_seed(0)

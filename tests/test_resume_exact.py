@@ -10,8 +10,8 @@ import torch
 from conftest import fit
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from toolkit.classifier import ImageClassifier
-from toolkit.data import ImageDataModule
+from toolkit.data.datamodule import ImageDataModule
+from toolkit.model.classifier import ImageClassifier
 
 # stop cleanly after the first validation, as a kill after epoch 1 would leave it: last.ckpt of epoch 0 on disk
 STOP_AFTER_FIRST_EPOCH = json.dumps(

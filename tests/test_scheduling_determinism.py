@@ -40,7 +40,9 @@ def test_workers_1_and_workers_2_give_identical_per_seed_metrics(tmp_path: Path)
     results: dict[int, dict[int, dict[str, float]]] = {}
     for workers in (1, 2):
         root = tmp_path / f"workers{workers}"
-        options = Options(root=root, workers=workers, devices=[], validate=False, report=False)
+        options = Options(
+            root=root, executor_options={"workers": workers, "devices": "cpu"}, validate=False, report=False
+        )
         assert run_ablation(spec, options, Console(file=io.StringIO())) == 0
         results[workers] = {}
         for record in Ledger(ledger_path(root, "sched")).read().values():

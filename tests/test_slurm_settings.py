@@ -9,9 +9,10 @@ import yaml
 from conftest import DIGITS
 
 from toolkit.ablation.cli import build_parser
+from toolkit.ablation.options import runner_options
 from toolkit.ablation.runner import make_executor
 from toolkit.ablation.slurm_settings import CPUS_PER_GPU, SlurmSettings, settings_from_spec
-from toolkit.cli_options import parse, runner_options
+from toolkit.cli_options import parse
 from toolkit.errors import ToolkitError
 from toolkit.study.spec import load_spec
 
@@ -75,10 +76,10 @@ def test_bad_slurm_blocks_are_one_line(tmp_path: Path, block: object, message: s
 
 
 def test_a_passed_through_option_cannot_contradict_its_own_option() -> None:
-    argv = ["run", "s.yaml", "--slurm-param", "time=5"]
+    argv = ["run", "s.yaml", "--executor", "slurm", "--slurm-param", "time=5"]
     options = runner_options(parse(build_parser(), argv, "ablate").run)
     with pytest.raises(ToolkitError, match="'time' has an option of its own: use --time-min "):
-        SlurmSettings().merged(options.slurm)
+        SlurmSettings().merged(options.executor_options)
 
 
 @pytest.mark.parametrize(
@@ -95,9 +96,11 @@ def test_a_passed_through_option_cannot_contradict_its_own_option() -> None:
     ],
 )
 def test_slurm_params_the_executor_owns_are_refused_naming_the_option(param: str, hint: str) -> None:
-    options = runner_options(parse(build_parser(), ["run", "s.yaml", "--slurm-param", param], "ablate").run)
+    options = runner_options(
+        parse(build_parser(), ["run", "s.yaml", "--executor", "slurm", "--slurm-param", param], "ablate").run
+    )
     with pytest.raises(ToolkitError, match="slurm parameter") as err:
-        SlurmSettings().merged(options.slurm)
+        SlurmSettings().merged(options.executor_options)
     assert hint in str(err.value) and "\n" not in str(err.value)
 
 

@@ -17,9 +17,9 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from toolkit.callbacks.ensemble import CheckpointEnsemble
 from toolkit.callbacks.snapshot import CyclicSchedule, SnapshotEnsemble, cycle_length
-from toolkit.classifier import ImageClassifier
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli import check_args, run_cli
+from toolkit.model.classifier import ImageClassifier
 from toolkit.study.result import RunResult
 
 SNAPSHOT_YAML = str(ROOT / "configs" / "snapshot.yaml")
@@ -194,7 +194,7 @@ def test_checkpoint_ensemble_averages_independent_checkpoints(snap, probe, tmp_p
 
 
 def test_checkpoint_of_another_architecture_is_refused(snap, tmp_path: Path) -> None:
-    from toolkit.classifier import ImageClassifier
+    from toolkit.model.classifier import ImageClassifier
 
     other = tmp_path / "efficientnet.ckpt"  # a member whose weights belong to another backbone
     torch.save({"state_dict": ImageClassifier(backbone="test_efficientnet").state_dict()}, other)

@@ -10,10 +10,10 @@ import pytest
 import yaml
 from conftest import toolkit_cmd
 
-from toolkit.ablation import cli_changes
 from toolkit.ablation.progress import base_max_epochs
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli.parsing import check_config_files
+from toolkit.study import cli_changes
 from toolkit.study.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,8 @@
 """The "where to add a switch" recipe of docs/architecture.md, followed: one registry entry plus its transform.
 
 A toy BatchNorm level (``doubled``: every BatchNorm scale times two) is declared in
-``toolkit.components.registry.BATCHNORM_LEVELS`` for the length of a test, and nothing else is edited. It must then be
+``toolkit.model.components.registry.BATCHNORM_LEVELS`` for the length of a test, and nothing else is edited. It
+must then be
 validated (an unknown level refused with one line), accepted by the ``toolkit fit`` parser, applied, part of the
 feature-cache key, and refused by ``command.check_variants`` where it changes nothing. Real in-process fits of timm's
 ``test_resnet`` on digits.
@@ -19,12 +20,13 @@ from conftest import fit
 from test_spec_checks import dry_run, write_spec
 from torch import nn
 
-from toolkit.classifier import ImageClassifier
-from toolkit.components import apply_switches, find_batchnorms
-from toolkit.components.registry import BATCHNORM_LEVELS, SWITCHES, Level
+from toolkit import keys
 from toolkit.errors import ToolkitError
-from toolkit.features import CACHE_ENV
 from toolkit.lightning_cli import parse_config
+from toolkit.model.classifier import ImageClassifier
+from toolkit.model.components import apply_switches, find_batchnorms
+from toolkit.model.components.registry import BATCHNORM_LEVELS, SWITCHES, Level
+from toolkit.model.features import CACHE_ENV
 from toolkit.report.plots import RESIDUAL_KEY
 
 
@@ -49,7 +51,7 @@ def test_the_signature_literal_and_the_report_key_follow_the_registry() -> None:
         == tuple(BATCHNORM_LEVELS)
         == ("on", "frozen", "frozen-stats", "fused", "off")
     )
-    assert SWITCHES["residual"].plot_key == RESIDUAL_KEY
+    assert keys.config_key(f"model.{SWITCHES['residual'].name}") == RESIDUAL_KEY  # the report's column of it
     assert [s.name for s in SWITCHES.values()] == ["batchnorm", "residual", "residual_blocks", "lesion_blocks"]
     assert all(name in hints for name in SWITCHES)  # every switch is an argument of the model
 

@@ -17,7 +17,7 @@ import torch
 import wandb
 from conftest import fit
 
-from toolkit.features import CACHE_ENV
+from toolkit.model.features import CACHE_ENV
 from toolkit.report.build import build_report
 from toolkit.report.health import UNTESTED
 from toolkit.report.untested import effect_epoch

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import fit
 
-from toolkit.classifier import ImageClassifier
 from toolkit.errors import ToolkitError
+from toolkit.model.classifier import ImageClassifier
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

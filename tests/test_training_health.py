@@ -14,8 +14,8 @@ from conftest import fit
 from torch.utils.data import DataLoader, TensorDataset
 
 from toolkit.callbacks.training_health import DEAD_KEY, RATIO_KEY, DeadUnitMonitor, UpdateRatioMonitor
-from toolkit.classifier import ImageClassifier
-from toolkit.data import ImageDataModule
+from toolkit.data.datamodule import ImageDataModule
+from toolkit.model.classifier import ImageClassifier
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from toolkit.ablation import tune_stage
 from toolkit.errors import ToolkitError
 from toolkit.study import tuning
 from toolkit.study.ledger import DONE, FAILED
@@ -61,7 +62,7 @@ def test_each_variant_gets_the_value_with_the_best_val_score_and_a_tie_keeps_the
     spec = load_spec(write_spec(tmp_path, tune={LR: [0.001, 0.01, 0.1]}))
     scores = {"full@lr=0.001": 0.8, "full@lr=0.01": 0.9, "full@lr=0.1": 0.85}
     scores |= {"sgd@lr=0.001": 0.5, "sgd@lr=0.01": 0.5, "sgd@lr=0.1": 0.4}
-    chosen = tuning.choose(spec, tmp_path, finish(spec, tmp_path, scores))
+    chosen = tune_stage.choose(spec, tmp_path, finish(spec, tmp_path, scores))
     assert chosen["full"].values == {LR: 0.01}
     assert chosen["sgd"].values == {LR: 0.001}  # 0.5 twice: the first listed value
     assert chosen["sgd"].scores == {"lr=0.001": 0.5, "lr=0.01": 0.5, "lr=0.1": 0.4}
@@ -76,21 +77,21 @@ def test_diverged_and_failed_tune_runs_do_not_compete(tmp_path: Path) -> None:
     records = finish(spec, tmp_path, {"full@lr=0.001": 0.5, "full@lr=0.01": None})  # 0.01 diverged
     records |= finish(spec, tmp_path, {"full@lr=0.1": 0.99}, status=FAILED)  # a failed run's score is not trusted
     records |= finish(spec, tmp_path, {"sgd@lr=0.001": 0.1, "sgd@lr=0.01": 0.2, "sgd@lr=0.1": 0.3})
-    assert tuning.choose(spec, tmp_path, records)["full"].values == {LR: 0.001}
+    assert tune_stage.choose(spec, tmp_path, records)["full"].values == {LR: 0.001}
 
 
 def test_a_variant_with_no_scored_tune_run_stops_the_study_with_one_line(tmp_path: Path) -> None:
     spec = load_spec(write_spec(tmp_path, tune={LR: [0.001, 0.01]}))
     records = finish(spec, tmp_path, {"full@lr=0.001": 0.5, "sgd@lr=0.001": None, "sgd@lr=0.01": None})
     with pytest.raises(ToolkitError, match=r"no run of variant 'sgd' finished with a validation score"):
-        tuning.choose(spec, tmp_path, records)
+        tune_stage.choose(spec, tmp_path, records)
 
 
 def test_a_variant_that_sets_the_key_keeps_its_value_and_is_not_tuned(tmp_path: Path) -> None:
     path = write_spec(tmp_path, tune={LR: [0.001, 0.01]}, variants={"full": {}, "own": {LR: 0.05}})
     spec = load_spec(path)
     assert [v for v in tuning.tune_study(spec).variants] == ["full@lr=0.001", "full@lr=0.01"]
-    chosen = tuning.choose(spec, tmp_path, finish(spec, tmp_path, {"full@lr=0.001": 0.3, "full@lr=0.01": 0.4}))
+    chosen = tune_stage.choose(spec, tmp_path, finish(spec, tmp_path, {"full@lr=0.001": 0.3, "full@lr=0.01": 0.4}))
     # 0.01 is the largest value tried: the best may lie beyond it, and the table says so
     assert tuning.column(spec, chosen) == {"full": "lr=0.01 (grid edge)", "own": "lr=0.05 (fixed)"}
 
@@ -113,7 +114,7 @@ def test_choices_are_recorded_and_only_read_back_for_the_same_tune(tmp_path: Pat
     with pytest.raises(ToolkitError, match="tune stage has not finished"):
         tuning.resolve(spec, tmp_path)
     scores = {"full@lr=0.001": 0.3, "full@lr=0.01": 0.4, "sgd@lr=0.001": 0.6, "sgd@lr=0.01": 0.2}
-    chosen = tuning.choose(spec, tmp_path, finish(spec, tmp_path, scores))
+    chosen = tune_stage.choose(spec, tmp_path, finish(spec, tmp_path, scores))
     tuning.write_choices(tmp_path, spec, chosen)
     assert tuning.read_choices(tmp_path, spec) == chosen
     assert tuning.resolve(spec, tmp_path).variants == {"full": {LR: 0.01}, "sgd": {**SGD, LR: 0.001}}
@@ -202,7 +203,7 @@ def test_tune_auto_tunes_the_lr_of_the_baseline_and_the_rows_that_change_the_opt
     assert list(stage.variants) == [f"{v}@lr={lr}" for v in ("full", "ft") for lr in (0.003, 0.001, 0.009)]
     scores = {"full@lr=0.003": 0.5, "full@lr=0.001": 0.4, "full@lr=0.009": 0.6,
               "ft@lr=0.003": 0.5, "ft@lr=0.001": 0.7, "ft@lr=0.009": 0.1}  # fmt: skip
-    chosen = tuning.choose(spec, tmp_path, finish(spec, tmp_path, scores))
+    chosen = tune_stage.choose(spec, tmp_path, finish(spec, tmp_path, scores))
     assert tuning.column(spec, chosen) == {
         "full": "lr=0.009 (grid edge)", "ft": "lr=0.001 (grid edge)", "drop": "lr=0.009 (baseline's)",
         "own": "lr=0.05 (fixed)", "probe": "lr=0.009 (baseline's)",

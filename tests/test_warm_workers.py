@@ -46,7 +46,8 @@ def write_spec(folder: Path, name: str, variants: dict, seeds: list[int], overri
 
 def ablate(spec: Path, root: Path, **options: object) -> tuple[int, str]:
     out = io.StringIO()
-    opts = Options(root=root, devices=[], validate=False, report=False, **options)  # type: ignore[arg-type]
+    local = {"devices": "cpu", **{k: options.pop(k) for k in ("workers", "warm") if k in options}}
+    opts = Options(root=root, executor_options=local, validate=False, report=False, **options)  # type: ignore[arg-type]
     code = run_ablation(load_spec(spec), opts, Console(file=out, width=200))
     return code, out.getvalue()
 

@@ -9,14 +9,22 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from toolkit import _moved
+
 __version__ = "0.1.0"
+#: the distribution users install (``toolkit`` on the package index is an unrelated project); the import package
+#: and the command are ``toolkit``
+DISTRIBUTION = "toolkit-ablate"
+
+_moved.install()  # the old flat paths (``toolkit.schedules``, ...) still import: see toolkit/_moved.py
 
 _EXPORTS = {
-    "ImageClassifier": "toolkit.classifier",
-    "ImageDataModule": "toolkit.data",
+    "ImageClassifier": "toolkit.model.classifier",
+    "ImageDataModule": "toolkit.data.datamodule",
     "SnapshotEnsemble": "toolkit.callbacks.snapshot",
-    "WarmupSchedule": "toolkit.schedules",
+    "WarmupSchedule": "toolkit.model.schedules",
     "ToolkitError": "toolkit.errors",
+    "WandbLogger": "toolkit.lightning_cli.tracking",
 }
 
 __all__ = [*_EXPORTS, "__version__"]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import itertools
 import os
 import sys
 
+from toolkit import DISTRIBUTION
 from toolkit.atomic import NO_RIGHTS, NO_SPACE
 from toolkit.crash_log import write_crash_log
 from toolkit.errors import ToolkitError
@@ -70,22 +70,17 @@ def extra_of(module: str | None) -> str | None:
     return next((extra for extra, packages in EXTRAS.items() if top in packages), None)
 
 
-#: the distribution users install (``toolkit`` on the package index is an unrelated project); the import package and
-#: the command are ``toolkit``
-DISTRIBUTION = "toolkit-ablate"
-
-
 def missing_extra_message(command: str, module: str, extra: str) -> str:
     """The one line for a command whose optional dependency is not installed."""
     return f"toolkit {command} needs {module}, from the '{extra}' extra: pip install '{DISTRIBUTION}[{extra}]'"
 
 
 def needed_extras(args: list[str]) -> tuple[str, list[str]]:
-    """The command's name and the extras it needs before it starts (``--executor slurm`` adds ``slurm``)."""
+    """The command's name and the extras it needs before it starts (an executor's own, such as Slurm's submitit,
+    is checked when the executor is built)."""
     for prefix, extras in _NEEDS.items():
         if tuple(args[: len(prefix)]) == prefix:
-            slurm = "--executor=slurm" in args or ("--executor", "slurm") in itertools.pairwise(args)
-            return " ".join(prefix), [*extras, *(["slurm"] if slurm else [])]
+            return " ".join(prefix), list(extras)
     return (args[0] if args else ""), []
 
 
@@ -122,7 +117,7 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
     if args[0] in _COMMANDS:
         module = importlib.import_module(_COMMANDS[args[0]])  # lazily: `report` must not import torch
         sys.exit(module.main(args[1:]))
-    from toolkit import short_help
+    from toolkit.lightning_cli import short_help
 
     if args[0] in _LIGHTNING and short_help.wants_short_help(args):
         print(short_help.render(args[0]))  # written by hand: it imports neither torch nor Lightning
@@ -136,7 +131,7 @@ def _dispatch(args: list[str], argv: list[str] | None) -> None:
         if level > quiet.QUIET:
             print(threads.line(), flush=True)
     from toolkit.cli_options import snake
-    from toolkit.lightning_cli import run_cli
+    from toolkit.lightning_cli import run_cli, short_help
 
     if args[0] in _LIGHTNING and "full" in args:
         args = argv = short_help.full_help_args(args)

@@ -1,6 +1,6 @@
 """Metric keys shared by training, ablations and reports (defined once; imports nothing heavy).
 
-The metrics behind ``<stage>/acc`` and ``<stage>/f1`` are built in one place, :mod:`toolkit.metrics`.
+The metrics behind ``<stage>/acc`` and ``<stage>/f1`` are built in one place, :mod:`toolkit.model.metrics`.
 """
 
 TRAIN_LOSS = "train/loss"
@@ -37,6 +37,29 @@ def ensemble_key(stage: str, name: str) -> str:
 def member_key(stage: str, name: str, index: int) -> str:
     """Key of one independent checkpoint's metric in a checkpoint ensemble, e.g. ``test/acc_member_1``."""
     return f"{stage}/{name}_member_{index}"
+
+
+def lesion_key(block: int) -> str:
+    """Test accuracy with residual block ``block`` alone lesioned (``callbacks/lesion.LesionSweep``)."""
+    return f"test/acc_lesion_{block}"
+
+
+def lesion_k_key(k: int) -> str:
+    """Mean test accuracy with ``k`` residual blocks lesioned, e.g. ``test/acc_lesion_k2``."""
+    return f"test/acc_lesion_k{k}"
+
+
+def lesion_k_of(key: str) -> int | None:
+    """``k`` of a :func:`lesion_k_key` (None for any other key): the report reads the lesion curve back by it."""
+    prefix = lesion_k_key(0)[:-1]
+    rest = key[len(prefix) :] if key.startswith(prefix) else ""
+    return int(rest) if rest.isdigit() else None
+
+
+def config_key(option: str) -> str:
+    """The runs table's column of a run's config value, e.g. ``config_key("model.residual")`` ->
+    ``config.model.residual`` (how the report finds a switch's level)."""
+    return f"config.{option}"
 
 
 #: W&B summary key of the epoch (counted from 1) after which a search trial was pruned (``callbacks/pruning.py``)

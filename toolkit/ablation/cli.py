@@ -11,10 +11,10 @@ from argparse import SUPPRESS
 from jsonargparse import ArgumentParser
 from rich.console import Console
 
-from toolkit.ablation import cli_changes
-from toolkit.cli_options import SPELLING, CompactHelp, add_runner_options, parse, runner_options
-from toolkit.parsed_checks import check_root_dir
-from toolkit.study import tuning
+from toolkit.ablation.options import add_runner_options, runner_options
+from toolkit.cli_options import SPELLING, CompactHelp, parse
+from toolkit.lightning_cli.parsed_checks import check_root_dir
+from toolkit.study import cli_changes, tuning
 from toolkit.study.spec import load_spec
 
 EXAMPLES = f"""{SPELLING}
@@ -59,7 +59,7 @@ def build_parser(full: bool = True) -> ArgumentParser:
 
 
 def _add_scaling(parser: ArgumentParser) -> None:
-    """``--seeds`` and ``--set``: scale a study without copying its spec (`toolkit.ablation.cli_changes`)."""
+    """``--seeds`` and ``--set``: scale a study without copying its spec (`toolkit.study.cli_changes`)."""
     parser.add_argument("--seeds", type=str | None, default=None, help="replace the spec's seeds: 0,1,2 or 0-9")
     parser.add_argument(
         "--set",
@@ -98,12 +98,12 @@ def main(argv: list[str]) -> int:
         for line in failure_lines(spec, records):  # in full: the table's notes end in an ellipsis
             console.print(line, soft_wrap=True, markup=False, highlight=False)
         return 0
-    if args.executor == "local" and args.warm and not args.dry_run:
+    options = runner_options(args)
+    options.changes = changes
+    if options.executor == "local" and options.executor_options.get("warm") is not False and not options.dry_run:
         from toolkit.ablation.local import prestart_warm_parent
 
         prestart_warm_parent()  # its imports run while the variants are validated
     from toolkit.ablation.runner import run_ablation
 
-    options = runner_options(args)
-    options.changes = changes
     return run_ablation(spec, options, console)

@@ -190,7 +190,7 @@ def _build_model(spec: AblationSpec, variant: str, kwargs: dict[str, Any]) -> No
     """Build the variant's model on the CPU once (switches, zero-init guard, liveness probe) and drop it."""
     import torch
 
-    from toolkit.classifier import ImageClassifier
+    from toolkit.model.classifier import ImageClassifier
 
     state = torch.random.get_rng_state()
     try:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from toolkit.ablation.check_process import check_spec
 from toolkit.ablation.ckpt_epochs import epochs_done
 from toolkit.ablation.command import last_checkpoint, parse_variants
-from toolkit.ablation.executor import Executor
+from toolkit.ablation.executor import Executor, executor_class, executor_names
 from toolkit.errors import ToolkitError
 from toolkit.study.layout import CHECKPOINTS, RESULT_FILE, RUN_LOG, wandb_runs
 from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger
@@ -61,11 +61,29 @@ def check_stale(spec: AblationSpec, runs: list[Run], ledger: Ledger, root: Path)
 def plan(
     runs: list[Run], ledger: Ledger, root: Path, retry_failed: bool, executor: Executor
 ) -> tuple[list[Run], list[Run]]:
-    """Split the runs into those to start now and (Slurm) those whose job is still alive."""
+    """Split the runs into those to start now and those ``executor`` follows (live attempts of its own kind).
+
+    Each unfinished run's last attempt is asked of the kind that made it (the record's ``executor``): still alive
+    (a queued Slurm job) is followed by an executor of that kind and refused by another; otherwise what its dead
+    runner left is cleaned up and the run starts again.
+    """
     records = ledger.read()
-    todo, attach = [], []
+    todo, following = [], []
     unfinished = (PENDING, RUNNING)
-    live = executor.alive(records)
+    kinds: dict[str, dict[str, dict[str, Any]]] = {}
+    for run in runs:
+        record = records.get(run.id, {})
+        if record.get("status") in unfinished and record.get("executor"):
+            kinds.setdefault(record["executor"], {})[run.id] = record
+    live = {run_id: kind for kind, mine in kinds.items() for run_id in _kind(kind).alive(mine)}
+    refused = [run for run in runs if run.id in live and not (live[run.id] == executor.name and executor.follows)]
+    if refused:
+        names = ", ".join(f"{r.variant} seed {r.seed}" for r in refused)
+        kind = live[refused[0].id]
+        raise ToolkitError(
+            f"{names} still queued or running under the {kind} executor; wait for them there "
+            f"(--executor {kind}) or cancel them"
+        )
     for run in runs:
         record = records.get(run.id, {})
         status = record.get("status", PENDING)
@@ -75,11 +93,11 @@ def plan(
             status = PENDING
         if status == DONE or (status == FAILED and not retry_failed):
             continue
-        if run.id in live and status in unfinished:
-            attach.append(run)
+        if run.id in live:
+            following.append(run)
             continue
         run_dir = run.directory(root)
-        executor.kill(record, run_dir)  # a runner before us died without its children
+        _kind(record.get("executor") or executor.name).clean_up(record, run_dir)  # what a dead runner left
         if status in (RUNNING, PENDING) and completed_since(run_dir, record.get("started_at")):
             # the run finished (result.json is its last write) but the runner died, or stopped it during its
             # teardown, before recording it
@@ -88,7 +106,12 @@ def plan(
         if status == RUNNING:  # its runner died: queued again, not running, until this runner starts it
             ledger.update(run.id, status=PENDING, pid=None, note="interrupted (its runner was gone); resumes")
         todo.append(run)
-    return todo, attach
+    return todo, following
+
+
+def _kind(name: str) -> type[Executor]:
+    """The executor kind that made an attempt; one no longer registered is asked as the interface's defaults."""
+    return executor_class(name) if name in executor_names() else Executor
 
 
 def result_missing(run_dir: Path) -> bool:

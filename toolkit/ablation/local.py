@@ -30,7 +30,7 @@ from typing_extensions import override
 
 from toolkit.ablation import lifecycle
 from toolkit.ablation.command import DEFAULT_LAUNCHER, resume_args, shell_command
-from toolkit.ablation.executor import Executor
+from toolkit.ablation.executor import Executor, Options
 from toolkit.ablation.warm import WarmPool, WarmProcess
 from toolkit.errors import ToolkitError
 from toolkit.study.layout import RUN_LOG
@@ -326,6 +326,30 @@ def _stop_all(procs: list[Process], grace_s: float = 20.0) -> None:
                 proc.wait(max(0.0, deadline - time.monotonic()))
 
 
+def parse_devices(text: str | None) -> list[str] | None:
+    """``None`` -> every visible GPU; ``cpu``/``none`` -> no GPU; ``0,1`` -> those GPU ids."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("cpu", "none", ""):
+        return []
+    devices = [d.strip() for d in text.split(",") if d.strip()]
+    if not all(d.isdigit() for d in devices):
+        raise ToolkitError(f"--devices {text!r}: give GPU ids like 0,1,2,3, or cpu")
+    return devices
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    """The local executor's options (``toolkit ablate run --workers 2 --devices 0,1``)."""
+
+    workers: int | None = field(default=None, metadata={"help": "{what} at once (CPU default 1; GPU: all slots)"})
+    devices: str | None = field(default=None, metadata={"help": "GPU ids like 0,1,2,3, or cpu (default: all)"})
+    warm: bool = field(
+        default=True,
+        metadata={"help": "fork runs from a parent with torch loaded (<1 s)"},
+    )
+
+
 class LocalRuns(Executor):
     """The local executor: every run a ``toolkit fit`` process on a free slot of this machine (see the module doc).
 
@@ -336,15 +360,31 @@ class LocalRuns(Executor):
         parallel: rows of the live table.
     """
 
+    name = "local"
+    settings = LocalOptions
+
     def __init__(self, slots: list[Slot], launcher: list[str], warm: bool, parallel: int) -> None:
         self.slots, self.launcher, self.warm, self.parallel = slots, launcher, warm, parallel
         self.gpus = len(slots[0].gpus)
 
+    @classmethod
+    @override
+    def build(cls, options: Options, spec: AblationSpec | None) -> LocalRuns:
+        """Slots from ``--workers``/``--devices``/``--gpus-per-run``/``--cpus-per-run`` (a bad value fails here)."""
+        given = LocalOptions(**{k: v for k, v in options.executor_options.items() if v is not None})
+        slots = make_slots(
+            workers=given.workers,
+            devices=parse_devices(given.devices),
+            gpus_per_run=options.gpus_per_run or 1,
+            cpus_per_run=options.cpus_per_run,
+        )
+        return cls(slots, options.launcher, given.warm, len(slots))
+
     @override
     def start(
-        self, spec: AblationSpec, todo: list[Run], attach: list[Run], root: Path, ledger: Ledger, view: Any
+        self, spec: AblationSpec, todo: list[Run], following: list[Run], root: Path, ledger: Ledger, view: Any
     ) -> None:
-        """Run ``todo`` on the slots; ``attach`` is empty (the runner refuses alive Slurm jobs here)."""
+        """Run ``todo`` on the slots (``following`` is empty: a local attempt lives only with its runner)."""
         by_id = {run.id: run for run in todo}
         # a warm parent can only stand in for the real `toolkit` entry point (tests inject other launchers)
         reason = None if self.launcher == DEFAULT_LAUNCHER else "a custom launcher"

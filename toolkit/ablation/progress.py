@@ -32,15 +32,16 @@ from rich.table import Table
 from rich.text import Text
 
 from toolkit.ablation.ckpt_epochs import epochs_done
-from toolkit.epoch_line import last_epoch_line
 from toolkit.quiet import QUIET, verbosity
+from toolkit.study.epoch_line import last_epoch_line
 from toolkit.study.layout import RESULT_FILE
 from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger, runner_active
 from toolkit.study.result import RunResult
 from toolkit.study.spec import AblationSpec, Run
+from toolkit.study.states import Health
 
 #: shown for a ``running`` record whose process is gone (never written to the ledger: the next runner resumes it)
-INTERRUPTED = "interrupted"
+INTERRUPTED = Health.INTERRUPTED
 #: shown for a ``done`` record whose ``result.json`` is gone or unreadable (the next runner redoes it)
 MISSING = "missing"
 #: shown for a ``running`` record whose process exited while its runner lives: the runner is about to record it

@@ -11,24 +11,27 @@ with ``--ckpt_path last``.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from typing_extensions import override
 
-from toolkit.ablation import lifecycle
+from toolkit import DISTRIBUTION
+from toolkit.ablation import lifecycle, slurm_request
 from toolkit.ablation.command import resume_args, shell_command
-from toolkit.ablation.executor import Executor
-from toolkit.ablation.slurm_settings import SlurmSettings
-from toolkit.ablation.squeue import ALIVE, job_states
+from toolkit.ablation.executor import Executor, Options
+from toolkit.ablation.slurm_settings import SlurmSettings, settings_from_spec
+from toolkit.ablation.squeue import ALIVE, alive_jobs, job_states
 from toolkit.errors import ToolkitError
-from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path
+from toolkit.study.ledger import DONE, FAILED, PENDING, RUNNING, Ledger, ledger_path
 from toolkit.study.spec import AblationSpec, Run
 
 #: submitit's default lead of the pre-timeout signal on the time limit, seconds (``--signal-delay-s``)
@@ -193,7 +196,10 @@ class SlurmRuns(Executor):
         settings: the sbatch options of every run's job (its GPUs per run and node, array parallelism, ...).
     """
 
-    attaches = True
+    name = "slurm"
+    settings = SlurmSettings
+    spec_key = "slurm"
+    follows = True
     interrupted = "the Slurm jobs go on; "
 
     def __init__(self, launcher: list[str], settings: SlurmSettings) -> None:
@@ -201,13 +207,43 @@ class SlurmRuns(Executor):
         self.gpus = settings.gpus
         self.parallel = settings.array_parallelism or 1
 
+    @classmethod
+    @override
+    def build(cls, options: Options, spec: AblationSpec | None) -> SlurmRuns:
+        """The spec's ``slurm:`` block with the command line's options over it; GPUs, nodes and CPUs from the runs'
+        trainer settings (a contradiction is refused)."""
+        if importlib.util.find_spec("submitit") is None:
+            raise ToolkitError(
+                f"--executor slurm needs submitit, from the 'slurm' extra: pip install '{DISTRIBUTION}[slurm]'"
+            )
+        where = spec.path if spec is not None else "spec"
+        settings = settings_from_spec(spec.slurm if spec is not None else None, where)
+        given = {"cpus_per_task": options.cpus_per_run, "gpus_per_node": options.gpus_per_run}
+        settings = settings.merged({**options.executor_options, **given})
+        if spec is not None:
+            settings = slurm_request.resolve(spec, settings)
+        return cls(options.launcher, settings)
+
+    @classmethod
+    @override
+    def alive(cls, records: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        """The unfinished runs whose Slurm job is still queued or running (asks ``squeue``): a new runner waits for
+        them, never submits them twice."""
+        jobs = {
+            run_id: r["slurm_job_id"]
+            for run_id, r in records.items()
+            if r.get("slurm_job_id") and r.get("status") in (PENDING, RUNNING)
+        }
+        live = alive_jobs(list(jobs.values()))
+        return {run_id for run_id, job in jobs.items() if job in live}
+
     @override
     def start(
-        self, spec: AblationSpec, todo: list[Run], attach: list[Run], root: Path, ledger: Ledger, view: Any
+        self, spec: AblationSpec, todo: list[Run], following: list[Run], root: Path, ledger: Ledger, view: Any
     ) -> None:
-        """Submit ``todo`` as one job array, then wait for it and for the still-alive jobs of ``attach``."""
+        """Submit ``todo`` as one job array, then wait for it and for the still-alive jobs of ``following``."""
         _submit(spec, todo, root, self, ledger, view)
-        _wait(todo + attach, ledger, view)
+        _wait(todo + following, ledger, view)
 
     @override
     def dry_run(self, spec: AblationSpec, todo: list[Run], root: Path) -> list[str]:

@@ -77,22 +77,40 @@ class SlurmSettings:
             not count).
     """
 
-    partition: str | None = None
-    time_min: int = 60
-    account: str | None = None
-    qos: str | None = None
-    mem: str | None = None
-    mem_per_gpu: str | None = None
-    constraint: str | None = None
-    setup: tuple[str, ...] = ()
-    additional: Mapping[str, Any] = field(default_factory=dict)
-    nodes: int = 1
-    tasks_per_node: int | None = None
-    cpus_per_task: int | None = None
-    gpus_per_node: int | None = None
-    array_parallelism: int | None = None
-    signal_delay_s: int | None = None
-    max_num_timeout: int | None = None
+    partition: str | None = field(default=None, metadata={"help": "partition"})
+    time_min: int = field(default=60, metadata={"help": "time limit per run, minutes (60)"})
+    account: str | None = field(default=None, metadata={"help": "account to charge"})
+    qos: str | None = field(default=None, metadata={"help": "quality of service"})
+    mem: str | None = field(default=None, metadata={"help": "memory per node, e.g. 32G"})
+    mem_per_gpu: str | None = field(default=None, metadata={"help": "memory per GPU, e.g. 16G", "rare": True})
+    constraint: str | None = field(default=None, metadata={"help": "node features, e.g. a100", "rare": True})
+    setup: tuple[str, ...] = field(
+        default=(),
+        metadata={"help": "a shell line before each run; repeatable", "read": tuple},
+    )
+    additional: Mapping[str, Any] = field(
+        default_factory=dict,
+        metadata={
+            "help": "another sbatch option key=value; repeatable",
+            "option": "--slurm-param",
+            "rare": True,
+            "read": lambda items: parse_slurm_params(items),
+        },
+    )
+    nodes: int = field(default=1, metadata={"help": "nodes per run (DDP; default trainer.num_nodes)"})
+    tasks_per_node: int | None = field(
+        default=None, metadata={"help": "DDP processes per node, one Slurm task each", "rare": True}
+    )
+    #: from ``--cpus-per-run`` / ``--gpus-per-run``, the options every executor takes
+    cpus_per_task: int | None = field(default=None, metadata={"cli": False})
+    gpus_per_node: int | None = field(default=None, metadata={"cli": False})
+    array_parallelism: int | None = field(default=None, metadata={"help": "array tasks at once"})
+    signal_delay_s: int | None = field(
+        default=None, metadata={"help": "save and requeue this long before the limit (90)", "rare": True}
+    )
+    max_num_timeout: int | None = field(
+        default=None, metadata={"help": "requeues after a time limit per run (3)", "rare": True}
+    )
 
     def __post_init__(self) -> None:
         for name in ("time_min", "nodes"):

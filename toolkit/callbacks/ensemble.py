@@ -20,9 +20,9 @@ from torchmetrics import MetricCollection
 from typing_extensions import override
 
 from toolkit import keys
-from toolkit.checkpoint_data import check_finite, load_data
 from toolkit.errors import ToolkitError
-from toolkit.metrics import classification_metrics
+from toolkit.model.checkpoint_data import check_finite, load_data
+from toolkit.model.metrics import classification_metrics
 
 
 def average_probs(logits: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 Lightning's rich progress bar writes nothing to a file or pipe until the run ends, so an ablation run's ``run.log``
 would show no progress for hours. The line format is a contract: ``toolkit ablate status`` reads the latest one
-(:mod:`toolkit.epoch_line`).
+(:mod:`toolkit.study.epoch_line`).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 from typing_extensions import override
 
 from toolkit import keys
-from toolkit.epoch_line import format_epoch_line
 from toolkit.quiet import QUIET, verbosity
+from toolkit.study.epoch_line import format_epoch_line
 
 
 class EpochLog(pl.Callback):

@@ -23,12 +23,13 @@ from typing_extensions import override
 from toolkit import keys
 from toolkit.callbacks.early_stop import stopped_early
 from toolkit.errors import ToolkitError
-from toolkit.freezing import BackboneFreezer
+from toolkit.model.freezing import BackboneFreezer
 from toolkit.study.convergence import still_improving
+from toolkit.study.states import Health
 
 #: prefix of the health keys in the W&B summary (``health/status``, ``health/epochs_completed``, ...)
 HEALTH_PREFIX = "health/"
-FINISHED, DIVERGED = "finished", "diverged"
+FINISHED, DIVERGED = Health.FINISHED, Health.DIVERGED
 
 
 class Diverged(ToolkitError):
@@ -108,6 +109,9 @@ class RunHealth(Callback):
 
     Its state travels in checkpoints, so a resumed run keeps the loss it started from.
     """
+
+    #: its ``on_test_batch_end`` reads the predictions and labels only: a probe's test may run on cached features
+    reads_test_images = False
 
     def __init__(self) -> None:
         self.initial_loss: float | None = None

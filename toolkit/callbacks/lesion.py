@@ -4,7 +4,7 @@ Veit, Wilber and Belongie 2016, "Residual networks behave like ensembles of rela
 residual branch of one block (the block outputs its shortcut alone) and the network barely suffers; delete k blocks
 and accuracy falls smoothly with k. This callback measures both on the test split, on the checkpoint being tested
 (the best-``val/acc`` one in ``toolkit fit --test_after_fit true``), using the lesion of
-:func:`toolkit.components.apply_switches` (``lesion_blocks``): the same block forwards, switched per batch.
+:func:`toolkit.model.components.apply_switches` (``lesion_blocks``): the same block forwards, switched per batch.
 
 Logged keys: ``test/acc_lesion_<i>`` (block ``i`` alone lesioned, ``i`` as in ``list_residual_blocks``) and
 ``test/acc_lesion_k<k>`` (mean accuracy over the lesioned sets of ``k`` blocks: every set when there are at most
@@ -29,19 +29,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from toolkit.components import list_residual_blocks
-from toolkit.components._residual import switch_block
 from toolkit.errors import ToolkitError
-
-
-def lesion_key(block: int) -> str:
-    """Test accuracy with block ``block`` lesioned."""
-    return f"test/acc_lesion_{block}"
-
-
-def lesion_k_key(k: int) -> str:
-    """Mean test accuracy with ``k`` blocks lesioned."""
-    return f"test/acc_lesion_k{k}"
+from toolkit.keys import lesion_k_key, lesion_key
+from toolkit.model.components import list_residual_blocks
+from toolkit.model.components._residual import switch_block
 
 
 def lesion_sets(blocks: int, max_k: int, samples: int, seed: int) -> dict[int, list[tuple[int, ...]]]:

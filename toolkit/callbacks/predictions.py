@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 from typing_extensions import override
 
-from toolkit.datasets import NO_LABEL
+from toolkit.data.datasets import NO_LABEL
 
 #: the columns of predictions.csv, in order
 COLUMNS = ("index", "path", "label", "label_name", "pred", "pred_name", "prob")

@@ -22,8 +22,8 @@ from typing_extensions import override
 from toolkit import keys
 from toolkit.callbacks.early_stop import EarlyStop
 from toolkit.callbacks.ensemble import EnsembleEvaluator
-from toolkit.checkpoint_data import check_finite, load_data
 from toolkit.errors import ToolkitError
+from toolkit.model.checkpoint_data import check_finite, load_data
 
 __all__ = ["CyclicSchedule", "SnapshotEnsemble", "cycle_length", "cyclic_cosine_lr", "snapshot_dir"]
 

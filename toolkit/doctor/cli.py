@@ -17,7 +17,7 @@ from jsonargparse import ArgumentParser
 
 from toolkit.cli_options import SPELLING, CompactHelp, parse, snake
 from toolkit.errors import ToolkitError
-from toolkit.parsed_checks import check_root_dir
+from toolkit.lightning_cli.parsed_checks import check_root_dir
 
 if TYPE_CHECKING:  # imported where used: `toolkit doctor --help` loads neither torch nor Lightning
     import lightning.pytorch as pl

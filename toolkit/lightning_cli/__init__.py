@@ -1,15 +1,29 @@
-"""``toolkit fit|validate|test|predict``: the training program's LightningCLI, split by job (see :mod:`.program`).
+"""``toolkit fit|validate|test|predict``: the training program's LightningCLI and its helpers, split by job.
 
 ``ToolkitCLI``, ``run_cli``, ``parse_config(s)`` and ``check_args`` are imported from here by the console command, the
-ablation runner's checks, the doctor and the tests.
+ablation runner's checks, the doctor and the tests. They are loaded lazily (PEP 562), so that the torch-free helpers
+of this package (``short_help``, ``parsed_checks``) can be imported without Lightning.
 """
 
-from toolkit.lightning_cli.parse_only import check_args, parse_config, parse_configs
-from toolkit.lightning_cli.program import (
-    AblationInfo,
-    LoggedConfig,
-    ToolkitCLI,
-    run_cli,
-)
+from __future__ import annotations
 
-__all__ = ["AblationInfo", "LoggedConfig", "ToolkitCLI", "check_args", "parse_config", "parse_configs", "run_cli"]
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "check_args": "toolkit.lightning_cli.parse_only",
+    "parse_config": "toolkit.lightning_cli.parse_only",
+    "parse_configs": "toolkit.lightning_cli.parse_only",
+    "AblationInfo": "toolkit.lightning_cli.program",
+    "LoggedConfig": "toolkit.lightning_cli.program",
+    "ToolkitCLI": "toolkit.lightning_cli.program",
+    "run_cli": "toolkit.lightning_cli.program",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'toolkit.lightning_cli' has no attribute {name!r}")

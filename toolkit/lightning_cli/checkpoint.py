@@ -12,10 +12,10 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from toolkit.checkpoint_data import check_finite, load_data
-from toolkit.ckpt_model import check_against_checkpoint
 from toolkit.errors import ToolkitError
-from toolkit.tracking import CKPT_RUN_ID
+from toolkit.lightning_cli.ckpt_model import check_against_checkpoint
+from toolkit.lightning_cli.tracking import CKPT_RUN_ID
+from toolkit.model.checkpoint_data import check_finite, load_data
 
 
 class CheckpointReader:

@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 from toolkit import safe_yaml
-from toolkit.ckpt_model import model_args_given as explicit_model_args
 from toolkit.errors import ToolkitError
+from toolkit.lightning_cli.ckpt_model import model_args_given as explicit_model_args
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 

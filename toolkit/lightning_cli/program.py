@@ -28,7 +28,6 @@ from typing_extensions import override
 
 from toolkit import keys, safe_yaml
 from toolkit.atomic import NO_RIGHTS, NO_SPACE
-from toolkit.backbone import weights_from_checkpoint
 from toolkit.callbacks.early_stop import EarlyStop
 from toolkit.callbacks.epoch_log import EpochLog
 from toolkit.callbacks.health import DIVERGED, Diverged, DivergenceGuard, RunHealth
@@ -37,12 +36,12 @@ from toolkit.callbacks.pruning import SearchTrial, TrialPruning
 from toolkit.callbacks.random_state import RandomStateCheckpoint
 from toolkit.callbacks.run_facts import RunFacts
 from toolkit.callbacks.signal_save import SaveOnSignal
-from toolkit.checkpoint_io import OneWritePerState
-from toolkit.ckpt_model import check_resume_folder, evaluated_run
-from toolkit.classifier import ImageClassifier
-from toolkit.data import ImageDataModule
+from toolkit.data.datamodule import ImageDataModule
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli.checkpoint import CheckpointReaders
+from toolkit.lightning_cli.checkpoint_io import OneWritePerState
+from toolkit.lightning_cli.ckpt_model import check_resume_folder, evaluated_run
+from toolkit.lightning_cli.parsed_checks import check_parsed, enforce_import_denylist
 from toolkit.lightning_cli.parsing import check_config_files, help_pointer, model_args_given
 from toolkit.lightning_cli.run_home import (
     EVAL_COMMANDS,
@@ -56,11 +55,12 @@ from toolkit.lightning_cli.run_home import (
     set_checkpoint_dirs,
 )
 from toolkit.lightning_cli.teardown import finish_wandb, fit_summary, write_result
+from toolkit.lightning_cli.tracking import RunIdCheckpoint
+from toolkit.model.backbone import weights_from_checkpoint
+from toolkit.model.classifier import ImageClassifier
 from toolkit.parse_errors import parse_quietly
-from toolkit.parsed_checks import check_parsed, enforce_import_denylist
 from toolkit.quiet import QUIET, VERBOSE, quiet_third_party, verbosity
 from toolkit.study.layout import RESULT_FILE
-from toolkit.tracking import RunIdCheckpoint
 
 
 @dataclass
@@ -169,7 +169,7 @@ class ToolkitCLI(LightningCLI):
                 "checkpoint.mode": keys.MONITOR_MODE,
                 "checkpoint.filename": "best-epoch{epoch:03d}",
                 "checkpoint.auto_insert_metric_name": False,
-                "trainer.logger": {"class_path": "toolkit.tracking.WandbLogger"},
+                "trainer.logger": {"class_path": "toolkit.lightning_cli.tracking.WandbLogger"},
             }
         )
         # last.ckpt, rewritten at the end of every epoch (``--last_checkpoint.save_top_k 0`` turns it off). Not the
@@ -230,7 +230,16 @@ class ToolkitCLI(LightningCLI):
 
     @override
     def instantiate_classes(self) -> None:
-        """Build the model; with a checkpoint to evaluate, without pretrained weights (the checkpoint has them all)."""
+        """Build the model; with a checkpoint to evaluate, without pretrained weights (the checkpoint has them all).
+
+        ``data.split_seed: seed`` is given the run's ``seed_everything`` here, explicitly, before the data module is
+        built (the doctor's build too)."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if "data" in config and config.data is not None and config.data.get("split_seed") == "seed":
+            seed = config.get("seed_everything")
+            if not isinstance(seed, int) or isinstance(seed, bool):
+                raise ToolkitError("data.split_seed: seed needs the run's seed; set seed_everything (an integer)")
+            config.data.split_seed = seed
         if _weights_from_checkpoints(self.subcommand, self.config):
             with weights_from_checkpoint():
                 super().instantiate_classes()
@@ -296,7 +305,7 @@ class ToolkitCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Refuse a fit whose options contradict each other (LightningCLI calls this before ``trainer.fit``)."""
-        from toolkit.freezing import check_unfreeze_epoch
+        from toolkit.model.freezing import check_unfreeze_epoch
 
         check_unfreeze_epoch(self.model.hparams.get("unfreeze_at_epoch"), self.trainer.max_epochs)
         self._check_classes("fit")

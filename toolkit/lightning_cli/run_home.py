@@ -12,10 +12,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from toolkit._moved import flat_path
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli.checkpoint import CheckpointReaders
+from toolkit.lightning_cli.tracking import check_init_kwargs
 from toolkit.study.layout import CHECKPOINTS, LAST_CHECKPOINT, RESULT_FILE
-from toolkit.tracking import check_init_kwargs
 
 #: the subcommands that evaluate a checkpoint
 EVAL_COMMANDS = ("validate", "test", "predict")
@@ -106,7 +107,8 @@ def resolve_ckpt(ckpt_path: str, dirpath: str, readers: CheckpointReaders) -> st
 
 def is_toolkit_logger(logger: Any) -> bool:
     """Whether the configured logger is the toolkit's W&B logger (whose run this module names)."""
-    return logger is not None and getattr(logger, "class_path", None) == "toolkit.tracking.WandbLogger"
+    path = getattr(logger, "class_path", None) if logger is not None else None
+    return isinstance(path, str) and flat_path(path) == "toolkit.tracking.WandbLogger"  # however it is spelled
 
 
 def name_wandb_run(logger: Any, root: Path, ablation: Any) -> None:
@@ -124,7 +126,7 @@ def name_wandb_run(logger: Any, root: Path, ablation: Any) -> None:
 
 def resume_wandb_run(logger: Any, run_id: str, save_config_kwargs: dict[str, Any]) -> None:
     """Online: continue the checkpoint's W&B run; offline: start a new one whose config says ``resumed_from``."""
-    from toolkit.tracking import resolve_mode
+    from toolkit.lightning_cli.tracking import resolve_mode
 
     mode = logger.init_args.mode
     if mode in ("online",) or (mode == "auto" and resolve_mode("auto") == "online"):

@@ -61,14 +61,14 @@ def main(argv: list[str]) -> int:
         ToolkitError: a bad spec, or no runs of the ablation.
     """
     args = parse(build_parser(), argv, "report")
-    from toolkit.parsed_checks import check_root_dir
+    from toolkit.lightning_cli.parsed_checks import check_root_dir
     from toolkit.report.build import print_report, report_spec
     from toolkit.study.spec import load_spec  # imported here to keep --help instant
 
     check_root_dir(args.root, "--root")
     check_root_dir(args.out, "--out")
     spec = load_spec(Path(args.spec))
-    from toolkit.ablation.cli_changes import apply, check_recorded, recorded_changes
+    from toolkit.study.cli_changes import apply, check_recorded, recorded_changes
 
     if args.seeds or args.set:
         asked, changes = apply(spec, args.seeds, args.set)

@@ -3,7 +3,6 @@ learning curves per variant, and the lesion curve."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -243,10 +242,8 @@ def learning_curves(
     return paths
 
 
-#: ``test/acc_lesion_k<k>`` of ``toolkit.callbacks.lesion.LesionSweep`` (matched here: the report imports no torch)
-_LESION_K = re.compile(r"^test/acc_lesion_k(\d+)$")
-#: the ``residual`` switch's column: its ``plot_key`` in ``toolkit.components.registry`` (a test keeps them equal)
-RESIDUAL_KEY = "config.model.residual"
+#: the ``residual`` switch's column (the switch's own option, ``model.residual``)
+RESIDUAL_KEY = keys.config_key("model.residual")
 
 
 def lesion_curve(
@@ -267,7 +264,7 @@ def lesion_curve(
         the PNG, or None when no counted run has a lesion sweep.
     """
     counted = runs[runs["counted"]]
-    ks = sorted((int(m.group(1)), c) for c in counted.columns if (m := _LESION_K.match(c)))
+    ks = sorted((k, c) for c in counted.columns if (k := keys.lesion_k_of(c)) is not None)
     swept = counted.dropna(subset=[c for _, c in ks], how="all") if ks else counted.iloc[0:0]
     if swept.empty:
         return None

@@ -30,7 +30,7 @@ import pandas as pd
 #: keys that act only while the backbone trains (a frozen backbone runs in eval mode with fixed weights)
 ACTS_WHEN_BACKBONE_TRAINS = ("model.batchnorm", "model.drop_path_rate", "model.backbone_lr_scale")
 #: key prefixes that act only after an L-BFGS probe: its epochs take no optimizer step, and the solve starts from a
-#: zero head on the un-augmented images without dropout (see toolkit.probe)
+#: zero head on the un-augmented images without dropout (see toolkit.model.probe)
 ACTS_AFTER_SOLVED_PROBE = (
     "model.optimizer",
     "model.lr_scheduler",

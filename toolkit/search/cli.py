@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 from jsonargparse import ArgumentParser
 from rich.console import Console
 
-from toolkit.cli_options import SPELLING, CompactHelp, add_runner_options, parse, runner_options
-from toolkit.parsed_checks import check_root_dir
+from toolkit.ablation.options import add_runner_options, runner_options
+from toolkit.cli_options import SPELLING, CompactHelp, parse
+from toolkit.lightning_cli.parsed_checks import check_root_dir
 from toolkit.search.spec import load_search
 
 if TYPE_CHECKING:
-    from toolkit.ablation.runner import Options
+    from toolkit.ablation.options import Options
     from toolkit.search.run import StageRunner
     from toolkit.study.spec import AblationSpec
 

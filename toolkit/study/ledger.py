@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import ToolkitError
+from toolkit.study.states import RunState
 
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+#: the ledger's run states (``study/states.RunState``), by their old names
+PENDING, RUNNING, DONE, FAILED = RunState.PENDING, RunState.RUNNING, RunState.DONE, RunState.FAILED
 VERSION = 1
 #: the journal is folded into the snapshot once it has more lines than this and than the ledger has runs
 COMPACT_MIN = 256

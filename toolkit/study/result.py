@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-#: ``status`` of a fit that completed, and of one the divergence guard stopped
-DONE, DIVERGED = "done", "diverged"
+from toolkit.study.states import Outcome
+
+#: ``status`` of a fit that completed, and of one the divergence guard stopped (``study/states.Outcome``)
+DONE, DIVERGED = Outcome.DONE, Outcome.DIVERGED
 
 
 @dataclass

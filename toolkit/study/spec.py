@@ -6,7 +6,8 @@ Base config paths are resolved against the spec file's directory first, then aga
 ``AblationSpec.base`` holds the resolved absolute paths.
 
 A run's id is a hash of what the run computes: the ablation and variant names, the parsed content of the base
-configs (comments and formatting do not count), the merged overrides and the seed. The same spec always names the
+configs (comments and formatting do not count; class paths in their flat-layout spelling, so a moved class or a short
+name does not rename runs), the merged overrides and the seed. The same spec always names the
 same runs; editing a config or an override names new ones.
 """
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from toolkit._moved import flat_path
 from toolkit.errors import ToolkitError
 from toolkit.study.fields import (
     check_name,
@@ -265,7 +267,20 @@ def _steps_nothing(base_data: tuple[Any, ...], overrides: dict[str, Any], delta:
     return frozen and get("model.probe") == "lbfgs"
 
 
+def _flat_class_paths(data: Any, key: str = "") -> Any:
+    """``data`` with every class path in its flat-layout spelling (``_moved.flat_path``): a run's id does not change
+    when a class moves or is named by its short name."""
+    if isinstance(data, dict):
+        return {k: _flat_class_paths(v, str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_flat_class_paths(v, key) for v in data]
+    if isinstance(data, str) and key.endswith("class_path"):
+        return flat_path(data)
+    return data
+
+
 def _run_id(name: str, variant: str, base_data: list[Any], overrides: dict[str, Any], seed: int) -> str:
+    base_data, overrides = _flat_class_paths(base_data), _flat_class_paths(overrides)
     payload = {"ablation": name, "variant": variant, "base": base_data, "overrides": overrides, "seed": seed}
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]

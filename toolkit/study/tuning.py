@@ -4,7 +4,8 @@
 
 1. **tune**: every variant at every value (every combination when several keys are tuned), at the spec's first seed,
    as the study ``<name>-tune`` (its own ledger and run folders, ``<root>/<name>-tune/<variant>@<label>/seed<k>``);
-2. **choose**: per variant, the value whose run reached the best validation score (``RunResult.best_val``, the
+2. **choose** (the tune stage's policy, ``toolkit/ablation/tune_stage.py``): per variant, the value whose run reached
+   the best validation score (``RunResult.best_val``, the
    metric its best checkpoint is chosen by: ``keys.MONITOR``); a tie keeps the value listed first. Runs that failed,
    diverged or scored nothing do not compete; a variant with no scored value stops the study with one line. The
    choices are written to ``<root>/<name>/tune.json``;
@@ -35,9 +36,7 @@ from typing import Any
 
 from toolkit import keys
 from toolkit.errors import ToolkitError
-from toolkit.study.layout import RESULT_FILE
-from toolkit.study.result import DONE, RunResult
-from toolkit.study.spec import AblationSpec, Run, changes_optimisation
+from toolkit.study.spec import AblationSpec, changes_optimisation
 
 TUNE_FILE = "tune.json"
 #: joins a variant and the label of its tuned values in the tune stage's variant names
@@ -96,48 +95,6 @@ def tune_study(spec: AblationSpec) -> AblationSpec:
         tune={},
         tune_rows=None,
     )
-
-
-def choose(spec: AblationSpec, root: str | Path, records: dict[str, dict[str, Any]]) -> dict[str, Choice]:
-    """Each variant's values, chosen on the best validation score of its tune runs (``records``: the tune ledger).
-
-    Raises:
-        ToolkitError: a variant none of whose tune runs finished with a validation score.
-    """
-    stage = tune_study(spec)
-    by_name = {run.variant: run for run in stage.runs()}
-    chosen = {}
-    for variant in spec.variants:
-        fixed = [k for k in spec.tune if k in spec.variants[variant]]
-        scores: dict[str, float | None] = {}
-        best: tuple[float, dict[str, Any]] | None = None
-        for combo in combinations(spec, variant):
-            score = _score(by_name[f"{variant}{SEP}{label(combo)}"], root, records)
-            scores[label(combo)] = score
-            if score is not None and (best is None or score > best[0]):  # strictly better: a tie keeps the first
-                best = (score, combo)
-        if scores and best is None:
-            raise ToolkitError(
-                f"tune: no run of variant '{variant}' finished with a validation score ({', '.join(scores)}); see "
-                f"{Path(root) / stage.name / variant}{SEP}*/seed{stage.seeds[0]}/run.log, fix it, and run again"
-            )
-        values = {k: spec.variants[variant][k] for k in fixed} | (best[1] if best else {})
-        chosen[variant] = Choice(values, fixed, scores)
-    for variant, choice in chosen.items():  # rows `tune: auto` leaves alone run at the baseline's choice
-        if spec.tune_rows is not None and variant not in spec.tune_rows:
-            inherited = {k: v for k, v in chosen[spec.baseline].values.items() if k not in choice.fixed}
-            chosen[variant] = Choice({**choice.values, **inherited}, choice.fixed, {}, inherited=True)
-    return chosen
-
-
-def _score(run: Run, root: str | Path, records: dict[str, dict[str, Any]]) -> float | None:
-    """The run's best validation score, when it is done and healthy (a diverged or failed run does not compete)."""
-    if records.get(run.id, {}).get("status") != DONE:
-        return None
-    result = RunResult.read(run.directory(root) / RESULT_FILE)
-    if result is None or result.status != DONE or result.best_val is None:
-        return None
-    return result.best_val if keys.MONITOR_MODE == "max" else -result.best_val
 
 
 def tuned(spec: AblationSpec, chosen: dict[str, Choice]) -> AblationSpec:

@@ -12,23 +12,24 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from toolkit import features, keys
-from toolkit import probe as probe_solver
-from toolkit.backbone import building_from_checkpoint, create_backbone
-from toolkit.components import (
+from toolkit import keys
+from toolkit.errors import ToolkitError
+from toolkit.model import features
+from toolkit.model import probe as probe_solver
+from toolkit.model.backbone import building_from_checkpoint, create_backbone
+from toolkit.model.components import (
     apply_switches,
     check_liveness,
     check_untrained_statistics,
     init_adjustments,
     untrained_batchnorms,
 )
-from toolkit.components.registry import BATCHNORM_LEVELS
-from toolkit.errors import ToolkitError
-from toolkit.features import FeatureCacheMode
-from toolkit.freezing import BackboneFreezer
-from toolkit.heads import HeadInit, create_head
-from toolkit.metrics import classification_metrics
-from toolkit.schedules import WarmupSchedule, build_lr_scheduler
+from toolkit.model.components.registry import BATCHNORM_LEVELS
+from toolkit.model.features import FeatureCacheMode
+from toolkit.model.freezing import BackboneFreezer
+from toolkit.model.heads import HeadInit, create_head
+from toolkit.model.metrics import classification_metrics
+from toolkit.model.schedules import WarmupSchedule, build_lr_scheduler
 
 
 class ImageClassifier(pl.LightningModule):
@@ -42,7 +43,7 @@ class ImageClassifier(pl.LightningModule):
         probe: how the head is trained while the backbone is frozen: ``sgd`` (the optimizer's steps, like the rest
             of the run) or ``lbfgs`` (solved to convergence at the start of the first probe epoch by full-batch
             L-BFGS on the frozen features, its L2 strength chosen on val from ``probe_l2``; see
-            :mod:`toolkit.probe`). With ``lbfgs`` the probe epochs take no optimizer step: they log the solved
+            :mod:`toolkit.model.probe`). With ``lbfgs`` the probe epochs take no optimizer step: they log the solved
             head's train and val metrics, and their checkpoints hold it. LP->FT fine-tunes from the solved head.
             The solve uses features of the un-augmented train images, so augmentation and mixup act only once
             the backbone trains. A full fine-tune (``freeze_backbone: false``) has no probe phase: ``probe`` is
@@ -65,7 +66,7 @@ class ImageClassifier(pl.LightningModule):
         lr_scheduler: lr scheduler factory; None for a constant lr.
         scheduler_interval: step the scheduler every ``step`` or ``epoch``; None = ``step`` for a schedule sized in
             optimizer steps (one with a ``total_steps`` argument, e.g. WarmupSchedule), else ``epoch``.
-        feature_cache: train a frozen backbone's head on features computed once (:mod:`toolkit.features`):
+        feature_cache: train a frozen backbone's head on features computed once (:mod:`toolkit.model.features`):
             ``auto`` when valid (frozen backbone, ``data.augment: none``, no mixup, one process), ``on`` (an error
             when invalid), ``off``.
         channels_last: backbone weights and inputs in channels-last memory format: faster convs on CPUs (oneDNN)
@@ -304,7 +305,7 @@ class ImageClassifier(pl.LightningModule):
         return self.backbone(images)
 
     def _logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        # a 2-D batch is cached backbone features (toolkit.features), a 4-D batch is images
+        # a 2-D batch is cached backbone features (toolkit.model.features), a 4-D batch is images
         return self.head(inputs) if inputs.ndim == 2 else self(inputs)
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

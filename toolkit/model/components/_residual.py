@@ -7,10 +7,18 @@ rather than a patched bound method keeps the model picklable and deep-copyable.
 
 The forwards mirror timm 1.0's block forwards with one term left out; the tests check them against the block's own
 layers.
+
+**Block families** are registered next to their block code: a :class:`ResidualFamily` (its description for messages,
+each timm block type with its switched subclass, and whether a block of it counts) in :data:`RESIDUAL_BLOCKS` via
+:func:`register_family`. A switched subclass defines ``forward`` (reading ``self.switch``) and, when its shortcut has a
+projection, ``drop_projection`` (called once its shortcut is switched off). ``tests/test_backbone_family_recipe.py``
+registers a toy family and nothing else.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,12 +30,6 @@ from torch import nn
 from typing_extensions import override
 
 from toolkit.errors import ToolkitError
-
-RESIDUAL_FAMILIES = (
-    "timm ResNet (BasicBlock, Bottleneck: resnet*, resnext*, seresnet*), ConvNeXt (convnext*), "
-    "ViT (vision_transformer Block: vit_*, deit_*) and EfficientNet/MobileNet blocks with a skip "
-    "(DepthwiseSeparableConv, InvertedResidual, EdgeResidual: efficientnet*, tf_efficientnet*, mobilenetv2*/v3*)"
-)
 
 
 def _resnet_shortcut(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torch.Tensor:
@@ -43,7 +45,18 @@ def _resnet_branch_tail(block: BasicBlock | Bottleneck, x: torch.Tensor) -> torc
     return x
 
 
-class SwitchedBasicBlock(BasicBlock):
+class _ResNetProjection:
+    """A ResNet block's shortcut projection is ``downsample``: without the shortcut it computes nothing."""
+
+    downsample: nn.Module | None
+
+    def drop_projection(self) -> bool:
+        removed = isinstance(self.downsample, nn.Module) and len(list(self.downsample.parameters())) > 0
+        self.downsample = None
+        return removed
+
+
+class SwitchedBasicBlock(_ResNetProjection, BasicBlock):
     """timm ResNet ``BasicBlock`` without its shortcut or its residual branch; the final activation is kept."""
 
     switch: str
@@ -58,7 +71,7 @@ class SwitchedBasicBlock(BasicBlock):
         return self.act2(_resnet_branch_tail(self, x))
 
 
-class SwitchedBottleneck(Bottleneck):
+class SwitchedBottleneck(_ResNetProjection, Bottleneck):
     """timm ResNet ``Bottleneck`` without its shortcut or its residual branch; the final activation is kept."""
 
     switch: str
@@ -93,6 +106,11 @@ class SwitchedConvNeXtBlock(ConvNeXtBlock):
             x = x.mul(self.gamma.reshape(1, -1, 1, 1))
         return self.drop_path(x)
 
+    def drop_projection(self) -> bool:
+        removed = len(list(self.shortcut.parameters())) > 0
+        self.shortcut = nn.Identity()
+        return removed
+
 
 class SwitchedViTBlock(Block):
     """timm ViT ``Block`` without both shortcuts (attention and MLP) or without both residual branches."""
@@ -123,6 +141,10 @@ class _SkipSwitch:
             return x
         return self.drop_path(super().forward(x))  # type: ignore[misc]
 
+    def drop_projection(self) -> bool:
+        self.has_skip = False  # the block's own forward then returns its bare branch
+        return False
+
 
 class SwitchedDepthwiseSeparableConv(_SkipSwitch, DepthwiseSeparableConv):
     """timm ``DepthwiseSeparableConv`` without its skip or without its branch."""
@@ -136,19 +158,64 @@ class SwitchedEdgeResidual(_SkipSwitch, EdgeResidual):
     """timm ``EdgeResidual`` (FusedMBConv) without its skip or without its branch."""
 
 
-_SKIP_BLOCKS: dict[type[nn.Module], type[nn.Module]] = {
-    DepthwiseSeparableConv: SwitchedDepthwiseSeparableConv,
-    InvertedResidual: SwitchedInvertedResidual,
-    EdgeResidual: SwitchedEdgeResidual,
-}
+@dataclass(frozen=True)
+class ResidualFamily:
+    """A family of residual blocks the switches support.
 
-_SWITCHED: dict[type[nn.Module], type[nn.Module]] = {
-    **_SKIP_BLOCKS,
-    BasicBlock: SwitchedBasicBlock,
-    Bottleneck: SwitchedBottleneck,
-    ConvNeXtBlock: SwitchedConvNeXtBlock,
-    Block: SwitchedViTBlock,
-}
+    Attributes:
+        description: how messages name it (architectures and timm model names).
+        blocks: each timm block type (exact type: a subclass may have another forward) -> its switched subclass.
+        counts: whether a block of the family is residual (EfficientNet's blocks only where they have a skip).
+    """
+
+    description: str
+    blocks: Mapping[type[nn.Module], type[nn.Module]]
+    counts: Callable[[nn.Module], bool] = lambda block: True
+
+
+#: the supported block families, by name
+RESIDUAL_BLOCKS: dict[str, ResidualFamily] = {}
+
+
+def register_family(name: str, family: ResidualFamily) -> None:
+    """Support a block family (see the module doc)."""
+    RESIDUAL_BLOCKS[name] = family
+
+
+register_family(
+    "resnet",
+    ResidualFamily(
+        "timm ResNet (BasicBlock, Bottleneck: resnet*, resnext*, seresnet*)",
+        {BasicBlock: SwitchedBasicBlock, Bottleneck: SwitchedBottleneck},
+    ),
+)
+register_family("convnext", ResidualFamily("ConvNeXt (convnext*)", {ConvNeXtBlock: SwitchedConvNeXtBlock}))
+register_family("vit", ResidualFamily("ViT (vision_transformer Block: vit_*, deit_*)", {Block: SwitchedViTBlock}))
+register_family(
+    "efficientnet",
+    ResidualFamily(
+        "EfficientNet/MobileNet blocks with a skip (DepthwiseSeparableConv, InvertedResidual, EdgeResidual: "
+        "efficientnet*, tf_efficientnet*, mobilenetv2*/v3*)",
+        {
+            DepthwiseSeparableConv: SwitchedDepthwiseSeparableConv,
+            InvertedResidual: SwitchedInvertedResidual,
+            EdgeResidual: SwitchedEdgeResidual,
+        },
+        counts=lambda block: bool(block.has_skip),
+    ),
+)
+
+
+def residual_families() -> str:
+    """The supported families, for messages."""
+    return ", ".join(family.description for family in RESIDUAL_BLOCKS.values())
+
+
+def _family_of(block_type: type) -> ResidualFamily | None:
+    """The family of a timm block type or of its switched subclass."""
+    return next(
+        (f for f in RESIDUAL_BLOCKS.values() if block_type in f.blocks or block_type in f.blocks.values()), None
+    )
 
 
 def list_residual_blocks(module: nn.Module) -> list[str]:
@@ -168,9 +235,10 @@ def list_residual_blocks(module: nn.Module) -> list[str]:
 
 
 def _is_residual(module: nn.Module) -> bool:
-    if type(module) in _SKIP_BLOCKS:
-        return bool(module.has_skip)
-    return type(module) in _SWITCHED or type(module) in _SWITCHED.values()
+    family = _family_of(type(module))
+    if family is None:
+        return False
+    return type(module) in family.blocks.values() or family.counts(module)
 
 
 def check_block_indices(option: str, indices: list[int], count: int) -> None:
@@ -189,7 +257,7 @@ def require_blocks(module: nn.Module, option: str) -> list[str]:
     names = list_residual_blocks(module)
     if not names:
         raise ToolkitError(
-            f"{option}: {type(module).__name__} has no supported residual block; supported: {RESIDUAL_FAMILIES}"
+            f"{option}: {type(module).__name__} has no supported residual block; supported: {residual_families()}"
         )
     return names
 
@@ -204,15 +272,8 @@ def switch_block(block: nn.Module, switch: str) -> bool:
     Returns:
         Whether a shortcut projection with parameters was removed.
     """
-    attr = "downsample" if isinstance(block, (BasicBlock, Bottleneck)) else "shortcut"
-    projection = getattr(block, attr, None)
-    removed = switch == "branch" and isinstance(projection, nn.Module) and len(list(projection.parameters())) > 0
-    block.__class__ = _SWITCHED.get(type(block), type(block))
+    family = _family_of(type(block))
+    if family is not None:
+        block.__class__ = family.blocks.get(type(block), type(block))
     block.switch = switch
-    if switch == "branch" and isinstance(block, (BasicBlock, Bottleneck)):
-        block.downsample = None
-    elif switch == "branch" and isinstance(block, ConvNeXtBlock):
-        block.shortcut = nn.Identity()
-    elif switch == "branch" and isinstance(block, _SkipSwitch):
-        block.has_skip = False
-    return removed
+    return block.drop_projection() if switch == "branch" and hasattr(block, "drop_projection") else False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,28 +15,24 @@ from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from toolkit.datasets import (
+from toolkit.data.datasets import (
     ImageSamples,
     Splits,
-    load_digits_samples,
-    load_fashion_mnist_splits,
-    load_folder_splits,
     load_predict_samples,
-    load_torchvision_splits,
     sample_ids,
     stratified_subset,
-    three_way,
     verify_images,
 )
-from toolkit.duplicates import SPLITS, Duplicates, check_duplicates
-from toolkit.errors import ToolkitError
-from toolkit.transforms import (
+from toolkit.data.duplicates import SPLITS, Duplicates, check_duplicates
+from toolkit.data.sources import SOURCES, SourceArgs, get_source
+from toolkit.data.transforms import (
     Augment,
     DataConfig,
     create_eval_transform,
     create_train_transform,
     resolve_backbone_data_config,
 )
+from toolkit.errors import ToolkitError
 
 #: the smallest ``eval_subset``: below 20 images one image moves val/acc by more than 5 points, so the best-val
 #: checkpoint is chosen on noise; and each class is seen at least twice (a stratified subset, macro-F1 per class)
@@ -54,9 +49,9 @@ class ImageDataModule(pl.LightningDataModule):
     """Train/val/test image data for a timm backbone.
 
     Args:
-        source: ``digits`` (scikit-learn's bundled 8x8 digits, no download), ``folder`` (an ImageFolder root),
-            ``torchvision`` (a named torchvision dataset) or ``fashion_mnist`` (Fashion-MNIST from Debian's
-            ``dataset-fashion-mnist`` package, offline).
+        source: a source of ``data/sources.py``: ``digits`` (scikit-learn's bundled 8x8 digits, no download),
+            ``folder`` (an ImageFolder root), ``torchvision`` (a named torchvision dataset) or ``fashion_mnist``
+            (Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package, offline).
         root: image folder root (``folder``), download directory (``torchvision``) or where Fashion-MNIST is
             unpacked (default ``$TOOLKIT_CACHE/data``).
         name: torchvision dataset class name, e.g. ``CIFAR10``.
@@ -97,7 +92,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        source: Literal["digits", "folder", "torchvision", "fashion_mnist"] = "digits",
+        source: Literal[tuple(SOURCES)] = "digits",  # type: ignore[valid-type]
         root: str | None = None,
         name: str | None = None,
         download: bool = False,
@@ -149,8 +144,11 @@ class ImageDataModule(pl.LightningDataModule):
             raise ToolkitError(f"mixup/cutmix pair samples within a batch: use an even batch_size, not {batch_size}")
         if split_seed != "seed" and not 0 <= split_seed <= 2**32 - 1:  # sklearn's range: else it blames the split
             raise ToolkitError(f"--data.split_seed {split_seed}: a seed is an integer in [0, 2**32 - 1], or 'seed'")
-        if split_seed == "seed":
-            split_seed = run_seed()
+        if split_seed == "seed":  # `toolkit fit` gives it the run's seed_everything before building this
+            raise ToolkitError(
+                "data.split_seed: seed means the run's seed_everything, which toolkit fit passes in; give the seed "
+                "itself (an integer) when building the data module in Python"
+            )
         self.save_hyperparameters(logger=False)
         self.source, self.root, self.name, self.download = source, root, name, download
         self.backbone, self.image_size, self.normalize, self.augment = backbone, image_size, normalize, augment
@@ -165,9 +163,9 @@ class ImageDataModule(pl.LightningDataModule):
         self._splits: Splits | None = None
         self.data_config: DataConfig = resolve_backbone_data_config(backbone, image_size)
         self._mixup: Mixup | None = None
-        #: split name -> cached backbone features standing in for its images (set by toolkit.features)
+        #: split name -> cached backbone features standing in for its images (set by toolkit.model.features)
         self.feature_splits: dict[str, Dataset] = {}
-        #: the test split's cached features, looked up when the test loader is built (set by toolkit.features)
+        #: the test split's cached features, looked up when the test loader is built (set by toolkit.model.features)
         self.test_features: Callable[[], Dataset] | None = None
         self._ready = False
         self.predict_root = predict_root
@@ -181,20 +179,11 @@ class ImageDataModule(pl.LightningDataModule):
     def splits(self) -> Splits:
         """The train/val/test samples, loaded once."""
         if self._splits is None:
-            if self.source == "digits":
-                samples, classes = load_digits_samples()
-                train, val, test = three_way(samples, self.val_fraction, self.test_fraction, self.split_seed)
-                self._splits = Splits(train, val, test, classes)
-            elif self.source == "folder":
-                self._splits = load_folder_splits(self.root, self.val_fraction, self.test_fraction, self.split_seed)
-            elif self.source == "fashion_mnist":
-                self._splits = load_fashion_mnist_splits(self.root, self.val_fraction, self.split_seed)
-            else:
-                self._splits = load_torchvision_splits(
-                    self.name, self.root, self.download, self.val_fraction, self.split_seed
-                )
-            self._splits = self._subsets(self._splits)
+            self._splits = self._subsets(get_source(self.source).load(self._source_args()))
         return self._splits
+
+    def _source_args(self) -> SourceArgs:
+        return SourceArgs(self.root, self.name, self.download, self.val_fraction, self.test_fraction, self.split_seed)
 
     def _drop_last(self) -> bool:
         """Whether training drops its last, incomplete batch.
@@ -255,8 +244,9 @@ class ImageDataModule(pl.LightningDataModule):
 
     @override
     def prepare_data(self) -> None:
-        if self.source == "torchvision" and self.download:
-            load_torchvision_splits(self.name, self.root, True, self.val_fraction, self.split_seed)
+        fetch = get_source(self.source).fetch
+        if fetch is not None:
+            fetch(self._source_args())
 
     @override
     def setup(self, stage: str) -> None:
@@ -395,15 +385,6 @@ class ImageDataModule(pl.LightningDataModule):
             images, targets = batch
             return self._mixup(images, targets)
         return batch
-
-
-def run_seed() -> int:
-    """The run's seed for ``split_seed: seed``: what ``seed_everything`` set (Lightning exports it as
-    ``PL_GLOBAL_SEED``, the documented variable its dataloader workers seed from)."""
-    seed = os.environ.get("PL_GLOBAL_SEED")
-    if seed is None:
-        raise ToolkitError("data.split_seed: seed needs the run's seed; set seed_everything (an integer)")
-    return int(seed)
 
 
 def unused_samples(full: Splits, used: Splits) -> ImageSamples:

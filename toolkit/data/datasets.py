@@ -22,9 +22,9 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from toolkit.atomic import current_umask
+from toolkit.data.image_files import FolderWalk, class_samples
+from toolkit.data.pixels import check_mode, to_rgb
 from toolkit.errors import ToolkitError
-from toolkit.image_files import FolderWalk, class_samples
-from toolkit.pixels import check_mode, to_rgb
 
 
 class ImageSamples(Dataset):

@@ -29,10 +29,10 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from toolkit.checkpoint_data import load_data
-from toolkit.components.registry import cache_switches
 from toolkit.errors import ToolkitError
-from toolkit.probe import ProbeSolution, solve_probe
+from toolkit.model.checkpoint_data import load_data
+from toolkit.model.components.registry import cache_switches
+from toolkit.model.probe import ProbeSolution, solve_probe
 
 FeatureCacheMode = Literal["auto", "on", "off"]
 #: where caches live unless ``TOOLKIT_FEATURE_CACHE`` says otherwise (set by the user; the runner leaves it alone)
@@ -44,9 +44,9 @@ PROBE_CACHE_VERSION = 1
 
 
 class FeatureModel(Protocol):
-    """What the cache needs of the classifier (``toolkit.classifier.ImageClassifier`` is one; it imports this module).
+    """What the cache needs of the classifier (``classifier.ImageClassifier`` is one; it imports this module).
 
-    ``hparams`` has ``backbone`` and the switches of `toolkit.components.registry`; ``freezer`` has ``frozen`` and
+    ``hparams`` has ``backbone`` and the switches of `toolkit.model.components.registry`; ``freezer`` has ``frozen`` and
     ``unfreeze_at_epoch``; ``trainer`` is the Lightning trainer (precision and its plugin).
     """
 
@@ -63,7 +63,7 @@ class FeatureModel(Protocol):
 
 
 class FeatureData(Protocol):
-    """What the cache needs of the data module (``toolkit.data.ImageDataModule`` is one).
+    """What the cache needs of the data module (``toolkit.data.datamodule.ImageDataModule`` is one).
 
     ``splits`` has ``train`` and ``val`` datasets with ``labels`` and ``transform``; ``feature_splits`` receives the
     :class:`CachedSplit` of each.
@@ -273,8 +273,6 @@ def attach(model: FeatureModel, datamodule: FeatureData, device: torch.device) -
 def test_blockers(model: FeatureModel, trainer: Any) -> list[str]:
     """Why this test pass cannot run on cached features (empty: it can). Only a linear probe's: a fine-tuned
     backbone is new in every run, so its features would be computed once and never read again."""
-    from toolkit.callbacks.health import RunHealth
-
     hp = model.hparams
     reasons = []
     if not hp.freeze_backbone or hp.unfreeze_at_epoch is not None:
@@ -287,12 +285,12 @@ def test_blockers(model: FeatureModel, trainer: Any) -> list[str]:
         reasons.append("distributed testing shards the data per process")
     if not hasattr(trainer.datamodule, "test_features"):
         reasons.append("the data module is not an ImageDataModule")
-    # a callback that reads the test batch may need its images (ensemble members, lesion sweeps); RunHealth counts
-    # the predictions and labels only
+    # a callback that reads the test batch may need its images (ensemble members, lesion sweeps); one that reads
+    # only the predictions and labels says so with ``reads_test_images = False`` (RunHealth)
     readers = [
         type(cb).__name__
         for cb in trainer.callbacks
-        if type(cb).on_test_batch_end is not Callback.on_test_batch_end and not isinstance(cb, RunHealth)
+        if type(cb).on_test_batch_end is not Callback.on_test_batch_end and getattr(cb, "reads_test_images", True)
     ]
     if readers:
         reasons.append(f"{', '.join(readers)} read the test images")
@@ -326,7 +324,7 @@ def attach_test(model: FeatureModel, trainer: Any) -> None:
 def probe_features(
     model: FeatureModel, datamodule: Any, device: torch.device
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """``(features, labels)`` of the train and val splits for the L-BFGS probe (:mod:`toolkit.probe`), cached.
+    """``(features, labels)`` of the train and val splits for the L-BFGS probe (:mod:`toolkit.model.probe`), cached.
 
     The train images go through the eval transform when the train transform is random (``data.augment``): the
     probe is solved once, on the images themselves, and augmentation acts from the first fine-tuning epoch.

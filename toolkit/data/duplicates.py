@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Literal
 
-from toolkit.datasets import ImageSamples
+from toolkit.data.datasets import ImageSamples
 from toolkit.errors import ToolkitError
 
 Duplicates = Literal["refuse", "drop"]

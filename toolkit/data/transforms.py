@@ -9,7 +9,7 @@ import timm
 from timm.data import create_transform, resolve_data_config
 from torchvision import transforms as T
 
-from toolkit.backbone import check_backbone_name
+from toolkit.model.backbone import check_backbone_name
 
 Augment = Literal["none", "mild", "basic", "randaugment", "trivialaugment"]
 

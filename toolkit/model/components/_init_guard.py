@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from toolkit.components.registry import BATCHNORM_LEVELS
 from toolkit.errors import ToolkitError
+from toolkit.model.components.registry import BATCHNORM_LEVELS
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 STUDY_FIX = (
@@ -112,7 +112,7 @@ def check_untrained_statistics(untrained: list[str], batchnorm: str) -> None:
 
 def check_drop_path(backbone: nn.Module, no_shortcut: dict[int, str]) -> None:
     """Raise when stochastic depth would drop a block that has no shortcut (the whole block output becomes 0)."""
-    from toolkit.components._dropout import active_dropout_modules
+    from toolkit.model.components._dropout import active_dropout_modules
 
     hit = [
         i

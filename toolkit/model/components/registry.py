@@ -15,14 +15,14 @@ from typing import Any
 
 from torch import nn
 
-from toolkit.components._batchnorm import (
+from toolkit.errors import ToolkitError
+from toolkit.model.components._batchnorm import (
     freeze_batchnorms,
     freeze_statistics,
     fuse_batchnorms,
     plan_fusion,
     remove_batchnorms,
 )
-from toolkit.errors import ToolkitError
 
 
 def _names(backbone: nn.Module, bn_names: list[str]) -> list[str]:
@@ -84,14 +84,12 @@ class Switch:
             type is checked by `apply_switches` itself (block lists).
         cache_key: it changes what a frozen backbone computes, so it enters `features.cache_key`; False for a
             test-time switch (a training cache never sees it).
-        plot_key: the W&B config column the report draws or labels with it, if any.
     """
 
     name: str
     default: Any
     levels: tuple[Any, ...] | Mapping[Any, Any] | None = None
     cache_key: bool = True
-    plot_key: str | None = None
 
     def check(self, value: Any) -> None:
         """Refuse a value that is not one of ``levels`` with one line naming the switch and its levels."""
@@ -103,7 +101,7 @@ class Switch:
 #: every switch, in `features.cache_key` order
 SWITCHES: dict[str, Switch] = {
     "batchnorm": Switch("batchnorm", "on", levels=BATCHNORM_LEVELS),
-    "residual": Switch("residual", True, levels=(True, False), plot_key="config.model.residual"),
+    "residual": Switch("residual", True, levels=(True, False)),
     "residual_blocks": Switch("residual_blocks", None),
     "lesion_blocks": Switch("lesion_blocks", None, cache_key=False),
 }

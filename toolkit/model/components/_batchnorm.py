@@ -3,6 +3,8 @@ alone), fold them into their convs, or remove them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from timm.layers import BatchNormAct2d, Conv2dSame, FrozenBatchNormAct2d, SyncBatchNormAct, freeze_batch_norm_2d
 from torch import nn
@@ -12,15 +14,65 @@ from typing_extensions import override
 
 from toolkit.errors import ToolkitError
 
-BN_FAMILIES = (
-    "ResNet (resnet*, resnext*, seresnet*), EfficientNet/MobileNet (efficientnet_*, mobilenetv*) and RegNet (regnet*)"
+
+@dataclass(frozen=True)
+class NormFamily:
+    """The BatchNorm layers of a family of backbones, as the BatchNorm switch needs them (registered by name in
+    :data:`NORM_FAMILIES` with :func:`register_norms`; ``tests/test_backbone_family_recipe.py`` adds a toy one).
+
+    Attributes:
+        description: how messages name the family (architectures and timm model names).
+        norms: layer types that normalise per channel with BatchNorm statistics (a subclass counts too).
+        with_act: those of them that carry a dropout and an activation, kept when the norm is removed.
+        convs: conv types a BatchNorm may be folded into (exact types: subclasses such as StdConv2d transform their
+            weight in forward, which a fold would break).
+    """
+
+    description: str
+    norms: tuple[type[nn.Module], ...]
+    with_act: tuple[type[nn.Module], ...] = ()
+    convs: tuple[type[nn.Module], ...] = ()
+
+
+#: the supported families, by name
+NORM_FAMILIES: dict[str, NormFamily] = {}
+
+
+def register_norms(name: str, family: NormFamily) -> None:
+    """Support a family's BatchNorm layers (see :class:`NormFamily`)."""
+    NORM_FAMILIES[name] = family
+
+
+# timm's CNNs share torch's BatchNorm2d and timm's norm-act layers (BatchNormAct2d subclasses BatchNorm2d)
+register_norms(
+    "timm-cnn",
+    NormFamily(
+        "ResNet (resnet*, resnext*, seresnet*), EfficientNet/MobileNet (efficientnet_*, mobilenetv*) and RegNet "
+        "(regnet*)",
+        norms=(nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d, FrozenBatchNormAct2d),
+        with_act=(BatchNormAct2d, SyncBatchNormAct, FrozenBatchNormAct2d),
+        convs=(nn.Conv2d, Conv2dSame),
+    ),
 )
 
-# Norm layers that normalise per channel with BatchNorm statistics; BatchNormAct2d subclasses BatchNorm2d.
-_BN2D = (nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d, FrozenBatchNormAct2d)
-_BN_WITH_ACT = (BatchNormAct2d, SyncBatchNormAct, FrozenBatchNormAct2d)
-# Exact types only: subclasses such as StdConv2d transform their weight in forward, which a fold would break.
-_PLAIN_CONVS = (nn.Conv2d, Conv2dSame)
+
+def bn_families() -> str:
+    """The supported families, for messages."""
+    return ", ".join(family.description for family in NORM_FAMILIES.values())
+
+
+def _norm_types() -> tuple[type[nn.Module], ...]:
+    return tuple(t for family in NORM_FAMILIES.values() for t in family.norms)
+
+
+def _act_types() -> tuple[type[nn.Module], ...]:
+    return tuple(t for family in NORM_FAMILIES.values() for t in family.with_act)
+
+
+def _conv_types() -> tuple[type[nn.Module], ...]:
+    return tuple(t for family in NORM_FAMILIES.values() for t in family.convs)
+
+
 _FUSE_RTOL = 1e-3
 
 
@@ -53,7 +105,7 @@ def find_batchnorms(module: nn.Module) -> list[str]:
     """
     names = []
     for name, child in module.named_modules():
-        if isinstance(child, _BN2D):
+        if isinstance(child, _norm_types()):
             names.append(name)
         elif isinstance(child, nn.modules.batchnorm._BatchNorm):
             raise ToolkitError(
@@ -69,7 +121,7 @@ def require_batchnorms(module: nn.Module, level: str) -> list[str]:
     if not names:
         raise ToolkitError(
             f"batchnorm={level}: {type(module).__name__} has no BatchNorm layer; families with BatchNorm: "
-            f"{BN_FAMILIES}. Use batchnorm=on for this backbone"
+            f"{bn_families()}. Use batchnorm=on for this backbone"
         )
     return names
 
@@ -136,7 +188,7 @@ def freeze_statistics(module: nn.Module, names: list[str]) -> str:
 
 
 def _without_norm(bn: nn.Module) -> nn.Module:
-    return NormFreeAct(bn.drop, bn.act) if isinstance(bn, _BN_WITH_ACT) else nn.Identity()
+    return NormFreeAct(bn.drop, bn.act) if isinstance(bn, _act_types()) else nn.Identity()
 
 
 def remove_batchnorms(module: nn.Module, names: list[str]) -> str:
@@ -197,7 +249,7 @@ def _trace_conv_feeding(module: nn.Module, names: list[str], x: torch.Tensor) ->
         return hook
 
     for name, child in module.named_modules():
-        if type(child) in _PLAIN_CONVS:
+        if type(child) in _conv_types():
             handles.append(child.register_forward_hook(on_conv(name)))
     for name in names:
         handles.append(module.get_submodule(name).register_forward_pre_hook(on_bn(name)))
@@ -227,7 +279,7 @@ def plan_fusion(module: nn.Module, names: list[str]) -> dict[str, str]:
         shown = ", ".join(orphans[:5]) + (f" and {len(orphans) - 5} more" if len(orphans) > 5 else "")
         raise ToolkitError(
             f"batchnorm=fused: {len(orphans)} BatchNorm layers do not directly follow a conv ({shown}), so they "
-            f"cannot be folded; fused supports {BN_FAMILIES}. Use batchnorm=frozen or batchnorm=off for this backbone"
+            f"cannot be folded; fused supports {bn_families()}. Use batchnorm=frozen or batchnorm=off for this backbone"
         )
     return {bn: feeding[bn] for bn in names}  # type: ignore[misc]
 

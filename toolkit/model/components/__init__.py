@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from torch import nn
 
-from toolkit.components._batchnorm import BN_FAMILIES, NormFreeAct, find_batchnorms, require_batchnorms
-from toolkit.components._dropout import active_dropout_modules
-from toolkit.components._init_guard import (
+from toolkit.errors import ToolkitError
+from toolkit.model.components._batchnorm import NormFreeAct, bn_families, find_batchnorms, require_batchnorms
+from toolkit.model.components._dropout import active_dropout_modules
+from toolkit.model.components._init_guard import (
     check_drop_path,
     check_untrained_statistics,
     check_zero_init,
@@ -20,28 +21,27 @@ from toolkit.components._init_guard import (
     untrained_batchnorms,
     zero_init_gammas,
 )
-from toolkit.components._liveness import check_liveness
-from toolkit.components._residual import (
-    RESIDUAL_FAMILIES,
+from toolkit.model.components._liveness import check_liveness
+from toolkit.model.components._residual import (
     check_block_indices,
     list_residual_blocks,
     require_blocks,
+    residual_families,
     switch_block,
 )
-from toolkit.components.registry import batchnorm_level
-from toolkit.errors import ToolkitError
+from toolkit.model.components.registry import batchnorm_level
 
 __all__ = [
-    "BN_FAMILIES",
-    "RESIDUAL_FAMILIES",
     "NormFreeAct",
     "active_dropout_modules",
     "apply_switches",
+    "bn_families",
     "check_liveness",
     "check_untrained_statistics",
     "find_batchnorms",
     "init_adjustments",
     "list_residual_blocks",
+    "residual_families",
     "untrained_batchnorms",
     "zero_init_gammas",
 ]
@@ -91,7 +91,7 @@ def apply_switches(
             running statistics, affine not trained, in train and eval mode); ``fused`` (fold each BatchNorm into the
             conv before it: same eval-mode function, then trains with no normalisation); ``off`` (remove BatchNorm;
             ``BatchNormAct2d`` keeps its activation).
-        residual: False removes the shortcut addition of the supported residual blocks (see `RESIDUAL_FAMILIES`).
+        residual: False removes the shortcut addition of the supported residual blocks (see `residual_families`).
         residual_blocks: with ``residual=False``, only these blocks (0-based, forward order, see
             `list_residual_blocks`) lose their shortcut; None means all.
         lesion_blocks: test-time lesion (Veit et al. 2016): these blocks output their shortcut alone.
