@@ -18,7 +18,8 @@ from toolkit.search.spec import load_search
 
 @pytest.fixture(scope="module")
 def built():
-    model, data = build([DIGITS], ["--data.image_size=16", "--data.batch_size=32"])  # 16 px: 4x cheaper
+    model, data, accelerator = build([DIGITS], ["--data.image_size=16", "--data.batch_size=32"])  # 16 px: 4x cheaper
+    assert accelerator == "cpu"  # digits.yaml says so
     data.setup("fit")
     return model, data
 

@@ -80,7 +80,7 @@ def test_unknown_range_key_fails_in_the_cli_parser_before_anything_starts(tmp_pa
 
 
 def test_a_search_resumed_with_a_changed_spec_is_refused_and_loses_nothing(tmp_path):
-    from toolkit.search import study
+    from toolkit.search import optuna_study as study
 
     folder = tmp_path / "runs" / "s"
     first = load_search(_spec(tmp_path))
@@ -103,7 +103,7 @@ def test_tpe_batches_learn_from_the_batches_before_and_stages_keep_their_own_stu
     from optuna.distributions import IntDistribution
     from optuna.trial import TrialState
 
-    from toolkit.search import study
+    from toolkit.search import optuna_study as study
 
     ranges = {
         LR: {"low": 1e-4, "high": 1e-1, "log": True},
@@ -184,7 +184,7 @@ def test_tpe_search_killed_and_resumed_runs_no_trial_twice_and_its_best_config_r
     assert proc.poll() is None, "the search ended before it could be killed; the test is too slow or too fast"
     proc.send_signal(signal.SIGKILL)  # mid-way: some trials done, others running
     proc.wait()
-    from toolkit.search import study as studies
+    from toolkit.search import optuna_study as studies
 
     searched = load_search(spec)
     stage = searched.stages[0]

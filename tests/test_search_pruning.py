@@ -18,7 +18,7 @@ from optuna.trial import TrialState, create_trial
 from toolkit import keys
 from toolkit.errors import ToolkitError
 from toolkit.report.wandb_log import read_run
-from toolkit.search import study as studies
+from toolkit.search import optuna_study as studies
 from toolkit.search.spec import load_search
 
 LR = "model.optimizer.init_args.lr"

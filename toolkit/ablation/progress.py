@@ -41,7 +41,7 @@ from toolkit.study.spec import AblationSpec, Run
 from toolkit.study.states import Health
 
 #: shown for a ``running`` record whose process is gone (never written to the ledger: the next runner resumes it)
-INTERRUPTED = Health.INTERRUPTED
+INTERRUPTED = Health.INTERRUPTED.value
 #: shown for a ``done`` record whose ``result.json`` is gone or unreadable (the next runner redoes it)
 MISSING = "missing"
 #: shown for a ``running`` record whose process exited while its runner lives: the runner is about to record it

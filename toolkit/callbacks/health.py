@@ -29,7 +29,7 @@ from toolkit.study.states import Health
 
 #: prefix of the health keys in the W&B summary (``health/status``, ``health/epochs_completed``, ...)
 HEALTH_PREFIX = "health/"
-FINISHED, DIVERGED = Health.FINISHED, Health.DIVERGED
+FINISHED, DIVERGED = Health.FINISHED.value, Health.DIVERGED.value
 
 
 class Diverged(ToolkitError):

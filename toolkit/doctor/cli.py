@@ -60,10 +60,10 @@ class Diagnosis:
         return all(step.passed for step in self.steps)
 
 
-def build(configs: list[str], overrides: list[str]) -> tuple[pl.LightningModule, pl.LightningDataModule]:
+def build(configs: list[str], overrides: list[str]) -> tuple[pl.LightningModule, pl.LightningDataModule, str]:
     """The model and data module of ``toolkit fit --config ...`` with regularisation off, seeded as the config says.
 
-    The configured accelerator is kept on the module as ``doctor_accelerator`` (the checks train on one device).
+    Also returns the configured accelerator (the checks train on one device of it).
     """
     from toolkit.lightning_cli import ToolkitCLI
 
@@ -77,8 +77,7 @@ def build(configs: list[str], overrides: list[str]) -> tuple[pl.LightningModule,
         warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
         cli = _BuildOnly(args=args, run=False)
     accelerator = cli.config.trainer.accelerator
-    cli.model.doctor_accelerator = accelerator if isinstance(accelerator, str) else "auto"
-    return cli.model, cli.datamodule
+    return cli.model, cli.datamodule, accelerator if isinstance(accelerator, str) else "auto"
 
 
 def diagnose(
@@ -226,8 +225,8 @@ def main(argv: list[str]) -> int:
 
     from toolkit.doctor.report import render, write_outputs
 
-    model, datamodule = build(args.config, overrides)
-    result = diagnose(model, datamodule, options, model.doctor_accelerator)
+    model, datamodule, accelerator = build(args.config, overrides)
+    result = diagnose(model, datamodule, options, accelerator)
     console = Console()
     if not console.is_terminal:
         console.width = 150  # a log or a pipe: one row per step rather than a narrow column

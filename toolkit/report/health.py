@@ -36,8 +36,12 @@ from toolkit import keys
 from toolkit.study.states import Health
 
 #: the health classes (``study/states.Health``), by their short names
-FINISHED, FAILED, DIVERGED, INTERRUPTED = Health.FINISHED, Health.FAILED, Health.DIVERGED, Health.INTERRUPTED
-CORRUPT, DEGENERATE, NOT_LEARNING, UNTESTED = Health.CORRUPT, Health.DEGENERATE, Health.NOT_LEARNING, Health.UNTESTED
+FINISHED, FAILED, DIVERGED, INTERRUPTED = (
+    h.value for h in (Health.FINISHED, Health.FAILED, Health.DIVERGED, Health.INTERRUPTED)
+)
+CORRUPT, DEGENERATE, NOT_LEARNING, UNTESTED = (
+    h.value for h in (Health.CORRUPT, Health.DEGENERATE, Health.NOT_LEARNING, Health.UNTESTED)
+)
 #: classes of runs that ran to their end (their own result, good or bad); the latest of these per seed decides it
 COMPLETED = (FINISHED, DIVERGED, DEGENERATE, NOT_LEARNING, UNTESTED)
 #: relative drop of the mean train loss (last epoch vs first) below which a run without a validation record counts as

@@ -24,7 +24,7 @@ from toolkit.errors import ToolkitError
 from toolkit.report.health import describe
 from toolkit.report.sources import runs_from_logs
 from toolkit.report.table import higher_is_better, mark_counted
-from toolkit.search import study as studies
+from toolkit.search import optuna_study as studies
 from toolkit.search.spec import SearchSpec, Stage
 from toolkit.study.ledger import DONE, Ledger, ledger_path, runner_lock
 from toolkit.study.spec import AblationSpec

@@ -41,7 +41,7 @@ from toolkit.errors import ToolkitError
 from toolkit.study.states import RunState
 
 #: the ledger's run states (``study/states.RunState``), by their old names
-PENDING, RUNNING, DONE, FAILED = RunState.PENDING, RunState.RUNNING, RunState.DONE, RunState.FAILED
+PENDING, RUNNING, DONE, FAILED = (s.value for s in (RunState.PENDING, RunState.RUNNING, RunState.DONE, RunState.FAILED))
 VERSION = 1
 #: the journal is folded into the snapshot once it has more lines than this and than the ledger has runs
 COMPACT_MIN = 256

@@ -16,7 +16,7 @@ from typing import Any
 from toolkit.study.states import Outcome
 
 #: ``status`` of a fit that completed, and of one the divergence guard stopped (``study/states.Outcome``)
-DONE, DIVERGED = Outcome.DONE, Outcome.DIVERGED
+DONE, DIVERGED = Outcome.DONE.value, Outcome.DIVERGED.value
 
 
 @dataclass

@@ -10,8 +10,10 @@ Three questions, three vocabularies, never mixed:
 - :class:`Health`: what a run is worth to a table (the report's class of each run and ``RunHealth``'s record):
   only ``finished`` runs enter a mean; the others are listed with their reason.
 
-Each is a ``StrEnum``: its members are the strings written to the ledger, ``result.json``, W&B and ``runs.csv``, so
-files written before these enums read the same.
+Each is a ``StrEnum`` whose values are the strings written to the ledger, ``result.json``, W&B and ``runs.csv``, so
+files written before these enums read the same. Modules that write them take the plain ``.value`` (their short names:
+``study.ledger.DONE``, ``report.health.FINISHED``, ...): a serializer that does not know ``StrEnum`` (W&B's summary
+writes a member by its name, ``FINISHED``) must never see a member.
 """
 
 from __future__ import annotations
