@@ -167,10 +167,12 @@ class ImageClassifier(pl.LightningModule):
             raise ToolkitError("lesion_blocks is a test-time lesion; use it with `toolkit test`, not `toolkit fit`")
         if stage == "fit":
             self.freezer.prepare(distributed=self.trainer.world_size > 1)
-            reasons = features.blockers(self, self.trainer.datamodule, self.trainer.world_size)
+            reasons = features.blockers(self, features.data_of(self.trainer), self.trainer.world_size)
             self._use_feature_cache = features.decide(self.hparams.feature_cache, reasons)
             if self._use_feature_cache:  # here: Lightning builds the train loader before on_fit_start
-                notes = features.attach(self, self.trainer.datamodule, self.trainer.strategy.root_device)
+                data = features.data_of(self.trainer)
+                assert data is not None, "decide() refuses the cache without the data contract"
+                notes = features.attach(self, data, self.trainer.strategy.root_device)
                 rank_zero_info(f"feature cache ({features.cache_dir()}): " + ", ".join(notes))
         if stage == "test":  # a linear probe tests on cached features (the same numbers, no backbone pass per run)
             features.attach_test(self, self.trainer)
@@ -189,7 +191,7 @@ class ImageClassifier(pl.LightningModule):
         if self.hparams.probe == "lbfgs" and self.freezer.frozen and not self._probe_solved:
             self._solve_probe()
         if self._use_feature_cache:  # cached features are valid only while the backbone stays frozen
-            features.set_active(self.trainer.datamodule, self.freezer.frozen)
+            features.set_active(features.data_of(self.trainer), self.freezer.frozen)
 
     @override
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -228,7 +230,9 @@ class ImageClassifier(pl.LightningModule):
     def _solve_probe(self) -> None:
         if self.trainer.world_size > 1:
             raise ToolkitError("model.probe lbfgs solves on one process; use probe: sgd for distributed training")
-        datamodule = self.trainer.datamodule
+        datamodule = features.data_of(self.trainer)
+        if datamodule is None:
+            raise ToolkitError("model.probe lbfgs solves on the data module's splits; use toolkit's ImageDataModule")
         train, val = features.probe_features(self, datamodule, self.device)
         grid = self.hparams.probe_l2 or probe_solver.DEFAULT_L2_GRID
         solution = features.solve_probe_cached(train, val, self.hparams.num_classes, grid, self.hparams.label_smoothing)

@@ -20,15 +20,16 @@ import fcntl
 import hashlib
 import os
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from toolkit.data.datasets import Splits
 from toolkit.errors import ToolkitError
 from toolkit.model.checkpoint_data import load_data
 from toolkit.model.components.registry import cache_switches
@@ -62,23 +63,36 @@ class FeatureModel(Protocol):
         ...
 
 
+@runtime_checkable
 class FeatureData(Protocol):
-    """What the cache needs of the data module (``toolkit.data.datamodule.ImageDataModule`` is one).
+    """The model's contract with the data module (``toolkit.data.datamodule.ImageDataModule`` is one): what the
+    feature cache and the probe read and set. The model asks the trainer's data module through :func:`data_of`.
 
-    ``splits`` has ``train`` and ``val`` datasets with ``labels`` and ``transform``; ``feature_splits`` receives the
-    :class:`CachedSplit` of each.
+    ``feature_splits`` receives the :class:`CachedSplit` of the train and val splits; ``test_features`` is looked up
+    when the test loader is built.
     """
 
-    splits: Any
-    feature_splits: dict[str, Any]
+    splits: Splits
+    feature_splits: dict[str, Dataset]
+    test_features: Callable[[], Dataset] | None
     batch_size: int
     eval_batch_size: int
     num_workers: int
+    persistent_workers: bool
+    augment: str
+    mixup_alpha: float
+    cutmix_alpha: float
 
 
-def extraction_batch(datamodule: Any) -> int:
+def data_of(trainer: Any) -> FeatureData | None:
+    """The trainer's data module where it keeps the contract (None for another data module or loaders alone)."""
+    datamodule = getattr(trainer, "datamodule", None)
+    return datamodule if isinstance(datamodule, FeatureData) else None
+
+
+def extraction_batch(datamodule: FeatureData) -> int:
     """Features are extracted at the evaluation batch size (``data.eval_batch_size``: no gradients, large batches)."""
-    return int(getattr(datamodule, "eval_batch_size", None) or datamodule.batch_size)
+    return int(datamodule.eval_batch_size or datamodule.batch_size)
 
 
 def cache_dir() -> Path:
@@ -86,12 +100,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "toolkit" / "features")
 
 
-def blockers(model: FeatureModel, datamodule: Any, world_size: int) -> list[str]:
+def blockers(model: FeatureModel, datamodule: FeatureData | None, world_size: int) -> list[str]:
     """Why features cannot stand in for images in this fit (empty: they can)."""
     reasons = []
     if not model.freezer.frozen:
         reasons.append("the backbone trains (freeze_backbone: false)")
-    if not hasattr(datamodule, "feature_splits"):
+    if datamodule is None:
         reasons.append("the data module is not an ImageDataModule")
         return reasons
     if datamodule.augment != "none":
@@ -283,7 +297,7 @@ def test_blockers(model: FeatureModel, trainer: Any) -> list[str]:
         reasons.append("a test-time lesion")
     if trainer.world_size > 1:
         reasons.append("distributed testing shards the data per process")
-    if not hasattr(trainer.datamodule, "test_features"):
+    if data_of(trainer) is None:
         reasons.append("the data module is not an ImageDataModule")
     # a callback that reads the test batch may need its images (ensemble members, lesion sweeps); one that reads
     # only the predictions and labels says so with ``reads_test_images = False`` (RunHealth)
@@ -305,10 +319,10 @@ def attach_test(model: FeatureModel, trainer: Any) -> None:
     the test pass's own computation (eval mode, the same batches at ``data.eval_batch_size``, the run's precision),
     so the metrics are the ones the images would give; a probe's seeds share one backbone, so they share one entry.
     """
-    datamodule = trainer.datamodule
-    if hasattr(datamodule, "test_features"):
+    datamodule = data_of(trainer)
+    if datamodule is not None:
         datamodule.test_features = None
-    if test_blockers(model, trainer):
+    if datamodule is None or test_blockers(model, trainer):
         return
 
     def provide() -> CachedSplit:
@@ -322,7 +336,7 @@ def attach_test(model: FeatureModel, trainer: Any) -> None:
 
 
 def probe_features(
-    model: FeatureModel, datamodule: Any, device: torch.device
+    model: FeatureModel, datamodule: FeatureData, device: torch.device
 ) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """``(features, labels)`` of the train and val splits for the L-BFGS probe (:mod:`toolkit.model.probe`), cached.
 
@@ -373,7 +387,8 @@ def solve_probe_cached(
     return solution
 
 
-def set_active(datamodule: Any, active: bool) -> None:
+def set_active(datamodule: FeatureData | None, active: bool) -> None:
     """Serve features (True) or images (False) from now on (LP->FT: images from the unfreeze epoch)."""
-    for split in getattr(datamodule, "feature_splits", {}).values():
-        split.active = active
+    for split in datamodule.feature_splits.values() if datamodule is not None else ():
+        if isinstance(split, CachedSplit):
+            split.active = active
