@@ -75,7 +75,7 @@ def _check_in_warm_child(warm: WarmPool, request: dict[str, Any]) -> tuple[int |
         (folder / "request.json").write_text(json.dumps({**request, "out": str(folder / "refusal.txt")}))
         log = folder / "check.log"
         try:
-            code = warm.start([CHECK_COMMAND, str(folder / "request.json")], {}, log).wait()
+            code = warm.start([CHECK_COMMAND, str(folder / "request.json")], {}, log, early=True).wait()
         except OSError:
             return None, ""
         if log.is_file():
