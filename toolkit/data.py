@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,6 +35,7 @@ from toolkit.transforms import (
     create_eval_transform,
     create_train_transform,
     resolve_backbone_data_config,
+    split_eval_transform,
 )
 
 #: the smallest ``eval_subset``: below 20 images one image moves val/acc by more than 5 points, so the best-val
@@ -276,9 +278,14 @@ class ImageDataModule(pl.LightningDataModule):
             )
 
     def _loader(self, samples: Dataset, train: bool) -> DataLoader:
+        collate = getattr(samples, "collate_fn", None)  # cached features come in whole batches
+        split = split_eval_transform(getattr(samples, "transform", None)) if not train and collate is None else None
+        if split is not None:  # to float and normalised once a batch: the same numbers (transforms.BatchNormalize)
+            samples = copy.copy(samples)
+            samples.transform, collate = split
         return DataLoader(
             samples,
-            collate_fn=getattr(samples, "collate_fn", None),  # cached features come in whole batches
+            collate_fn=collate,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             drop_last=train and self._drop_last(),
