@@ -18,7 +18,10 @@ The parent is :mod:`toolkit.worker` (an entry point, like :mod:`toolkit.cli`); t
 
 Protocol (JSON lines): the runner writes ``{"args", "env", "log", "cwd"}`` to the parent's stdin; the parent
 answers ``{"pid": N}`` (or ``{"error": why}``) and later ``{"exit": N, "code": C}`` with Popen's convention for
-the code (negative: killed by that signal).
+the code (negative: killed by that signal). The parent imports in two steps: what the pre-launch check needs (and the
+CLI's parser, built once), then wandb; a request already waiting after the first step (the check, sent with
+``early=True`` before ``{"ready"}``) is forked then and runs while the parent imports the rest. At the end of its
+stdin the parent exits at once (``os._exit``: no teardown of torch).
 """
 
 from __future__ import annotations
