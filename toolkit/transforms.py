@@ -115,7 +115,7 @@ class BatchNormalize:
     would do, once for the whole batch: to float, / 255 (8-bit images), minus the mean, over the std.
 
     Elementwise operations in the same order on the same values: the same numbers, bit for bit, as the per-image
-    transform (``tests/test_transforms.py`` compares them), for a fraction of its per-image cost (a test pass over
+    transform (``tests/test_data.py`` compares them), for a fraction of its per-image cost (a test pass over
     1,377 digits at 32 px spent ~20 % of its time in per-image tensor calls).
     """
 
