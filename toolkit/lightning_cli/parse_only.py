@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from typing_extensions import override
 
 from toolkit.errors import ToolkitError
-from toolkit.lightning_cli.program import ARGS_WARNING, PREBUILT, ToolkitCLI
+from toolkit.lightning_cli.program import ARGS_WARNING, PREBUILT, ToolkitCLI, parser_key
 
 
 class _Parsed(Exception):
@@ -52,8 +52,15 @@ class _Built(Exception):
 
 class _PrebuildCLI(ToolkitCLI):
     @override
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        self.key = parser_key(add_subcommands, main_kwargs, subparser_kwargs)
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+
+    @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        PREBUILT.append((parser, self._subcommand_parsers, self._subcommand_method_arguments))
+        PREBUILT.append((self.key, parser, self._subcommand_parsers, self._subcommand_method_arguments))
         raise _Built
 
 
