@@ -26,7 +26,10 @@ from toolkit.study.spec import Run
 LARGE_BYTES = 1 << 30
 #: the existing option that keeps less: the best checkpoints without optimizer state (``last.ckpt`` keeps it, for
 #: resuming); a spec override, so it is part of every run's config
-KEEP_LESS = "--set checkpoint.save_weights_only=true (the best checkpoints without optimizer state; last.ckpt keeps it)"
+KEEP_LESS = (
+    "--set checkpoint.save_weights_only=true (best checkpoints without optimizer state: a third of the size with "
+    "Adam; last.ckpt keeps it for resuming)"
+)
 
 
 def human_bytes(size: float) -> str:
