@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from rich.console import Console
 
 from toolkit.ablation.ckpt_epochs import epochs_done
 from toolkit.ablation.command import check_variants
+from toolkit.ablation.estimate import human_seconds
 from toolkit.ablation.runner import Options, run_ablation
 from toolkit.errors import ToolkitError
 from toolkit.report.wandb_log import read_run
@@ -110,6 +112,35 @@ def test_a_crashing_variant_fails_alone_and_the_summary_points_at_its_log(
     assert "4 done, 2 failed, 0 unfinished" in out
 
 
+def _size_mb(text: str, before: str) -> float:
+    """The number in ``~<number> MB`` that follows ``before`` in ``text``."""
+    match = re.search(re.escape(before) + r"~([0-9.]+) MB", text)
+    assert match is not None, (before, text)
+    return float(match.group(1))
+
+
+def test_the_check_says_what_it_does_and_the_cost_is_estimated_before_any_run(
+    finished: tuple[Path, Path, int, str],
+) -> None:
+    _, root, _, out = finished
+    lines = out.splitlines()
+    first_run = next(i for i, line in enumerate(lines) if "running " in line)
+    checking = next(i for i, line in enumerate(lines) if line.startswith("checking real: 3 variants x 2 seeds: "))
+    passed = next(i for i, line in enumerate(lines) if re.fullmatch(r"check passed in [0-9.]+ s", line))
+    estimate = next(i for i, line in enumerate(lines) if line.startswith("estimate: "))
+    assert checking < passed < estimate < first_run, out
+    # no history yet: no time is guessed; 6 runs (broken's 2 fail, but nothing knew that before they ran)
+    assert lines[estimate].startswith("estimate: 6 runs to go, 2 at a time; time: none yet"), lines[estimate]
+    # the disk estimate from the parameter count, against the checkpoint files the runs wrote
+    disk = lines[estimate + 1]
+    assert disk.startswith("disk: ~") and "estimated from the parameter count" in disk, disk
+    per_ckpt = _size_mb(disk, "up to 2 checkpoints of ")
+    written = (root / "real" / "full" / "seed0" / "checkpoints" / "last.ckpt").stat().st_size / 1e6
+    assert per_ckpt == pytest.approx(written, rel=0.05)
+    assert _size_mb(disk, "disk: ") == pytest.approx(6 * 2 * per_ckpt, rel=0.02)
+    assert "to keep less" not in disk  # small: no hint
+
+
 def test_checkpoint_epochs_read_without_torch_match_torch_load(finished: tuple[Path, Path, int, str]) -> None:
     import torch
 
@@ -145,6 +176,16 @@ def test_a_done_run_whose_folder_was_deleted_is_redone(finished: tuple[Path, Pat
     after = records_by_run(root, "real")
     assert "4 done, 2 failed" in out, out
     assert after[("full", 1)]["attempts"] == 2 and after[("full", 1)]["status"] == "done"
+    # the estimate from this study's history: 1 run to go (failed ones wait for --retry-failed), the median time of
+    # the 4 finished runs, the median size of the 3 finished runs' folders still on disk
+    durations = sorted(before[(v, seed)]["duration_s"] for v in ("full", "no-dropout") for seed in (0, 1))
+    median_s = (durations[1] + durations[2]) / 2
+    assert f"estimate: 1 run to go, 1 at a time; time ~{human_seconds(median_s)} (median " in out, out
+    kept = [root / "real" / v / f"seed{seed}" for v, seed in (("full", 0), ("no-dropout", 0), ("no-dropout", 1))]
+    du = [subprocess.run(["du", "-sb", str(f)], capture_output=True, text=True, check=True).stdout for f in kept]
+    sizes = sorted(int(line.split()[0]) for line in du)  # apparent sizes, a hard-linked file once
+    assert _size_mb(out, "disk: ") == pytest.approx(sizes[1] / 1e6, rel=0.05)
+    assert "over the folders of 3 finished runs" in out
     assert (root / "real" / "full" / "seed1" / "result.json").is_file()
     for key in (("full", 0), ("no-dropout", 0), ("no-dropout", 1), ("broken", 0)):
         assert after[key]["attempts"] == before[key]["attempts"]

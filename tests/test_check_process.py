@@ -16,6 +16,8 @@ import pytest
 
 from toolkit.errors import ToolkitError
 from toolkit.lightning_cli import parse_config, parse_configs
+from toolkit.lightning_cli.parse_only import prebuild_parser
+from toolkit.lightning_cli.program import PREBUILT
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "configs" / "digits.yaml"
@@ -48,6 +50,18 @@ def test_one_parser_resolves_each_command_line_as_its_own_parser_does() -> None:
         )
     assert together[1].fit.model.batchnorm == "on" and together[0].fit.model.batchnorm == "frozen"
     assert together[2].fit.trainer.max_epochs == 2 and together[4].fit.model.pretrained is False
+    # the parser the warm parent builds ahead of use (each forked run or check takes its copy) resolves the same
+    prebuild_parser()
+    assert len(PREBUILT) == 1
+    prebuilt = parse_configs(argvs)
+    assert PREBUILT == []  # taken by that one CLI; the next builds its own
+    for result, again in zip(together, prebuilt, strict=True):
+        if isinstance(result, ToolkitError):
+            assert isinstance(again, ToolkitError) and str(again) == str(result)
+        else:
+            assert json.dumps(again.as_dict(), sort_keys=True, default=str) == json.dumps(
+                result.as_dict(), sort_keys=True, default=str
+            )
 
 
 CHECK_IN_RUNNER = """
@@ -100,7 +114,7 @@ prestart_warm_parent()
 pool = prestarted_pool()
 started = []
 start = pool.start
-pool.start = lambda args, env, log: started.append(args[0]) or start(args, env, log)
+pool.start = lambda args, *rest, **kw: started.append(args[0]) or start(args, *rest, **kw)
 outcomes = []
 for path in sys.argv[2:]:
     try:

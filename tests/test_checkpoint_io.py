@@ -36,6 +36,11 @@ def test_another_state_is_written_not_linked(tmp_path: Path) -> None:
     moved["loops"] = {"fit_loop": {"batches": 5}}  # same step, other loop progress (a mid-epoch save): its own file
     io.save_checkpoint(moved, tmp_path / "b.ckpt")
     assert os.stat(tmp_path / "a.ckpt").st_ino != os.stat(tmp_path / "b.ckpt").st_ino
+    full = {**_state(4, 1.0), "optimizer_states": [{"step": 4}]}  # last.ckpt beside a save_weights_only best
+    io.save_checkpoint(full, tmp_path / "c.ckpt")
+    io.save_checkpoint(_state(4, 1.0), tmp_path / "d.ckpt")
+    assert os.stat(tmp_path / "c.ckpt").st_ino != os.stat(tmp_path / "d.ckpt").st_ino
+    assert "optimizer_states" in torch.load(tmp_path / "c.ckpt")
 
 
 def test_a_fit_writes_each_epoch_once_and_last_holds_the_final_weights(tmp_path: Path) -> None:

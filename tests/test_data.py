@@ -118,3 +118,36 @@ def test_setup_says_the_split_sizes_and_warns_when_one_test_image_is_worth_point
     rest.setup("fit")
     out, err = capsys.readouterr()
     assert f"test {1797 - 300 - 30}" in out and "test_split rest" in out and err == ""
+
+
+def test_eval_batches_are_normalised_once_a_batch_to_the_same_numbers_bit_for_bit(tmp_path: Path) -> None:
+    """The eval loaders convert and normalise whole batches (transforms.BatchNormalize): the reference is the
+    per-image transform (torchvision's to_tensor + Normalize on each image), compared exactly."""
+    from torch.utils.data import DataLoader
+
+    from toolkit.data.transforms import split_eval_transform
+
+    data = ImageDataModule(backbone="test_resnet", image_size=24, eval_batch_size=64, augment="none")
+    data.setup("fit")
+    for samples, loader in ((data.splits.val, data.val_dataloader()), (data.splits.test, data.test_dataloader())):
+        reference = DataLoader(samples, batch_size=64)  # the per-image transform, default collate
+        assert loader.collate_fn is not reference.collate_fn
+        pairs = list(zip(loader, reference, strict=True))
+        assert len(pairs) == 5  # 270 images
+        for (images, labels), (ref_images, ref_labels) in pairs:
+            assert images.dtype == ref_images.dtype == torch.float32
+            assert torch.equal(images, ref_images) and torch.equal(labels, ref_labels)
+    # RGB and grayscale PIL images (uint8, converted with the batch) beside a float tensor image (as it was)
+    transform = data.splits.test.transform
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)),
+        Image.fromarray(rng.integers(0, 256, (9, 11), dtype=np.uint8)).convert("RGB"),
+        torch.rand(3, 30, 30),
+    ]
+    per_image, collate = split_eval_transform(transform)
+    for batch in (images[:2], images):
+        got, labels = collate([(per_image(image), i) for i, image in enumerate(batch)])
+        assert torch.equal(got, torch.stack([transform(image) for image in batch]))
+        assert labels.tolist() == list(range(len(batch)))
+    assert data.train_dataloader().collate_fn is DataLoader([]).collate_fn  # training batches: per image, as before

@@ -40,9 +40,14 @@ REFUSED = 2
 CHECK_COMMAND = "_check"
 
 
-def check_spec(spec: AblationSpec, root: str | Path, gpus: int = 0, warm: WarmPool | None = None) -> None:
+def check_spec(
+    spec: AblationSpec, root: str | Path, gpus: int = 0, warm: WarmPool | None = None
+) -> dict[str, dict[str, Any]]:
     """Check ``spec`` before any run starts: in this process if it holds torch already, else in a child: forked
     from the runner's warm parent when there is one (its imports serve the check and then the runs), else fresh.
+
+    Returns:
+        what :func:`~toolkit.ablation.command.check_variants` found per variant for the cost estimate.
 
     Raises:
         ToolkitError: the check's own line (naming the variant and the reason), or why the child failed.
@@ -50,38 +55,39 @@ def check_spec(spec: AblationSpec, root: str | Path, gpus: int = 0, warm: WarmPo
     if "torch" in sys.modules:
         from toolkit.ablation.command import check_variants
 
-        check_variants(spec, root, gpus)
-        return
-    request = {"spec": dataclasses.asdict(spec), "root": str(root), "gpus": gpus}
-    if warm is not None:
-        code, output = _check_in_warm_child(warm, request)
-        if code is not None:
-            _outcome(spec, code, output)
-            return
-    done = subprocess.run(
-        [sys.executable, "-m", "toolkit.ablation.check_process"],
-        input=json.dumps(request).encode(),
-        stdout=subprocess.PIPE,  # stderr passes through: what the check says (weights loaded from where) is seen
-        check=False,
-    )
-    _outcome(spec, done.returncode, done.stdout.decode(errors="replace"))
-
-
-def _check_in_warm_child(warm: WarmPool, request: dict[str, Any]) -> tuple[int | None, str]:
-    """Run the check as ``toolkit _check <request file>`` forked from the warm parent: its exit status and refusal
-    (None when the parent is gone: the caller then starts a fresh child). What the check printed is echoed."""
+        return check_variants(spec, root, gpus)
     with tempfile.TemporaryDirectory(prefix="toolkit-check-") as tmp:
         folder = Path(tmp)
-        (folder / "request.json").write_text(json.dumps({**request, "out": str(folder / "refusal.txt")}))
-        log = folder / "check.log"
-        try:
-            code = warm.start([CHECK_COMMAND, str(folder / "request.json")], {}, log).wait()
-        except OSError:
-            return None, ""
-        if log.is_file():
-            sys.stderr.write(log.read_text(errors="replace"))  # as the fresh child's stderr would pass through
-        refusal = folder / "refusal.txt"
-        return code, refusal.read_text() if refusal.is_file() else ""
+        facts = folder / "facts.json"
+        request = {"spec": dataclasses.asdict(spec), "root": str(root), "gpus": gpus, "facts": str(facts)}
+        code = None
+        if warm is not None:
+            code, output = _check_in_warm_child(warm, request, folder)
+        if code is None:
+            done = subprocess.run(
+                [sys.executable, "-m", "toolkit.ablation.check_process"],
+                input=json.dumps(request).encode(),
+                stdout=subprocess.PIPE,  # stderr passes through: what the check says (weights loaded from where)
+                check=False,
+            )
+            code, output = done.returncode, done.stdout.decode(errors="replace")
+        _outcome(spec, code, output)
+        return json.loads(facts.read_text()) if facts.is_file() else {}
+
+
+def _check_in_warm_child(warm: WarmPool, request: dict[str, Any], folder: Path) -> tuple[int | None, str]:
+    """Run the check as ``toolkit _check <request file>`` forked from the warm parent: its exit status and refusal
+    (None when the parent is gone: the caller then starts a fresh child). What the check printed is echoed."""
+    (folder / "request.json").write_text(json.dumps({**request, "out": str(folder / "refusal.txt")}))
+    log = folder / "check.log"
+    try:
+        code = warm.start([CHECK_COMMAND, str(folder / "request.json")], {}, log, early=True).wait()
+    except OSError:
+        return None, ""
+    if log.is_file():
+        sys.stderr.write(log.read_text(errors="replace"))  # as the fresh child's stderr would pass through
+    refusal = folder / "refusal.txt"
+    return code, refusal.read_text() if refusal.is_file() else ""
 
 
 def _outcome(spec: AblationSpec, code: int, refusal: str) -> None:
@@ -102,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     from toolkit.ablation.command import check_variants
 
     try:
-        check_variants(spec, request["root"], request["gpus"])
+        facts = check_variants(spec, request["root"], request["gpus"])
+        if request.get("facts"):
+            Path(request["facts"]).write_text(json.dumps(facts))
         code = 0
     except ToolkitError as err:
         if request.get("out"):

@@ -103,7 +103,7 @@ def shell_command(launcher: list[str], args: list[str]) -> str:
     return shlex.join([*launcher, *args])
 
 
-def check_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
+def check_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> dict[str, dict[str, Any]]:
     """Check the spec as a whole before any run starts; instantiates no trainer and no data, starts nothing.
 
     1. Every variant parses with the ``toolkit fit`` parser (one seed: the seed does not change what parses).
@@ -113,19 +113,43 @@ def check_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
 
     Imports torch and Lightning (through ``toolkit.lightning_cli``).
 
+    Returns:
+        per variant, what the study's cost estimate needs (`toolkit.ablation.estimate`): the model's parameter
+        counts, the size of one checkpoint estimated from them, how many checkpoints a run keeps, its epoch cap.
+
     Raises:
         ToolkitError: naming the variant (or both variants) and the reason.
     """
     resolved = _resolve_all(spec, root, gpus)
     _check_no_op(spec, resolved)
-    built: dict[str, str] = {}
+    built: dict[str, tuple[int, int, int]] = {}
+    facts = {}
     for variant, config in resolved.items():
         kwargs = _model_kwargs(config)
         key = json.dumps(kwargs, sort_keys=True, default=str)
-        if key in built:
-            continue  # same model as an earlier variant (e.g. only the data or the trainer differ)
-        built[key] = variant
-        _build_model(spec, variant, kwargs)
+        if key not in built:  # else: same model as an earlier variant (e.g. only the data or the trainer differ)
+            built[key] = _build_model(spec, variant, kwargs)
+        facts[variant] = _cost_facts(config, *built[key])
+    return facts
+
+
+def _cost_facts(config: Any, numbers: int, trainable: int, buffers: int) -> dict[str, Any]:
+    """A variant's checkpoint size (float32 weights and buffers, plus the optimizer's state of the trainable ones:
+    two moments for the Adam family, one momentum buffer otherwise: an estimate) and checkpoints kept per run."""
+    optimizer = str((config.model.get("optimizer") or {}).get("class_path", "")).lower()
+    moments = 2 if "adam" in optimizer else 1
+    if config.model.get("unfreeze_at_epoch") is not None:  # LP->FT: the backbone joins the optimizer later
+        trainable = numbers
+    best = config.get("checkpoint", {}).get("save_top_k", 1)
+    max_epochs = config.trainer.get("max_epochs")
+    best = (max_epochs or 1) if best == -1 else best
+    last = 1 if config.get("last_checkpoint", {}).get("save_top_k", 1) else 0
+    return {
+        "params": numbers,
+        "ckpt_bytes": 4 * (numbers + buffers + moments * trainable),
+        "ckpts_kept": best + last,
+        "max_epochs": max_epochs,
+    }
 
 
 def parse_variants(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:
@@ -186,15 +210,19 @@ def _model_kwargs(config: Any) -> dict[str, Any]:
     return {k: v for k, v in model.items() if k not in ("optimizer", "lr_scheduler", "num_classes", "class_names")}
 
 
-def _build_model(spec: AblationSpec, variant: str, kwargs: dict[str, Any]) -> None:
-    """Build the variant's model on the CPU once (switches, zero-init guard, liveness probe) and drop it."""
+def _build_model(spec: AblationSpec, variant: str, kwargs: dict[str, Any]) -> tuple[int, int, int]:
+    """Build the variant's model on the CPU once (switches, zero-init guard, liveness probe) and drop it; its
+    parameter count, trainable parameters (a frozen backbone's are not) and buffer elements."""
     import torch
 
     from toolkit.model.classifier import ImageClassifier
 
     state = torch.random.get_rng_state()
     try:
-        ImageClassifier(**kwargs)
+        model = ImageClassifier(**kwargs)
+        params = list(model.parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        return sum(p.numel() for p in params), trainable, sum(b.numel() for b in model.buffers())
     except ToolkitError as err:
         raise ToolkitError(f"variant '{variant}' of {spec.path or spec.name}: {err}") from None
     except TypeError as err:  # timm rejects an argument this family does not take (e.g. zero_init_last on a ViT)

@@ -127,13 +127,15 @@ def completed_since(run_dir: Path, started_at: float | None) -> bool:
 
 
 # -- check ---------------------------------------------------------------------------------------------------------
-def check(spec: AblationSpec, root: str | Path, gpus: int = 0, warm: WarmPool | None = None) -> None:
+def check(
+    spec: AblationSpec, root: str | Path, gpus: int = 0, warm: WarmPool | None = None
+) -> dict[str, dict[str, Any]]:
     """Parse every variant's ``toolkit fit`` command and build each distinct model once; refuse a no-op variant.
 
     Runs in a short-lived child process when this one has not imported torch (see :mod:`check_process`), forked from
-    ``warm`` (the runner's warm parent) when given.
+    ``warm`` (the runner's warm parent) when given. Returns each variant's model size facts (the cost estimate's).
     """
-    check_spec(spec, root, gpus, warm)
+    return check_spec(spec, root, gpus, warm)
 
 
 def check_parses(spec: AblationSpec, root: str | Path, gpus: int = 0) -> None:

@@ -13,19 +13,23 @@ returns None to go on or an exit status to stop with. The tune stage is ``tune_s
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
-from toolkit.ablation import lifecycle
+from toolkit.ablation import estimate, lifecycle
 from toolkit.ablation.executor import Executor, Options, executor_class
 from toolkit.ablation.local import prestarted_pool
 from toolkit.ablation.progress import LiveView
 from toolkit.errors import ToolkitError
+from toolkit.quiet import QUIET, verbosity
 from toolkit.study import tuning
 from toolkit.study.ledger import DONE, FAILED, PENDING, Ledger, ledger_path, runner_lock
 from toolkit.study.spec import AblationSpec, Run
@@ -75,14 +79,20 @@ def prepare(ablation: Ablation) -> int | None:
         return summarise(spec, Ledger(ledger_path(root, spec.name)), root, options, console)
     executor = ablation.executor = make_executor(options, spec)
     preload = _preload_report() if options.report and not options.dry_run else None
+    facts: dict[str, dict[str, Any]] = {}
     try:
         if options.validate:
-            lifecycle.check(spec, root, executor.gpus, prestarted_pool())  # before anything is started
+            started = time.monotonic()
+            _say(console, _checking_line(spec, ablation.stage))
+            facts = lifecycle.check(spec, root, executor.gpus, prestarted_pool())  # before anything is started
             if ablation.stage is not None:
                 lifecycle.check_parses(ablation.stage, root, executor.gpus)
+            _say(console, f"check passed in {time.monotonic() - started:.1f} s")
     finally:
         if preload is not None:
             preload.join()  # no thread is alive when runs start (a fresh run's preexec_fn needs that)
+    for line in _estimate(spec, ablation.stage, root, facts, executor.parallel, options.retry_failed):
+        _say(console, line)
     untuned = [v for v, cell in tuning.untuned_column(spec).items() if cell] if not spec.tune else []
     if untuned:  # said before anything runs, and again in the table
         console.print(
@@ -93,6 +103,51 @@ def prepare(ablation: Ablation) -> int | None:
             highlight=False,
         )
     return None
+
+
+def _say(console: Console, line: str) -> None:
+    """A pre-launch line (what the check does, what the study will cost): not with -q."""
+    if verbosity() > QUIET:
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+
+
+def _checking_line(spec: AblationSpec, stage: AblationSpec | None) -> str:
+    """What the pre-launch check is about to do (it runs for seconds to a minute before any run starts)."""
+    imports = "" if "torch" in sys.modules else "importing torch, Lightning and timm, then "
+    tune = f", and the {len(stage.runs())} tune runs' commands" if stage is not None else ""
+    return (
+        f"checking {spec.name}: {len(spec.variants)} variants x {len(spec.seeds)} seeds: {imports}parsing each "
+        f"variant's command, comparing it with the others, building each distinct model once{tune} ..."
+    )
+
+
+def _estimate(
+    spec: AblationSpec,
+    stage: AblationSpec | None,
+    root: Path,
+    facts: dict[str, dict[str, Any]],
+    parallel: int,
+    retry_failed: bool,
+) -> list[str]:
+    """The cost lines (`toolkit.ablation.estimate`) for every run of the study and its tune stage that will run: not
+    done (a done run whose result is gone is redone), failed ones only with ``--retry-failed``."""
+    todo: list[Run] = []
+    records: dict[str, dict[str, Any]] = {}
+    for study in (stage, spec):
+        if study is None:
+            continue
+        if study is spec and stage is not None:
+            chosen = tuning.read_choices(root, spec)
+            study = tuning.tuned(spec, chosen) if chosen is not None else spec  # else: every run is still to go
+        found = Ledger(ledger_path(root, study.name)).read()
+        records.update(found)
+        for run in study.runs():
+            status = found.get(run.id, {}).get("status")
+            if status == DONE and not lifecycle.result_missing(run.directory(root)):
+                continue
+            if status != FAILED or retry_failed:
+                todo.append(run)
+    return estimate.cost_lines(todo, records, facts, parallel, root)
 
 
 def execute(ablation: Ablation) -> int | None:

@@ -18,7 +18,10 @@ The parent is :mod:`toolkit.worker` (an entry point, like :mod:`toolkit.cli`); t
 
 Protocol (JSON lines): the runner writes ``{"args", "env", "log", "cwd"}`` to the parent's stdin; the parent
 answers ``{"pid": N}`` (or ``{"error": why}``) and later ``{"exit": N, "code": C}`` with Popen's convention for
-the code (negative: killed by that signal).
+the code (negative: killed by that signal). The parent imports in two steps: what the pre-launch check needs (and the
+CLI's parser, built once), then wandb; a request already waiting after the first step (the check, sent with
+``early=True`` before ``{"ready"}``) is forked then and runs while the parent imports the rest. At the end of its
+stdin the parent exits at once (``os._exit``: no teardown of torch).
 """
 
 from __future__ import annotations
@@ -88,13 +91,19 @@ class WarmPool:
                 raise OSError(f"the warm worker parent did not start (exit {self.proc.poll()})")
             self.read(0.1)
 
-    def start(self, args: list[str], env: dict[str, str], log: Path) -> WarmProcess:
-        """Fork one run: ``toolkit <args>`` with ``env`` added, output appended to ``log``."""
-        self.wait_ready()
+    def start(self, args: list[str], env: dict[str, str], log: Path, early: bool = False) -> WarmProcess:
+        """Fork one run: ``toolkit <args>`` with ``env`` added, output appended to ``log``.
+
+        ``early``: ask before the parent is ready (the pre-launch check): the parent forks it once it holds what the
+        check needs, and imports the rest while the check runs; the child imports whatever else it needs itself.
+        """
+        if not early:
+            self.wait_ready()
         request = {"args": args, "env": env, "log": str(log), "cwd": os.getcwd()}
         assert self.proc.stdin is not None
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.proc.stdin.flush()
+        deadline = time.monotonic() + READY_TIMEOUT_S  # an early request waits for the parent's imports
         while True:
             for message in list(self.messages):
                 if "pid" in message or "error" in message:
@@ -106,6 +115,8 @@ class WarmPool:
                     return proc
             if self.proc.poll() is not None:
                 raise OSError(f"the warm worker parent died (exit {self.proc.returncode})")
+            if time.monotonic() > deadline:
+                raise OSError("the warm worker parent did not answer")
             self.read(0.05)
 
     def read(self, timeout: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -31,6 +32,7 @@ from toolkit.data.transforms import (
     create_eval_transform,
     create_train_transform,
     resolve_backbone_data_config,
+    split_eval_transform,
 )
 from toolkit.errors import ToolkitError
 
@@ -336,9 +338,14 @@ class ImageDataModule(pl.LightningDataModule):
         return {}  # torchvision: the dataset's own val split where it has one
 
     def _loader(self, samples: Dataset, train: bool) -> DataLoader:
+        collate = getattr(samples, "collate_fn", None)  # cached features come in whole batches
+        split = split_eval_transform(getattr(samples, "transform", None)) if not train and collate is None else None
+        if split is not None:  # to float and normalised once a batch: the same numbers (transforms.BatchNormalize)
+            samples = copy.copy(samples)
+            samples.transform, collate = split
         return DataLoader(
             samples,
-            collate_fn=getattr(samples, "collate_fn", None),  # cached features come in whole batches
+            collate_fn=collate,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             drop_last=train and self._drop_last(),

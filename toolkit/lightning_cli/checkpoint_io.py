@@ -33,9 +33,13 @@ from typing_extensions import override
 
 
 def _state_key(checkpoint: dict[str, Any]) -> str:
-    """What identifies a training state in a checkpoint: its epoch, global step and loops' progress counters."""
+    """What identifies a training state in a checkpoint: its epoch, global step and loops' progress counters, and
+    what the dump holds (a ``save_weights_only`` best checkpoint has no optimizer state: ``last.ckpt`` of the same
+    epoch must not become a link to it, or a resume would lose the optimizer's state)."""
     return json.dumps(
-        [checkpoint.get("epoch"), checkpoint.get("global_step"), checkpoint.get("loops")], sort_keys=True, default=str
+        [checkpoint.get("epoch"), checkpoint.get("global_step"), checkpoint.get("loops"), sorted(checkpoint)],
+        sort_keys=True,
+        default=str,
     )
 
 

@@ -16,7 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser
 from typing_extensions import override
 
 from toolkit.errors import ToolkitError
-from toolkit.lightning_cli.program import ARGS_WARNING, ToolkitCLI
+from toolkit.lightning_cli.program import ARGS_WARNING, PREBUILT, ToolkitCLI, parser_key
 
 
 class _Parsed(Exception):
@@ -44,6 +44,38 @@ class _ParseOnlyCLI(ToolkitCLI):
             except ToolkitError as err:
                 results.append(err)
         raise _Parsed(results)
+
+
+class _Built(Exception):
+    """Stops the CLI that :func:`prebuild_parser` runs right after its parser is built."""
+
+
+class _PrebuildCLI(ToolkitCLI):
+    @override
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        self.key = parser_key(add_subcommands, main_kwargs, subparser_kwargs)
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+
+    @override
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        PREBUILT.append((self.key, parser, self._subcommand_parsers, self._subcommand_method_arguments))
+        raise _Built
+
+
+def prebuild_parser() -> None:
+    """Build the CLI's parser now, for the next CLI of this process to take (:data:`~.program.PREBUILT`).
+
+    The warm worker parent (:mod:`toolkit.worker`) calls it once: each forked run or check then parses with its own
+    copy instead of reading every class signature again (~0.2 s a run). Builds only: parses, seeds, starts nothing.
+    """
+    if PREBUILT:
+        return
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=ARGS_WARNING)
+        with contextlib.suppress(_Built):
+            _PrebuildCLI(args=["fit"])
 
 
 def parse_configs(argvs: list[list[str]]) -> list[Any]:

@@ -93,6 +93,17 @@ class LoggedConfig(SaveConfigCallback):
             logger.log_hyperparams(config)
 
 
+#: a parser built ahead of use, taken by the next CLI of this process that asks for the same parser arguments (the
+#: warm parent builds it once before it forks the runs; see :func:`toolkit.lightning_cli.parse_only.prebuild_parser`):
+#: ``(its setup_parser arguments, parser, subcommand parsers, method arguments)``
+PREBUILT: list[tuple[str, LightningArgumentParser, dict[str, Any], dict[str, Any]]] = []
+
+
+def parser_key(*setup_args: Any) -> str:
+    """What :meth:`ToolkitCLI.setup_parser` was asked for, comparable: a prebuilt parser serves only the same."""
+    return repr(setup_args)
+
+
 class ToolkitCLI(LightningCLI):
     """``toolkit fit|validate|test|predict`` for :class:`ImageClassifier` on :class:`ImageDataModule`."""
 
@@ -117,6 +128,16 @@ class ToolkitCLI(LightningCLI):
             # what Lightning's default `true` gave (no PL_GLOBAL_SEED: seed 0), said as it is; `true` is refused
             seed_everything_default=0,
         )
+
+    @override
+    def setup_parser(
+        self, add_subcommands: bool, main_kwargs: dict[str, Any], subparser_kwargs: dict[str, Any]
+    ) -> None:
+        """LightningCLI's parser, or the one built ahead of use in this process (the same code built it; used once)."""
+        if PREBUILT and PREBUILT[-1][0] == parser_key(add_subcommands, main_kwargs, subparser_kwargs):
+            _, self.parser, self._subcommand_parsers, self._subcommand_method_arguments = PREBUILT.pop()
+            return
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
 
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
