@@ -203,8 +203,8 @@ from pathlib import Path
 from toolkit.ablation.runner import Options, run_ablation
 from toolkit.study.spec import load_spec
 spec_path, root, script = sys.argv[1:]
-options = Options(root=Path(root), launcher=[sys.executable, script], validate=False, report=False, workers=2,
-                  devices=[])
+options = Options(root=Path(root), launcher=[sys.executable, script], validate=False, report=False,
+                  executor_options={"workers": 2, "devices": "cpu"})
 sys.exit(run_ablation(load_spec(spec_path), options))
 """
 
