@@ -56,7 +56,6 @@ from toolkit.lightning_cli.run_home import (
 )
 from toolkit.lightning_cli.teardown import finish_wandb, fit_summary, write_result
 from toolkit.lightning_cli.tracking import RunIdCheckpoint
-from toolkit.model.backbone import weights_from_checkpoint
 from toolkit.model.classifier import ImageClassifier
 from toolkit.parse_errors import parse_quietly
 from toolkit.quiet import QUIET, VERBOSE, quiet_third_party, verbosity
@@ -261,11 +260,9 @@ class ToolkitCLI(LightningCLI):
             if not isinstance(seed, int) or isinstance(seed, bool):
                 raise ToolkitError("data.split_seed: seed needs the run's seed; set seed_everything (an integer)")
             config.data.split_seed = seed
-        if _weights_from_checkpoints(self.subcommand, self.config):
-            with weights_from_checkpoint():
-                super().instantiate_classes()
-        else:
-            super().instantiate_classes()
+        if _weights_from_checkpoints(self.subcommand, self.config):  # said to the model, explicitly
+            config.model.weights_from_checkpoint = True
+        super().instantiate_classes()
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:

@@ -8,7 +8,6 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
 
 import timm
@@ -19,27 +18,6 @@ from toolkit.errors import ToolkitError
 from toolkit.quiet import QUIET, verbosity
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
-
-_FROM_CHECKPOINT: ContextVar[bool] = ContextVar("weights_from_checkpoint", default=False)
-
-
-@contextmanager
-def weights_from_checkpoint() -> Iterator[None]:
-    """Inside, `create_backbone` builds random init whatever ``pretrained`` says: a checkpoint supplies every weight.
-
-    ``toolkit test|validate|predict --ckpt_path`` builds the model in here, so a checkpoint needs neither the hub nor
-    the weights file it was trained from; ``pretrained`` keeps its value in the logged config.
-    """
-    token = _FROM_CHECKPOINT.set(True)
-    try:
-        yield
-    finally:
-        _FROM_CHECKPOINT.reset(token)
-
-
-def building_from_checkpoint() -> bool:
-    """True inside :func:`weights_from_checkpoint` (the weights built now are placeholders for a checkpoint's)."""
-    return _FROM_CHECKPOINT.get()
 
 
 def check_backbone_name(name: str) -> None:
@@ -134,6 +112,7 @@ def create_backbone(
     pretrained: bool | str = False,
     drop_path_rate: float = 0.0,
     zero_init_last: bool | None = None,
+    from_checkpoint: bool = False,
 ) -> nn.Module:
     """Create ``name`` from timm without its classifier (``num_classes=0``).
 
@@ -142,6 +121,8 @@ def create_backbone(
         pretrained: ``True`` loads timm hub weights, or the packaged offline weights (`toolkit.weights`) when the hub
             cannot be reached; a path loads a local weights file; ``False`` is random init.
         drop_path_rate: stochastic depth rate passed to timm.
+        from_checkpoint: a checkpoint supplies every weight (``toolkit validate|test|predict``): random init,
+            whatever ``pretrained`` says.
         zero_init_last: zero-init the last BN gamma of each residual block (timm's option); None keeps timm's default.
     """
     check_backbone_name(name)
@@ -152,7 +133,7 @@ def create_backbone(
         kwargs["zero_init_last"] = zero_init_last
     if isinstance(pretrained, str) and pretrained.lower() in ("true", "false"):
         pretrained = pretrained.lower() == "true"
-    if _FROM_CHECKPOINT.get() or pretrained is False:
+    if from_checkpoint or pretrained is False:
         return _create(name, pretrained=False, **kwargs)
     if isinstance(pretrained, str):
         return _load_from_file(name, Path(pretrained).expanduser(), **kwargs)

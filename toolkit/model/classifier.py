@@ -16,7 +16,7 @@ from toolkit import keys
 from toolkit.errors import ToolkitError
 from toolkit.model import features
 from toolkit.model import probe as probe_solver
-from toolkit.model.backbone import building_from_checkpoint, create_backbone
+from toolkit.model.backbone import create_backbone
 from toolkit.model.components import (
     apply_switches,
     check_liveness,
@@ -73,6 +73,10 @@ class ImageClassifier(pl.LightningModule):
             and GPUs. Measured on the quickstart model (EfficientNet-Lite0, 32 px, one CPU thread): a training step
             per image 1.4x (batch 16) to 2.2x (batch 64) faster, evaluation 2.3-4x; ``false`` for NCHW.
         compile: ``torch.compile`` the backbone (in place: checkpoints keep their keys).
+        weights_from_checkpoint: set by ``toolkit validate|test|predict`` when a checkpoint supplies every weight:
+            the backbone is built without its pretrained weights (``pretrained`` keeps its value in the record: the
+            checkpoint needs neither the hub nor the weights file it was trained from) and the untrained-statistics
+            guard is skipped. Not for configs.
     """
 
     def __init__(
@@ -102,6 +106,7 @@ class ImageClassifier(pl.LightningModule):
         feature_cache: FeatureCacheMode = "auto",
         channels_last: bool = True,
         compile: bool = False,
+        weights_from_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if unfreeze_at_epoch is not None and not freeze_backbone:
@@ -120,11 +125,13 @@ class ImageClassifier(pl.LightningModule):
         # lesion_blocks is a test-time switch: kept out of checkpoints so `toolkit test --model.lesion_blocks` applies
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "lesion_blocks"], logger=False)
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
-        self.backbone = create_backbone(backbone, pretrained, drop_path_rate, zero_init_last)
+        self.backbone = create_backbone(
+            backbone, pretrained, drop_path_rate, zero_init_last, from_checkpoint=weights_from_checkpoint
+        )
         self._setup_logged = False
         self.lesion_blocks = lesion_blocks
         # a checkpoint brings its own (trained) statistics: the placeholders built for it are not checked
-        untrained = [] if building_from_checkpoint() else untrained_batchnorms(self.backbone)
+        untrained = [] if weights_from_checkpoint else untrained_batchnorms(self.backbone)
         self.changes: list[str] = apply_switches(
             self.backbone,
             batchnorm=batchnorm,
