@@ -58,33 +58,29 @@ _STYLE = {
 }
 
 
-def result_readable(path: Path) -> bool:
-    """Whether ``path`` is a readable ``result.json`` (re-read only when its size or time changed: the live view
-    redraws often)."""
-    try:
-        info = path.stat()
-    except OSError:
-        return False
-    return _readable(str(path), info.st_mtime_ns, info.st_size)
-
-
-@lru_cache(maxsize=1024)
-def _readable(path: str, mtime_ns: int, size: int) -> bool:
-    return RunResult.read(path) is not None
-
-
-def _best_val(path: Path) -> float | None:
-    """The ``best_val`` of a readable ``result.json`` (cached like `result_readable`)."""
+def _result(path: Path) -> RunResult | None:
+    """``path`` as a ``RunResult`` (None: missing or unreadable), re-read only when its size or time changed: the live
+    view redraws often."""
     try:
         info = path.stat()
     except OSError:
         return None
-    return _result_best_val(str(path), info.st_mtime_ns, info.st_size)
+    return _read_result(str(path), info.st_mtime_ns, info.st_size)
 
 
 @lru_cache(maxsize=1024)
-def _result_best_val(path: str, mtime_ns: int, size: int) -> float | None:
-    result = RunResult.read(path)
+def _read_result(path: str, mtime_ns: int, size: int) -> RunResult | None:
+    return RunResult.read(path)
+
+
+def result_readable(path: Path) -> bool:
+    """Whether ``path`` is a readable ``result.json``."""
+    return _result(path) is not None
+
+
+def _best_val(path: Path) -> float | None:
+    """The ``best_val`` of a readable ``result.json``."""
+    result = _result(path)
     return result.best_val if result is not None else None
 
 

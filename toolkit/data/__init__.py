@@ -7,13 +7,8 @@ so that importing a plain module of this package never loads Lightning.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from toolkit import lazy_exports
 
 __all__ = ["ImageDataModule"]
 
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        return getattr(import_module("toolkit.data.datamodule"), name)
-    raise AttributeError(f"module 'toolkit.data' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {"ImageDataModule": "toolkit.data.datamodule"})

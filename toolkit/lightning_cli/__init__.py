@@ -7,8 +7,7 @@ of this package (``short_help``, ``parsed_checks``) can be imported without Ligh
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from toolkit import lazy_exports
 
 _EXPORTS = {
     "check_args": "toolkit.lightning_cli.parse_only",
@@ -23,7 +22,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'toolkit.lightning_cli' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

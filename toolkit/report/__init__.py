@@ -7,8 +7,7 @@ only what the command needs.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
+from toolkit import lazy_exports
 
 _EXPORTS = {
     "build_report": "toolkit.report.build",
@@ -22,7 +21,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'toolkit.report' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
