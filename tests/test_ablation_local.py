@@ -22,9 +22,9 @@ import pytest
 from rich.console import Console
 
 from toolkit.ablation.executor import kill_leftovers
-from toolkit.ablation.local import make_slots
 from toolkit.ablation.options import Options
 from toolkit.ablation.runner import run_ablation
+from toolkit.ablation.slots import make_slots
 from toolkit.errors import ToolkitError
 from toolkit.study.ledger import Ledger, ledger_path
 from toolkit.study.result import RunResult
@@ -313,10 +313,10 @@ def test_a_run_that_completed_while_the_runner_was_down_is_not_run_again(tmp_pat
 def test_a_machine_without_a_gpu_driver_counts_no_gpus_without_torch(tmp_path: Path) -> None:
     """The runner splits a CPU-only machine into slots without importing torch (it stays light; see check_process)."""
     code = (
-        "import sys, toolkit.ablation.local as local\n"
-        f"local.GPU_DRIVER_NODES = ({str(tmp_path / 'no-driver')!r},)\n"
-        "slots = local.make_slots(workers=2, devices=None)\n"
-        "print(len(slots), [s.gpus for s in slots], 'torch' in sys.modules)\n"
+        "import sys, toolkit.ablation.slots as slots\n"
+        f"slots.GPU_DRIVER_NODES = ({str(tmp_path / 'no-driver')!r},)\n"
+        "found = slots.make_slots(workers=2, devices=None)\n"
+        "print(len(found), [s.gpus for s in found], 'torch' in sys.modules)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.ablation.local import Slot, make_slots, run_env
+from toolkit.ablation.slots import Slot, make_slots, run_env
 from toolkit.errors import ToolkitError
 
 
