@@ -34,7 +34,12 @@ FLOORS = {
 #: worker parent that forks runs of the command; and every package's ``cli.py``
 ENTRY_POINTS = ("toolkit.cli", "toolkit.cli_options", "toolkit.__main__", "toolkit.worker")
 #: the Lightning side of the domain packages; every other module of model/, data/ and weights/ is plain torch/timm
-LIGHTNING_SIDE = ("toolkit.model.classifier", "toolkit.model.features", "toolkit.data.datamodule")
+LIGHTNING_SIDE = (
+    "toolkit.model.classifier",
+    "toolkit.model.features",
+    "toolkit.data.datamodule",
+    "toolkit.data.describe",
+)
 #: packages on one floor: none imports another (they share through the contract or a lower floor)
 PEER_PACKAGES = tuple(f"toolkit.{name}" for name, floor in FLOORS.items() if floor == PEERS)
 #: at most this many modules directly in toolkit/ (the base and the entry points): the rest lives in its package

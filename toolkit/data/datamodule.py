@@ -6,16 +6,15 @@ import copy
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from timm.data import Mixup
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from toolkit.data import describe
 from toolkit.data.datasets import (
     ImageSamples,
     Splits,
@@ -39,12 +38,6 @@ from toolkit.errors import ToolkitError
 #: the smallest ``eval_subset``: below 20 images one image moves val/acc by more than 5 points, so the best-val
 #: checkpoint is chosen on noise; and each class is seen at least twice (a stratified subset, macro-F1 per class)
 MIN_EVAL_SUBSET, MIN_EVAL_PER_CLASS = 20, 2
-
-
-def _say(line: str, stream: TextIO | None = None) -> None:
-    """Print ``line`` once per run: on rank 0 (every DDP rank sets its data up)."""
-    if rank_zero_only.rank == 0:
-        print(line, file=stream or sys.stdout, flush=True)
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -181,10 +174,11 @@ class ImageDataModule(pl.LightningDataModule):
     def splits(self) -> Splits:
         """The train/val/test samples, loaded once."""
         if self._splits is None:
-            self._splits = self._subsets(get_source(self.source).load(self._source_args()))
+            self._splits = self._subsets(get_source(self.source).load(self.source_args()))
         return self._splits
 
-    def _source_args(self) -> SourceArgs:
+    def source_args(self) -> SourceArgs:
+        """What this module's source is loaded with."""
         return SourceArgs(self.root, self.name, self.download, self.val_fraction, self.test_fraction, self.split_seed)
 
     def _drop_last(self) -> bool:
@@ -248,7 +242,7 @@ class ImageDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         fetch = get_source(self.source).fetch
         if fetch is not None:
-            fetch(self._source_args())
+            fetch(self.source_args())
 
     @override
     def setup(self, stage: str) -> None:
@@ -269,10 +263,10 @@ class ImageDataModule(pl.LightningDataModule):
         eval_transform = create_eval_transform(config)
         splits.val.transform = splits.test.transform = eval_transform
         if stage in ("fit", "validate", "test"):
-            _say(self.data_line())
-            warning = self.small_test_warning() if stage != "validate" else None
+            describe.say(describe.data_line(self))
+            warning = describe.small_test_warning(self) if stage != "validate" else None
             if warning:
-                _say(warning, sys.stderr)
+                describe.say(warning, sys.stderr)
         if self.mixup_alpha > 0 or self.cutmix_alpha > 0:
             self._mixup = Mixup(
                 mixup_alpha=self.mixup_alpha,
@@ -280,62 +274,6 @@ class ImageDataModule(pl.LightningDataModule):
                 label_smoothing=0.0,  # label smoothing stays on the model's loss
                 num_classes=self.num_classes,
             )
-
-    def data_line(self) -> str:
-        """``data: digits, 10 classes, train 300 / val 120 / test 1377 (...)``: where the counts come from."""
-        splits = self.splits
-        source = {"folder": f"folder {self.root}", "torchvision": f"torchvision {self.name}"}.get(
-            self.source, self.source
-        )
-        carved = self._carved()
-        notes = []
-        if carved:
-            shares = " + ".join(f"{name} {share:.0%}" for name, share in carved.items())
-            whole = "" if len(carved) == 2 else " of train"
-            notes.append(f"{shares} held out{whole}, split seed {self.split_seed}")
-        if self.train_subset is not None:
-            notes.append(f"train_subset {self.train_subset}")
-        if self.eval_subset is not None:
-            notes.append(f"eval_subset {self.eval_subset}")
-        if self.test_split == "rest":
-            notes.append("test_split rest: every image not trained or validated on")
-        if self.test_subset is not None:
-            notes.append(f"test_subset {self.test_subset}")
-        counts = f"train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)}"
-        line = f"data: {source}, {self.num_classes} classes, {counts}"
-        return line + (f" ({'; '.join(notes)})" if notes else "")
-
-    def small_test_warning(self) -> str | None:
-        """A warning when one test image is worth more than one point of test accuracy (fewer than 100 images)."""
-        size = len(self.splits.test)
-        if size == 0 or size >= 100:
-            return None
-        if self.test_split == "split" and (self.train_subset is not None or self.eval_subset is not None):
-            fix = "--data.test_split rest tests on every image not trained or validated on"
-        elif self.test_subset is not None:
-            fix = "raise --data.test_subset"
-        elif "test" in self._carved():
-            fix = f"raise --data.test_fraction (now {self.test_fraction}) or add images"
-        else:
-            fix = "test on more images"
-        return (
-            f"warning: the test split has {size} images: one image is {100 / size:.1f} points of test accuracy, so a "
-            f"difference of a few points is within one or two images; {fix}, and compare over several seeds"
-        )
-
-    def _carved(self) -> dict[str, float]:
-        """The splits held out of the data by fraction (the source has no such split), with their shares."""
-        if self.source == "digits":
-            return {"val": self.val_fraction, "test": self.test_fraction}
-        if self.source == "folder":
-            root = Path(self.root or "").expanduser()
-            if not (root / "train").is_dir():
-                return {"val": self.val_fraction, "test": self.test_fraction}
-            shares = {"val": self.val_fraction, "test": self.test_fraction}
-            return {name: share for name, share in shares.items() if not (root / name).is_dir()}
-        if self.source == "fashion_mnist":
-            return {"val": self.val_fraction}
-        return {}  # torchvision: the dataset's own val split where it has one
 
     def _loader(self, samples: Dataset, train: bool) -> DataLoader:
         collate = getattr(samples, "collate_fn", None)  # cached features come in whole batches

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from toolkit.data.datasets import (
     Splits,
@@ -38,10 +39,14 @@ class SourceArgs:
 
 @dataclass(frozen=True)
 class Source:
-    """A data source: ``load`` its splits; ``fetch`` them first where a download is needed (or None)."""
+    """A data source: ``load`` its splits; ``fetch`` them first where a download is needed (or None); ``carved``: the
+    splits it holds out of its data by ``val_fraction``/``test_fraction`` (its others are its own); ``label``: how
+    the data line names it (default: its registered name)."""
 
     load: Callable[[SourceArgs], Splits]
     fetch: Callable[[SourceArgs], None] | None = None
+    carved: Callable[[SourceArgs], tuple[str, ...]] = lambda args: ()
+    label: Callable[[SourceArgs], str] | None = None
 
 
 #: the sources, by the name ``data.source`` takes
@@ -75,7 +80,26 @@ def _torchvision_fetch(args: SourceArgs) -> None:
         load_torchvision_splits(args.name, args.root, True, args.val_fraction, args.seed)
 
 
-register_source("digits", Source(_digits))
-register_source("folder", Source(lambda a: load_folder_splits(a.root, a.val_fraction, a.test_fraction, a.seed)))
-register_source("torchvision", Source(_torchvision, fetch=_torchvision_fetch))
-register_source("fashion_mnist", Source(lambda a: load_fashion_mnist_splits(a.root, a.val_fraction, a.seed)))
+def _folder_carved(args: SourceArgs) -> tuple[str, ...]:
+    """A folder without ``train/`` is one pool (val and test carved); with it, the splits it lacks are carved."""
+    root = Path(args.root or "").expanduser()
+    if not (root / "train").is_dir():
+        return ("val", "test")
+    return tuple(name for name in ("val", "test") if not (root / name).is_dir())
+
+
+register_source("digits", Source(_digits, carved=lambda a: ("val", "test")))
+register_source(
+    "folder",
+    Source(
+        lambda a: load_folder_splits(a.root, a.val_fraction, a.test_fraction, a.seed),
+        carved=_folder_carved,
+        label=lambda a: f"folder {a.root}",
+    ),
+)
+# torchvision: the dataset's own val split where it has one
+register_source("torchvision", Source(_torchvision, fetch=_torchvision_fetch, label=lambda a: f"torchvision {a.name}"))
+register_source(
+    "fashion_mnist",
+    Source(lambda a: load_fashion_mnist_splits(a.root, a.val_fraction, a.seed), carved=lambda a: ("val",)),
+)
